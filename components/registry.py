@@ -1,0 +1,190 @@
+"""The stage registry: what each stage takes, makes, needs and is called with.
+
+This is data, not code paths. Every orchestration target (local, docker, KFP, AzureML,
+Argo) reads it; none of them names a stage. A stage's parameters are the fields of the
+config sections it declares, flattened to ``--section.key value`` flags, so a new config
+field reaches every target without touching an adapter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .common.config import Config, encode, flatten
+
+# Artifact types and their names on each engine (the artifact contract, DESIGN.md).
+ARTIFACT_TYPES = {
+    "Dataset": {"kfp": "Dataset", "azureml": "uri_folder"},
+    "Model": {"kfp": "Model", "azureml": "custom_model"},
+    "OnnxModel": {"kfp": "Model", "azureml": "custom_model"},
+    "Metrics": {"kfp": "Metrics", "azureml": "uri_folder"},
+}
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    type: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: int
+    memory_gb: int
+    gpu: int = 0
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    summary: str
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    sections: tuple[str, ...]
+    cpu: Resources
+    gpu: Resources | None = None  # what the stage asks for when runtime.device is cuda
+    external: tuple[str, ...] = ()  # params naming files outside the run: hashed into the cache key
+
+    @property
+    def module(self) -> str:
+        return f"components.{self.name}"
+
+    def params(self, cfg: Config) -> dict[str, Any]:
+        """``{"train.lora.r": 16, ...}`` for the sections this stage reads."""
+        out: dict[str, Any] = {}
+        for section in self.sections:
+            out.update(flatten(getattr(cfg, section), section + "."))
+        return out
+
+    def resources(self, cfg: Config) -> Resources:
+        return self.gpu if (self.gpu and cfg.runtime.device == "cuda") else self.cpu
+
+    def uses_gpu(self, cfg: Config) -> bool:
+        return self.resources(cfg).gpu > 0
+
+    def argv(self, params: dict[str, Any], inputs: dict[str, str], outputs: dict[str, str]) -> list[str]:
+        """The one command line every target runs. Values may be target placeholders."""
+        args = ["python", "-m", self.module]
+        for port in self.inputs:
+            args += [f"--{port.name}", inputs[port.name]]
+        for port in self.outputs:
+            args += [f"--{port.name}", outputs[port.name]]
+        for key, value in params.items():
+            args += [f"--{key}", value if _is_placeholder(value) else encode(value)]
+        return args
+
+
+def _is_placeholder(value) -> bool:
+    return not isinstance(value, (str, int, float, bool, list, dict, type(None)))
+
+
+STAGES: dict[str, StageSpec] = {
+    s.name: s
+    for s in (
+        StageSpec(
+            name="data_prep",
+            summary="Load, validate, render, deduplicate and split the dataset.",
+            inputs=(),
+            outputs=(Port("dataset", "Dataset", "train.jsonl, eval.jsonl, stats.json"),),
+            sections=("data", "model"),
+            cpu=Resources(cpu=1, memory_gb=4),
+            external=("data.path", "data.eval_path", "model.base"),
+        ),
+        StageSpec(
+            name="train",
+            summary="QLoRA/LoRA fine-tune of the base model; checkpoints and resumes.",
+            inputs=(Port("dataset", "Dataset"),),
+            outputs=(Port("adapter", "Model", "PEFT adapter (safetensors), train log, metrics"),),
+            sections=("model", "train", "runtime"),
+            cpu=Resources(cpu=2, memory_gb=8),
+            gpu=Resources(cpu=8, memory_gb=64, gpu=1),
+            external=("model.base",),
+        ),
+        StageSpec(
+            name="merge",
+            summary="Merge the adapter into the full-precision base and check logit parity.",
+            inputs=(Port("adapter", "Model"),),
+            outputs=(Port("model", "Model", "merged Hugging Face model (safetensors) + tokenizer"),),
+            sections=("model", "merge", "runtime"),
+            cpu=Resources(cpu=2, memory_gb=16),
+            gpu=Resources(cpu=8, memory_gb=64, gpu=0),
+            external=("model.base",),
+        ),
+        StageSpec(
+            name="onnx_build",
+            summary="Build an onnxruntime-genai model (INT4 by default) with the model builder.",
+            inputs=(Port("model", "Model"),),
+            outputs=(Port("onnx_model", "OnnxModel", "onnxruntime-genai model folder"),),
+            sections=("onnx", "runtime"),
+            cpu=Resources(cpu=2, memory_gb=16),
+            gpu=Resources(cpu=8, memory_gb=64, gpu=1),
+        ),
+        StageSpec(
+            name="evaluate",
+            summary="Score the PyTorch and ONNX models on the eval split; apply the quality gate.",
+            inputs=(Port("dataset", "Dataset"), Port("model", "Model"), Port("onnx_model", "OnnxModel")),
+            outputs=(Port("metrics", "Metrics", "metrics.json"),),
+            sections=("evaluate", "runtime"),
+            cpu=Resources(cpu=2, memory_gb=8),
+            gpu=Resources(cpu=8, memory_gb=64, gpu=1),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage placed in the DAG, with its inputs wired to upstream outputs."""
+
+    spec: StageSpec
+    wires: dict[str, str] = field(default_factory=dict)  # input name -> "stage.output"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def upstream(self) -> set[str]:
+        return {src.split(".")[0] for src in self.wires.values()}
+
+
+def step(name: str, **wires: str) -> Step:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; registered: {sorted(STAGES)}")
+    return Step(STAGES[name], wires)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    steps: tuple[Step, ...]
+
+    def __post_init__(self):
+        seen: dict[str, Step] = {}
+        for s in self.steps:
+            missing = {p.name for p in s.spec.inputs} - set(s.wires)
+            extra = set(s.wires) - {p.name for p in s.spec.inputs}
+            if missing or extra:
+                raise ValueError(f"{s.name}: unwired inputs {sorted(missing)}, unknown inputs {sorted(extra)}")
+            for port in s.spec.inputs:
+                up_name, out_name = s.wires[port.name].split(".")
+                if up_name not in seen:
+                    raise ValueError(f"{s.name}.{port.name}: {up_name!r} is not an earlier step")
+                out = {p.name: p for p in seen[up_name].spec.outputs}.get(out_name)
+                if out is None or out.type != port.type:
+                    raise ValueError(f"{s.name}.{port.name}: {s.wires[port.name]} is not a {port.type} output")
+            seen[s.name] = s
+
+    def __iter__(self):
+        return iter(self.steps)
+
+    def __getitem__(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+    def downstream(self, name: str) -> set[str]:
+        """Every step that depends, directly or not, on ``name``."""
+        out: set[str] = set()
+        for s in self.steps:
+            if name in s.upstream() or out & s.upstream():
+                out.add(s.name)
+        return out

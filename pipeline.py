@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Fine-tune a small language model into an evaluated INT4 ONNX model.
+
+    data_prep ──► train ──► merge ──► onnx_build ──► evaluate
+        └───────────────────────┴──────────────────────┘ (dataset, merged model)
+
+The DAG below is the only place the wiring is written. Every target (local subprocesses,
+docker, Kubeflow Pipelines, AzureML, Argo) is an adapter in ``targets/`` over it and over
+the stage registry in ``components/registry.py``.
+
+    python pipeline.py run      --config configs/default.yaml --out runs/default [--set k=v ...]
+    python pipeline.py compile  --target kfp|azureml|argo --config C --out PATH
+    python pipeline.py validate --target kfp|azureml|argo PATH
+    python pipeline.py stages   (the registry, as a table)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from components.common.errors import UserError
+from components.registry import Pipeline, step
+
+DAG = Pipeline(
+    name="slm-finetune",
+    steps=(
+        step("data_prep"),
+        step("train", dataset="data_prep.dataset"),
+        step("merge", adapter="train.adapter"),
+        step("onnx_build", model="merge.model"),
+        step("evaluate", dataset="data_prep.dataset", model="merge.model", onnx_model="onnx_build.onnx_model"),
+    ),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the DAG on this machine")
+    run.add_argument("--config", default="configs/default.yaml")
+    run.add_argument("--out", required=True, help="run folder; artifacts go to OUT/<stage>/<output>/")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess")
+    run.add_argument("--no-cache", action="store_true", help="re-run every stage")
+
+    comp = sub.add_parser("compile", help="compile the DAG for a cluster engine")
+    comp.add_argument("--target", choices=["kfp", "azureml", "argo"], required=True)
+    comp.add_argument("--config", default="configs/default.yaml")
+    comp.add_argument("--out", required=True)
+    comp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    val = sub.add_parser("validate", help="check a compiled file strictly, references included")
+    val.add_argument("path")
+    val.add_argument("--target", choices=["kfp", "azureml", "argo"], help="default: guessed from the file")
+
+    sub.add_parser("stages", help="print the stage registry")
+
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def _dispatch(args) -> int:
+    from components.common.config import load_config
+
+    if args.command == "stages":
+        from targets.local import print_stages
+
+        print_stages(DAG)
+        return 0
+    if args.command == "run":
+        cfg = load_config(args.config, args.overrides)
+        if args.runner == "docker":
+            from targets.docker import run_pipeline
+        else:
+            from targets.local import run_pipeline
+        return run_pipeline(DAG, cfg, args.out, use_cache=not args.no_cache)
+    if args.command == "compile":
+        import importlib
+
+        cfg = load_config(args.config, args.overrides)
+        importlib.import_module(f"targets.{args.target}").compile_pipeline(DAG, cfg, args.out)
+        print(f"wrote {args.out}")
+        return 0
+    if args.command == "validate":
+        from targets.validate import validate_file
+
+        validate_file(args.path, args.target)
+        print(f"{args.path}: valid")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Orchestration targets: adapters from (DAG, config) to a run or a compiled file."""
