@@ -110,7 +110,7 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
         key = cache_key(spec, params, input_hashes)
         finals = {p.name: Path(args[p.name]) for p in spec.outputs}
         tmps = {name: artifacts.begin(path) for name, path in finals.items()}
-        context = SimpleNamespace(cache_key=key, finals=finals, spec=spec)
+        context = SimpleNamespace(cache_key=key, finals=finals, spec=spec, after_commit=[])
         run(view, context=context, **inputs, **tmps)
         for port in spec.outputs:
             artifacts.commit(
@@ -127,6 +127,8 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
                     "seconds": round(time.time() - started, 2),
                 },
             )
+        for hook in context.after_commit:
+            hook()
         log.info("done in %.1fs", time.time() - started)
     except UserError as e:
         _abort(tmps)

@@ -148,6 +148,7 @@ def _build_tiny_phi3(_source: str, out: Path) -> None:
     cfg = Phi3Config(
         vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+        original_max_position_embeddings=512,  # equal, as in Phi-3-mini-4k: the builder's phi3 (not LongRoPE) path
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )

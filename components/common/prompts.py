@@ -1,0 +1,58 @@
+"""Prompt rendering and label parsing: the one place training, evaluation and export agree on.
+
+A row becomes ``(prompt, completion)``. Training puts the loss on the completion only;
+evaluation feeds the prompt and parses the generated text back into a label.
+"""
+from __future__ import annotations
+
+import string
+
+from .errors import UserError
+
+
+def template_fields(template: str) -> list[str]:
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    except ValueError as e:
+        raise UserError(f"data.text_template is not a valid template: {e}") from None
+
+
+def check_template(template: str, columns: set[str]) -> None:
+    missing = [f for f in template_fields(template) if f not in columns]
+    if missing:
+        raise UserError(
+            f"data.text_template names column(s) {missing} that the data lacks; columns are {sorted(columns)}"
+        )
+
+
+def render(row: dict, data_cfg, tokenizer=None) -> tuple[str, str]:
+    """Split one row into the prompt the model sees and the completion it must produce."""
+    label = str(row[data_cfg.label_col])
+    if data_cfg.prompt_format == "template":
+        # Olive semantics: the text_template over text_cols; everything before the label is the prompt.
+        cut = data_cfg.text_template.index("{" + data_cfg.label_col + "}")
+        values = {k: str(v) for k, v in row.items()}
+        prompt = data_cfg.text_template[:cut].format_map(values)
+        completion = data_cfg.text_template[cut:].format_map(values)
+        return prompt, completion
+    user = "\n".join(str(row[c]) for c in data_cfg.text_cols if c != data_cfg.label_col)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user}, {"role": "assistant", "content": label}], tokenize=False
+    )
+    if not full.startswith(prompt):
+        raise UserError("the tokenizer's chat template does not extend the prompt with the answer; use prompt_format: template")
+    return prompt, full[len(prompt):].rstrip("\n")
+
+
+def parse_label(generated: str, labels: list[str]) -> str | None:
+    """The label a generation names: its first word(s) up to a newline or special token."""
+    text = generated.split("<|")[0].split("\n")[0].strip().strip(".:!\"'").lower()
+    by_length = sorted(labels, key=len, reverse=True)
+    for label in by_length:
+        if text == label.lower():
+            return label
+    for label in by_length:
+        if text.startswith(label.lower()):
+            return label
+    return None

@@ -1,0 +1,5 @@
+from components.common.harness import main
+
+from .stage import run
+
+main("data_prep", run)

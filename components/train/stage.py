@@ -1,0 +1,291 @@
+"""train: (Q)LoRA fine-tune of the base model on the completion tokens only.
+
+Setup, in order: seed -> tokenizer -> examples (prompt tokens masked out of the loss,
+optional packing) -> base model (nf4 4-bit with double quant when train.quantization=nf4,
+compute in bf16 on GPU / fp32 on CPU) -> LoRA adapter -> AdamW + warmup/linear decay.
+
+The batch order is a pure function of (seed, step), so a run resumed from a checkpoint sees
+the same batches as one that never stopped, and on CPU the final adapter is bit-identical.
+A checkpoint is written every ``train.checkpoint_every`` steps, and on SIGTERM (spot and
+preemptible nodes send it) before exiting. Checkpoints live beside the output
+(``<adapter>.checkpoints/``) and are used only if they were made with the same cache key.
+
+Outputs (Model artifact): the PEFT adapter (safetensors), ``train_log.jsonl`` (loss per
+logged step), ``metrics.json`` and ``sample_prompts.json`` (for the merge parity check).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from components.common.artifacts import verify, write_json
+from components.common.errors import UserError
+from components.common.harness import Interrupted
+from components.common.io import read_jsonl
+from components.common.models import device_for, load_model, load_tokenizer, target_modules
+
+log = logging.getLogger("slm")
+
+
+def run(cfg, context, dataset: Path, adapter: Path) -> None:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from tqdm import tqdm
+
+    tc = cfg.train
+    seed_everything(tc.seed)
+    device = device_for(cfg.runtime)
+    compute_dtype = "bfloat16" if device == "cuda" else "float32"
+
+    tokenizer = load_tokenizer(cfg.model.base, cfg.model.trust_remote_code)
+    rows = read_jsonl(dataset / "train.jsonl")
+    examples = tokenize(rows, tokenizer, tc.max_seq_len)
+    if tc.packing:
+        examples = pack(examples, tc.max_seq_len)
+    log.info("%d training sequences (%s)", len(examples), "packed" if tc.packing else "one per row")
+
+    model = load_model(
+        cfg.model.base,
+        dtype=compute_dtype,
+        quantization=tc.quantization,
+        device=device,
+        trust_remote_code=cfg.model.trust_remote_code,
+        allow_pickle=cfg.model.allow_pickle,
+    )
+    if tc.quantization == "nf4":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=device == "cuda")
+    modules = target_modules(model, tc.lora.target_modules)
+    lora = LoraConfig(
+        r=tc.lora.r,
+        lora_alpha=tc.lora.alpha,
+        lora_dropout=tc.lora.dropout,
+        target_modules=modules,
+        modules_to_save=tc.lora.modules_to_save,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as e:
+        raise UserError(f"train.lora: {e}") from None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    log.info("LoRA r=%d on %s: %.2fM trainable parameters", tc.lora.r, modules, sum(p.numel() for p in trainable) / 1e6)
+
+    optimizer = torch.optim.AdamW(trainable, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps))
+
+    ckpt = Checkpoints(Path(str(context.finals["adapter"]) + ".checkpoints"), context.cache_key)
+    start, history = ckpt.restore(model, optimizer, scheduler)
+    context.after_commit.append(ckpt.clear)
+
+    stop = {"signal": None}
+    previous = signal.signal(signal.SIGTERM, lambda signum, _f: stop.update(signal=signum))
+    model.train()
+    started, tokens = time.time(), 0
+    bar = tqdm(total=tc.max_steps, initial=start, desc="train", unit="step", disable=None)
+    try:
+        for step in range(start, tc.max_steps):
+            loss_sum = 0.0
+            for micro in range(tc.grad_accum):
+                batch = collate(batch_examples(examples, tc, step, micro), tokenizer.pad_token_id, device)
+                tokens += int(batch["attention_mask"].sum())
+                loss = completion_loss(model, batch) / tc.grad_accum
+                loss.backward()
+                loss_sum += loss.item()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if not math.isfinite(loss_sum):
+                raise UserError(f"the loss became {loss_sum} at step {step + 1}; lower train.learning_rate")
+            if (step + 1) % tc.log_every == 0 or step == start:
+                history.append({"step": step + 1, "loss": round(loss_sum, 6), "lr": scheduler.get_last_lr()[0]})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.4f}")
+            done = step + 1
+            if stop["signal"] or done % tc.checkpoint_every == 0:
+                ckpt.save(done, model, optimizer, scheduler, history)
+            if stop["signal"]:
+                raise Interrupted(f"{signal.Signals(stop['signal']).name}; checkpoint saved at step {done}")
+    finally:
+        bar.close()
+        signal.signal(signal.SIGTERM, previous)
+
+    seconds = time.time() - started
+    model.save_pretrained(adapter, safe_serialization=True)
+    _portable_adapter_config(adapter, cfg.model.base)
+    (adapter / "README.md").unlink(missing_ok=True)  # peft's model card names this machine's paths
+    with open(adapter / "train_log.jsonl", "w") as f:
+        f.writelines(json.dumps(h) + "\n" for h in history)
+    (adapter / "sample_prompts.json").write_text(json.dumps([r["prompt"] for r in rows[:16]], indent=1))
+    write_json(
+        adapter / "metrics.json",
+        {
+            "steps": tc.max_steps,
+            "resumed_from_step": start,
+            "first_loss": history[0]["loss"] if history else None,
+            "final_loss": history[-1]["loss"] if history else None,
+            "train_sequences": len(examples),
+            "tokens_this_run": tokens,
+            "seconds_this_run": round(seconds, 2),
+            "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
+            "target_modules": modules,
+            "device": device,
+            "quantization": tc.quantization,
+        },
+    )
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def tokenize(rows: list[dict], tokenizer, max_len: int) -> list[dict]:
+    """input_ids plus labels that are -100 on the prompt: the loss sees the completion only."""
+    out, truncated = [], 0
+    for row in rows:
+        prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+        if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
+            prompt = [tokenizer.bos_token_id] + prompt
+        ids = (prompt + completion)[:max_len]
+        labels = ([-100] * len(prompt) + completion)[:max_len]
+        if all(t == -100 for t in labels):
+            truncated += 1
+            continue
+        out.append({"input_ids": ids, "labels": labels})
+    if truncated:
+        log.warning("%d rows dropped: the prompt alone exceeds train.max_seq_len", truncated)
+    if not out:
+        raise UserError(f"every prompt is longer than train.max_seq_len={max_len}; raise it")
+    return out
+
+
+def pack(examples: list[dict], max_len: int) -> list[dict]:
+    """Olive's corpus "join": concatenate examples into blocks of max_len tokens."""
+    ids, labels, blocks = [], [], []
+    for e in examples:
+        ids += e["input_ids"]
+        labels += e["labels"]
+        while len(ids) >= max_len:
+            blocks.append({"input_ids": ids[:max_len], "labels": labels[:max_len]})
+            ids, labels = ids[max_len:], labels[max_len:]
+    if ids and any(t != -100 for t in labels):
+        blocks.append({"input_ids": ids, "labels": labels})
+    return blocks
+
+
+def batch_examples(examples: list[dict], tc, step: int, micro: int) -> list[dict]:
+    """The batch for (step, micro): a pure function of the seed, so resume replays it exactly."""
+    per_step = tc.batch_size * tc.grad_accum
+    start = (step * tc.grad_accum + micro) * tc.batch_size
+    epoch, offset = divmod(start, len(examples))
+    order = np.random.default_rng([tc.seed, epoch]).permutation(len(examples))
+    idx = [order[(offset + i) % len(examples)] for i in range(min(tc.batch_size, per_step))]
+    return [examples[i] for i in idx]
+
+
+def collate(batch: list[dict], pad_id: int, device: str) -> dict:
+    width = max(len(e["input_ids"]) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+
+
+def completion_loss(model, batch: dict) -> torch.Tensor:
+    """Cross-entropy on completion tokens, running the LM head only where there is a label.
+
+    The LM head of a small model is a large share of its compute (SmolLM2: 28M of 135M
+    parameters); prompt positions carry no loss, so skip them.
+    """
+    inner = model.get_base_model()
+    decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
+    if decoder is None or getattr(inner.config, "final_logit_softcapping", None):
+        return model(**batch).loss
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    logits = inner.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    return torch.nn.functional.cross_entropy(logits, targets[keep])
+
+
+def _portable_adapter_config(adapter: Path, base: str) -> None:
+    """Name the base as configured, not by this machine's cache path."""
+    path = adapter / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["base_model_name_or_path"] = base
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+class Checkpoints:
+    """The latest training state, written atomically; valid only for the same cache key."""
+
+    def __init__(self, root: Path, key: str):
+        self.root, self.key = root, key
+
+    def restore(self, model, optimizer, scheduler) -> tuple[int, list]:
+        state_dir = self.root / "latest"
+        meta_path = state_dir / "meta.json"
+        if not meta_path.is_file():
+            return 0, []
+        meta = json.loads(meta_path.read_text())
+        if meta.get("cache_key") != self.key:
+            log.info("ignoring a checkpoint made with other inputs or parameters")
+            shutil.rmtree(self.root, ignore_errors=True)
+            return 0, []
+        weights = load_file(state_dir / "trainable.safetensors")
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                named[name].copy_(tensor)
+        optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(meta["scheduler"])
+        torch.set_rng_state(torch.load(state_dir / "rng.pt", weights_only=True))
+        log.info("resumed from the checkpoint at step %d", meta["step"])
+        return meta["step"], meta["history"]
+
+    def save(self, step: int, model, optimizer, scheduler, history: list) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".tmp-{step}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(trainable, tmp / "trainable.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(torch.get_rng_state(), tmp / "rng.pt")
+        meta = {"step": step, "cache_key": self.key, "scheduler": scheduler.state_dict(), "history": history}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        old = self.root / "latest"
+        if old.exists():
+            os.replace(old, self.root / f".old-{os.getpid()}")
+        os.replace(tmp, old)
+        shutil.rmtree(self.root / f".old-{os.getpid()}", ignore_errors=True)
+        log.info("checkpoint at step %d", step)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
