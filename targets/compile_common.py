@@ -1,0 +1,204 @@
+"""What the three cluster adapters (kfp, azureml, argo) share, written once.
+
+- ``RUN_PARAMETERS``: the config knobs a user changes per run. Each becomes a pipeline
+  parameter on every engine; every other stage parameter is compiled in from the config.
+- ``image_for``: the image of a stage. The image builder imports it too.
+- ``settings``: the typed per-target section of the config (``targets.kfp`` ...).
+- the naming, typing and encoding rules that turn a registry parameter into an engine
+  parameter, so that the engine's command line is the local runner's command line.
+
+No adapter names a stage: they iterate ``for step in dag`` over the stage registry.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from components.common.config import Config, encode, format_validation_error
+from components.common.errors import UserError
+from components.registry import Pipeline, StageSpec, Step
+
+# The per-run knobs, as dotted config keys. Order is the order shown in each engine's UI.
+RUN_PARAMETERS: tuple[str, ...] = (
+    "data.path",
+    "model.base",
+    "train.lora.r",
+    "train.max_steps",
+    "onnx.precision",
+    "onnx.int4_algo_config",
+    "onnx.int4_block_size",
+    "evaluate.min_accuracy",
+    "evaluate.max_int4_drop",
+)
+
+# Inside every image the repository is the working directory; stages run as
+# ``python -m components.<stage>`` from there.
+WORKDIR = "/app"
+STAGE_ENV = {"PYTHONPATH": WORKDIR, "PYTHONUNBUFFERED": "1"}
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def image_for(spec: StageSpec, cfg: Config) -> str:
+    """``<registry>/<stage>:<tag>``, with the GPU suffix on the tag where the stage uses a GPU."""
+    tag = cfg.images.tag + (cfg.images.gpu_tag_suffix if spec.uses_gpu(cfg) else "")
+    return f"{cfg.images.registry.rstrip('/')}/{spec.name}:{tag}"
+
+
+# ---------------------------------------------------------------------------------------
+# Per-target settings: ``targets: {kfp: {...}, azureml: {...}, argo: {...}}`` in the config.
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The Hugging Face token comes from a secret, by reference only; null: no secret.
+    hf_token_secret: str | None = "hf-token"
+    hf_token_key: str = "token"
+    hf_token_env: str = "HF_TOKEN"
+    retries: int = Field(2, ge=0)
+    retry_backoff_seconds: int = Field(60, ge=0)
+    # Retrain on a schedule: a standard 5-field cron (minute hour day month weekday).
+    schedule: str | None = None
+    schedule_timezone: str = "UTC"
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v):
+        if v is not None:
+            cron_fields(v)
+        return v
+
+
+class KfpSettings(_Settings):
+    enable_caching: bool = True
+    gpu_toleration: bool = True  # tolerate the usual nvidia.com/gpu taint on GPU tasks
+
+
+class AzureMLSettings(_Settings):
+    hf_token_secret: str | None = "hf-token"  # a secret in the workspace's Key Vault
+    compute_cpu: str = "cpu-cluster"
+    compute_gpu: str = "gpu-cluster"
+    experiment_name: str | None = None  # default: the config's name
+    environment_prefix: str = "slm"
+
+
+class ArgoSettings(_Settings):
+    namespace: str | None = None
+    service_account: str | None = None
+    gpu_toleration: bool = True
+
+
+_SETTINGS = {"kfp": KfpSettings, "azureml": AzureMLSettings, "argo": ArgoSettings}
+
+
+def settings(cfg: Config, target: str) -> Any:
+    """The typed ``targets.<target>`` section; a typo is a UserError naming the key."""
+    raw = (cfg.targets or {}).get(target) or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config: targets.{target}: expected a mapping, got {type(raw).__name__}")
+    try:
+        return _SETTINGS[target].model_validate(raw)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, where="config").replace("config: ", f"config: targets.{target}.")) from None
+
+
+# ---------------------------------------------------------------------------------------
+# Schedules
+
+
+def cron_fields(expr: str) -> list[str]:
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"schedule {expr!r}: expected a 5-field cron (minute hour day-of-month month day-of-week)"
+        )
+    return fields
+
+
+def kfp_cron(expr: str) -> str:
+    """KFP's cron has a leading seconds field: ``0 3 * * 1`` -> ``0 0 3 * * 1``."""
+    return " ".join(["0", *cron_fields(expr)])
+
+
+# ---------------------------------------------------------------------------------------
+# Parameters: names, kinds, values
+
+
+def param_name(key: str) -> str:
+    """The engine-side name of a dotted config key: ``train.lora.r`` -> ``train_lora_r``."""
+    return key.replace(".", "_")
+
+
+def k8s_name(name: str) -> str:
+    """A DNS-1123 name for a stage (``data_prep`` -> ``data-prep``)."""
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+
+
+def value_kind(value: Any) -> str:
+    """``int | float | bool | str | list | dict | null``: the type a parameter is declared with."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    for kind in (int, float, str, list, dict):
+        if isinstance(value, kind):
+            return kind.__name__
+    raise UserError(f"cannot compile a parameter of type {type(value).__name__}: {value!r}")
+
+
+def check_names(dag: Pipeline, cfg: Config) -> None:
+    """Every run parameter is read by some stage, and no two keys share an engine name."""
+    keys = {k for step in dag for k in step.spec.params(cfg)}
+    missing = [k for k in RUN_PARAMETERS if k not in keys]
+    if missing:
+        raise UserError(f"RUN_PARAMETERS names keys no stage reads: {missing}")
+    seen: dict[str, str] = {}
+    for key in sorted(keys):
+        other = seen.setdefault(param_name(key), key)
+        if other != key:
+            raise UserError(f"parameters {other!r} and {key!r} have the same engine name {param_name(key)!r}")
+    stage_names: dict[str, str] = {}
+    for step in dag:
+        other = stage_names.setdefault(k8s_name(step.name), step.name)
+        if other != step.name:
+            raise UserError(f"stages {other!r} and {step.name!r} have the same Kubernetes name")
+
+
+def run_parameters(dag: Pipeline, cfg: Config) -> dict[str, Any]:
+    """``{"data.path": "data/tone.jsonl", ...}``: the run parameters and their config values."""
+    check_names(dag, cfg)
+    values: dict[str, Any] = {}
+    for step in dag:
+        values.update(step.spec.params(cfg))
+    return {k: values[k] for k in RUN_PARAMETERS}
+
+
+def argv_value(value: Any) -> str:
+    """The string a stage receives on its command line (what the local runner passes)."""
+    return encode(value)
+
+
+def needs_hf_token(spec: StageSpec, cfg: Config) -> bool:
+    """Stages that read the base model (may download it from the hub) get the token."""
+    return "model.base" in spec.params(cfg)
+
+
+def stage_resources(spec: StageSpec, cfg: Config):
+    return spec.resources(cfg)
+
+
+def upstream_output(step: Step, input_name: str) -> tuple[str, str]:
+    """``("data_prep", "dataset")`` for the upstream output wired to ``input_name``."""
+    stage, output = step.wires[input_name].split(".")
+    return stage, output
+
+
+def out_path(out: str | Path, default_name: str) -> Path:
+    path = Path(out)
+    if path.is_dir():
+        path = path / default_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,280 @@
+"""Kubeflow Pipelines v2: the DAG as a KFP pipeline, compiled with the real SDK (kfp 2.17).
+
+Every stage becomes a container component built from the registry: typed artifact inputs
+and outputs (``Input[Dataset]``, ``Output[Model]``, ``Output[Metrics]``), one typed parameter
+per stage parameter, and the stage's own command line (``StageSpec.argv``) with KFP
+placeholders for the paths and values. A stage with a Metrics output also gets an
+``Output[ClassificationMetrics]``; its command runs the stage through ``targets.kfp_metrics``,
+which afterwards publishes the scalars and the confusion matrix to the KFP UI.
+
+Per task: the stage's image, CPU/memory requests, ``nvidia.com/gpu`` where the stage uses a
+GPU, a retry policy, caching options and the Hugging Face token from a Kubernetes Secret.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+from components.common.config import Config
+from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec, Step
+
+from .compile_common import (
+    GPU_RESOURCE,
+    STAGE_ENV,
+    check_names,
+    image_for,
+    kfp_cron,
+    needs_hf_token,
+    out_path,
+    param_name,
+    run_parameters,
+    settings,
+    value_kind,
+)
+
+METRICS_WRAPPER = ["python", "-m", "targets.kfp_metrics"]
+CONFUSION_SUFFIX = "_confusion"
+
+_KIND_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict, "null": str}
+
+
+def kfp_value(value: Any) -> Any:
+    """A parameter value as KFP carries it. KFP puts a string into the command line verbatim,
+    so strings (and null) are carried in their argv encoding; numbers, booleans, lists and
+    dicts keep their type (the launcher renders them as JSON)."""
+    from components.common.config import encode
+
+    if value is None or isinstance(value, str):
+        return encode(value)
+    return value
+
+
+def _artifact_class(port_type: str):
+    from kfp import dsl
+
+    return getattr(dsl, ARTIFACT_TYPES[port_type]["kfp"])
+
+
+def metrics_ports(spec: StageSpec) -> list[str]:
+    return [p.name for p in spec.outputs if ARTIFACT_TYPES[p.type]["kfp"] == "Metrics"]
+
+
+def make_component(spec: StageSpec, cfg: Config):
+    """The stage as a KFP container component (a ``@dsl.container_component`` built from data)."""
+    from kfp import dsl
+
+    params = spec.params(cfg)
+    P = inspect.Parameter
+    sig: list[inspect.Parameter] = []
+    for port in spec.inputs:
+        sig.append(P(port.name, P.POSITIONAL_OR_KEYWORD, annotation=dsl.Input[_artifact_class(port.type)]))
+    for port in spec.outputs:
+        sig.append(P(port.name, P.POSITIONAL_OR_KEYWORD, annotation=dsl.Output[_artifact_class(port.type)]))
+    confusion = {name: name + CONFUSION_SUFFIX for name in metrics_ports(spec)}
+    for extra in confusion.values():
+        sig.append(P(extra, P.POSITIONAL_OR_KEYWORD, annotation=dsl.Output[dsl.ClassificationMetrics]))
+    for key, value in params.items():
+        sig.append(
+            P(param_name(key), P.POSITIONAL_OR_KEYWORD, annotation=_KIND_TYPES[value_kind(value)], default=kfp_value(value))
+        )
+    names = [p.name for p in sig]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{spec.name}: a parameter name collides with a port name: {names}")
+
+    def container(*args):
+        ns = dict(zip(names, args))
+        argv = spec.argv(
+            {key: ns[param_name(key)] for key in params},
+            {p.name: ns[p.name].path for p in spec.inputs},
+            {p.name: ns[p.name].path for p in spec.outputs},
+        )
+        if confusion:
+            wrapper = [*METRICS_WRAPPER, "--executor-output", dsl.PIPELINE_TASK_EXECUTOR_OUTPUT_PATH_PLACEHOLDER]
+            for metrics_name, cm_name in confusion.items():
+                wrapper += ["--metrics", metrics_name, ns[metrics_name].path, cm_name, ns[cm_name].path]
+            argv = [*wrapper, "--", *argv]
+        return dsl.ContainerSpec(image=image_for(spec, cfg), command=argv[:3], args=argv[3:])
+
+    container.__name__ = container.__qualname__ = spec.name
+    container.__doc__ = spec.summary
+    container.__signature__ = inspect.Signature(sig)
+    return dsl.container_component(container)
+
+
+def build_pipeline(dag: Pipeline, cfg: Config):
+    """The KFP pipeline (a GraphComponent) for ``dag`` under ``cfg``."""
+    from kfp import dsl, kubernetes
+
+    s = settings(cfg, "kfp")
+    check_names(dag, cfg)
+    run_params = run_parameters(dag, cfg)
+    components = {step.name: make_component(step.spec, cfg) for step in dag}
+
+    P = inspect.Parameter
+    sig = [
+        P(param_name(k), P.POSITIONAL_OR_KEYWORD, annotation=_KIND_TYPES[value_kind(v)], default=kfp_value(v))
+        for k, v in run_params.items()
+    ]
+    pipeline_param_names = [p.name for p in sig]
+
+    def body(*args):
+        channels = dict(zip(pipeline_param_names, args))
+        tasks: dict[str, Any] = {}
+        for step in dag:
+            kwargs: dict[str, Any] = {}
+            for port_name, src in step.wires.items():
+                up, out = src.split(".")
+                kwargs[port_name] = tasks[up].outputs[out]
+            for key in step.spec.params(cfg):
+                if key in run_params:
+                    kwargs[param_name(key)] = channels[param_name(key)]
+            task = components[step.name](**kwargs)
+            _configure_task(task, step, cfg, s, kubernetes)
+            tasks[step.name] = task
+
+    body.__name__ = body.__qualname__ = param_name(cfg.name).replace("-", "_")
+    body.__signature__ = inspect.Signature(sig)
+    return dsl.pipeline(
+        name=cfg.name,
+        description=f"{dag.name}: " + " -> ".join(step.name for step in dag) + f" (config {cfg.name})",
+    )(body)
+
+
+def _configure_task(task, step: Step, cfg: Config, s, kubernetes) -> None:
+    res = step.spec.resources(cfg)
+    task.set_display_name(step.name)
+    task.set_cpu_request(str(res.cpu))
+    task.set_cpu_limit(str(res.cpu))
+    task.set_memory_request(f"{res.memory_gb}Gi")
+    task.set_memory_limit(f"{res.memory_gb}Gi")
+    if res.gpu:
+        task.set_accelerator_type(GPU_RESOURCE)
+        task.set_accelerator_limit(res.gpu)
+        if s.gpu_toleration:
+            kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    task.set_retry(
+        num_retries=s.retries,
+        backoff_duration=f"{s.retry_backoff_seconds}s",
+        backoff_factor=2.0,
+        backoff_max_duration="3600s",
+    )
+    task.set_caching_options(enable_caching=s.enable_caching)
+    for name, value in STAGE_ENV.items():
+        task.set_env_variable(name, value)
+    if s.hf_token_secret and needs_hf_token(step.spec, cfg):
+        kubernetes.use_secret_as_env(
+            task,
+            secret_name=s.hf_token_secret,
+            secret_key_to_env={s.hf_token_key: s.hf_token_env},
+            optional=True,  # only gated or private models need it
+        )
+
+
+def compile_pipeline(dag: Pipeline, cfg: Config, out: str | Path) -> Path:
+    """Write the KFP pipeline YAML (IR + Kubernetes platform spec) to ``out``."""
+    from kfp import compiler
+
+    path = out_path(out, "pipeline.yaml")
+    compiler.Compiler().compile(pipeline_func=build_pipeline(dag, cfg), package_path=str(path))
+    s = settings(cfg, "kfp")
+    if s.schedule:
+        write_recurring_run(cfg, path, s)
+    return path
+
+
+def write_recurring_run(cfg: Config, pipeline_path: Path, s) -> Path:
+    """A recurring-run request for the KFP v2beta1 API (``POST /apis/v2beta1/recurringruns``),
+    with the schedule converted to KFP's 6-field cron. The ``kfp`` CLI equivalent is in
+    docs/compile.md."""
+    body = {
+        "display_name": f"{cfg.name}-retrain",
+        "description": f"Retrain {cfg.name} on schedule {s.schedule!r} ({s.schedule_timezone}).",
+        "pipeline_spec_path": pipeline_path.name,
+        "trigger": {"cron_schedule": {"cron": kfp_cron(s.schedule)}},
+        "mode": "ENABLE",
+        "max_concurrency": "1",
+        "no_catchup": True,
+    }
+    target = pipeline_path.with_name(pipeline_path.stem + ".recurring-run.json")
+    target.write_text(json.dumps(body, indent=2) + "\n")
+    return target
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a compiled file back: the command line each task runs.
+
+
+def task_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
+    """``{stage: argv}`` from a compiled KFP YAML, placeholders resolved against ``root``.
+
+    Artifact paths resolve through the YAML's own wiring (producer task and output key) to
+    ``<root>/<producer stage>/<output>``; parameters resolve to the task's constant, or the
+    pipeline parameter's default, or the component's default, rendered as the launcher would.
+    The metrics wrapper, if any, is stripped: what remains is what the stage itself runs.
+    """
+    import re
+
+    from components.common.config import encode
+
+    import yaml
+
+    docs = list(yaml.safe_load_all(Path(path).read_text()))
+    spec = docs[0]
+    root_dag = spec["root"]["dag"]["tasks"]
+    root_params = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+    stage_of = {name: t["taskInfo"]["name"] for name, t in root_dag.items()}
+    out: dict[str, list[str]] = {}
+    for task_name, task in root_dag.items():
+        comp = spec["components"][task["componentRef"]["name"]]
+        container = spec["deploymentSpec"]["executors"][comp["executorLabel"]]["container"]
+        argv = list(container.get("command", [])) + list(container.get("args", []))
+        stage = stage_of[task_name]
+        defs = comp.get("inputDefinitions", {}).get("parameters", {})
+        values: dict[str, str] = {}
+        for pname, pdef in defs.items():
+            binding = task.get("inputs", {}).get("parameters", {}).get(pname)
+            if binding is None:
+                value = pdef.get("defaultValue")
+            elif "runtimeValue" in binding:
+                value = binding["runtimeValue"]["constant"]
+            else:
+                value = root_params[binding["componentInputParameter"]].get("defaultValue")
+            values[pname] = _render(value, pdef["parameterType"], encode)
+        paths: dict[str, str] = {}
+        for aname, binding in task.get("inputs", {}).get("artifacts", {}).items():
+            src = binding["taskOutputArtifact"]
+            paths[f"inputs.artifacts['{aname}']"] = f"{root}/{stage_of[src['producerTask']]}/{src['outputArtifactKey']}"
+        for aname in comp.get("outputDefinitions", {}).get("artifacts", {}):
+            paths[f"outputs.artifacts['{aname}']"] = f"{root}/{stage}/{aname}"
+
+        def sub(m):
+            expr = m.group(1)
+            pm = re.fullmatch(r"\$\.inputs\.parameters\['([^']+)'\]", expr)
+            if pm:
+                return values[pm.group(1)]
+            am = re.fullmatch(r"\$\.((?:inputs|outputs)\.artifacts\['[^']+'\])\.path", expr)
+            if am:
+                return paths[am.group(1)]
+            if expr == "$.outputs.output_file":
+                return f"{root}/{stage}/executor_output.json"
+            raise KeyError(f"unresolved placeholder {{{{{expr}}}}} in task {task_name}")
+
+        resolved = [re.sub(r"\{\{(\$[^}]*)\}\}", sub, a) for a in argv]
+        if resolved[: len(METRICS_WRAPPER)] == METRICS_WRAPPER:
+            resolved = resolved[resolved.index("--") + 1 :]
+        out[stage] = resolved
+    return out
+
+
+def _render(value: Any, parameter_type: str, encode) -> str:
+    if parameter_type == "STRING":
+        return value
+    if parameter_type == "NUMBER_INTEGER":
+        return str(int(value))
+    if parameter_type == "NUMBER_DOUBLE":
+        return encode(float(value))
+    if parameter_type == "BOOLEAN":
+        return "true" if value else "false"
+    return encode(value)
