@@ -1,0 +1,254 @@
+"""Azure Machine Learning: the DAG as a pipeline job of command components (azure-ai-ml 1.35).
+
+``compile_pipeline(dag, cfg, DIR)`` writes
+
+    DIR/components/<stage>.yml   one command component per stage (az ml component create --file)
+    DIR/pipeline.yml             the pipeline job; nodes reference the component files
+    DIR/schedule.yml             only with targets.azureml.schedule: a cron JobSchedule
+
+Each component: typed inputs and outputs (``uri_folder`` / ``custom_model`` per the artifact
+contract), one typed input per stage parameter, the stage's image as its environment, and
+the stage's own command line. There is no ``code:``: the image holds the repository at
+/app, so the output is portable. Nodes are named after their stages and run on the GPU
+cluster when the stage uses a GPU, else on the CPU cluster (``targets.azureml.compute_*``).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.common.config import Config, encode
+from components.common.errors import UserError
+from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec, Step
+
+from .compile_common import STAGE_ENV, WORKDIR, check_names, image_for, needs_hf_token, param_name, run_parameters, settings, value_kind
+
+logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
+
+SCHEMAS = {
+    "component": "https://azuremlschemas.azureedge.net/latest/commandComponent.schema.json",
+    "pipeline": "https://azuremlschemas.azureedge.net/latest/pipelineJob.schema.json",
+    "schedule": "https://azuremlschemas.azureedge.net/latest/schedule.schema.json",
+}
+_KIND_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "list": "string", "dict": "string", "null": "string"}
+_PY_TYPES = {"integer": int, "number": float, "boolean": bool, "string": str}
+# The env var that names the workspace Key Vault secret holding the Hugging Face token.
+HF_SECRET_REF_ENV = "HF_TOKEN_KEYVAULT_SECRET"
+
+
+def azure_value(value: Any) -> Any:
+    """A parameter value as an AzureML input: numbers and booleans typed, the rest as the
+    string the stage receives on its command line."""
+    kind = value_kind(value)
+    return value if kind in ("int", "float", "bool") else encode(value)
+
+
+class _Ref:
+    """A ``${{inputs.x}}`` placeholder, quoted for the shell when its value is a string."""
+
+    def __init__(self, text: str, quote: bool):
+        self.text, self.quote = text, quote
+
+    def shell(self) -> str:
+        return f"'{self.text}'" if self.quote else self.text
+
+
+def command_line(spec: StageSpec, cfg: Config) -> str:
+    params = spec.params(cfg)
+    argv = spec.argv(
+        {k: _Ref(f"${{{{inputs.{param_name(k)}}}}}", _KIND_TYPES[value_kind(v)] == "string") for k, v in params.items()},
+        {p.name: _Ref(f"${{{{inputs.{p.name}}}}}", False) for p in spec.inputs},
+        {p.name: _Ref(f"${{{{outputs.{p.name}}}}}", False) for p in spec.outputs},
+    )
+    # No code upload: the job starts in AzureML's own working folder, so go to the repo first
+    # (relative paths in the config, such as data.path, are relative to it).
+    return f"cd {WORKDIR} && " + " ".join(a.shell() if isinstance(a, _Ref) else shlex.quote(a) for a in argv)
+
+
+def make_component(spec: StageSpec, cfg: Config):
+    from azure.ai.ml import Input, Output
+    from azure.ai.ml.entities import CommandComponent, Environment
+
+    inputs: dict[str, Any] = {p.name: Input(type=ARTIFACT_TYPES[p.type]["azureml"], description=p.description or None) for p in spec.inputs}
+    for key, value in spec.params(cfg).items():
+        if inputs.get(param_name(key)):
+            raise UserError(f"{spec.name}: parameter {key!r} collides with an input port")
+        v = azure_value(value)
+        if isinstance(v, str) and "'" in v:
+            raise UserError(f"{spec.name}: {key} = {v!r}: AzureML's command line cannot carry a single quote")
+        inputs[param_name(key)] = Input(type=_KIND_TYPES[value_kind(value)], default=v, description=f"--{key}")
+    outputs = {p.name: Output(type=ARTIFACT_TYPES[p.type]["azureml"], description=p.description or None) for p in spec.outputs}
+    return CommandComponent(
+        name=spec.name,
+        version=cfg.images.tag,
+        display_name=spec.name,
+        description=spec.summary,
+        inputs=inputs,
+        outputs=outputs,
+        command=command_line(spec, cfg),
+        environment=Environment(image=image_for(spec, cfg)),
+    )
+
+
+def build_pipeline(dag: Pipeline, cfg: Config):
+    """The azure-ai-ml PipelineJob and ``{stage: CommandComponent}``."""
+    from azure.ai.ml.dsl import pipeline
+
+    s = settings(cfg, "azureml")
+    check_names(dag, cfg)
+    run_params = run_parameters(dag, cfg)
+    components = {step.name: make_component(step.spec, cfg) for step in dag}
+    P = inspect.Parameter
+    sig = [
+        P(param_name(k), P.POSITIONAL_OR_KEYWORD, annotation=_PY_TYPES[_KIND_TYPES[value_kind(v)]], default=azure_value(v))
+        for k, v in run_params.items()
+    ]
+
+    def body(**pipeline_inputs):
+        nodes: dict[str, Any] = {}
+        for step in dag:
+            kwargs: dict[str, Any] = {}
+            for port_name, src in step.wires.items():
+                up, out = src.split(".")
+                kwargs[port_name] = nodes[up].outputs[out]
+            for key in step.spec.params(cfg):
+                if key in run_params:
+                    kwargs[param_name(key)] = pipeline_inputs[param_name(key)]
+            node = components[step.name](**kwargs)
+            node.name = step.name  # not the Python variable's name
+            node.display_name = step.name
+            node.compute = s.compute_gpu if step.spec.uses_gpu(cfg) else s.compute_cpu
+            env = dict(STAGE_ENV)
+            if s.hf_token_secret and needs_hf_token(step.spec, cfg):
+                env[HF_SECRET_REF_ENV] = s.hf_token_secret  # a reference to a Key Vault secret, never its value
+            node.environment_variables = env
+            nodes[step.name] = node
+
+    body.__name__ = body.__qualname__ = param_name(cfg.name).replace("-", "_")
+    body.__signature__ = inspect.Signature(sig)
+    job = pipeline(
+        name=param_name(cfg.name).replace("-", "_"),
+        display_name=cfg.name,
+        description=f"{dag.name}: " + " -> ".join(step.name for step in dag) + f" (config {cfg.name})",
+        experiment_name=s.experiment_name or cfg.name,
+    )(body)()
+    job.settings.continue_on_step_failure = False
+    return job, components
+
+
+def compile_pipeline(dag: Pipeline, cfg: Config, out: str | Path) -> Path:
+    """Write DIR/pipeline.yml and DIR/components/<stage>.yml (and DIR/schedule.yml)."""
+    out = Path(out)
+    if out.suffix in (".yml", ".yaml"):
+        raise UserError(f"--out {out}: the azureml target writes a folder (pipeline.yml + components/); give a directory")
+    job, components = build_pipeline(dag, cfg)
+    (out / "components").mkdir(parents=True, exist_ok=True)
+    for name, comp in components.items():
+        tree = {"$schema": SCHEMAS["component"], **_dump(comp)}
+        (out / "components" / f"{name}.yml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    tree = _dump(job)
+    for name, node in tree["jobs"].items():
+        node["component"] = f"./components/{name}.yml"  # the component files, not a second copy
+    (out / "pipeline.yml").write_text(yaml.safe_dump({"$schema": SCHEMAS["pipeline"], **tree}, sort_keys=False))
+    s = settings(cfg, "azureml")
+    if s.schedule:
+        write_schedule(cfg, out, s)
+    return out / "pipeline.yml"
+
+
+def write_schedule(cfg: Config, out: Path, s) -> Path:
+    """A JobSchedule (``az ml schedule create --file schedule.yml``) that submits pipeline.yml."""
+    from azure.ai.ml.entities import CronTrigger, JobSchedule
+
+    schedule = JobSchedule(
+        name=f"{param_name(cfg.name).replace('-', '_')}_retrain",
+        trigger=CronTrigger(expression=s.schedule, time_zone=s.schedule_timezone),
+        create_job="./pipeline.yml",
+        display_name=f"{cfg.name} retrain",
+    )
+    tree = _dump(schedule)
+    tree["create_job"] = "./pipeline.yml"
+    path = out / "schedule.yml"
+    path.write_text(yaml.safe_dump({"$schema": SCHEMAS["schedule"], **tree}, sort_keys=False))
+    return path
+
+
+def _dump(entity) -> dict:
+    import io
+
+    buf = io.StringIO()
+    entity.dump(buf)
+    return yaml.safe_load(buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a compiled folder back: the command line each node runs.
+
+_PLACEHOLDER = re.compile(r"\$\{\{(inputs|outputs)\.([A-Za-z0-9_]+)\}\}")
+_PARENT_OUTPUT = re.compile(r"^\$\{\{parent\.jobs\.([^.]+)\.outputs\.([^.}]+)\}\}$")
+_PARENT_INPUT = re.compile(r"^\$\{\{parent\.inputs\.([^.}]+)\}\}$")
+
+
+def load_component_tree(pipeline_path: Path, ref) -> dict:
+    if isinstance(ref, dict):
+        return ref
+    ref = str(ref)
+    if ref.startswith("file:"):
+        ref = ref[5:]
+    return yaml.safe_load((pipeline_path.parent / ref).read_text())
+
+
+def task_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
+    """``{stage: argv}`` from a compiled pipeline.yml, placeholders resolved against ``root``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "pipeline.yml"
+    tree = yaml.safe_load(path.read_text())
+    parent_inputs = tree.get("inputs", {})
+    out: dict[str, list[str]] = {}
+    for name, node in tree["jobs"].items():
+        comp = load_component_tree(path, node["component"])
+        bindings = node.get("inputs", {})
+
+        def value_of(inp: str) -> str:
+            decl = comp["inputs"][inp]
+            binding = bindings.get(inp)
+            if isinstance(binding, dict):
+                binding = binding.get("path", binding.get("value"))
+            if binding is None:
+                value = decl.get("default")
+            elif isinstance(binding, str) and _PARENT_OUTPUT.match(binding):
+                up, output = _PARENT_OUTPUT.match(binding).groups()
+                return f"{root}/{up}/{output}"
+            elif isinstance(binding, str) and _PARENT_INPUT.match(binding):
+                pv = parent_inputs[_PARENT_INPUT.match(binding).group(1)]
+                value = pv.get("value", pv.get("default")) if isinstance(pv, dict) else pv
+            else:
+                value = binding
+            return _render(value, decl["type"])
+
+        def sub(m):
+            kind, key = m.groups()
+            return value_of(key) if kind == "inputs" else f"{root}/{name}/{key}"
+
+        tokens = shlex.split(comp["command"])
+        if tokens[:3] == ["cd", WORKDIR, "&&"]:
+            tokens = tokens[3:]
+        out[name] = [_PLACEHOLDER.sub(sub, tok) for tok in tokens]
+    return out
+
+
+def _render(value: Any, azure_type: str) -> str:
+    if azure_type == "integer":
+        return str(int(value))
+    if azure_type == "number":
+        return encode(float(value))
+    if azure_type == "boolean":
+        return "true" if (value is True or str(value).lower() == "true") else "false"
+    return str(value)
