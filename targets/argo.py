@@ -1,0 +1,226 @@
+"""Argo Workflows: the DAG as a Workflow built with hera (7.1) and dumped as YAML.
+
+One container template per stage (its image, the stage's own command line with Argo
+placeholders, input/output artifacts, CPU/memory requests, ``nvidia.com/gpu`` where the
+stage uses a GPU, a retry strategy and the Hugging Face token from a Kubernetes Secret),
+and one DAG task per step whose input artifacts come ``from`` the upstream task's outputs.
+The run parameters are workflow arguments (``argo submit -p train_lora_r=32``).
+
+Nothing is submitted: no Argo server is needed. With ``targets.argo.schedule`` the same
+spec is also written as a CronWorkflow next to the Workflow (``<out>.cron.yaml``).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.common.config import Config, encode
+from components.registry import Pipeline, Step
+
+from .compile_common import (
+    GPU_RESOURCE,
+    STAGE_ENV,
+    check_names,
+    image_for,
+    k8s_name,
+    needs_hf_token,
+    out_path,
+    param_name,
+    run_parameters,
+    settings,
+)
+
+ENTRYPOINT = "main"
+IN_DIR = "/tmp/artifacts/inputs"
+OUT_DIR = "/tmp/artifacts/outputs"
+
+
+class _Ref:
+    def __init__(self, text: str):
+        self.text = text
+
+
+def template_argv(step: Step, cfg: Config) -> list[str]:
+    spec = step.spec
+    argv = spec.argv(
+        {k: _Ref(f"{{{{inputs.parameters.{param_name(k)}}}}}") for k in spec.params(cfg)},
+        {p.name: _Ref(f"{{{{inputs.artifacts.{p.name}.path}}}}") for p in spec.inputs},
+        {p.name: _Ref(f"{{{{outputs.artifacts.{p.name}.path}}}}") for p in spec.outputs},
+    )
+    return [a.text if isinstance(a, _Ref) else a for a in argv]
+
+
+def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
+    """Everything a Workflow and a CronWorkflow share, as hera constructor arguments."""
+    from hera.workflows import (
+        DAG,
+        Artifact,
+        Container,
+        Env,
+        Parameter,
+        Resources,
+        RetryStrategy,
+        SecretEnv,
+        Task,
+    )
+    from hera.workflows.models import Backoff, Toleration
+
+    s = settings(cfg, "argo")
+    check_names(dag, cfg)
+    run_params = run_parameters(dag, cfg)
+
+    templates: dict[str, Any] = {}
+    for step in dag:
+        spec = step.spec
+        res = spec.resources(cfg)
+        env: list[Any] = [Env(name=k, value=v) for k, v in STAGE_ENV.items()]
+        if s.hf_token_secret and needs_hf_token(spec, cfg):
+            env.append(SecretEnv(name=s.hf_token_env, secret_name=s.hf_token_secret, secret_key=s.hf_token_key, optional=True))
+        argv = template_argv(step, cfg)
+        templates[step.name] = Container(
+            name=k8s_name(step.name),
+            image=image_for(spec, cfg),
+            command=argv[:3],
+            args=argv[3:],
+            inputs=[Artifact(name=p.name, path=f"{IN_DIR}/{p.name}") for p in spec.inputs]
+            + [Parameter(name=param_name(k)) for k in spec.params(cfg)],
+            outputs=[Artifact(name=p.name, path=f"{OUT_DIR}/{p.name}") for p in spec.outputs],
+            resources=Resources(
+                cpu_request=res.cpu,
+                cpu_limit=res.cpu,
+                memory_request=f"{res.memory_gb}Gi",
+                memory_limit=f"{res.memory_gb}Gi",
+                gpus=res.gpu or None,
+                gpu_flag=GPU_RESOURCE,
+            ),
+            retry_strategy=RetryStrategy(
+                limit=s.retries,
+                retry_policy="Always",
+                backoff=Backoff(duration=f"{s.retry_backoff_seconds}s", factor=2, max_duration="1h"),
+            ),
+            env=env,
+            tolerations=[Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")]
+            if (res.gpu and s.gpu_toleration)
+            else None,
+        )
+    tasks = []
+    for step in dag:
+        arguments: list[Any] = []
+        for port_name, src in step.wires.items():
+            up, out = src.split(".")
+            arguments.append(Artifact(name=port_name, from_=f"{{{{tasks.{k8s_name(up)}.outputs.artifacts.{out}}}}}"))
+        for key, value in step.spec.params(cfg).items():
+            if key in run_params:
+                arguments.append(Parameter(name=param_name(key), value=f"{{{{workflow.parameters.{param_name(key)}}}}}"))
+            else:
+                arguments.append(Parameter(name=param_name(key), value=encode(value)))
+        tasks.append((step, arguments))
+
+    def build_dag():
+        with DAG(name=ENTRYPOINT) as main:
+            for step, arguments in tasks:
+                Task(
+                    name=k8s_name(step.name),
+                    template=templates[step.name],
+                    arguments=arguments,
+                    dependencies=sorted(k8s_name(u) for u in step.upstream()) or None,
+                )
+        return main
+
+    return dict(
+        entrypoint=ENTRYPOINT,
+        namespace=s.namespace,
+        service_account_name=s.service_account,
+        arguments=[Parameter(name=param_name(k), value=encode(v)) for k, v in run_params.items()],
+        labels={"app.kubernetes.io/name": k8s_name(dag.name), "slm-pipeline/config": k8s_name(cfg.name)},
+        _templates=list(templates.values()),
+        _dag=build_dag,
+    )
+
+
+def _assemble(cls, dag: Pipeline, cfg: Config, **extra):
+    kwargs = _spec_kwargs(dag, cfg)
+    templates, build_dag = kwargs.pop("_templates"), kwargs.pop("_dag")
+    with cls(**kwargs, **extra) as wf:
+        build_dag()
+        for t in templates:
+            wf._add_sub(t)
+    return wf
+
+
+def build_workflow(dag: Pipeline, cfg: Config):
+    from hera.workflows import Workflow
+
+    return _assemble(Workflow, dag, cfg, generate_name=f"{k8s_name(cfg.name)}-")
+
+
+def build_cron_workflow(dag: Pipeline, cfg: Config):
+    from hera.workflows import CronWorkflow
+
+    s = settings(cfg, "argo")
+    return _assemble(
+        CronWorkflow,
+        dag,
+        cfg,
+        name=f"{k8s_name(cfg.name)}-retrain",
+        schedules=[s.schedule],
+        timezone=s.schedule_timezone,
+        concurrency_policy="Forbid",
+    )
+
+
+def compile_pipeline(dag: Pipeline, cfg: Config, out: str | Path) -> Path:
+    path = out_path(out, "workflow.yaml")
+    path.write_text(build_workflow(dag, cfg).to_yaml())
+    s = settings(cfg, "argo")
+    if s.schedule:
+        path.with_name(path.stem + ".cron.yaml").write_text(build_cron_workflow(dag, cfg).to_yaml())
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a compiled file back: the command line each task runs.
+
+_TAG = re.compile(r"\{\{\s*([^}]+?)\s*\}\}")
+
+
+def task_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
+    """``{stage: argv}`` from a compiled Workflow, placeholders resolved against ``root``.
+
+    Input artifacts resolve through the task's ``from:`` (producer task and output name) to
+    ``<root>/<producer stage>/<output>``; outputs to ``<root>/<stage>/<output>``; parameters to
+    the task's argument, with ``{{workflow.parameters.x}}`` taken from the workflow arguments.
+    """
+    tree = yaml.safe_load(Path(path).read_text())
+    spec = tree["spec"]
+    wf_params = {p["name"]: p.get("value") for p in spec.get("arguments", {}).get("parameters", [])}
+    templates = {t["name"]: t for t in spec["templates"]}
+    dag_tasks = templates[spec["entrypoint"]]["dag"]["tasks"]
+    stage_of = {t["name"]: templates[t["template"]]["container"]["command"][2].split(".", 1)[1] for t in dag_tasks}
+    out: dict[str, list[str]] = {}
+    for task in dag_tasks:
+        tmpl = templates[task["template"]]
+        stage = stage_of[task["name"]]
+        args = task.get("arguments", {})
+        params = {p["name"]: _TAG.sub(lambda m: wf_params[m.group(1).split(".", 2)[2]], str(p["value"])) for p in args.get("parameters", [])}
+        arts = {}
+        for a in args.get("artifacts", []):
+            m = re.fullmatch(r"\{\{tasks\.([^.]+)\.outputs\.artifacts\.([^}]+)\}\}", a["from"])
+            arts[a["name"]] = f"{root}/{stage_of[m.group(1)]}/{m.group(2)}"
+
+        def sub(m):
+            parts = m.group(1).split(".")
+            if parts[:2] == ["inputs", "parameters"]:
+                return params[parts[2]]
+            if parts[:2] == ["inputs", "artifacts"] and parts[3] == "path":
+                return arts[parts[2]]
+            if parts[:2] == ["outputs", "artifacts"] and parts[3] == "path":
+                return f"{root}/{stage}/{parts[2]}"
+            raise KeyError(f"unresolved placeholder {m.group(0)} in task {task['name']}")
+
+        container = tmpl["container"]
+        out[stage] = [_TAG.sub(sub, a) for a in container.get("command", []) + container.get("args", [])]
+    return out
