@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -90,6 +91,9 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
     logging.basicConfig(level=logging.INFO, format=f"[{stage_name}] %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns that its optional hub-downloaded CPU kernels are absent; it falls back to torch.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
     args = vars(_parser(spec).parse_args(argv))
     signal.signal(signal.SIGTERM, _raise_interrupted)
     tmps: dict[str, Path] = {}

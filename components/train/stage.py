@@ -108,6 +108,9 @@ def run(cfg, context, dataset: Path, adapter: Path) -> None:
                 raise UserError(f"the loss became {loss_sum} at step {step + 1}; lower train.learning_rate")
             if (step + 1) % tc.log_every == 0 or step == start:
                 history.append({"step": step + 1, "loss": round(loss_sum, 6), "lr": scheduler.get_last_lr()[0]})
+                if bar.disable:  # no terminal: the log is the progress report
+                    log.info("step %d/%d loss %.4f (%.2fs/step)", step + 1, tc.max_steps, loss_sum,
+                             (time.time() - started) / (step + 1 - start))
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.4f}")
             done = step + 1

@@ -1,0 +1,146 @@
+"""Bad input -> one clear line naming the problem, a non-zero exit, and no artifact."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_pipeline, stage_cli
+
+
+def rows_file(tmp: Path, rows, name="data.jsonl", raw: bytes | None = None) -> str:
+    path = tmp / name
+    path.write_bytes(raw if raw is not None else "\n".join(json.dumps(r) for r in rows).encode())
+    return str(path)
+
+
+GOOD = [{"phrase": f"phrase number {i}", "tone": ["joy", "fear"][i % 2]} for i in range(20)]
+
+# (case id, overrides builder, expected text in the error)
+DATA_CASES = [
+    ("missing-field", lambda t: [f"data.path={rows_file(t, GOOD[:5] + [{'phrase': 'no tone here'}])}"], "row 6: field 'tone' is missing or empty"),
+    ("empty-field", lambda t: [f"data.path={rows_file(t, GOOD[:3] + [{'phrase': '  ', 'tone': 'joy'}])}"], "row 4: field 'phrase' is missing or empty"),
+    ("empty-file", lambda t: [f"data.path={rows_file(t, [], raw=b'')}"], "is empty"),
+    ("bad-json", lambda t: [f"data.path={rows_file(t, [], raw=b'{\"phrase\": \"a\", \"tone\": \"joy\"}\\n{oops')}"], "line 2: not valid JSON"),
+    ("unknown-label", lambda t: [f"data.path={rows_file(t, GOOD + [{'phrase': 'x', 'tone': 'anger'}])}", "data.labels=[joy, fear]"], "label 'anger' is not in data.labels"),
+    ("one-class", lambda t: [f"data.path={rows_file(t, [{'phrase': f'p{i}', 'tone': 'joy'} for i in range(9)])}"], "only one label"),
+    ("not-utf8", lambda t: [f"data.path={rows_file(t, [], raw=json.dumps(GOOD[0]).encode() + b'\\n{\"phrase\": \"caf\\xe9\", \"tone\": \"joy\"}')}"], "line 2: not UTF-8"),
+    ("too-long", lambda t: [f"data.path={rows_file(t, GOOD + [{'phrase': 'x' * 5000, 'tone': 'joy'}])}"], "over data.max_text_chars"),
+    ("template-column", lambda t: ["data.text_template=Q: {question}\nA: {tone}"], "names column(s) ['question'] that the data lacks"),
+    ("missing-data", lambda t: [f"data.path={t / 'nope.jsonl'}"], "data.path"),
+]
+CONFIG_CASES = [
+    ("unknown-key", ["train.lora.rank=4"], "train.lora.rank: unknown key"),
+    ("wrong-type", ["train.max_steps=lots"], "train.max_steps: Input should be a valid integer"),
+    ("negative-r", ["train.lora.r=-1"], "train.lora.r: Input should be greater than 0"),
+    ("zero-steps", ["train.max_steps=0"], "train.max_steps: Input should be greater than 0"),
+    ("eval-fraction", ["data.eval_fraction=1.0"], "data.eval_fraction: Input should be less than 1"),
+    ("bad-precision", ["onnx.precision=int3"], "onnx.precision: Input should be"),
+]
+
+
+def assert_clean_failure(proc, expected: str, out: Path) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert expected in proc.stderr, proc.stderr[-2000:]
+    leftovers = [p for p in out.rglob("*") if p.name.startswith(".") and ".tmp-" in p.name] if out.exists() else []
+    assert not leftovers, leftovers
+
+
+@pytest.mark.parametrize("case,make,expected", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_data(tmp_path, case, make, expected):
+    out = tmp_path / "run"
+    proc = run_pipeline(out, *make(tmp_path))
+    assert_clean_failure(proc, expected, out)
+    assert not (out / "data_prep" / "dataset").exists()
+    assert json.loads((out / "summary.json").read_text())["stages"]["data_prep"]["status"] == "failed"
+
+
+@pytest.mark.parametrize("case,overrides,expected", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_bad_config(tmp_path, case, overrides, expected):
+    out = tmp_path / "run"
+    proc = run_pipeline(out, *overrides)
+    assert_clean_failure(proc, expected, out)
+    assert not out.exists(), "a config error must stop the run before anything is written"
+
+
+def test_missing_model_folder(tmp_path):
+    out = tmp_path / "run"
+    proc = run_pipeline(out, f"model.base={tmp_path / 'no-such-model'}")
+    assert_clean_failure(proc, "model.base: folder not found", out)
+
+
+def test_model_folder_without_tokenizer(tmp_path, tiny_run):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_run / "merge" / "model", model)
+    (model / "tokenizer.json").unlink()
+    out = tmp_path / "run"
+    proc = stage_cli("train", "--dataset", str(tiny_run / "data_prep" / "dataset"), "--adapter", str(out / "adapter"),
+                     "--model.base", str(model))
+    assert_clean_failure(proc, "has no tokenizer", out)
+    assert not (out / "adapter").exists()
+
+
+def test_pickle_weights_are_refused(tmp_path, tiny_run):
+    import torch
+    from safetensors.torch import load_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_run / "merge" / "model", model)
+    weights = load_file(model / "model.safetensors")
+    (model / "model.safetensors").unlink()
+    torch.save(weights, model / "pytorch_model.bin")
+    out = tmp_path / "out"
+    proc = stage_cli("merge", "--adapter", str(tiny_run / "train" / "adapter"), "--model", str(out / "model"),
+                     "--model.base", str(model))
+    assert_clean_failure(proc, "has only pickle weights", out)
+
+
+def test_corrupted_safetensors(tmp_path, tiny_run):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_run / "merge" / "model", model)
+    data = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    proc = stage_cli("merge", "--adapter", str(tiny_run / "train" / "adapter"), "--model", str(out / "model"),
+                     "--model.base", str(model))
+    assert_clean_failure(proc, "cannot load model", out)
+    assert not (out / "model").exists()
+
+
+def test_adapter_that_does_not_fit_the_base(tmp_path, tiny_run):
+    out = tmp_path / "out"
+    proc = stage_cli("merge", "--adapter", str(tiny_run / "train" / "adapter"), "--model", str(out / "model"),
+                     "--model.base", "embedded:smollm2-135m-instruct")
+    assert_clean_failure(proc, "does not fit", out)
+    assert not (out / "model").exists()
+
+
+def test_onnx_folder_without_genai_config_is_refused(tmp_path, tiny_run):
+    onnx = tmp_path / "onnx"
+    shutil.copytree(tiny_run / "onnx_build" / "onnx_model", onnx)
+    (onnx / "genai_config.json").unlink()
+    out = tmp_path / "out"
+    proc = stage_cli("evaluate", "--dataset", str(tiny_run / "data_prep" / "dataset"), "--model",
+                     str(tiny_run / "merge" / "model"), "--onnx_model", str(onnx), "--metrics", str(out / "m"))
+    # The marker no longer matches the files: refused before any model is loaded.
+    assert_clean_failure(proc, "was modified after it was written (genai_config.json)", out)
+
+
+def test_input_without_marker_is_refused(tmp_path, tiny_run):
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_run / "data_prep" / "dataset", ds)
+    (ds / "_artifact.json").unlink()
+    out = tmp_path / "out"
+    proc = stage_cli("train", "--dataset", str(ds), "--adapter", str(out / "adapter"))
+    assert_clean_failure(proc, "is not a finished artifact", out)
+
+
+def test_quality_gate_failure_is_clear(tmp_path, tiny_run):
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    proc = run_pipeline(out, "evaluate.min_accuracy=0.99")
+    assert_clean_failure(proc, "quality gate failed", out)
+    assert not (out / "evaluate" / "metrics").exists()
+    assert (out / "evaluate" / "metrics.rejected.json").is_file()
