@@ -1,0 +1,537 @@
+"""Strict offline checks of a compiled pipeline file, references included.
+
+    python pipeline.py validate [--target kfp|azureml|argo] PATH
+
+Each engine's own schema parse is the first check (KFP: the ``PipelineSpec`` and
+``PlatformSpec`` protos; AzureML: ``load_job`` + ``_validate()``; Argo: hera's ``Workflow``
+model, with unknown keys rejected). None of them resolves references, so every validator
+then checks the wiring itself: each task's component/template exists, each upstream
+reference names an existing task and one of its outputs of the same type, each required
+input is bound, each placeholder in a command names a declared input or output, and the
+graph has no cycle. Every problem found is listed in one ``UserError``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.common.errors import UserError
+
+TARGETS = ("kfp", "azureml", "argo")
+
+
+def validate_file(path: str | Path, target: str | None = None) -> str:
+    """Validate ``path`` (guessing the target when None); return the target. Raises UserError."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    target = target or guess_target(path)
+    if target not in TARGETS:
+        raise UserError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+    problems = {"kfp": check_kfp, "azureml": check_azureml, "argo": check_argo}[target](path)
+    if problems:
+        shown = "\n".join(f"  - {p}" for p in problems[:30])
+        more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
+        raise UserError(f"{path}: not a valid {target} pipeline ({len(problems)} problem(s)):\n{shown}{more}")
+    return target
+
+
+def guess_target(path: Path) -> str:
+    if path.is_dir():
+        return "azureml"
+    docs = _load_yaml_docs(path)
+    first = docs[0] if docs and isinstance(docs[0], dict) else {}
+    if "pipelineInfo" in first or "deploymentSpec" in first:
+        return "kfp"
+    if str(first.get("apiVersion", "")).startswith("argoproj.io/"):
+        return "argo"
+    if "jobs" in first or first.get("type") in ("pipeline", "command"):
+        return "azureml"
+    raise UserError(f"{path}: cannot tell which engine this file is for; pass --target kfp|azureml|argo")
+
+
+def _load_yaml_docs(path: Path) -> list:
+    try:
+        return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {e}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e}") from None
+
+
+def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """A dependency cycle in ``{node: upstream nodes}``, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for up in sorted(edges.get(n, ())):
+            if state.get(up) == 1:
+                return stack[stack.index(up) :] + [up]
+            if up in edges and not state.get(up):
+                found = visit(up)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(edges):
+        if not state.get(n):
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+# =======================================================================================
+# Kubeflow Pipelines
+
+_KFP_PARAM_TYPES = {
+    "STRING": (str,),
+    "NUMBER_INTEGER": (int, float),
+    "NUMBER_DOUBLE": (int, float),
+    "BOOLEAN": (bool,),
+    "LIST": (list,),
+    "STRUCT": (dict,),
+}
+_KFP_PLACEHOLDER = re.compile(r"\{\{\$\.(inputs|outputs)\.(parameters|artifacts)\['([^']+)'\]")
+
+
+def _kfp_type_ok(value: Any, ptype: str) -> bool:
+    kinds = _KFP_PARAM_TYPES.get(ptype)
+    if kinds is None:
+        return True
+    if ptype != "BOOLEAN" and isinstance(value, bool):
+        return False
+    if ptype == "NUMBER_INTEGER" and isinstance(value, float) and not value.is_integer():
+        return False
+    return isinstance(value, kinds)
+
+
+def check_kfp(path: Path) -> list[str]:
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    docs = _load_yaml_docs(path)
+    if not docs or not isinstance(docs[0], dict):
+        return ["empty file, or the first document is not a mapping"]
+    try:
+        json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+    except json_format.ParseError as e:
+        return [f"PipelineSpec: {e}"]
+    problems: list[str] = []
+    for extra in docs[1:]:
+        try:
+            json_format.ParseDict(extra, pipeline_spec_pb2.PlatformSpec())
+        except json_format.ParseError as e:
+            problems.append(f"PlatformSpec: {e}")
+    spec = docs[0]
+    components = spec.get("components", {})
+    executors = spec.get("deploymentSpec", {}).get("executors", {})
+    if "root" not in spec or "dag" not in spec["root"]:
+        return problems + ["root: no dag"]
+
+    # Components -> executors, and the placeholders each executor's command uses.
+    users: dict[str, list[str]] = {}
+    for cname, comp in components.items():
+        label = comp.get("executorLabel")
+        if label is not None:
+            if label not in executors:
+                problems.append(f"components.{cname}.executorLabel: no executor {label!r} in deploymentSpec")
+            else:
+                users.setdefault(label, []).append(cname)
+        for pname, pdef in comp.get("inputDefinitions", {}).get("parameters", {}).items():
+            if "defaultValue" in pdef and not _kfp_type_ok(pdef["defaultValue"], pdef.get("parameterType")):
+                problems.append(
+                    f"components.{cname}.inputDefinitions.parameters.{pname}: default {pdef['defaultValue']!r} "
+                    f"is not a {pdef.get('parameterType')}"
+                )
+    for label, ex in executors.items():
+        container = ex.get("container")
+        if container is None:
+            continue
+        if not container.get("image"):
+            problems.append(f"deploymentSpec.executors.{label}: no image")
+        text = " ".join(map(str, container.get("command", []) + container.get("args", [])))
+        for comp_name in users.get(label, []):
+            comp = components[comp_name]
+            for io, kind, name in _KFP_PLACEHOLDER.findall(text):
+                declared = comp.get(f"{'input' if io == 'inputs' else 'output'}Definitions", {}).get(kind, {})
+                if name not in declared:
+                    problems.append(
+                        f"deploymentSpec.executors.{label}: placeholder {io}.{kind}['{name}'] is not declared by {comp_name}"
+                    )
+    for label in executors:
+        if label not in users:
+            problems.append(f"deploymentSpec.executors.{label}: no component uses it")
+
+    # Every DAG (root and any sub-DAG component): tasks, their wiring and bindings.
+    dags = [("root", spec["root"])] + [(n, c) for n, c in components.items() if "dag" in c]
+    for owner, holder in dags:
+        problems += _check_kfp_dag(owner, holder, components)
+
+    for i, extra in enumerate(docs[1:], 1):
+        k8s = (extra.get("platforms") or {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
+        for label, conf in k8s.items():
+            if label not in executors:
+                problems.append(f"platform spec: executor {label!r} is not in deploymentSpec.executors")
+            for j, sec in enumerate(conf.get("secretAsEnv", [])):
+                name = sec.get("secretName") or sec.get("secretNameParameter", {}).get("runtimeValue", {}).get("constant")
+                if not name or not sec.get("keyToEnv"):
+                    problems.append(f"platform spec: {label}.secretAsEnv[{j}]: needs a secret name and keyToEnv")
+    return problems
+
+
+def _check_kfp_dag(owner: str, holder: dict, components: dict) -> list[str]:
+    problems: list[str] = []
+    tasks = holder["dag"].get("tasks", {})
+    own_inputs = holder.get("inputDefinitions", {})
+    edges: dict[str, set[str]] = {}
+    for tname, task in tasks.items():
+        where = f"{owner}.dag.tasks.{tname}"
+        ref = task.get("componentRef", {}).get("name")
+        comp = components.get(ref)
+        if comp is None:
+            problems.append(f"{where}.componentRef: no component {ref!r}")
+            continue
+        deps = set(task.get("dependentTasks", []))
+        for d in sorted(deps - set(tasks)):
+            problems.append(f"{where}.dependentTasks: no task {d!r}")
+        edges[tname] = deps & set(tasks)
+        defs = comp.get("inputDefinitions", {})
+        bound_art = task.get("inputs", {}).get("artifacts", {})
+        bound_par = task.get("inputs", {}).get("parameters", {})
+        for aname, binding in bound_art.items():
+            decl = defs.get("artifacts", {}).get(aname)
+            if decl is None:
+                problems.append(f"{where}.inputs.artifacts.{aname}: {ref} has no such input")
+                continue
+            want = decl.get("artifactType", {}).get("schemaTitle")
+            if "taskOutputArtifact" in binding:
+                src = binding["taskOutputArtifact"]
+                prod, key = src.get("producerTask"), src.get("outputArtifactKey")
+                if prod not in tasks:
+                    problems.append(f"{where}.inputs.artifacts.{aname}: producer task {prod!r} does not exist")
+                    continue
+                prod_comp = components.get(tasks[prod].get("componentRef", {}).get("name"), {})
+                out = prod_comp.get("outputDefinitions", {}).get("artifacts", {}).get(key)
+                if out is None:
+                    problems.append(f"{where}.inputs.artifacts.{aname}: task {prod!r} has no output artifact {key!r}")
+                    continue
+                got = out.get("artifactType", {}).get("schemaTitle")
+                if want and got != want:
+                    problems.append(f"{where}.inputs.artifacts.{aname}: expects {want}, but {prod}.{key} is {got}")
+                if prod not in deps:
+                    problems.append(f"{where}: consumes {prod}.{key} but does not list {prod!r} in dependentTasks")
+                edges[tname].add(prod)
+            elif "componentInputArtifact" in binding:
+                name = binding["componentInputArtifact"]
+                if name not in own_inputs.get("artifacts", {}):
+                    problems.append(f"{where}.inputs.artifacts.{aname}: {owner} has no input artifact {name!r}")
+            else:
+                problems.append(f"{where}.inputs.artifacts.{aname}: bound to nothing")
+        for pname, binding in bound_par.items():
+            decl = defs.get("parameters", {}).get(pname)
+            if decl is None:
+                problems.append(f"{where}.inputs.parameters.{pname}: {ref} has no such input")
+                continue
+            if "componentInputParameter" in binding:
+                name = binding["componentInputParameter"]
+                up = own_inputs.get("parameters", {}).get(name)
+                if up is None:
+                    problems.append(f"{where}.inputs.parameters.{pname}: {owner} has no input parameter {name!r}")
+                elif up.get("parameterType") != decl.get("parameterType"):
+                    problems.append(
+                        f"{where}.inputs.parameters.{pname}: expects {decl.get('parameterType')}, "
+                        f"but {owner}'s {name} is {up.get('parameterType')}"
+                    )
+            elif "runtimeValue" in binding:
+                value = binding["runtimeValue"].get("constant")
+                if not _kfp_type_ok(value, decl.get("parameterType")):
+                    problems.append(f"{where}.inputs.parameters.{pname}: {value!r} is not a {decl.get('parameterType')}")
+            elif "taskOutputParameter" in binding:
+                prod = binding["taskOutputParameter"].get("producerTask")
+                if prod not in tasks:
+                    problems.append(f"{where}.inputs.parameters.{pname}: producer task {prod!r} does not exist")
+        for aname, decl in defs.get("artifacts", {}).items():
+            if aname not in bound_art and not decl.get("isOptional"):
+                problems.append(f"{where}: required input artifact {aname!r} of {ref} is not bound")
+        for pname, decl in defs.get("parameters", {}).items():
+            if pname not in bound_par and not decl.get("isOptional") and "defaultValue" not in decl:
+                problems.append(f"{where}: required input parameter {pname!r} of {ref} is not bound")
+    cycle = _cycle(edges)
+    if cycle:
+        problems.append(f"{owner}.dag: dependency cycle {' -> '.join(cycle)}")
+    return problems
+
+
+# =======================================================================================
+# Azure Machine Learning
+
+_AML_PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z0-9_]+)\s*\}\}")
+_AML_PARENT_OUT = re.compile(r"^\$\{\{\s*parent\.jobs\.([^.\s]+)\.outputs\.([^.\s}]+)\s*\}\}$")
+_AML_PARENT_IN = re.compile(r"^\$\{\{\s*parent\.inputs\.([^.\s}]+)\s*\}\}$")
+_AML_ANY_REF = re.compile(r"\$\{\{[^}]*\}\}")
+
+
+def check_azureml(path: Path) -> list[str]:
+    import logging
+
+    logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
+    if path.is_dir():
+        path = path / "pipeline.yml"
+        if not path.is_file():
+            return [f"no pipeline.yml in {path.parent}"]
+    docs = _load_yaml_docs(path)
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        return ["expected one YAML document, a mapping"]
+    tree = docs[0]
+    if tree.get("type") != "pipeline" or not isinstance(tree.get("jobs"), dict):
+        return ["not a pipeline job (type: pipeline with jobs)"]
+
+    problems: list[str] = []
+    comps: dict[str, dict] = {}
+    for name, node in tree["jobs"].items():
+        ref = node.get("component") if isinstance(node, dict) else None
+        if isinstance(ref, dict):
+            comps[name] = ref
+        elif isinstance(ref, str) and not ref.startswith("azureml:"):
+            file = path.parent / (ref[5:] if ref.startswith("file:") else ref)
+            if not file.is_file():
+                problems.append(f"jobs.{name}.component: no file {ref!r} next to {path.name}")
+                continue
+            loaded = _load_yaml_docs(file)
+            comps[name] = loaded[0] if loaded and isinstance(loaded[0], dict) else {}
+        else:
+            problems.append(f"jobs.{name}.component: must be a component file or an inline component, got {ref!r}")
+    if problems:
+        return problems
+
+    from azure.ai.ml import load_job
+
+    try:
+        job = load_job(path)
+        result = job._validate()
+    except Exception as e:  # the SDK raises several exception types for schema errors
+        return [f"azure-ai-ml load_job: {type(e).__name__}: {e}"]
+    if not result.passed:
+        problems += [f"azure-ai-ml: {k}: {v}" for k, v in sorted(result.error_messages.items())]
+
+    for name, comp in comps.items():
+        if "code" in comp and Path(str(comp["code"])).is_absolute():
+            problems.append(f"jobs.{name}: component code path {comp['code']!r} is absolute (not portable)")
+        declared = {"inputs": comp.get("inputs") or {}, "outputs": comp.get("outputs") or {}}
+        for io, key in _AML_PLACEHOLDER.findall(str(comp.get("command", ""))):
+            if key not in declared[io]:
+                problems.append(f"jobs.{name}.component.command: ${{{{{io}.{key}}}}} is not a declared {io[:-1]}")
+
+    parent_inputs = tree.get("inputs") or {}
+    edges: dict[str, set[str]] = {}
+    for name, node in tree["jobs"].items():
+        comp = comps[name]
+        decl_in = comp.get("inputs") or {}
+        edges[name] = set()
+        if not node.get("compute") and not (tree.get("settings") or {}).get("default_compute"):
+            problems.append(f"jobs.{name}: no compute (and no settings.default_compute)")
+        env = comp.get("environment")
+        if not env:
+            problems.append(f"jobs.{name}.component: no environment")
+        bindings = node.get("inputs") or {}
+        for iname, binding in bindings.items():
+            where = f"jobs.{name}.inputs.{iname}"
+            decl = decl_in.get(iname)
+            if decl is None:
+                problems.append(f"{where}: component {comp.get('name')!r} has no input {iname!r}")
+                continue
+            explicit_type = binding.get("type") if isinstance(binding, dict) else None
+            ref = binding.get("path", binding.get("value")) if isinstance(binding, dict) else binding
+            if explicit_type and explicit_type != decl.get("type"):
+                problems.append(f"{where}: bound as {explicit_type}, but the component declares {decl.get('type')}")
+            if not isinstance(ref, str) or "${{" not in ref:
+                continue
+            m_out, m_in = _AML_PARENT_OUT.match(ref), _AML_PARENT_IN.match(ref)
+            if m_out:
+                up, output = m_out.groups()
+                if up not in tree["jobs"]:
+                    problems.append(f"{where}: {ref} names no job {up!r}")
+                    continue
+                up_out = (comps.get(up, {}).get("outputs") or {}).get(output)
+                if up_out is None:
+                    problems.append(f"{where}: {ref}: job {up!r} has no output {output!r}")
+                    continue
+                if up_out.get("type") != decl.get("type"):
+                    problems.append(f"{where}: expects {decl.get('type')}, but {up}.{output} is {up_out.get('type')}")
+                edges[name].add(up)
+            elif m_in:
+                if m_in.group(1) not in parent_inputs:
+                    problems.append(f"{where}: {ref} names no pipeline input {m_in.group(1)!r}")
+            else:
+                problems.append(f"{where}: unrecognised reference {ref!r}")
+        for iname, decl in decl_in.items():
+            if iname not in bindings and "default" not in decl and not decl.get("optional"):
+                problems.append(f"jobs.{name}: required input {iname!r} is not bound")
+        for oname, obind in (node.get("outputs") or {}).items():
+            if oname not in (comp.get("outputs") or {}):
+                problems.append(f"jobs.{name}.outputs.{oname}: component has no output {oname!r}")
+    cycle = _cycle(edges)
+    if cycle:
+        problems.append(f"jobs: dependency cycle {' -> '.join(cycle)}")
+    return problems
+
+
+# =======================================================================================
+# Argo Workflows
+
+_ARGO_TAG = re.compile(r"\{\{\s*([^}]+?)\s*\}\}")
+_ARGO_FROM = re.compile(r"^\{\{\s*tasks\.([^.\s]+)\.outputs\.artifacts\.([^.\s}]+)\s*\}\}$")
+
+
+def _unknown_keys(raw: Any, parsed: Any, where: str = "") -> list[str]:
+    """Keys in ``raw`` that the model dropped (hera's models ignore unknown keys)."""
+    out: list[str] = []
+    if isinstance(raw, dict) and isinstance(parsed, dict):
+        for k, v in raw.items():
+            if k not in parsed:
+                out.append(f"{where}.{k}".lstrip("."))
+            else:
+                out += _unknown_keys(v, parsed[k], f"{where}.{k}")
+    elif isinstance(raw, list) and isinstance(parsed, list):
+        for i, (a, b) in enumerate(zip(raw, parsed)):
+            out += _unknown_keys(a, b, f"{where}[{i}]")
+    return out
+
+
+def check_argo(path: Path) -> list[str]:
+    from hera.workflows import models
+    from pydantic import ValidationError
+
+    docs = _load_yaml_docs(path)
+    problems: list[str] = []
+    if not docs:
+        return ["empty file"]
+    for i, tree in enumerate(docs):
+        if not isinstance(tree, dict):
+            problems.append(f"document {i}: not a mapping")
+            continue
+        kind = tree.get("kind")
+        model = {"Workflow": models.Workflow, "CronWorkflow": models.CronWorkflow, "WorkflowTemplate": models.WorkflowTemplate}.get(kind)
+        if model is None:
+            problems.append(f"document {i}: kind {kind!r} is not Workflow, CronWorkflow or WorkflowTemplate")
+            continue
+        try:
+            parsed = model.model_validate(tree)
+        except ValidationError as e:
+            for err in e.errors():
+                loc = ".".join(str(p) for p in err["loc"])
+                problems.append(f"{kind}: {loc}: {err['msg']}")
+            continue
+        dumped = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
+        problems += [f"{kind}: unknown key {k}" for k in _unknown_keys(tree, dumped)]
+        spec = tree.get("spec") or {}
+        if kind == "CronWorkflow":
+            spec = spec.get("workflowSpec") or {}
+        problems += _check_argo_spec(kind, spec)
+    return problems
+
+
+def _check_argo_spec(kind: str, spec: dict) -> list[str]:
+    problems: list[str] = []
+    templates = {t.get("name"): t for t in spec.get("templates") or []}
+    wf_params = {p.get("name") for p in (spec.get("arguments") or {}).get("parameters") or []}
+    if spec.get("entrypoint") not in templates:
+        problems.append(f"{kind}: entrypoint {spec.get('entrypoint')!r} is not a template")
+    for tname, tmpl in templates.items():
+        # Placeholders in container templates must name declared inputs/outputs.
+        container = tmpl.get("container")
+        if container:
+            inputs = tmpl.get("inputs") or {}
+            outputs = tmpl.get("outputs") or {}
+            declared = {
+                ("inputs", "parameters"): {p.get("name") for p in inputs.get("parameters") or []},
+                ("inputs", "artifacts"): {a.get("name") for a in inputs.get("artifacts") or []},
+                ("outputs", "artifacts"): {a.get("name") for a in outputs.get("artifacts") or []},
+                ("outputs", "parameters"): {p.get("name") for p in outputs.get("parameters") or []},
+            }
+            text = " ".join(map(str, (container.get("command") or []) + (container.get("args") or [])))
+            for env in container.get("env") or []:
+                text += " " + str(env.get("value", ""))
+            for expr in _ARGO_TAG.findall(text):
+                parts = expr.split(".")
+                if len(parts) >= 3 and (parts[0], parts[1]) in declared and parts[2] not in declared[(parts[0], parts[1])]:
+                    problems.append(f"templates.{tname}: {{{{{expr}}}}} names an undeclared {parts[0]} {parts[1][:-1]}")
+                elif parts[0] == "workflow" and parts[1:2] == ["parameters"] and parts[2] not in wf_params:
+                    problems.append(f"templates.{tname}: {{{{{expr}}}}} names no workflow parameter")
+            if not container.get("image"):
+                problems.append(f"templates.{tname}: container has no image")
+        dag = tmpl.get("dag")
+        if not dag:
+            continue
+        tasks = {t.get("name"): t for t in dag.get("tasks") or []}
+        edges: dict[str, set[str]] = {}
+        for name, task in tasks.items():
+            where = f"templates.{tname}.dag.tasks.{name}"
+            ref = task.get("template")
+            target = templates.get(ref)
+            if target is None:
+                problems.append(f"{where}.template: no template {ref!r}")
+                continue
+            deps = set(task.get("dependencies") or [])
+            for dep in re.findall(r"[A-Za-z0-9][-A-Za-z0-9_]*", task.get("depends") or ""):
+                if dep.lower() not in ("succeeded", "failed", "errored", "skipped", "omitted", "daemoned", "anysucceeded", "allfailed"):
+                    deps.add(dep)
+            for d in sorted(deps - set(tasks)):
+                problems.append(f"{where}.dependencies: no task {d!r}")
+            edges[name] = deps & set(tasks)
+            args = task.get("arguments") or {}
+            t_inputs = target.get("inputs") or {}
+            in_arts = {a.get("name"): a for a in t_inputs.get("artifacts") or []}
+            in_pars = {p.get("name"): p for p in t_inputs.get("parameters") or []}
+            given_arts = {a.get("name"): a for a in args.get("artifacts") or []}
+            given_pars = {p.get("name"): p for p in args.get("parameters") or []}
+            for aname, art in given_arts.items():
+                if aname not in in_arts:
+                    problems.append(f"{where}.arguments.artifacts.{aname}: template {ref!r} has no such input")
+                src = art.get("from")
+                if src is None:
+                    continue
+                m = _ARGO_FROM.match(str(src))
+                if not m:
+                    problems.append(f"{where}.arguments.artifacts.{aname}: unrecognised from {src!r}")
+                    continue
+                up, output = m.groups()
+                if up not in tasks:
+                    problems.append(f"{where}.arguments.artifacts.{aname}: from names no task {up!r}")
+                    continue
+                up_tmpl = templates.get(tasks[up].get("template"), {})
+                if output not in {a.get("name") for a in (up_tmpl.get("outputs") or {}).get("artifacts") or []}:
+                    problems.append(f"{where}.arguments.artifacts.{aname}: task {up!r} has no output artifact {output!r}")
+                if up not in deps:
+                    problems.append(f"{where}: uses {up}'s output but does not depend on {up!r}")
+                edges[name].add(up)
+            for aname, decl in in_arts.items():
+                if aname not in given_arts and not decl.get("optional") and not _argo_has_source(decl):
+                    problems.append(f"{where}: input artifact {aname!r} of template {ref!r} is not given")
+            for pname, par in given_pars.items():
+                if pname not in in_pars:
+                    problems.append(f"{where}.arguments.parameters.{pname}: template {ref!r} has no such input")
+                for expr in _ARGO_TAG.findall(str(par.get("value", ""))):
+                    parts = expr.split(".")
+                    if parts[:2] == ["workflow", "parameters"] and parts[2] not in wf_params:
+                        problems.append(f"{where}.arguments.parameters.{pname}: {{{{{expr}}}}} names no workflow parameter")
+            for pname, decl in in_pars.items():
+                if pname not in given_pars and "value" not in decl and "default" not in decl and "valueFrom" not in decl:
+                    problems.append(f"{where}: input parameter {pname!r} of template {ref!r} is not given")
+        cycle = _cycle(edges)
+        if cycle:
+            problems.append(f"templates.{tname}.dag: dependency cycle {' -> '.join(cycle)}")
+    return problems
+
+
+def _argo_has_source(decl: dict) -> bool:
+    return any(k in decl for k in ("s3", "gcs", "http", "git", "raw", "artifactory", "hdfs", "oss", "azure", "from"))
