@@ -153,6 +153,7 @@ def compile_pipeline(dag: Pipeline, cfg: Config, out: str | Path) -> Path:
         tree = {"$schema": SCHEMAS["component"], **_dump(comp)}
         (out / "components" / f"{name}.yml").write_text(yaml.safe_dump(tree, sort_keys=False))
     tree = _dump(job)
+    tree["jobs"] = {step.name: tree["jobs"][step.name] for step in dag}  # in DAG order
     for name, node in tree["jobs"].items():
         node["component"] = f"./components/{name}.yml"  # the component files, not a second copy
     (out / "pipeline.yml").write_text(yaml.safe_dump({"$schema": SCHEMAS["pipeline"], **tree}, sort_keys=False))

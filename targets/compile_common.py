@@ -186,16 +186,6 @@ def needs_hf_token(spec: StageSpec, cfg: Config) -> bool:
     return "model.base" in spec.params(cfg)
 
 
-def stage_resources(spec: StageSpec, cfg: Config):
-    return spec.resources(cfg)
-
-
-def upstream_output(step: Step, input_name: str) -> tuple[str, str]:
-    """``("data_prep", "dataset")`` for the upstream output wired to ``input_name``."""
-    stage, output = step.wires[input_name].split(".")
-    return stage, output
-
-
 def out_path(out: str | Path, default_name: str) -> Path:
     path = Path(out)
     if path.is_dir():

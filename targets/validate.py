@@ -284,7 +284,10 @@ def check_azureml(path: Path) -> list[str]:
     import logging
 
     logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
+    schedule_problems: list[str] = []
     if path.is_dir():
+        if (path / "schedule.yml").is_file():
+            schedule_problems = _check_azureml_schedule(path / "schedule.yml")
         path = path / "pipeline.yml"
         if not path.is_file():
             return [f"no pipeline.yml in {path.parent}"]
@@ -382,7 +385,24 @@ def check_azureml(path: Path) -> list[str]:
     cycle = _cycle(edges)
     if cycle:
         problems.append(f"jobs: dependency cycle {' -> '.join(cycle)}")
-    return problems
+    return schedule_problems + problems
+
+
+def _check_azureml_schedule(path: Path) -> list[str]:
+    from azure.ai.ml.entities._load_functions import load_schedule
+
+    docs = _load_yaml_docs(path)
+    tree = docs[0] if docs and isinstance(docs[0], dict) else {}
+    job = tree.get("create_job")
+    if isinstance(job, str) and not job.startswith("azureml:"):
+        target = path.parent / (job[5:] if job.startswith("file:") else job)
+        if not target.is_file():
+            return [f"{path.name}: create_job {job!r} is not a file next to it"]
+    try:
+        load_schedule(path)
+    except Exception as e:
+        return [f"{path.name}: azure-ai-ml load_schedule: {type(e).__name__}: {e}"]
+    return []
 
 
 # =======================================================================================
