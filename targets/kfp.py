@@ -4,8 +4,8 @@ Every stage becomes a container component built from the registry: typed artifac
 and outputs (``Input[Dataset]``, ``Output[Model]``, ``Output[Metrics]``), one typed parameter
 per stage parameter, and the stage's own command line (``StageSpec.argv``) with KFP
 placeholders for the paths and values. A stage with a Metrics output also gets an
-``Output[ClassificationMetrics]``; its command runs the stage through ``targets.kfp_metrics``,
-which afterwards publishes the scalars and the confusion matrix to the KFP UI.
+``Output[ClassificationMetrics]``; its command runs the stage through the code of
+``targets/kfp_metrics.py`` (inlined with ``python -c``), which afterwards publishes the scalars and the confusion matrix to the KFP UI.
 
 Per task: the stage's image, CPU/memory requests, ``nvidia.com/gpu`` where the stage uses a
 GPU, a retry policy, caching options and the Hugging Face token from a Kubernetes Secret.
@@ -34,7 +34,16 @@ from .compile_common import (
     value_kind,
 )
 
-METRICS_WRAPPER = ["python", "-m", "targets.kfp_metrics"]
+# The stage images hold components/ only, so the metrics publisher travels inside the
+# command itself (``python -c <source of targets/kfp_metrics.py>``), like KFP's own
+# lightweight components: it needs nothing in the image but Python's standard library.
+METRICS_WRAPPER = ["python", "-c"]
+
+
+def metrics_wrapper_source() -> str:
+    from . import kfp_metrics
+
+    return inspect.getsource(kfp_metrics)
 CONFUSION_SUFFIX = "_confusion"
 
 _KIND_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict, "null": str}
@@ -80,6 +89,7 @@ def make_component(spec: StageSpec, cfg: Config):
             P(param_name(key), P.POSITIONAL_OR_KEYWORD, annotation=_KIND_TYPES[value_kind(value)], default=kfp_value(value))
         )
     names = [p.name for p in sig]
+    source = metrics_wrapper_source() if confusion else ""
     if len(set(names)) != len(names):
         raise ValueError(f"{spec.name}: a parameter name collides with a port name: {names}")
 
@@ -91,7 +101,7 @@ def make_component(spec: StageSpec, cfg: Config):
             {p.name: ns[p.name].path for p in spec.outputs},
         )
         if confusion:
-            wrapper = [*METRICS_WRAPPER, "--executor-output", dsl.PIPELINE_TASK_EXECUTOR_OUTPUT_PATH_PLACEHOLDER]
+            wrapper = [*METRICS_WRAPPER, source, "--executor-output", dsl.PIPELINE_TASK_EXECUTOR_OUTPUT_PATH_PLACEHOLDER]
             for metrics_name, cm_name in confusion.items():
                 wrapper += ["--metrics", metrics_name, ns[metrics_name].path, cm_name, ns[cm_name].path]
             argv = [*wrapper, "--", *argv]
@@ -262,7 +272,7 @@ def task_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
             raise KeyError(f"unresolved placeholder {{{{{expr}}}}} in task {task_name}")
 
         resolved = [re.sub(r"\{\{(\$[^}]*)\}\}", sub, a) for a in argv]
-        if resolved[: len(METRICS_WRAPPER)] == METRICS_WRAPPER:
+        if resolved[: len(METRICS_WRAPPER)] == METRICS_WRAPPER and "--" in resolved:
             resolved = resolved[resolved.index("--") + 1 :]
         out[stage] = resolved
     return out

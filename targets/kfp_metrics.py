@@ -1,7 +1,10 @@
 """Run a stage, then publish its metrics to the KFP UI (the KFP executor output file).
 
-    python -m targets.kfp_metrics --executor-output PATH \
+    python -c "<this file>" --executor-output PATH \
         --metrics NAME DIR CONFUSION_NAME CONFUSION_PATH [--metrics ...] -- python -m components.<stage> ...
+
+(``python -m targets.kfp_metrics`` works the same from the repository.) The KFP adapter puts
+this file's source into the command, so the stage images need not contain ``targets/``.
 
 The stage writes ``<DIR>/metrics.json`` (``{"summary": {...}, "labels": [...],
 "<model>": {"confusion_matrix": [[...]]}}``). After the stage succeeds, this writes the
@@ -10,7 +13,7 @@ the flattened ``summary`` scalars on the ``Metrics`` artifact (``pytorch_accurac
 ``onnx_int4_macro_f1``, ``agreement`` ...) and a confusion matrix on the
 ``ClassificationMetrics`` artifact. The stage's exit code is passed through unchanged.
 
-Runs in the stage image; needs only the standard library.
+Runs in the stage image; needs only the standard library, and must stay self-contained.
 """
 from __future__ import annotations
 
@@ -66,7 +69,7 @@ def executor_output(pairs: list[tuple[str, Path, str]]) -> dict:
 
 def parse(argv: list[str]):
     if "--" not in argv:
-        raise SystemExit("usage: python -m targets.kfp_metrics --executor-output PATH --metrics ... -- STAGE ARGV")
+        raise SystemExit("usage: kfp_metrics --executor-output PATH [--metrics ...] -- STAGE ARGV")
     split = argv.index("--")
     own, stage = argv[:split], argv[split + 1 :]
     executor_path = None

@@ -36,6 +36,9 @@ OUT_NAME = {"kfp": "pipeline.yaml", "azureml": "azureml", "argo": "workflow.yaml
 FAKE_TOKEN = "hf_FAKE_not_a_real_token_8c1f0e"
 ROOT = "/runs/r1"
 
+# azure-ai-ml's marshmallow schemas warn by the thousand on import; they are not ours.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
 
 def _compile(target: str, cfg: Config, out: Path, dag: Pipeline = DAG) -> Path:
     TARGETS[target].compile_pipeline(dag, cfg, out)
@@ -357,8 +360,9 @@ def _argo_task(wf, name):
 ARGO_BROKEN = {
     "dangling template": (lambda wf: _argo_task(wf, "merge").update(template="nope"), "no template 'nope'"),
     "dangling from task": (
-        lambda wf: _argo_task(wf, "train")["arguments"]["artifacts"][0].update(from_="x")
-        or _argo_task(wf, "train")["arguments"]["artifacts"][0].update(**{"from": "{{tasks.nope.outputs.artifacts.dataset}}"}),
+        lambda wf: _argo_task(wf, "train")["arguments"]["artifacts"][0].update(
+            **{"from": "{{tasks.nope.outputs.artifacts.dataset}}"}
+        ),
         "from names no task 'nope'",
     ),
     "dangling from output": (
@@ -532,3 +536,31 @@ def test_kfp_metrics_wrapper_writes_executor_output(tmp_path):
     exe.unlink()
     assert kfp_metrics.main(["--executor-output", str(exe), "--", sys.executable, "-c", "raise SystemExit(3)"]) == 3
     assert not exe.exists()
+
+
+def test_compiled_kfp_metrics_command_runs_standalone(compiled, tmp_path):
+    """The evaluate-like task's real command (from the YAML) works without the repo on the path."""
+    path, _ = compiled[("kfp", CONFIGS[0])]
+    ir = next(yaml.safe_load_all(path.read_text()))
+    wrapped = [ex["container"] for ex in ir["deploymentSpec"]["executors"].values()
+               if ex["container"]["command"][:2] == ["python", "-c"]]
+    assert len(wrapped) == sum(1 for s in DAG for p in s.spec.outputs if p.type == "Metrics")
+    container = wrapped[0]
+    argv = container["command"] + container["args"]
+    mdir, cm, exe = tmp_path / "m" / "metrics", tmp_path / "m" / "metrics_confusion", tmp_path / "exe.json"
+    subs = {"{{$.outputs.output_file}}": str(exe), "{{$.outputs.artifacts['metrics'].path}}": str(mdir),
+            "{{$.outputs.artifacts['metrics_confusion'].path}}": str(cm)}
+    head = [subs.get(a, a) for a in argv[: argv.index("--")]]
+    doc = {"summary": {"pytorch": {"accuracy": 1.0}}, "labels": ["a", "b"],
+           "pytorch": {"confusion_matrix": [[1, 0], [0, 1]]}}
+    fake_stage = [sys.executable, "-c", "import json, os, sys; os.makedirs(sys.argv[1]); "
+                  "open(os.path.join(sys.argv[1], 'metrics.json'), 'w').write(sys.argv[2])", str(mdir), json.dumps(doc)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    import subprocess
+
+    proc = subprocess.run([sys.executable, *head[1:], "--", *fake_stage], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(exe.read_text())
+    assert out["artifacts"]["metrics"]["artifacts"][0]["metadata"] == {"pytorch_accuracy": 1.0}
+    assert json.loads(cm.read_text())["confusionMatrix"]["rows"] == [{"row": [1, 0]}, {"row": [0, 1]}]
