@@ -136,18 +136,16 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
         service_account_name=s.service_account,
         arguments=[Parameter(name=param_name(k), value=encode(v)) for k, v in run_params.items()],
         labels={"app.kubernetes.io/name": k8s_name(dag.name), "slm-pipeline/config": k8s_name(cfg.name)},
-        _templates=list(templates.values()),
+        templates=list(templates.values()),
         _dag=build_dag,
     )
 
 
 def _assemble(cls, dag: Pipeline, cfg: Config, **extra):
     kwargs = _spec_kwargs(dag, cfg)
-    templates, build_dag = kwargs.pop("_templates"), kwargs.pop("_dag")
-    with cls(**kwargs, **extra) as wf:
+    build_dag = kwargs.pop("_dag")
+    with cls(**kwargs, **extra) as wf:  # hera's tasks must be declared under the workflow
         build_dag()
-        for t in templates:
-            wf._add_sub(t)
     return wf
 
 
@@ -176,8 +174,11 @@ def compile_pipeline(dag: Pipeline, cfg: Config, out: str | Path) -> Path:
     path = out_path(out, "workflow.yaml")
     path.write_text(build_workflow(dag, cfg).to_yaml())
     s = settings(cfg, "argo")
+    cron = path.with_name(path.stem + ".cron.yaml")
     if s.schedule:
-        path.with_name(path.stem + ".cron.yaml").write_text(build_cron_workflow(dag, cfg).to_yaml())
+        cron.write_text(build_cron_workflow(dag, cfg).to_yaml())
+    elif cron.exists():  # left by an earlier compile with a schedule
+        cron.unlink()
     return path
 
 

@@ -149,6 +149,9 @@ def compile_pipeline(dag: Pipeline, cfg: Config, out: str | Path) -> Path:
         raise UserError(f"--out {out}: the azureml target writes a folder (pipeline.yml + components/); give a directory")
     job, components = build_pipeline(dag, cfg)
     (out / "components").mkdir(parents=True, exist_ok=True)
+    for stale in (out / "components").glob("*.yml"):  # stages an earlier compile had
+        if stale.stem not in components:
+            stale.unlink()
     for name, comp in components.items():
         tree = {"$schema": SCHEMAS["component"], **_dump(comp)}
         (out / "components" / f"{name}.yml").write_text(yaml.safe_dump(tree, sort_keys=False))
@@ -160,6 +163,8 @@ def compile_pipeline(dag: Pipeline, cfg: Config, out: str | Path) -> Path:
     s = settings(cfg, "azureml")
     if s.schedule:
         write_schedule(cfg, out, s)
+    elif (out / "schedule.yml").exists():  # left by an earlier compile with a schedule
+        (out / "schedule.yml").unlink()
     return out / "pipeline.yml"
 
 

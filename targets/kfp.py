@@ -189,8 +189,11 @@ def compile_pipeline(dag: Pipeline, cfg: Config, out: str | Path) -> Path:
     path = out_path(out, "pipeline.yaml")
     compiler.Compiler().compile(pipeline_func=build_pipeline(dag, cfg), package_path=str(path))
     s = settings(cfg, "kfp")
+    sidecar = path.with_name(path.stem + ".recurring-run.json")
     if s.schedule:
         write_recurring_run(cfg, path, s)
+    elif sidecar.exists():  # left by an earlier compile with a schedule
+        sidecar.unlink()
     return path
 
 

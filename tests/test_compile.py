@@ -564,3 +564,15 @@ def test_compiled_kfp_metrics_command_runs_standalone(compiled, tmp_path):
     out = json.loads(exe.read_text())
     assert out["artifacts"]["metrics"]["artifacts"][0]["metadata"] == {"pytorch_accuracy": 1.0}
     assert json.loads(cm.read_text())["confusionMatrix"]["rows"] == [{"row": [1, 0]}, {"row": [0, 1]}]
+
+
+def test_recompiling_without_schedule_removes_stale_schedule_files(tmp_path):
+    with_schedule = load_config(REPO / CONFIGS[0], [f"targets.{t}.schedule=0 3 * * 1" for t in TARGETS])
+    plain = load_config(REPO / CONFIGS[0])
+    sidecars = {"kfp": "pipeline.recurring-run.json", "azureml": "azureml/schedule.yml", "argo": "workflow.cron.yaml"}
+    for target in TARGETS:
+        out = tmp_path / OUT_NAME[target]
+        TARGETS[target].compile_pipeline(DAG, with_schedule, out)
+        assert (tmp_path / sidecars[target]).is_file()
+        TARGETS[target].compile_pipeline(DAG, plain, out)
+        assert not (tmp_path / sidecars[target]).exists(), target
