@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -24,11 +25,6 @@ from components.registry import Pipeline, Step
 
 # execute(step, argv, run_dir) -> exit code. The docker runner passes its own.
 Executor = Callable[[Step, list, Path], int]
-
-
-def artifact_paths(dag: Pipeline, root: str) -> dict[str, str]:
-    """``{"train.adapter": "<root>/train/adapter", ...}`` for every output in the DAG."""
-    return {f"{s.name}.{p.name}": f"{root}/{s.name}/{p.name}" for s in dag for p in s.spec.outputs}
 
 
 def stage_argv(step: Step, cfg: Config, root: str) -> list[str]:
@@ -96,6 +92,10 @@ def run_pipeline(
             entry.update(status="ok", cached=True)
             print(f"==> {step.name}: cached (inputs, parameters and code unchanged)", flush=True)
             continue
+        # Outputs from another key are stale: never leave them where a good one belongs.
+        for name in {step.name} | dag.downstream(step.name):
+            for port in dag[name].spec.outputs:
+                shutil.rmtree(run_dir / name / port.name, ignore_errors=True)
         argv = stage_argv(step, cfg, root or str(run_dir))
         print(f"==> {step.name}: {' '.join(argv[:3])} ...", flush=True)
         code = execute(step, argv, run_dir)

@@ -9,27 +9,26 @@ import pytest
 from conftest import ROOT, run_pipeline, stage_cli
 
 
-def rows_file(tmp: Path, rows, name="data.jsonl", raw: bytes | None = None) -> str:
-    path = tmp / name
-    path.write_bytes(raw if raw is not None else "\n".join(json.dumps(r) for r in rows).encode())
-    return str(path)
-
-
 GOOD = [{"phrase": f"phrase number {i}", "tone": ["joy", "fear"][i % 2]} for i in range(20)]
 
-# (case id, overrides builder, expected text in the error)
+# (case id, the data file's bytes, extra overrides, expected text in the error)
+def jsonl(rows) -> bytes:
+    return "\n".join(json.dumps(r) for r in rows).encode()
+
+
 DATA_CASES = [
-    ("missing-field", lambda t: [f"data.path={rows_file(t, GOOD[:5] + [{'phrase': 'no tone here'}])}"], "row 6: field 'tone' is missing or empty"),
-    ("empty-field", lambda t: [f"data.path={rows_file(t, GOOD[:3] + [{'phrase': '  ', 'tone': 'joy'}])}"], "row 4: field 'phrase' is missing or empty"),
-    ("empty-file", lambda t: [f"data.path={rows_file(t, [], raw=b'')}"], "is empty"),
-    ("bad-json", lambda t: [f"data.path={rows_file(t, [], raw=b'{\"phrase\": \"a\", \"tone\": \"joy\"}\\n{oops')}"], "line 2: not valid JSON"),
-    ("unknown-label", lambda t: [f"data.path={rows_file(t, GOOD + [{'phrase': 'x', 'tone': 'anger'}])}", "data.labels=[joy, fear]"], "label 'anger' is not in data.labels"),
-    ("one-class", lambda t: [f"data.path={rows_file(t, [{'phrase': f'p{i}', 'tone': 'joy'} for i in range(9)])}"], "only one label"),
-    ("not-utf8", lambda t: [f"data.path={rows_file(t, [], raw=json.dumps(GOOD[0]).encode() + b'\\n{\"phrase\": \"caf\\xe9\", \"tone\": \"joy\"}')}"], "line 2: not UTF-8"),
-    ("too-long", lambda t: [f"data.path={rows_file(t, GOOD + [{'phrase': 'x' * 5000, 'tone': 'joy'}])}"], "over data.max_text_chars"),
-    ("template-column", lambda t: ["data.text_template=Q: {question}\nA: {tone}"], "names column(s) ['question'] that the data lacks"),
-    ("missing-data", lambda t: [f"data.path={t / 'nope.jsonl'}"], "data.path"),
+    ("missing-field", jsonl(GOOD[:5] + [{"phrase": "no tone here"}]), [], "row 6: field 'tone' is missing or empty"),
+    ("empty-field", jsonl(GOOD[:3] + [{"phrase": "  ", "tone": "joy"}]), [], "row 4: field 'phrase' is missing or empty"),
+    ("empty-file", b"", [], "is empty"),
+    ("bad-json", b'{"phrase": "a", "tone": "joy"}\n{oops', [], "line 2: not valid JSON"),
+    ("unknown-label", jsonl(GOOD + [{"phrase": "x", "tone": "anger"}]), ["data.labels=[joy, fear]"], "label 'anger' is not in data.labels"),
+    ("one-class", jsonl([{"phrase": f"p{i}", "tone": "joy"} for i in range(9)]), [], "only one label"),
+    ("not-utf8", jsonl(GOOD[:1]) + b'\n{"phrase": "caf\xe9", "tone": "joy"}', [], "line 2: not UTF-8"),
+    ("too-long", jsonl(GOOD + [{"phrase": "x" * 5000, "tone": "joy"}]), [], "over data.max_text_chars"),
+    ("template-column", jsonl(GOOD), ["data.text_template=Q: {question}\nA: {tone}"], "names column(s) ['question'] that the data lacks"),
+    ("wrong-field-type", jsonl(GOOD + [{"phrase": ["a", "list"], "tone": "joy"}]), [], "field 'phrase' must be text"),
 ]
+
 CONFIG_CASES = [
     ("unknown-key", ["train.lora.rank=4"], "train.lora.rank: unknown key"),
     ("wrong-type", ["train.max_steps=lots"], "train.max_steps: Input should be a valid integer"),
@@ -48,10 +47,12 @@ def assert_clean_failure(proc, expected: str, out: Path) -> None:
     assert not leftovers, leftovers
 
 
-@pytest.mark.parametrize("case,make,expected", DATA_CASES, ids=[c[0] for c in DATA_CASES])
-def test_bad_data(tmp_path, case, make, expected):
+@pytest.mark.parametrize("case,raw,overrides,expected", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_data(tmp_path, case, raw, overrides, expected):
     out = tmp_path / "run"
-    proc = run_pipeline(out, *make(tmp_path))
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(raw)
+    proc = run_pipeline(out, f"data.path={data}", *overrides)
     assert_clean_failure(proc, expected, out)
     assert not (out / "data_prep" / "dataset").exists()
     assert json.loads((out / "summary.json").read_text())["stages"]["data_prep"]["status"] == "failed"
@@ -63,6 +64,12 @@ def test_bad_config(tmp_path, case, overrides, expected):
     proc = run_pipeline(out, *overrides)
     assert_clean_failure(proc, expected, out)
     assert not out.exists(), "a config error must stop the run before anything is written"
+
+
+def test_missing_data_file(tmp_path):
+    out = tmp_path / "run"
+    proc = run_pipeline(out, f"data.path={tmp_path / 'nope.jsonl'}")
+    assert_clean_failure(proc, "data.path:", out)
 
 
 def test_missing_model_folder(tmp_path):

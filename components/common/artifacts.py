@@ -85,4 +85,4 @@ def abort(tmp: Path) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    Path(path).write_text(json.dumps(obj, indent=2, default=str) + "\n")

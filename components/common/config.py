@@ -153,9 +153,11 @@ def format_validation_error(err: ValidationError, where: str = "config") -> str:
 def parse_value(text: str) -> Any:
     """A ``--set`` or argv value: JSON/YAML scalars and lists, else the plain string."""
     try:
-        return yaml.safe_load(text) if text.strip() else text
+        value = yaml.safe_load(text) if text.strip() else text
     except yaml.YAMLError:
         return text
+    # "Q: {x}" is YAML for a mapping; a mapping must be written as one: "{...}".
+    return text if isinstance(value, dict) and not text.lstrip().startswith("{") else value
 
 
 def set_path(tree: dict, dotted: str, value: Any) -> None:

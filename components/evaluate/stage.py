@@ -100,6 +100,15 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
+def until_eos(tokens: list[int], stop: set[int]) -> int:
+    """Generated tokens up to and including the first end-of-sequence: what tokens/s counts."""
+    return next((i + 1 for i, t in enumerate(tokens) if t in stop), len(tokens))
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
 class TorchGenerator:
     def __init__(self, path: Path, device: str, max_new_tokens: int):
         self.path, self.device, self.max_new_tokens = path, device, max_new_tokens
@@ -115,8 +124,8 @@ class TorchGenerator:
             **batch, max_new_tokens=self.max_new_tokens, do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
         )
-        new = out[:, batch["input_ids"].shape[1]:]
-        self.generated_tokens += int((new != self.tokenizer.pad_token_id).sum())
+        new = out[:, batch["input_ids"].shape[1]:].tolist()
+        self.generated_tokens += sum(until_eos(seq, {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}) for seq in new)
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
@@ -130,6 +139,8 @@ class OnnxGenerator:
         except Exception as e:  # noqa: BLE001
             raise UserError(f"onnxruntime-genai cannot load {path}: {str(e).splitlines()[0]}") from None
         self.tokenizer = og.Tokenizer(self.model)
+        genai = read_json(Path(path) / "genai_config.json", "onnx model")["model"]
+        self.stop_ids = {t for k in ("eos_token_id", "pad_token_id") for t in _as_list(genai.get(k))}
         self.generated_tokens = 0
 
     def generate(self, prompts: list[str]) -> list[str]:
@@ -146,7 +157,7 @@ class OnnxGenerator:
             steps += 1
         texts = []
         for i in range(len(prompts)):
-            new = generator.get_sequence(i)[width:]
+            new = generator.get_sequence(i)[width:].tolist()
             texts.append(self.tokenizer.decode(new))
-            self.generated_tokens += len(new)
+            self.generated_tokens += until_eos(new, self.stop_ids)
         return texts
