@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from components.common.config import Config, encode
+from components.common.errors import UserError
 from components.registry import Pipeline, Step
 
 from .compile_common import (
@@ -116,6 +117,8 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
             if key in run_params:
                 arguments.append(Parameter(name=param_name(key), value=f"{{{{workflow.parameters.{param_name(key)}}}}}"))
             else:
+                if "{{" in encode(value):
+                    raise UserError(f"{step.name}: {key} = {value!r}: Argo would read '{{{{' as a template tag")
                 arguments.append(Parameter(name=param_name(key), value=encode(value)))
         tasks.append((step, arguments))
 
