@@ -25,7 +25,7 @@ import yaml
 
 from components.common.config import Config, encode
 from components.common.errors import UserError
-from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec, Step
+from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec
 
 from .compile_common import STAGE_ENV, WORKDIR, check_names, image_for, needs_hf_token, param_name, run_parameters, settings, value_kind
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from components.common.config import Config, encode, format_validation_error
+from components.common.config import Config, format_validation_error
 from components.common.errors import UserError
-from components.registry import Pipeline, StageSpec, Step
+from components.registry import Pipeline, StageSpec
 
 # The per-run knobs, as dotted config keys. Order is the order shown in each engine's UI.
 RUN_PARAMETERS: tuple[str, ...] = (
@@ -174,11 +174,6 @@ def run_parameters(dag: Pipeline, cfg: Config) -> dict[str, Any]:
     for step in dag:
         values.update(step.spec.params(cfg))
     return {k: values[k] for k in RUN_PARAMETERS}
-
-
-def argv_value(value: Any) -> str:
-    """The string a stage receives on its command line (what the local runner passes)."""
-    return encode(value)
 
 
 def needs_hf_token(spec: StageSpec, cfg: Config) -> bool:

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -22,7 +21,7 @@ import yaml
 
 from components.common.config import Config, load_config
 from components.common.errors import UserError
-from components.registry import STAGES, Pipeline, Port, Resources, StageSpec, Step, step
+from components.registry import STAGES, Pipeline, Port, Resources, StageSpec, Step
 from pipeline import DAG, main
 from targets import argo, azureml, kfp
 from targets.compile_common import RUN_PARAMETERS, image_for, kfp_cron, param_name
