@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.config import Config
+from components.common.errors import UserError
 from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec, Step
 
 from .compile_common import (
@@ -89,9 +90,10 @@ def make_component(spec: StageSpec, cfg: Config):
             P(param_name(key), P.POSITIONAL_OR_KEYWORD, annotation=_KIND_TYPES[value_kind(value)], default=kfp_value(value))
         )
     names = [p.name for p in sig]
-    source = metrics_wrapper_source() if confusion else ""
     if len(set(names)) != len(names):
-        raise ValueError(f"{spec.name}: a parameter name collides with a port name: {names}")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise UserError(f"{spec.name}: KFP input/output names collide: {dup}")
+    source = metrics_wrapper_source() if confusion else ""
 
     def container(*args):
         ns = dict(zip(names, args))
