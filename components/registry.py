@@ -44,7 +44,9 @@ class StageSpec:
     sections: tuple[str, ...]
     cpu: Resources
     gpu: Resources | None = None  # what the stage asks for when runtime.device is cuda
-    external: tuple[str, ...] = ()  # params naming files outside the run: hashed into the cache key
+    # Params naming files outside the run, hashed by content into the cache key. An entry
+    # (key, other, value) counts only when params[other] == value.
+    external: tuple = ()
 
     @property
     def module(self) -> str:
@@ -56,6 +58,14 @@ class StageSpec:
         for section in self.sections:
             out.update(flatten(getattr(cfg, section), section + "."))
         return out
+
+    def external_keys(self, params: dict[str, Any]) -> list[str]:
+        keys = []
+        for entry in self.external:
+            key, *when = (entry,) if isinstance(entry, str) else entry
+            if not when or params.get(when[0]) == when[1]:
+                keys.append(key)
+        return keys
 
     def resources(self, cfg: Config) -> Resources:
         return self.gpu if (self.gpu and cfg.runtime.device == "cuda") else self.cpu
@@ -89,7 +99,8 @@ STAGES: dict[str, StageSpec] = {
             outputs=(Port("dataset", "Dataset", "train.jsonl, eval.jsonl, stats.json"),),
             sections=("data", "model"),
             cpu=Resources(cpu=1, memory_gb=4),
-            external=("data.path", "data.eval_path", "model.base"),
+            # The base model matters to data_prep only through its chat template.
+            external=("data.path", "data.eval_path", ("model.base", "data.prompt_format", "chat_template")),
         ),
         StageSpec(
             name="train",

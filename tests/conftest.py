@@ -1,35 +1,13 @@
-"""Shared fixtures: the tiny Phi-3 config and one full pipeline run reused by many tests."""
+"""Shared fixtures: one full pipeline run on the tiny Phi-3, reused by many tests."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny-phi3.yaml"
-
-
-def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a command the way a user would: a fresh interpreter, output captured."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
-
-
-def run_pipeline(out: Path, *overrides: str, config: Path = TINY, **kw) -> subprocess.CompletedProcess:
-    sets = [x for o in overrides for x in ("--set", o)]
-    return run_cli(str(ROOT / "pipeline.py"), "run", "--config", str(config), "--out", str(out), *sets, **kw)
-
-
-def stage_cli(stage: str, *args: str, **kw) -> subprocess.CompletedProcess:
-    return run_cli("-m", f"components.{stage}", *args, **kw)
-
-
-def summary(out: Path) -> dict:
-    return json.loads((out / "summary.json").read_text())
+sys.path.insert(0, str(Path(__file__).parent))  # helpers.py, for tests in subfolders too
+from helpers import run_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="session")

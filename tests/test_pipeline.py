@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, TINY, run_pipeline, summary
+from helpers import ROOT, TINY, run_pipeline, summary
 
 from components.common.hashing import file_hash
 

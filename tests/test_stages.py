@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import stage_cli
+from helpers import stage_cli
 
 from components.common.io import read_jsonl
 from components.common.prompts import parse_label

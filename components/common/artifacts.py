@@ -33,6 +33,10 @@ def verify(path: Path, expected_type: str | None = None, deep: bool = True) -> d
     marker = read_marker(path)
     if marker is None:
         raise UserError(f"{path} is not a finished artifact (no valid {MARKER}); re-run the stage that makes it")
+    for link in (p for p in path.rglob("*") if p.is_symlink()):
+        target = link.resolve()
+        if not target.is_relative_to(path.resolve()):
+            raise UserError(f"{path} holds a link that leaves the artifact ({link.name} -> {target}); refusing it")
     if expected_type and marker.get("type") != expected_type:
         raise UserError(f"{path} is a {marker.get('type')} artifact, expected {expected_type}")
     if deep:

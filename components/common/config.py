@@ -17,6 +17,17 @@ from .errors import UserError
 PHI3_TEMPLATE = "<|user|>\n{phrase}<|end|>\n<|assistant|>\n{tone}<|end|>"
 
 
+def contained_path(value: str) -> str:
+    """A relative path may not climb out of the folder it is resolved in (``../..``)."""
+    parts = Path(value).parts
+    depth = 0
+    for part in parts:
+        depth += -1 if part == ".." else (0 if part == "." else 1)
+        if depth < 0:
+            raise ValueError(f"{value!r} climbs out of the working folder with '..'; use an absolute path if you mean it")
+    return value
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -35,6 +46,11 @@ class DataConfig(Section):
     max_text_chars: int = Field(1000, gt=0)
     max_rows: int | None = Field(None, gt=0)
     seed: int = 42
+
+    @field_validator("path", "eval_path")
+    @classmethod
+    def _no_escape(cls, v):
+        return v if v is None else contained_path(v)
 
     @model_validator(mode="after")
     def _label_in_template(self):

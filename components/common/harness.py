@@ -7,6 +7,7 @@ stage temporary output folders, and seals them only when ``run`` returns.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -48,7 +49,7 @@ def source_fingerprint(value) -> str | None:
 
 
 def cache_key(spec, params: dict, input_hashes: dict[str, str]) -> str:
-    externals = {k: source_fingerprint(params.get(k)) for k in spec.external}
+    externals = {k: source_fingerprint(params.get(k)) for k in spec.external_keys(params)}
     return digest(
         {
             "stage": spec.name,
@@ -146,18 +147,22 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
         _abort(tmps)
         print(f"error: [{stage_name}] out of memory; lower the batch size or give the stage more memory", file=sys.stderr)
         sys.exit(137)
-    except OSError as e:
+    except Exception as e:
         _abort(tmps)
-        if e.errno == 28:  # ENOSPC
-            print(f"error: [{stage_name}] disk full while writing ({e.filename or 'output'}); free space and re-run", file=sys.stderr)
+        if _is_disk_full(e):
+            print(f"error: [{stage_name}] disk full while writing ({e}); free space and re-run. No output was written", file=sys.stderr)
             sys.exit(2)
-        traceback.print_exc()
-        sys.exit(1)
-    except Exception:
-        _abort(tmps)
         traceback.print_exc()
         print(f"error: [{stage_name}] failed unexpectedly (traceback above); no output was written", file=sys.stderr)
         sys.exit(1)
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """ENOSPC/EFBIG, also when a Rust or C++ library reports it as text (safetensors, onnx)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG):
+        return True
+    text = str(e)
+    return any(s in text for s in ("No space left on device", "File too large", "os error 28", "os error 27"))
 
 
 def _abort(tmps: dict[str, Path]) -> None:

@@ -66,8 +66,8 @@ def builtin_fingerprint(source: str) -> str | None:
         return None
     if source in EMBEDDED:
         return f"{source}@{file_hash(_embedded_file(source))}"
-    if source == TINY:
-        return f"{TINY}@{file_hash(Path(__file__))}"  # built deterministically by this file
+    if source == TINY:  # built deterministically by this file, its tokenizer from the bundled data
+        return f"{TINY}@{file_hash(Path(__file__))[:16]}{file_hash(ROOT / 'data' / 'tone.jsonl')[:16]}"
     return None
 
 
@@ -186,6 +186,7 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     path = resolve(source)
+    _warn_remote_code(source, trust_remote_code)
     if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         raise UserError(f"{source} has no tokenizer (tokenizer.json); save the tokenizer with the model")
     try:
@@ -211,8 +212,7 @@ def load_model(
 
     path = resolve(source)
     _check_weights(Path(path), allow_pickle)
-    if trust_remote_code:
-        log.warning("trust_remote_code is on: %s may run its own Python code", source)
+    _warn_remote_code(source, trust_remote_code)
     kwargs = dict(dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code)
     if not allow_pickle:
         kwargs["use_safetensors"] = True
@@ -235,6 +235,11 @@ def load_model(
     if quantization != "nf4":
         model.to(device)
     return model
+
+
+def _warn_remote_code(source: str, trust: bool) -> None:
+    if trust:
+        log.warning("model.trust_remote_code is on: %s may run its own Python code on this machine", source)
 
 
 def target_modules(model, requested: list[str] | None) -> list[str]:

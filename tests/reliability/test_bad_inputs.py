@@ -1,4 +1,5 @@
-"""Bad input -> one clear line naming the problem, a non-zero exit, and no artifact."""
+"""The bad-input catalogue: each case gets one clear line naming the problem, a non-zero
+exit, and leaves no artifact behind. docs/reliability.md counts these cases."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_pipeline, stage_cli
+from helpers import ROOT, run_pipeline, stage_cli
 
 
 GOOD = [{"phrase": f"phrase number {i}", "tone": ["joy", "fear"][i % 2]} for i in range(20)]
@@ -27,6 +28,9 @@ DATA_CASES = [
     ("too-long", jsonl(GOOD + [{"phrase": "x" * 5000, "tone": "joy"}]), [], "over data.max_text_chars"),
     ("template-column", jsonl(GOOD), ["data.text_template=Q: {question}\nA: {tone}"], "names column(s) ['question'] that the data lacks"),
     ("wrong-field-type", jsonl(GOOD + [{"phrase": ["a", "list"], "tone": "joy"}]), [], "field 'phrase' must be text"),
+    ("row-not-object", b'["joy", "fear"]\n', [], "row 1: expected an object"),
+    ("missing-eval-file", jsonl(GOOD), ["data.eval_path=/nonexistent/eval.jsonl"], "data.eval_path: /nonexistent/eval.jsonl not found"),
+    ("prompt-over-seq-len", jsonl(GOOD), ["train.max_seq_len=9"], "every prompt is longer than train.max_seq_len=9"),
 ]
 
 CONFIG_CASES = [
@@ -36,6 +40,14 @@ CONFIG_CASES = [
     ("zero-steps", ["train.max_steps=0"], "train.max_steps: Input should be greater than 0"),
     ("eval-fraction", ["data.eval_fraction=1.0"], "data.eval_fraction: Input should be less than 1"),
     ("bad-precision", ["onnx.precision=int3"], "onnx.precision: Input should be"),
+    ("dropout-one", ["train.lora.dropout=1.0"], "train.lora.dropout: Input should be less than 1"),
+    ("batch-zero", ["train.batch_size=0"], "train.batch_size: Input should be greater than 0"),
+    ("bad-provider", ["onnx.execution_provider=tpu"], "onnx.execution_provider: Input should be 'cpu' or 'cuda'"),
+    ("bad-bool", ["model.trust_remote_code=maybe"], "model.trust_remote_code: Input should be a valid boolean"),
+    ("unknown-section", ["trainer.lr=1"], "trainer: unknown key"),
+    ("block-size", ["onnx.int4_block_size=17"], "onnx.int4_block_size: Input should be 16, 32, 64, 128 or 256"),
+    ("path-escape", ["data.path=../../etc/passwd"], "climbs out of the working folder"),
+    ("set-without-equals", ["train.max_steps"], "expected key.path=value"),
 ]
 
 
@@ -54,8 +66,10 @@ def test_bad_data(tmp_path, case, raw, overrides, expected):
     data.write_bytes(raw)
     proc = run_pipeline(out, f"data.path={data}", *overrides)
     assert_clean_failure(proc, expected, out)
-    assert not (out / "data_prep" / "dataset").exists()
-    assert json.loads((out / "summary.json").read_text())["stages"]["data_prep"]["status"] == "failed"
+    failed = [n for n, st in json.loads((out / "summary.json").read_text())["stages"].items() if st["status"] == "failed"]
+    assert len(failed) == 1
+    for stage in ("data_prep", "train", "merge", "onnx_build", "evaluate")[("data_prep", "train").index(failed[0]):]:
+        assert not any((out / stage).glob("[!.]*")), f"{stage} left an output"
 
 
 @pytest.mark.parametrize("case,overrides,expected", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
@@ -151,3 +165,64 @@ def test_quality_gate_failure_is_clear(tmp_path, tiny_run):
     assert_clean_failure(proc, "quality gate failed", out)
     assert not (out / "evaluate" / "metrics").exists()
     assert (out / "evaluate" / "metrics.rejected.json").is_file()
+
+
+def test_config_file_not_found(tmp_path):
+    proc = run_pipeline(tmp_path / "run", config=tmp_path / "nope.yaml")
+    assert_clean_failure(proc, "config file not found", tmp_path / "run")
+
+
+def test_config_file_not_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    proc = run_pipeline(tmp_path / "run", config=bad)
+    assert_clean_failure(proc, "not valid YAML", tmp_path / "run")
+
+
+def test_wrong_artifact_type_is_refused(tmp_path, tiny_run):
+    out = tmp_path / "out"
+    proc = stage_cli("train", "--dataset", str(tiny_run / "train" / "adapter"), "--adapter", str(out / "adapter"))
+    assert_clean_failure(proc, "is a Model artifact, expected Dataset", out)
+    assert not (out / "adapter").exists()
+
+
+def test_unfaithful_merge_fails_the_parity_check(tmp_path, tiny_run):
+    out = tmp_path / "out"
+    proc = stage_cli("merge", "--adapter", str(tiny_run / "train" / "adapter"), "--model", str(out / "model"),
+                     "--model.base", "tiny-random:phi3", "--merge.parity_tolerance", "1e-12")
+    assert_clean_failure(proc, "the merge is not faithful", out)
+    assert not (out / "model").exists()
+
+
+def test_unknown_target_modules(tmp_path, tiny_run):
+    out = tmp_path / "out"
+    proc = stage_cli("train", "--dataset", str(tiny_run / "data_prep" / "dataset"), "--adapter", str(out / "adapter"),
+                     "--model.base", "tiny-random:phi3", "--train.lora.target_modules", "[nope_proj]")
+    assert_clean_failure(proc, "are not Linear layers of this model", out)
+    assert not (out / "adapter").exists()
+
+
+def test_disk_full_mid_write(tmp_path, tiny_run):
+    """A 1 MB file-size limit makes the 2 MB weights write fail halfway, as a full disk would."""
+    import resource
+    import signal
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    out = tmp_path / "out"
+    proc = stage_cli("merge", "--adapter", str(tiny_run / "train" / "adapter"), "--model", str(out / "model"),
+                     "--model.base", "tiny-random:phi3", preexec_fn=small_disk)
+    assert_clean_failure(proc, "disk full while writing", out)
+    assert not (out / "model").exists()
+    assert not list(out.glob(".model.tmp-*")), "the half-written folder was not removed"
+
+
+def test_link_out_of_an_artifact_is_refused(tmp_path, tiny_run):
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_run / "data_prep" / "dataset", ds)
+    (ds / "secrets.txt").symlink_to("/etc/passwd")
+    out = tmp_path / "out"
+    proc = stage_cli("train", "--dataset", str(ds), "--adapter", str(out / "adapter"))
+    assert_clean_failure(proc, "holds a link that leaves the artifact", out)
