@@ -55,25 +55,3 @@ images-gpu: setup
 push: setup
 	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=registry.example.com/team [VARIANT=cuda]" >&2; exit 2; }
 	$(PY) -m targets.docker push --variant $(VARIANT) --config $(CONFIG) --registry $(REGISTRY)
-
-# --- Container images (images/README.md) ---------------------------------------------------
-# make images                 the shared base + one CPU image per stage, named and tagged from CONFIG
-# make images-gpu             the CUDA variants (base, train, onnx_build, evaluate): CUDA wheels, no CUDA base image
-# make push REGISTRY=r [VARIANT=cuda]   tag as r/<stage>:<tag> and push
-# BASE_IMAGE: the Python 3.11 image to build on (default python:3.11-slim; CI makes one with debootstrap).
-BASE_IMAGE ?=
-REGISTRY   ?=
-VARIANT    ?= cpu
-IMAGE_ARGS  = --config $(CONFIG) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
-
-.PHONY: images images-gpu push
-
-images: setup
-	DOCKER_BUILDKIT=0 $(PY) -m targets.docker build --variant cpu $(IMAGE_ARGS)
-
-images-gpu: setup
-	DOCKER_BUILDKIT=0 $(PY) -m targets.docker build --variant cuda $(IMAGE_ARGS)
-
-push: setup
-	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=registry.example.com/team [VARIANT=cuda]" >&2; exit 2; }
-	$(PY) -m targets.docker push --variant $(VARIANT) --config $(CONFIG) --registry $(REGISTRY)
