@@ -109,3 +109,25 @@ def test_label_parser():
     assert parse_label("sadness.\nmore", labels) == "sadness"
     assert parse_label("fearful", labels) == "fear"
     assert parse_label("no idea", labels) is None
+
+
+def test_qlora_nf4_trains_and_merges(tmp_path, tiny_run):
+    """QLoRA: bitsandbytes nf4 with double quant (it runs on CPU too); merge reloads in fp32."""
+    import shutil
+
+    from helpers import TINY
+
+    from components.common.config import load_config
+    from pipeline import DAG
+    from targets.local import stage_argv
+
+    shutil.copytree(tiny_run / "data_prep", tmp_path / "data_prep")
+    cfg = load_config(TINY, ["train.quantization=nf4"])
+    for stage in ("train", "merge"):
+        argv = stage_argv(DAG[stage], cfg, str(tmp_path))
+        proc = stage_cli(stage, *argv[3:])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "train" / "adapter" / "metrics.json").read_text())
+    assert metrics["quantization"] == "nf4" and metrics["final_loss"] < metrics["first_loss"]
+    parity = json.loads((tmp_path / "merge" / "model" / "parity.json").read_text())
+    assert parity["relative_diff"] <= parity["tolerance"]

@@ -76,6 +76,6 @@ def run(cfg, context, model: Path, onnx_model: Path) -> None:
             "execution_provider": oc.execution_provider,
             "options": cmd[cmd.index("--extra_options") + 1:] if "--extra_options" in cmd else [],
             "model_type": genai["model"]["type"],
-            "bytes": sum(p.stat().st_size for p in onnx_model.iterdir() if p.is_file()),
+            "bytes": sum(p.stat().st_size for p in onnx_model.iterdir() if p.is_file() and p.name != "build.log"),
         },
     )

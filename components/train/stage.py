@@ -238,10 +238,12 @@ def completion_loss(model, batch: dict) -> torch.Tensor:
 
 
 def _portable_adapter_config(adapter: Path, base: str) -> None:
-    """Name the base as configured, not by this machine's cache path."""
+    """Name the base as configured, not by this machine's cache path; keep the file stable."""
     path = adapter / "adapter_config.json"
     cfg = json.loads(path.read_text())
     cfg["base_model_name_or_path"] = base
+    if isinstance(cfg.get("target_modules"), list):  # peft writes a set, in hash order
+        cfg["target_modules"] = sorted(cfg["target_modules"])
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
 
