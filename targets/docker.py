@@ -433,13 +433,14 @@ class DockerExecutor:
             try:
                 image = self.client.images.get(name)
             except docker.errors.ImageNotFound:
-                make = "make images-gpu" if self.variant == "cuda" else "make images"
+                make = "make images-gpu" if step.spec.uses_gpu(self.cfg) else "make images"
                 raise UserError(f"image {name} not found; build it with `{make}`") from None
             built = (image.labels or {}).get(LABEL_CODE)
             if built != code_hash(step.name):
                 raise UserError(
                     f"image {name} was built from other code than this checkout's components/{step.name} "
-                    "(or the shared code or the pin list changed since); rebuild it with `make images`"
+                    "(or the shared code or the pin list changed since); rebuild it with "
+                    f"`make images{'-gpu' if step.spec.uses_gpu(self.cfg) else ''}`"
                 )
 
     def _prepare(self, run_dir: Path) -> None:

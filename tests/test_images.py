@@ -28,7 +28,7 @@ REQUIRED = any(os.environ.get(k, "").lower() not in ("", "0", "false", "no") for
 
 
 def _unavailable(reason: str):
-    how = 'start one with `eval "$(bash .ci/docker.sh start)" && bash .ci/docker.sh images`'
+    how = 'set up with `eval "$(bash .ci/docker.sh start)" && bash .ci/docker.sh images`'
     if REQUIRED:
         pytest.fail(f"container tests required here (CI/DOCKER_HOST/SLM_REQUIRE_DOCKER) but {reason}; {how}",
                     pytrace=False)
