@@ -104,8 +104,9 @@ cmd_base() {
     root="$(mktemp -d /tmp/slm-rootfs.XXXXXX)"
     log "debootstrap $SUITE (python3, venv, ca-certificates) into $root"
     local t0=$SECONDS
+    # debootstrap's own default mirror unless DEBIAN_MIRROR names another.
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-      "$SUITE" "$root" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$root.log" 2>&1 \
+      "$SUITE" "$root" ${DEBIAN_MIRROR:+"$DEBIAN_MIRROR"} >"$root.log" 2>&1 \
       || { tail -20 "$root.log" >&2; exit 1; }
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
       "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/locale/*
