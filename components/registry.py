@@ -119,7 +119,8 @@ STAGES: dict[str, StageSpec] = {
             outputs=(Port("model", "Model", "merged Hugging Face model (safetensors) + tokenizer"),),
             sections=("model", "merge", "runtime"),
             cpu=Resources(cpu=2, memory_gb=16),
-            gpu=Resources(cpu=8, memory_gb=64, gpu=0),
+            # merge loads the base on runtime.device: with cuda and no GPU the harness stops it.
+            gpu=Resources(cpu=8, memory_gb=64, gpu=1),
             external=("model.base",),
         ),
         StageSpec(

@@ -94,6 +94,8 @@ class TrainConfig(Section):
     warmup_steps: int = Field(5, ge=0)
     max_seq_len: int = Field(256, gt=8)
     packing: bool = False
+    # CUDA only. Off: 1.8x faster QLoRA on Phi-3-mini (H200, 4x1024) at ~32 GiB peak instead of ~6.6.
+    gradient_checkpointing: bool = True
     checkpoint_every: int = Field(20, gt=0)
     log_every: int = Field(5, gt=0)
     seed: int = 42

@@ -39,11 +39,23 @@ def run(cfg, context, dataset: Path, model: Path, onnx_model: Path, metrics: Pat
     precision = read_json(onnx_model / "build_info.json", "onnx model").get("precision", "int4")
     onnx_key = f"onnx_{precision}"
 
+    provider = read_json(onnx_model / "build_info.json", "onnx model").get("execution_provider", "cpu")
+    if provider == "cuda":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise UserError(
+                f"{onnx_model} was built for CUDA but this onnxruntime ({onnxruntime.__version__}) has no "
+                "CUDAExecutionProvider: install onnxruntime-gpu (and onnxruntime-genai-cuda) in the evaluate image, "
+                "or build with onnx.execution_provider=cpu"
+            )
+    onnx_gen = OnnxGenerator(onnx_model, ec.max_new_tokens)  # first: fails fast, before the PyTorch load
     torch_gen = TorchGenerator(model, device_for(cfg.runtime), ec.max_new_tokens)
-    onnx_gen = OnnxGenerator(onnx_model, ec.max_new_tokens)
     report = {"labels": labels, "samples": len(rows)}
     predictions = {}
     for name, gen in (("pytorch", torch_gen), (onnx_key, onnx_gen)):
+        gen.generate(prompts[: ec.batch_size])  # warm-up (CUDA context, kernels, allocator): not timed
+        gen.generated_tokens = 0
         texts, speed = timed_batches(gen, prompts, ec.batch_size)
         predicted = [parse_label(t, labels) for t in texts]
         latencies = [timed(gen, [p])[1] for p in prompts[:LATENCY_SAMPLES]]
