@@ -36,7 +36,7 @@ clean:
 
 # --- Container images (images/README.md) ---------------------------------------------------
 # make images                 the shared base + one CPU image per stage, named and tagged from CONFIG
-# make images-gpu             the CUDA variants (base, train, onnx_build, evaluate): CUDA wheels, no CUDA base image
+# make images-gpu             the CUDA variants (base + the stages that ask for a GPU): CUDA wheels, no CUDA base image
 # make push REGISTRY=r [VARIANT=cuda]   tag as r/<stage>:<tag> and push
 # BASE_IMAGE: the Python 3.11 image to build on (default python:3.11-slim; CI makes one with debootstrap).
 BASE_IMAGE ?=

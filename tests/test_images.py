@@ -228,7 +228,9 @@ def test_image_names_come_from_image_for():
     cfg = load_config(TINY)
     assert dk.stage_image("train", cfg) == image_for(STAGES["train"], cfg) == "localhost/slm-pipeline/train:0.1.0"
     assert dk.stage_image("train", cfg, "cuda") == "localhost/slm-pipeline/train:0.1.0-cuda"
-    assert dk.stages_for("cuda") == ["train", "onnx_build", "evaluate"]
+    # GPU variants: the stages whose GPU resources ask for a GPU (the registry decides)
+    assert dk.stages_for("cuda") == [s for s, spec in STAGES.items() if spec.gpu and spec.gpu.gpu > 0]
+    assert {"train", "onnx_build", "evaluate"} <= set(dk.stages_for("cuda"))
     assert dk.base_image(cfg, "cuda") == "localhost/slm-pipeline/base:0.1.0-cuda"
 
 
