@@ -1,11 +1,12 @@
 # Two commands do everything on a fresh machine: `make run` (the main job) and `make test`.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= configs/default.yaml
 OUT    ?= runs/default
 
-.PHONY: setup lock run test bench clean
+.PHONY: setup lock run test test-local bench clean
 
 setup: $(VENV)/.installed
 
@@ -25,8 +26,15 @@ lock: setup
 run: setup
 	$(PY) pipeline.py run --config $(CONFIG) --out $(OUT)
 
+# The whole suite, containers included: starts a private dockerd, builds the base and stage
+# images, runs pytest, and stops the daemon on exit (.ci/docker.sh).
 test: setup
-	$(PY) -m pytest -q tests
+	eval "$$(bash .ci/docker.sh start)"; trap 'bash .ci/docker.sh stop' EXIT; \
+	bash .ci/docker.sh images && SLM_REQUIRE_DOCKER=1 $(PY) -m pytest -q tests
+
+# Everything but the container tests, for a quick loop on a machine without Docker.
+test-local: setup
+	$(PY) -m pytest -q tests --ignore=tests/test_images.py
 
 bench: setup
 	$(PY) bench/run.py
