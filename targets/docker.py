@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import fcntl
 import json
 import os
 import posixpath
@@ -304,6 +305,16 @@ def build(cfg: Config, variant: str = "cpu", base: str | None = None, stages: li
     """Resolve, download and build the base and each stage image; returns sizes and seconds."""
     if not shutil.which("docker"):
         raise UserError("the docker CLI is not installed (apt-get install docker.io)")
+    BUILD.mkdir(parents=True, exist_ok=True)
+    with open(BUILD / ".lock", "w") as lock:  # one build at a time: they share images/.build/wheels
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(cfg, variant, base, stages)
+
+
+def _build(cfg: Config, variant: str, base: str | None, stages: list[str] | None) -> dict:
+    unknown = sorted(set(stages or ()) - set(stages_for(variant)))
+    if unknown:
+        raise UserError(f"no {variant} image for {unknown}; the {variant} images are {stages_for(variant)}")
     started = time.time()
     groups = plan(variant)
     files = download(groups, variant)
