@@ -36,9 +36,12 @@ def run(cfg, context, dataset: Path) -> None:
         if not tokenizer.chat_template:
             raise UserError(f"{cfg.model.base} has no chat template; use data.prompt_format: template")
 
-    train_path = find_input(data.path, "data.path")
-    rows = load_rows(train_path, data)
-    eval_rows = load_rows(find_input(data.eval_path, "data.eval_path"), data) if data.eval_path else None
+    sources = [find_input(data.path, "data.path")]
+    rows = load_rows(sources[0], data)
+    eval_rows = None
+    if data.eval_path:
+        sources.append(find_input(data.eval_path, "data.eval_path"))
+        eval_rows = load_rows(sources[1], data)
 
     labels = data.labels or sorted({r[data.label_col] for r in rows + (eval_rows or [])})
     check_labels(rows + (eval_rows or []), data, labels)
@@ -65,7 +68,7 @@ def run(cfg, context, dataset: Path) -> None:
         "train": {"rows": len(train), "labels": dict(sorted(Counter(e["label"] for e in train).items()))},
         "eval": {"rows": len(evals), "labels": dict(sorted(Counter(e["label"] for e in evals).items()))},
         "prompt_format": data.prompt_format,
-        "input_hashes": {str(p): (tree_hash(p) if p.is_dir() else file_hash(p)) for p in filter(None, [train_path, data.eval_path and find_input(data.eval_path, "data.eval_path")])},
+        "input_hashes": {str(p): tree_hash(p) if p.is_dir() else file_hash(p) for p in sources},
     }
     write_json(dataset / "stats.json", stats)
     log.info("train %d, eval %d, %d duplicates removed, labels %s", len(train), len(evals), dupes, labels)
