@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,10 @@ def run(cfg, context, model: Path, onnx_model: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="onnx-build-cache-") as cache:
         cmd = builder_command(model, onnx_model, Path(cache), oc)
         log.info("model builder: %s %s on %s", oc.precision, oc.execution_provider, model)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # The builder stamps the git HEAD of any repository enclosing its install (a venv inside
+        # a checkout: ours) into the graph; point git nowhere so the bytes don't depend on it.
+        env = {**os.environ, "GIT_DIR": os.devnull}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     build_log = proc.stdout + proc.stderr
     (onnx_model / "build.log").write_text(build_log)
     if proc.returncode != 0:

@@ -78,6 +78,9 @@ def run(cfg, context, dataset: Path, adapter: Path) -> None:
         modules_to_save=tc.lora.modules_to_save,
         task_type="CAUSAL_LM",
     )
+    # Seed again here: materialising a built-in base on a cold cache draws from the RNG, and the
+    # LoRA init must not depend on whether the cache was warm.
+    seed_everything(tc.seed, deterministic=device == "cpu")
     try:
         model = get_peft_model(model, lora)
     except ValueError as e:
