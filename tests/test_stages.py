@@ -131,3 +131,15 @@ def test_qlora_nf4_trains_and_merges(tmp_path, tiny_run):
     assert metrics["quantization"] == "nf4" and metrics["final_loss"] < metrics["first_loss"]
     parity = json.loads((tmp_path / "merge" / "model" / "parity.json").read_text())
     assert parity["relative_diff"] <= parity["tolerance"]
+
+
+def test_data_prep_reads_a_local_hf_dataset(tmp_path):
+    import datasets
+
+    rows = {"phrase": [f"row {i}" for i in range(30)], "tone": [["joy", "fear", "sadness"][i % 3] for i in range(30)]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "hf"))
+    out = tmp_path / "ds"
+    proc = stage_cli("data_prep", "--dataset", str(out), "--data.path", str(tmp_path / "hf"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["rows_read"] == 30 and stats["labels"] == ["fear", "joy", "sadness"]
