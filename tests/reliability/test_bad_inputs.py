@@ -51,6 +51,12 @@ CONFIG_CASES = [
 ]
 
 
+def merge(tiny_run: Path, out: Path, base: str, *args: str, **popen):
+    """The merge stage on the shared run's adapter, into ``out/model``."""
+    return stage_cli("merge", "--adapter", str(tiny_run / "train" / "adapter"), "--model", str(out / "model"),
+                     "--model.base", base, *args, **popen)
+
+
 def assert_clean_failure(proc, expected: str, out: Path) -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -113,8 +119,7 @@ def test_pickle_weights_are_refused(tmp_path, tiny_run):
     (model / "model.safetensors").unlink()
     torch.save(weights, model / "pytorch_model.bin")
     out = tmp_path / "out"
-    proc = stage_cli("merge", "--adapter", str(tiny_run / "train" / "adapter"), "--model", str(out / "model"),
-                     "--model.base", str(model))
+    proc = merge(tiny_run, out, str(model))
     assert_clean_failure(proc, "has only pickle weights", out)
 
 
@@ -124,16 +129,14 @@ def test_corrupted_safetensors(tmp_path, tiny_run):
     data = (model / "model.safetensors").read_bytes()
     (model / "model.safetensors").write_bytes(data[: len(data) // 2])
     out = tmp_path / "out"
-    proc = stage_cli("merge", "--adapter", str(tiny_run / "train" / "adapter"), "--model", str(out / "model"),
-                     "--model.base", str(model))
+    proc = merge(tiny_run, out, str(model))
     assert_clean_failure(proc, "cannot load model", out)
     assert not (out / "model").exists()
 
 
 def test_adapter_that_does_not_fit_the_base(tmp_path, tiny_run):
     out = tmp_path / "out"
-    proc = stage_cli("merge", "--adapter", str(tiny_run / "train" / "adapter"), "--model", str(out / "model"),
-                     "--model.base", "embedded:smollm2-135m-instruct")
+    proc = merge(tiny_run, out, "embedded:smollm2-135m-instruct")
     assert_clean_failure(proc, "does not fit", out)
     assert not (out / "model").exists()
 
@@ -188,8 +191,7 @@ def test_wrong_artifact_type_is_refused(tmp_path, tiny_run):
 
 def test_unfaithful_merge_fails_the_parity_check(tmp_path, tiny_run):
     out = tmp_path / "out"
-    proc = stage_cli("merge", "--adapter", str(tiny_run / "train" / "adapter"), "--model", str(out / "model"),
-                     "--model.base", "tiny-random:phi3", "--merge.parity_tolerance", "1e-12")
+    proc = merge(tiny_run, out, "tiny-random:phi3", "--merge.parity_tolerance", "1e-12")
     assert_clean_failure(proc, "the merge is not faithful", out)
     assert not (out / "model").exists()
 
@@ -212,8 +214,7 @@ def test_disk_full_mid_write(tmp_path, tiny_run):
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
     out = tmp_path / "out"
-    proc = stage_cli("merge", "--adapter", str(tiny_run / "train" / "adapter"), "--model", str(out / "model"),
-                     "--model.base", "tiny-random:phi3", preexec_fn=small_disk)
+    proc = merge(tiny_run, out, "tiny-random:phi3", preexec_fn=small_disk)
     assert_clean_failure(proc, "disk full while writing", out)
     assert not (out / "model").exists()
     assert not list(out.glob(".model.tmp-*")), "the half-written folder was not removed"
