@@ -55,11 +55,10 @@ class DataConfig(Section):
     @model_validator(mode="after")
     def _label_in_template(self):
         if self.prompt_format == "template":
-            if "{" + self.label_col + "}" not in self.text_template:
-                raise ValueError(f"text_template must contain the label placeholder {{{self.label_col}}}")
-            if not self.text_template.rstrip().endswith("}") and self.text_template.index(
-                "{" + self.label_col + "}"
-            ) == 0:
+            placeholder = "{" + self.label_col + "}"
+            if placeholder not in self.text_template:
+                raise ValueError(f"text_template must contain the label placeholder {placeholder}")
+            if self.text_template.index(placeholder) == 0:
                 raise ValueError("text_template must put a prompt before the label placeholder")
         if self.label_col not in self.text_cols and self.prompt_format == "template":
             raise ValueError(f"label_col {self.label_col!r} must be one of text_cols {self.text_cols}")

@@ -211,11 +211,10 @@ def pack(examples: list[dict], max_len: int) -> list[dict]:
 
 def batch_examples(examples: list[dict], tc, step: int, micro: int) -> list[dict]:
     """The batch for (step, micro): a pure function of the seed, so resume replays it exactly."""
-    per_step = tc.batch_size * tc.grad_accum
     start = (step * tc.grad_accum + micro) * tc.batch_size
     epoch, offset = divmod(start, len(examples))
     order = np.random.default_rng([tc.seed, epoch]).permutation(len(examples))
-    idx = [order[(offset + i) % len(examples)] for i in range(min(tc.batch_size, per_step))]
+    idx = [order[(offset + i) % len(examples)] for i in range(tc.batch_size)]
     return [examples[i] for i in idx]
 
 

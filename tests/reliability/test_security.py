@@ -50,7 +50,7 @@ def test_no_secret_in_compiled_files_logs_or_summary(tmp_path, tiny_run):
         leaks = [t[:80] for t in texts if value in t]
         assert not leaks, f"{name} leaked"
     kfp = (tmp_path / "kfp.yaml").read_text()
-    assert "secretName: hf-token" in kfp or "secret_name: hf-token" in kfp or "hf-token" in kfp
+    assert "secretName: hf-token" in kfp and "secretKey: token" in kfp  # a reference, not a value
 
 
 def test_fragile_dependencies_are_pinned_exactly():
