@@ -40,6 +40,22 @@ WORKDIR = "/app"
 STAGE_ENV = {"PYTHONPATH": WORKDIR, "PYTHONUNBUFFERED": "1"}
 GPU_RESOURCE = "nvidia.com/gpu"
 
+# The model-cache volume (manifests/: PVC ``slm-model-cache``), mounted at /cache in every
+# stage. It holds what must outlive a pod: downloaded base models, the embedded model's
+# conversion, and train checkpoints keyed by cache key, so a retried or preempted train
+# task resumes where the last attempt stopped.
+CACHE_CLAIM = "slm-model-cache"
+CACHE_MOUNT = "/cache"
+CACHE_ENV = {
+    "HF_HOME": f"{CACHE_MOUNT}/huggingface",
+    "SLM_CACHE_DIR": f"{CACHE_MOUNT}/slm",
+    "SLM_CHECKPOINT_DIR": f"{CACHE_MOUNT}/checkpoints",
+}
+
+# Exit codes no retry can fix: bad input or config (2) and a failed quality gate (3).
+# Every other failure (OOM kill 137, preemption 143, a crash 1) is worth a retry.
+DETERMINISTIC_EXIT_CODES = (2, 3)
+
 
 def image_for(spec: StageSpec, cfg: Config) -> str:
     """``<registry>/<stage>:<tag>``, with the GPU suffix on the tag where the stage uses a GPU."""
