@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from components.common import faults
 from components.common.artifacts import verify, write_json
 from components.common.errors import UserError
 from components.common.harness import Interrupted
@@ -91,7 +92,7 @@ def run(cfg, context, dataset: Path, adapter: Path) -> None:
     optimizer = torch.optim.AdamW(trainable, lr=tc.learning_rate, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps))
 
-    ckpt = Checkpoints(Path(str(context.finals["adapter"]) + ".checkpoints"), context.cache_key)
+    ckpt = Checkpoints(checkpoint_root(context), context.cache_key)
     start, history = ckpt.restore(model, optimizer, scheduler)
     context.after_commit.append(ckpt.clear)
 
@@ -258,6 +259,15 @@ def _portable_adapter_config(adapter: Path, base: str) -> None:
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
 
 
+def checkpoint_root(context) -> Path:
+    """Where checkpoints live: under ``SLM_CHECKPOINT_DIR`` keyed by cache key when set (a
+    cluster's cache volume, which a retried pod sees again), else beside the output."""
+    shared = os.environ.get("SLM_CHECKPOINT_DIR")
+    if shared:
+        return Path(shared) / context.cache_key
+    return Path(str(context.finals["adapter"]) + ".checkpoints")
+
+
 class Checkpoints:
     """The latest training state, written atomically; valid only for the same cache key."""
 
@@ -302,6 +312,7 @@ class Checkpoints:
         os.replace(tmp, old)
         shutil.rmtree(self.root / f".old-{os.getpid()}", ignore_errors=True)
         log.info("checkpoint at step %d", step)
+        faults.point("train.after_checkpoint")
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
