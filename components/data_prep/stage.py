@@ -1,9 +1,23 @@
 """data_prep: raw JSON/JSONL/CSV/HF dataset -> validated, rendered, deduplicated train/eval splits.
 
-Order matters: validate every row first (so an error names the row in the user's file),
-render prompts, deduplicate, then split *by unique prompt* and stratified by label, so no
-prompt is both trained on and evaluated. An explicit ``data.eval_path`` replaces the split;
-prompts it shares with the training file are dropped from training.
+Order matters: validate every row as it is read (so an error names the file and the line or
+row), render prompts, deduplicate, then split *by unique prompt* and stratified by label, so
+no prompt is both trained on and evaluated. An explicit ``data.eval_path`` replaces the
+split; prompts it shares with the training file are dropped from training.
+
+Rows stream from the file: only the rendered examples are kept, so a 1M-row JSONL file
+(~100 MB) takes well under 2 GB (``bench/data_prep_scale.py``).
+
+What is refused, each with one line naming the file and line/row (or the key):
+- not a regular file (a FIFO, a device) for ``data.path``/``data.eval_path``; non-UTF-8 bytes;
+- malformed JSON, a key twice in one object, a row that is not an object; a CSV row whose
+  field count differs from its header, or a header with an empty or repeated name;
+- a missing/empty field, a non-text value (a number, a boolean, a list) where text is expected,
+  text over ``data.max_text_chars``;
+- labels that differ only in case; one prompt with two labels; a label outside ``data.labels``;
+- an eval label that never occurs in training; fewer than ``MIN_TRAIN_PER_LABEL`` training
+  examples for a label or fewer than ``MIN_EVAL_ROWS`` eval rows; one-class data.
+Labels lose surrounding spaces, with a warning that counts them.
 
 Outputs (Dataset artifact): ``train.jsonl``, ``eval.jsonl`` (``prompt``, ``completion``,
 ``label`` per line) and ``stats.json``.
@@ -16,14 +30,21 @@ import logging
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 from components.common.artifacts import write_json
 from components.common.errors import UserError
 from components.common.hashing import ROOT, file_hash, tree_hash
 from components.common.io import write_jsonl
-from components.common.prompts import check_template, render
+from components.common.prompts import render, template_fields
 
 log = logging.getLogger("slm")
+
+# The smallest dataset data_prep accepts: a label needs at least 2 training examples to be
+# learnt as a class rather than memorised as one string, and an eval set of 1 row can only
+# score 0 % or 100 %.
+MIN_TRAIN_PER_LABEL = 2
+MIN_EVAL_ROWS = 2
 
 
 def run(cfg, context, dataset: Path) -> None:
@@ -36,39 +57,51 @@ def run(cfg, context, dataset: Path) -> None:
         if not tokenizer.chat_template:
             raise UserError(f"{cfg.model.base} has no chat template; use data.prompt_format: template")
 
-    sources = [find_input(data.path, "data.path")]
-    rows = load_rows(sources[0], data)
-    eval_rows = None
+    source = find_input(data.path, "data.path")
+    eval_source = None
     if data.eval_path:
-        sources.append(find_input(data.eval_path, "data.eval_path"))
-        eval_rows = load_rows(sources[1], data)
+        eval_source = find_input(data.eval_path, "data.eval_path")
+        if source.resolve() == eval_source.resolve():
+            raise UserError(
+                f"data.eval_path is the same file as data.path ({data.path}): every eval prompt would be removed "
+                "from training; give a separate eval file, or unset data.eval_path to split data.path by data.eval_fraction"
+            )
 
-    labels = data.labels or sorted({r[data.label_col] for r in rows + (eval_rows or [])})
-    check_labels(rows + (eval_rows or []), data, labels)
-    examples, dupes = dedupe([to_example(r, data, tokenizer) for r in rows])
-    if eval_rows is None:
+    reader = Reader(data, tokenizer)
+    examples = reader.read(source, "data.path")
+    evals_in = reader.read(eval_source, "data.eval_path") if eval_source else None
+
+    labels = list(data.labels) if data.labels else sorted(reader.first_seen)
+    reader.check_labels(labels)
+    examples, dupes = dedupe(examples)
+    if evals_in is None:
         train, evals = stratified_split(examples, data.eval_fraction, data.seed)
         leaked = 0
     else:
-        evals, eval_dupes = dedupe([to_example(r, data, tokenizer) for r in eval_rows])
+        evals, eval_dupes = dedupe(evals_in)
         dupes += eval_dupes
         eval_prompts = {e["prompt"] for e in evals}
         train = [e for e in examples if e["prompt"] not in eval_prompts]
         leaked = len(examples) - len(train)
-    if not train or not evals:
-        raise UserError(f"the split left {len(train)} training and {len(evals)} eval rows; add data or change data.eval_fraction")
+        if not train:
+            raise UserError(f"every prompt of data.path ({data.path}) also occurs in data.eval_path ({data.eval_path}); "
+                            "nothing is left to train on")
+    check_sizes(train, evals, data, reader)
 
-    write_jsonl(dataset / "train.jsonl", train)
-    write_jsonl(dataset / "eval.jsonl", evals)
+    write_jsonl(dataset / "train.jsonl", ({k: e[k] for k in ("prompt", "completion", "label")} for e in train))
+    write_jsonl(dataset / "eval.jsonl", ({k: e[k] for k in ("prompt", "completion", "label")} for e in evals))
     stats = {
         "labels": labels,
-        "rows_read": len(rows) + len(eval_rows or []),
+        "rows_read": reader.rows_read,
         "duplicates_removed": dupes,
+        "labels_stripped": reader.stripped,
         "eval_overlap_removed_from_train": leaked,
         "train": {"rows": len(train), "labels": dict(sorted(Counter(e["label"] for e in train).items()))},
         "eval": {"rows": len(evals), "labels": dict(sorted(Counter(e["label"] for e in evals).items()))},
         "prompt_format": data.prompt_format,
-        "input_hashes": {str(p): tree_hash(p) if p.is_dir() else file_hash(p) for p in sources},
+        # Keyed by the config key, not the path: the same data at another path is the same dataset.
+        "input_hashes": {key: tree_hash(p) if p.is_dir() else file_hash(p)
+                         for key, p in (("data.path", source), ("data.eval_path", eval_source)) if p is not None},
     }
     write_json(dataset / "stats.json", stats)
     log.info("train %d, eval %d, %d duplicates removed, labels %s", len(train), len(evals), dupes, labels)
@@ -78,66 +111,242 @@ def find_input(path: str, key: str) -> Path:
     """Relative paths resolve against the working directory, then the project (the image's /app)."""
     for candidate in (Path(path), ROOT / path):
         if candidate.exists():
+            if not (candidate.is_file() or candidate.is_dir()):
+                raise UserError(f"{key}: {candidate} is not a regular file (a FIFO, socket or device); "
+                                "give a data file or a dataset folder")
             return candidate
     raise UserError(f"{key}: {path} not found (looked in {Path.cwd()} and {ROOT})")
 
 
-def load_rows(path: Path, data) -> list[dict]:
-    fmt = data.format
-    if fmt == "auto":
-        fmt = "hf_disk" if path.is_dir() else {".csv": "csv", ".jsonl": "jsonl"}.get(path.suffix, "json")
-    if fmt == "hf_disk":
-        rows = _load_hf_disk(path)
-    else:
-        text = _read_text(path)
-        if not text.strip():
-            raise UserError(f"{path} is empty")
-        if fmt == "csv":
-            rows = list(csv.DictReader(text.splitlines()))
-        elif fmt == "json" and text.lstrip().startswith("["):
-            try:
-                rows = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}: not valid JSON: {e}") from None
-        else:  # JSON Lines (the bundled "dataset-classification.json" is JSONL despite its name)
-            rows = []
-            for n, line in enumerate(text.splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise UserError(f"{path} line {n}: not valid JSON ({e.msg})") from None
-    if data.max_rows:
-        rows = rows[: data.max_rows]
-    for n, row in enumerate(rows, 1):
-        if not isinstance(row, dict):
-            raise UserError(f"{path} row {n}: expected an object with fields {data.text_cols}, got {type(row).__name__}")
-    if not rows:
-        raise UserError(f"{path} has no rows")
-    columns = set().union(*(r.keys() for r in rows))
-    if data.prompt_format == "template":
-        check_template(data.text_template, columns)
-    for n, row in enumerate(rows, 1):
-        for col in data.text_cols:
+class Reader:
+    """Reads rows from one or more files into examples, validating each row as it streams by."""
+
+    def __init__(self, data, tokenizer):
+        self.data, self.tokenizer = data, tokenizer
+        self.template = template_fields(data.text_template) if data.prompt_format == "template" else []
+        # Every field a prompt is made of must be text: the text_cols and what the template names.
+        self.fields = list(dict.fromkeys([*data.text_cols, *self.template]))
+        self.first_seen: dict[str, str] = {}  # label -> where it first occurs ("FILE line N")
+        self.prompts: dict[str, str] = {}  # prompt -> label
+        self.read_lists: list[list[dict]] = []
+        self.rows_read = 0
+        self.stripped = 0
+        self.first_stripped = ""
+
+    def read(self, path: Path, key: str) -> list[dict]:
+        data = self.data
+        examples: list[dict] = []
+        self.read_lists.append(examples)
+        unit, rows = _rows(path, data.format)
+        for n, row in rows:
+            if not isinstance(row, dict):
+                raise UserError(f"{path} {unit} {n}: expected an object with fields {data.text_cols}, got {_json_type(row)}")
+            if not examples:
+                self._check_columns(row, path)
+            self._check_row(row, path, unit, n)
+            label = row[data.label_col]
+            if label != label.strip():
+                self.stripped += 1
+                self.first_stripped = self.first_stripped or f"{path} {unit} {n}: {label!r}"
+                row[data.label_col] = label = label.strip()
+            if label not in self.first_seen:
+                self.first_seen[label] = f"{path} {unit} {n}"
+            prompt, completion = render(row, data, self.tokenizer)
+            seen = self.prompts.setdefault(prompt, label)
+            if seen != label:
+                raise UserError(f"{path} {unit} {n}: this prompt has label {label!r}, but {self._where_prompt(prompt)} "
+                                f"gives it {seen!r}; one prompt must have one label")
+            examples.append({"prompt": prompt, "completion": completion, "label": label, "at": (path, unit, n)})
+            self.rows_read += 1
+            if data.max_rows and len(examples) >= data.max_rows:
+                break
+        if not examples:
+            raise UserError(f"{path} has no rows")
+        return examples
+
+    def _where_prompt(self, prompt: str) -> str:
+        return next(where(e) for lst in self.read_lists for e in lst if e["prompt"] == prompt)
+
+    def _check_columns(self, row: dict, path: Path) -> None:
+        """The first row names the columns: a template field outside text_cols that it lacks is a config error."""
+        lacking = [f for f in self.template if f not in row and f not in self.data.text_cols]
+        if lacking:
+            raise UserError(f"data.text_template names column(s) {lacking} that the data lacks; "
+                            f"{path} has columns {sorted(map(str, row))}")
+
+    def _check_row(self, row: dict, path: Path, unit: str, n: int) -> None:
+        data = self.data
+        for col in self.fields:
             value = row.get(col)
             if value is None or (isinstance(value, str) and not value.strip()):
-                raise UserError(f"{path} row {n}: field {col!r} is missing or empty")
-            if not isinstance(value, (str, int, float)):
-                raise UserError(f"{path} row {n}: field {col!r} must be text, got {type(value).__name__}")
-            if len(str(value)) > data.max_text_chars:
-                raise UserError(f"{path} row {n}: field {col!r} has {len(str(value))} characters, over data.max_text_chars={data.max_text_chars}")
-        row[data.label_col] = str(row[data.label_col]).strip()
-        row["_row"] = n
-    return rows
+                raise UserError(f"{path} {unit} {n}: field {col!r} is missing or empty")
+            if not isinstance(value, str):
+                shown = f" {json.dumps(value)}" if isinstance(value, (bool, int, float)) else ""
+                raise UserError(f"{path} {unit} {n}: field {col!r} must be text, got {_json_type(value)}{shown}; "
+                                "quote it in the file if it is meant as text")
+            if len(value) > data.max_text_chars:
+                raise UserError(f"{path} {unit} {n}: field {col!r} has {len(value)} characters, "
+                                f"over data.max_text_chars={data.max_text_chars}")
+
+    def check_labels(self, labels: list[str]) -> None:
+        if self.stripped:
+            log.warning("removed surrounding spaces from %d label(s) (first at %s)", self.stripped, self.first_stripped)
+        allowed = set(labels)
+        by_fold: dict[str, str] = {}
+        for label, at in self.first_seen.items():
+            other = by_fold.setdefault(label.casefold(), label)
+            if other != label:
+                raise UserError(f"{at}: label {label!r} differs only in case from {other!r} "
+                                f"({self.first_seen[other]}); labels are case-sensitive: spell them one way")
+            if label not in allowed:
+                hint = next((f" (labels are case-sensitive: {a!r}?)" for a in labels if a.casefold() == label.casefold()), "")
+                raise UserError(f"{at}: label {label!r} is not in data.labels {labels}{hint}")
+        if len(self.first_seen) < 2:
+            raise UserError(f"the data has only one label ({sorted(self.first_seen)}); a classifier needs at least two")
 
 
-def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
+def where(example: dict) -> str:
+    path, unit, n = example["at"]
+    return f"{path} {unit} {n}"
+
+
+def check_sizes(train: list[dict], evals: list[dict], data, reader: Reader) -> None:
+    """The minimum dataset (MIN_TRAIN_PER_LABEL, MIN_EVAL_ROWS), and no eval label unseen in training."""
+    trained = Counter(e["label"] for e in train)
+    for e in evals:
+        if e["label"] not in trained:
+            raise UserError(f"{where(e)}: eval label {e['label']!r} never occurs in the training data "
+                            f"({data.path}); the model could never predict it")
+    for label, count in sorted(trained.items()):
+        if count < MIN_TRAIN_PER_LABEL:
+            raise UserError(
+                f"label {label!r} has {count} training example(s) after the split (first at {reader.first_seen[label]}); "
+                f"data_prep needs at least {MIN_TRAIN_PER_LABEL} per label: add rows for it"
+            )
+    if len(evals) < MIN_EVAL_ROWS:
+        fix = "add rows to data.eval_path" if data.eval_path else "add data or raise data.eval_fraction"
+        raise UserError(f"the eval set has {len(evals)} row(s); data_prep needs at least {MIN_EVAL_ROWS}: {fix}")
+
+
+def _json_type(value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {list: "a list", dict: "an object"}.get(type(value), f"a {type(value).__name__}")
+
+
+# --- Reading rows ------------------------------------------------------------------------------
+
+
+def _rows(path: Path, fmt: str) -> tuple[str, Iterator[tuple[int, object]]]:
+    """``(unit, iterator of (number, row))``: unit is "line" (JSONL, CSV) or "row" (JSON array, HF)."""
+    if fmt == "auto":
+        fmt = "hf_disk" if path.is_dir() else {".csv": "csv", ".jsonl": "jsonl"}.get(path.suffix.lower(), "json")
+    if fmt == "hf_disk":
+        return "row", enumerate(_load_hf_disk(path), 1)
+    if path.stat().st_size == 0 or not _first_byte(path):
+        raise UserError(f"{path} is empty")
+    if fmt == "csv":
+        return "line", _csv_rows(path)
+    if fmt == "json" and _first_byte(path) == b"[":
+        return "row", enumerate(_json_array(path), 1)
+    return "line", _jsonl_rows(path)  # the bundled "dataset-classification.json" is JSONL despite its name
+
+
+def _first_byte(path: Path) -> bytes:
+    """The first byte that is not whitespace or a UTF-8 byte-order mark."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            stripped = chunk.lstrip(b" \t\r\n\xef\xbb\xbf")
+            if stripped:
+                return stripped[:1]
+    return b""
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Decoded lines split on ``\\n`` only, numbered from 1. U+2028, U+0085 and the other Unicode
+    line separators are characters like any other here, as they are inside a JSON string."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path} line {n}: not UTF-8 text (byte {raw[e.start]:#x} at column {e.start + 1}); "
+                                "re-save the file as UTF-8") from None
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _loads(text: str, where: str):
     try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(f"{path} line {line}: not UTF-8 text (byte {raw[e.start]:#x} at offset {e.start}); re-save the file as UTF-8") from None
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as e:
+        raise UserError(f"{where}: key {e.args[0]!r} appears twice in one object; keep one") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
+    for n, line in _lines(path):
+        if line.strip():
+            yield n, _loads(line, f"{path} line {n}")
+
+
+def _json_array(path: Path) -> list:
+    text = "".join(line for _, line in _lines(path))
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as e:
+        raise UserError(f"{path}: key {e.args[0]!r} appears twice in one object; keep one") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """CSV with a header row. Quoted fields keep their newlines; a row must have the header's width."""
+    lines = _lines(path)
+    reader = csv.reader(line for _, line in lines)
+    header = None
+    try:
+        while True:
+            start = reader.line_num + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            if not fields or (len(fields) == 1 and not fields[0].strip() and header is not None):
+                continue  # a blank line
+            if header is None:
+                header = [h.strip() for h in fields]
+                for i, name in enumerate(header, 1):
+                    if not name:
+                        raise UserError(f"{path} line {start}: header column {i} has no name; name every column")
+                repeated = sorted({h for h in header if header.count(h) > 1})
+                if repeated:
+                    raise UserError(f"{path} line {start}: header names {repeated} more than once")
+                continue
+            if len(fields) != len(header):
+                raise UserError(f"{path} line {start}: {len(fields)} field(s), but the header has {len(header)} "
+                                f"({', '.join(header)}); quote fields that contain a comma")
+            yield start, dict(zip(header, fields))
+    except csv.Error as e:
+        raise UserError(f"{path} line {reader.line_num}: not valid CSV ({e})") from None
+    if header is None:
+        raise UserError(f"{path} is empty")
 
 
 def _load_hf_disk(path: Path) -> list[dict]:
@@ -149,22 +358,14 @@ def _load_hf_disk(path: Path) -> list[dict]:
         raise UserError(f"{path}: not a dataset saved with datasets.save_to_disk ({type(e).__name__})") from None
     if isinstance(ds, datasets.DatasetDict):
         ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-    return ds.to_list()
-
-
-def check_labels(rows: list[dict], data, labels: list[str]) -> None:
-    allowed = set(labels)
+    rows = ds.to_list()
+    # A ClassLabel column holds ints: give the rows its names, which is what the model learns.
+    classes = {n: f for n, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
     for row in rows:
-        if row[data.label_col] not in allowed:
-            raise UserError(f"row {row['_row']}: label {row[data.label_col]!r} is not in data.labels {labels}")
-    present = {r[data.label_col] for r in rows}
-    if len(present) < 2:
-        raise UserError(f"the data has only one label ({sorted(present)}); a classifier needs at least two")
-
-
-def to_example(row: dict, data, tokenizer) -> dict:
-    prompt, completion = render(row, data, tokenizer)
-    return {"prompt": prompt, "completion": completion, "label": row[data.label_col]}
+        for name, feature in classes.items():
+            if isinstance(row.get(name), int) and row[name] >= 0:
+                row[name] = feature.int2str(row[name])
+    return rows
 
 
 def dedupe(examples: list[dict]) -> tuple[list[dict], int]:
