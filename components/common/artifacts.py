@@ -4,17 +4,42 @@ A stage writes into a hidden sibling folder and renames it into place only on su
 so a killed stage never leaves an output that looks finished. The marker (``_artifact.json``)
 records what made the artifact and the content hash of every file in it; a consumer
 refuses an input whose marker is missing or whose files no longer match it.
+
+Where an engine hands the stage an output folder that cannot be renamed (an AzureML
+``rw_mount`` output is a mount point: renaming it is EBUSY, and blob mounts have no folder
+rename at all), the artifact is committed *in place*: ``begin`` removes the old marker
+first, then the old content, and the stage writes straight into the folder; ``commit``
+writes the marker last, as ``_artifact.json.part`` renamed over ``_artifact.json`` inside
+the folder (a file rename, which those mounts support). A folder without a valid marker is
+unfinished whatever else it holds, so a consumer never takes a half-written output: a
+stage killed before the marker leaves none, and ``abort`` clears the folder.
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 import time
 from pathlib import Path
 
+from . import faults
 from .errors import UserError
 from .hashing import MARKER, digest, tree_files
+
+log = logging.getLogger("slm")
+
+# A rename of (or onto) the final folder fails with these where the folder is a mount point
+# (EBUSY), on another file system (EXDEV), or on a mount without folder renames (blobfuse:
+# EPERM/ENOTSUP/EINVAL, depending on the driver). Then the output is committed in place.
+NO_RENAME = frozenset({errno.EBUSY, errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL})
+# Creating the hidden sibling fails with these where the engine's folder sits in a parent
+# the stage may not write to: then the output is committed in place too.
+NO_SIBLING = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+# Output folders ``begin`` handed out to be written in place: False while open, True once sealed.
+_in_place: dict[Path, bool] = {}
 
 
 def read_marker(path: Path) -> dict | None:
@@ -55,37 +80,110 @@ def tmp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp-{os.getpid()}")
 
 
-def begin(final: Path) -> Path:
-    """Make a fresh temporary sibling of ``final`` to write into."""
+def must_commit_in_place(final: Path) -> bool:
+    """An existing output folder that is a mount point: it can be written, never renamed."""
     final = Path(final)
+    return final.is_dir() and not final.is_symlink() and os.path.ismount(final)
+
+
+def begin(final: Path) -> Path:
+    """The folder a stage writes ``final`` into: a fresh hidden sibling, renamed into place by
+    ``commit``; or, for a folder that cannot be renamed, ``final`` itself, emptied (its old
+    marker first, so it stops being a finished artifact before anything else changes)."""
+    final = Path(final)
+    if must_commit_in_place(final):
+        return _begin_in_place(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".{final.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = tmp_path(final)
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        if e.errno in NO_SIBLING and final.is_dir():
+            return _begin_in_place(final)
+        raise
     return tmp
 
 
 def commit(tmp: Path, final: Path, meta: dict) -> dict:
-    """Seal ``tmp`` with its marker and rename it to ``final`` in one step."""
+    """Seal ``tmp`` with its marker and rename it to ``final`` in one step; where ``final``
+    cannot be renamed, move the files into it and write the marker last."""
+    faults.point("artifacts.commit")
     tmp, final = Path(tmp), Path(final)
+    if tmp == final:
+        marker = _seal(final, meta, tree_files(final))
+        _in_place[final] = True  # sealed: an abort after this (a later output failing) keeps it
+        return marker
     files = tree_files(tmp)
-    marker = {**meta, "files": files, "content_hash": digest(files), "finished_at": time.time()}
-    marker_tmp = tmp / (MARKER + ".part")
-    marker_tmp.write_text(json.dumps(marker, indent=2, sort_keys=True))
-    os.replace(marker_tmp, tmp / MARKER)
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    marker = _seal(tmp, meta, files)
+    try:
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                os.replace(old, final)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except OSError as e:
+        if e.errno not in NO_RENAME:
+            raise
+        log.info("%s cannot be renamed into place (%s); committing in place", final, os.strerror(e.errno))
+        (tmp / MARKER).unlink()
+        final.mkdir(exist_ok=True)
+        _begin_in_place(final)
+        for entry in sorted(tmp.iterdir()):
+            shutil.move(str(entry), str(final / entry.name))  # copies where a folder rename fails
+        shutil.rmtree(tmp, ignore_errors=True)
+        marker = _seal(final, meta, files)
+        _in_place[final] = True
     return marker
 
 
 def abort(tmp: Path) -> None:
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Throw away an unfinished output: the temporary sibling, or an in-place folder's content."""
+    tmp = Path(tmp)
+    if tmp not in _in_place:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already if it was committed (renamed)
+    elif not _in_place.pop(tmp):
+        clear(tmp)
+
+
+def clear(folder: Path) -> None:
+    """Empty ``folder`` but keep it (a mount point cannot go): its marker first."""
+    folder = Path(folder)
+    for name in (MARKER, MARKER + ".part"):
+        try:
+            (folder / name).unlink()
+        except FileNotFoundError:
+            pass
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _begin_in_place(final: Path) -> Path:
+    clear(final)
+    _in_place[final] = False
+    return final
+
+
+def _seal(folder: Path, meta: dict, files: dict[str, str]) -> dict:
+    """Write the marker into ``folder`` last and atomically: ``.part``, then a file rename."""
+    marker = {**meta, "files": files, "content_hash": digest(files), "finished_at": time.time()}
+    part = folder / (MARKER + ".part")
+    with open(part, "w") as f:
+        f.write(json.dumps(marker, indent=2, sort_keys=True))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(part, folder / MARKER)
+    return marker
 
 
 def write_json(path: Path, obj) -> None:
