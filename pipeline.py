@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", default="configs/default.yaml")
     run.add_argument("--out", required=True, help="run folder; artifacts go to OUT/<stage>/<output>/")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    run.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess")
+    run.add_argument("--runner", choices=["subprocess", "docker", "kfp-local"], default="subprocess",
+                     help="subprocess: each stage as a local process; docker: each stage in its image; "
+                     "kfp-local: the compiled KFP pipeline under KFP's own local orchestrator (DockerRunner)")
     run.add_argument("--no-cache", action="store_true", help="re-run every stage")
 
     comp = sub.add_parser("compile", help="compile the DAG for a cluster engine")
@@ -74,6 +76,10 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "run":
         cfg = load_config(args.config, args.overrides)
+        if args.runner == "kfp-local":
+            from targets.kfp_local import run_pipeline as run_kfp_local
+
+            return run_kfp_local(DAG, cfg, args.out)
         if args.runner == "docker":
             from targets.docker import run_pipeline
         else:

@@ -90,6 +90,7 @@ class _Settings(BaseModel):
 
 class KfpSettings(_Settings):
     enable_caching: bool = True
+    cache_claim: str | None = CACHE_CLAIM  # the model-cache PVC mounted at /cache; null: none
     gpu_toleration: bool = True  # tolerate the usual nvidia.com/gpu taint on GPU tasks
 
 
@@ -102,9 +103,16 @@ class AzureMLSettings(_Settings):
 
 
 class ArgoSettings(_Settings):
-    namespace: str | None = None
-    service_account: str | None = None
+    # The defaults are what manifests/base creates (tests/test_manifests.py checks it).
+    namespace: str | None = "slm-pipeline"
+    service_account: str | None = "slm-pipeline"  # has the executor's RBAC; `default` does not
     gpu_toleration: bool = True
+    cache_claim: str | None = CACHE_CLAIM  # the model-cache PVC mounted at /cache; null: none
+    # Where stage outputs go: a key of the `artifact-repositories` ConfigMap in the workflow's
+    # namespace (manifests/: MinIO in the dev overlay, S3 in prod); key null: the namespace's
+    # or the controller's default repository.
+    artifact_repository_configmap: str = "artifact-repositories"
+    artifact_repository_key: str | None = "slm-pipeline"
 
 
 _SETTINGS = {"kfp": KfpSettings, "azureml": AzureMLSettings, "argo": ArgoSettings}

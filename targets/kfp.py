@@ -3,9 +3,10 @@
 Every stage becomes a container component built from the registry: typed artifact inputs
 and outputs (``Input[Dataset]``, ``Output[Model]``, ``Output[Metrics]``), one typed parameter
 per stage parameter, and the stage's own command line (``StageSpec.argv``) with KFP
-placeholders for the paths and values. A stage with a Metrics output also gets an
-``Output[ClassificationMetrics]``; its command runs the stage through the code of
-``targets/kfp_metrics.py`` (inlined with ``python -c``), which afterwards publishes the scalars and the confusion matrix to the KFP UI.
+placeholders for the paths and values, plus ``--kfp-executor-input {{$}}`` so that the
+stage writes KFP's executor output (components/common/kfp_output.py): artifact metadata,
+the metrics scalars and, for a stage with a Metrics output, an extra
+``Output[ClassificationMetrics]`` with the confusion matrix.
 
 Per task: the stage's image, CPU/memory requests, ``nvidia.com/gpu`` where the stage uses a
 GPU, a retry policy, caching options and the Hugging Face token from a Kubernetes Secret.
@@ -21,7 +22,11 @@ from components.common.config import Config
 from components.common.errors import UserError
 from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec, Step
 
+from components.common.kfp_output import CONFUSION_SUFFIX
+
 from .compile_common import (
+    CACHE_ENV,
+    CACHE_MOUNT,
     GPU_RESOURCE,
     STAGE_ENV,
     check_names,
@@ -35,17 +40,9 @@ from .compile_common import (
     value_kind,
 )
 
-# The stage images hold components/ only, so the metrics publisher travels inside the
-# command itself (``python -c <source of targets/kfp_metrics.py>``), like KFP's own
-# lightweight components: it needs nothing in the image but Python's standard library.
-METRICS_WRAPPER = ["python", "-c"]
-
-
-def metrics_wrapper_source() -> str:
-    from . import kfp_metrics
-
-    return inspect.getsource(kfp_metrics)
-CONFUSION_SUFFIX = "_confusion"
+# The stage writes KFP's executor output itself (components/common/kfp_output.py) when given
+# the executor input: without it, KFP sees no outputs and the next task finds no inputs.
+EXECUTOR_INPUT_FLAG = "--kfp-executor-input"
 
 _KIND_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict, "null": str}
 
@@ -93,8 +90,6 @@ def make_component(spec: StageSpec, cfg: Config):
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise UserError(f"{spec.name}: KFP input/output names collide: {dup}")
-    source = metrics_wrapper_source() if confusion else ""
-
     def container(*args):
         ns = dict(zip(names, args))
         argv = spec.argv(
@@ -102,11 +97,7 @@ def make_component(spec: StageSpec, cfg: Config):
             {p.name: ns[p.name].path for p in spec.inputs},
             {p.name: ns[p.name].path for p in spec.outputs},
         )
-        if confusion:
-            wrapper = [*METRICS_WRAPPER, source, "--executor-output", dsl.PIPELINE_TASK_EXECUTOR_OUTPUT_PATH_PLACEHOLDER]
-            for metrics_name, cm_name in confusion.items():
-                wrapper += ["--metrics", metrics_name, ns[metrics_name].path, cm_name, ns[cm_name].path]
-            argv = [*wrapper, "--", *argv]
+        argv += [EXECUTOR_INPUT_FLAG, dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER]
         return dsl.ContainerSpec(image=image_for(spec, cfg), command=argv[:3], args=argv[3:])
 
     container.__name__ = container.__qualname__ = spec.name
@@ -173,7 +164,11 @@ def _configure_task(task, step: Step, cfg: Config, s, kubernetes) -> None:
         backoff_max_duration="3600s",
     )
     task.set_caching_options(enable_caching=s.enable_caching)
-    for name, value in STAGE_ENV.items():
+    env = dict(STAGE_ENV)
+    if s.cache_claim:
+        kubernetes.mount_pvc(task, pvc_name=s.cache_claim, mount_path=CACHE_MOUNT)
+        env.update(CACHE_ENV)
+    for name, value in env.items():
         task.set_env_variable(name, value)
     if s.hf_token_secret and needs_hf_token(step.spec, cfg):
         kubernetes.use_secret_as_env(
@@ -276,10 +271,9 @@ def task_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
                 return f"{root}/{stage}/executor_output.json"
             raise KeyError(f"unresolved placeholder {{{{{expr}}}}} in task {task_name}")
 
-        resolved = [re.sub(r"\{\{(\$[^}]*)\}\}", sub, a) for a in argv]
-        if resolved[: len(METRICS_WRAPPER)] == METRICS_WRAPPER and "--" in resolved:
-            resolved = resolved[resolved.index("--") + 1 :]
-        out[stage] = resolved
+        if argv[-2:] == [EXECUTOR_INPUT_FLAG, "{{$}}"]:  # KFP's own plumbing, not the stage's argv
+            argv = argv[:-2]
+        out[stage] = [re.sub(r"\{\{(\$[^}]*)\}\}", sub, a) for a in argv]
     return out
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures: one full pipeline run on the tiny Phi-3, reused by many tests."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,3 +18,51 @@ def tiny_run(tmp_path_factory) -> Path:
     proc = run_pipeline(out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
+
+
+# --------------------------------------------------------------------------- containers
+# The container tests need a Docker daemon (DOCKER_HOST, as `.ci/docker.sh start` exports it)
+# and the CPU stage images. With CI, DOCKER_HOST or SLM_REQUIRE_DOCKER set (as `make test`
+# does), a missing daemon or image FAILS them: they are never silently skipped there.
+REQUIRED = any(os.environ.get(k, "").lower() not in ("", "0", "false", "no") for k in ("CI", "DOCKER_HOST", "SLM_REQUIRE_DOCKER"))
+
+
+def docker_unavailable(reason: str):
+    how = 'set up with `eval "$(bash .ci/docker.sh start)" && bash .ci/docker.sh images`'
+    if REQUIRED:
+        pytest.fail(f"container tests required here (CI/DOCKER_HOST/SLM_REQUIRE_DOCKER) but {reason}; {how}",
+                    pytrace=False)
+    pytest.skip(f"{reason}; {how}")
+
+
+@pytest.fixture(scope="session")
+def client():
+    from targets import docker as dk
+
+    try:
+        return dk.connect(timeout=30)
+    except Exception as e:  # noqa: BLE001 - UserError with the daemon's address, or no docker SDK
+        docker_unavailable(str(e))
+
+
+@pytest.fixture(scope="session")
+def images(client) -> dict[str, str]:
+    """The tiny config's stage images, built from this checkout."""
+    import docker
+
+    from components.common.config import load_config
+    from components.registry import STAGES
+    from helpers import TINY
+    from targets import docker as dk
+
+    cfg = load_config(TINY)
+    names = {s: dk.stage_image(s, cfg) for s in STAGES}
+    missing = []
+    for name in names.values():
+        try:
+            client.images.get(name)
+        except docker.errors.ImageNotFound:
+            missing.append(name)
+    if missing:
+        docker_unavailable(f"images {missing} are not built")
+    return names

@@ -414,7 +414,7 @@ def test_validate_cli_reports_problems(compiled, tmp_path, capsys):
 
 
 def test_adapters_never_name_a_stage():
-    for module in ("kfp", "azureml", "argo", "compile_common", "validate", "kfp_metrics"):
+    for module in ("kfp", "kfp_local", "azureml", "argo", "compile_common", "validate"):
         source = (REPO / "targets" / f"{module}.py").read_text()
         for name in STAGES:
             assert not re.search(rf"['\"]{name}['\"]", source), f"targets/{module}.py names stage {name!r}"
@@ -495,74 +495,6 @@ def test_cli_compile_writes_where_asked(tmp_path, capsys):
         assert validate_file(out, target) == target
         got = TARGETS[target].task_argvs(out, ROOT)
         assert got["train"][got["train"].index("--train.max_steps") + 1] == "7"
-
-
-# ------------------------------------------------------------------------------------------
-# KFP metrics reach the UI
-
-
-def test_kfp_metrics_wrapper_writes_executor_output(tmp_path):
-    from google.protobuf import json_format
-    from kfp.pipeline_spec import pipeline_spec_pb2
-
-    from targets import kfp_metrics
-
-    metrics_dir = tmp_path / "metrics"
-    doc = {
-        "summary": {"pytorch": {"accuracy": 0.9, "macro_f1": 0.88},
-                    "onnx_int4": {"accuracy": 0.875, "macro_f1": 0.86}, "agreement": 0.95},
-        "labels": ["joy", "fear"],
-        "pytorch": {"accuracy": 0.9, "confusion_matrix": [[5, 1], [0, 4]]},
-        "onnx_int4": {"accuracy": 0.875, "confusion_matrix": [[4, 2], [0, 4]]},
-    }
-    stage = [sys.executable, "-c",
-             f"import json, pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(); "
-             f"(p / 'metrics.json').write_text(json.dumps({doc!r}))", str(metrics_dir)]
-    exe = tmp_path / "out" / "executor_output.json"
-    cm = tmp_path / "cm" / "metrics_confusion"
-    code = kfp_metrics.main(["--executor-output", str(exe), "--metrics", "metrics", str(metrics_dir),
-                             "metrics_confusion", str(cm), "--", *stage])
-    assert code == 0
-    out = json.loads(exe.read_text())
-    json_format.ParseDict(out, pipeline_spec_pb2.ExecutorOutput())  # what the launcher parses
-    scalars = out["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert scalars == {"pytorch_accuracy": 0.9, "pytorch_macro_f1": 0.88, "onnx_int4_accuracy": 0.875,
-                       "onnx_int4_macro_f1": 0.86, "agreement": 0.95}
-    matrix = out["artifacts"]["metrics_confusion"]["artifacts"][0]["metadata"]["confusionMatrix"]
-    assert matrix["annotationSpecs"] == [{"displayName": "joy"}, {"displayName": "fear"}]
-    assert matrix["rows"] == [{"row": [4, 2]}, {"row": [0, 4]}]
-    # A failing stage's exit code passes through, and nothing is published.
-    exe.unlink()
-    assert kfp_metrics.main(["--executor-output", str(exe), "--", sys.executable, "-c", "raise SystemExit(3)"]) == 3
-    assert not exe.exists()
-
-
-def test_compiled_kfp_metrics_command_runs_standalone(compiled, tmp_path):
-    """The evaluate-like task's real command (from the YAML) works without the repo on the path."""
-    path, _ = compiled[("kfp", CONFIGS[0])]
-    ir = next(yaml.safe_load_all(path.read_text()))
-    wrapped = [ex["container"] for ex in ir["deploymentSpec"]["executors"].values()
-               if ex["container"]["command"][:2] == ["python", "-c"]]
-    assert len(wrapped) == sum(1 for s in DAG for p in s.spec.outputs if p.type == "Metrics")
-    container = wrapped[0]
-    argv = container["command"] + container["args"]
-    mdir, cm, exe = tmp_path / "m" / "metrics", tmp_path / "m" / "metrics_confusion", tmp_path / "exe.json"
-    subs = {"{{$.outputs.output_file}}": str(exe), "{{$.outputs.artifacts['metrics'].path}}": str(mdir),
-            "{{$.outputs.artifacts['metrics_confusion'].path}}": str(cm)}
-    head = [subs.get(a, a) for a in argv[: argv.index("--")]]
-    doc = {"summary": {"pytorch": {"accuracy": 1.0}}, "labels": ["a", "b"],
-           "pytorch": {"confusion_matrix": [[1, 0], [0, 1]]}}
-    fake_stage = [sys.executable, "-c", "import json, os, sys; os.makedirs(sys.argv[1]); "
-                  "open(os.path.join(sys.argv[1], 'metrics.json'), 'w').write(sys.argv[2])", str(mdir), json.dumps(doc)]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    import subprocess
-
-    proc = subprocess.run([sys.executable, *head[1:], "--", *fake_stage], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(exe.read_text())
-    assert out["artifacts"]["metrics"]["artifacts"][0]["metadata"] == {"pytorch_accuracy": 1.0}
-    assert json.loads(cm.read_text())["confusionMatrix"]["rows"] == [{"row": [1, 0]}, {"row": [0, 1]}]
 
 
 def test_recompiling_without_schedule_removes_stale_schedule_files(tmp_path):

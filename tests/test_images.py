@@ -24,42 +24,6 @@ from components.common.config import load_config
 from components.registry import STAGES
 from targets import docker as dk
 
-REQUIRED = any(os.environ.get(k, "").lower() not in ("", "0", "false", "no") for k in ("CI", "DOCKER_HOST", "SLM_REQUIRE_DOCKER"))
-
-
-def _unavailable(reason: str):
-    how = 'set up with `eval "$(bash .ci/docker.sh start)" && bash .ci/docker.sh images`'
-    if REQUIRED:
-        pytest.fail(f"container tests required here (CI/DOCKER_HOST/SLM_REQUIRE_DOCKER) but {reason}; {how}",
-                    pytrace=False)
-    pytest.skip(f"{reason}; {how}")
-
-
-@pytest.fixture(scope="module")
-def client():
-    try:
-        return dk.connect(timeout=30)
-    except Exception as e:  # noqa: BLE001 - UserError with the daemon's address, or no docker SDK
-        _unavailable(str(e))
-
-
-@pytest.fixture(scope="module")
-def images(client) -> dict[str, str]:
-    import docker
-
-    cfg = load_config(TINY)
-    names = {s: dk.stage_image(s, cfg) for s in STAGES}
-    missing = []
-    for name in names.values():
-        try:
-            client.images.get(name)
-        except docker.errors.ImageNotFound:
-            missing.append(name)
-    if missing:
-        _unavailable(f"images {missing} are not built")
-    return names
-
-
 def _run(out: Path, cache: Path, *args: str):
     cache.mkdir(parents=True, exist_ok=True)
     return run_cli(str(ROOT / "pipeline.py"), "run", "--config", str(TINY), "--out", str(out), *args,

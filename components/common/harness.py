@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import signal
@@ -69,6 +70,8 @@ def _parser(spec) -> argparse.ArgumentParser:
         p.add_argument(f"--{port.name}", required=True, metavar="DIR", help=f"output {port.type} artifact")
     for key, default in spec.params(Config()).items():
         p.add_argument(f"--{key}", dest=key, metavar="VALUE", help=f"default: {default!r}")
+    p.add_argument("--kfp-executor-input", metavar="JSON", help="on Kubeflow Pipelines: the task's executor input "
+                   "({{$}}); the stage then also writes KFP's executor output (components/common/kfp_output.py)")
     return p
 
 
@@ -117,8 +120,9 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
         tmps = {name: artifacts.begin(path) for name, path in finals.items()}
         context = SimpleNamespace(cache_key=key, finals=finals, spec=spec, after_commit=[])
         run(view, context=context, **inputs, **tmps)
+        markers_out = {}
         for port in spec.outputs:
-            artifacts.commit(
+            markers_out[port.name] = artifacts.commit(
                 tmps[port.name],
                 finals[port.name],
                 {
@@ -134,6 +138,11 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
             )
         for hook in context.after_commit:
             hook()
+        if args.get("kfp_executor_input"):
+            from . import kfp_output
+
+            metrics_ports = [p.name for p in spec.outputs if p.type == "Metrics"]
+            kfp_output.write(json.loads(args["kfp_executor_input"]), markers_out, metrics_ports, finals)
         log.info("done in %.1fs", time.time() - started)
     except UserError as e:
         _abort(tmps)

@@ -1,0 +1,116 @@
+"""Tell Kubeflow Pipelines what a stage produced, in KFP's own terms: the executor output.
+
+KFP's launcher (and ``kfp.local``) take a container task's outputs only from the executor
+output file that the executor input (the ``{{$}}`` placeholder) names: a task that writes
+none "has no outputs", and the next task cannot find its inputs. So when the KFP adapter
+passes ``--kfp-executor-input {{$}}``, the harness calls :func:`write` after sealing the
+outputs. It registers
+
+- every output artifact with its URI and the seal's metadata (stage, cache key, content hash,
+  size), so the KFP UI and lineage show what made it;
+- for a ``Metrics`` output, the scalar summary of its ``metrics.json`` (the UI's metrics tab);
+- for the ``<metrics>_confusion`` ``ClassificationMetrics`` output, the confusion matrix of the
+  shipped (ONNX) model, with ``(unparsed)`` as its own class so that the matrix stays square.
+
+Nothing here imports KFP: the stage images do not carry it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .scoring import NONE
+
+CONFUSION_SUFFIX = "_confusion"
+# Where KFP's launcher mounts remote artifact stores inside the container.
+_URI_PREFIXES = {"gs://": "/gcs/", "minio://": "/minio/", "s3://": "/s3/"}
+
+
+def local_path(uri: str) -> Path:
+    for prefix, mount in _URI_PREFIXES.items():
+        if uri.startswith(prefix):
+            return Path(mount + uri[len(prefix):])
+    return Path(uri)
+
+
+def flatten_scalars(tree: dict, prefix: str = "") -> dict[str, float]:
+    """``{"pytorch": {"accuracy": 0.9}}`` -> ``{"pytorch_accuracy": 0.9}``: what the UI can plot."""
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_scalars(value, name + "_"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def confusion_matrix(metrics: dict) -> dict | None:
+    """KFP's ``ClassificationMetrics`` metadata from our ``metrics.json``, or None.
+
+    Our matrix has one row per true label and one column per predicted label plus
+    ``(unparsed)``; KFP's is square, so ``(unparsed)`` also gets a (zero) row.
+    """
+    models = [k for k, v in metrics.items() if isinstance(v, dict) and isinstance(v.get("confusion_matrix"), dict)]
+    if not models:
+        return None
+    model = next((m for m in models if m.startswith("onnx")), models[-1])
+    cm = metrics[model]["confusion_matrix"]
+    columns, rows, counts = list(cm["columns"]), list(cm["rows"]), cm["counts"]
+    by_label = dict(zip(rows, counts))
+    square = [[int(x) for x in by_label.get(label, [0] * len(columns))] for label in columns]
+    return {
+        "confusionMatrix": {
+            "annotationSpecs": [{"displayName": str(label)} for label in columns],
+            "rows": [{"row": row} for row in square],
+        },
+        "model": model,
+        "unparsed_label": NONE,
+    }
+
+
+def _seal_metadata(marker: dict) -> dict:
+    files = marker.get("files", {})
+    return {
+        "stage": marker.get("stage"),
+        "cache_key": marker.get("cache_key"),
+        "content_hash": marker.get("content_hash"),
+        "files": len(files),
+        "seconds": marker.get("seconds"),
+    }
+
+
+def write(executor_input: dict, markers: dict[str, dict], metrics_ports: list[str], outputs: dict[str, Path]) -> dict:
+    """Write the executor output file for the sealed ``outputs``; return what was written."""
+    declared = executor_input.get("outputs", {}).get("artifacts", {})
+    artifacts: dict = {}
+    for name, entry in declared.items():
+        listed = entry.get("artifacts") or [{}]
+        uri = listed[0].get("uri", "")
+        if name in markers:
+            metadata = _seal_metadata(markers[name])
+            if name in metrics_ports:
+                metadata.update(flatten_scalars(_metrics_json(outputs[name]).get("summary", {})))
+        elif name.endswith(CONFUSION_SUFFIX) and name[: -len(CONFUSION_SUFFIX)] in metrics_ports:
+            metadata = confusion_matrix(_metrics_json(outputs[name[: -len(CONFUSION_SUFFIX)]]))
+            if metadata is None:
+                continue
+            path = local_path(uri)  # the artifact's own file: the matrix, for download
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(metadata, indent=2))
+        else:
+            continue
+        artifacts[name] = {"artifacts": [{"name": name, "uri": uri, "metadata": metadata}]}
+    result = {"artifacts": artifacts}
+    output_file = Path(executor_input["outputs"]["outputFile"])
+    output_file.parent.mkdir(parents=True, exist_ok=True)
+    part = output_file.with_name(output_file.name + ".part")
+    part.write_text(json.dumps(result))
+    os.replace(part, output_file)
+    return result
+
+
+def _metrics_json(folder: Path) -> dict:
+    path = Path(folder) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
