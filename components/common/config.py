@@ -6,6 +6,7 @@ the key. Defaults run as-is: ``Config()`` is the embedded default job.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,37 @@ def contained_path(value: str) -> str:
     return value
 
 
+# Upper bounds far beyond any sane run, so a typo (r=1000000000) fails here, not after minutes of loading.
+BIG = 10_000_000
+SEED = dict(ge=0, le=2**32 - 1)  # numpy's seed range
+
+# Docker image references (distribution/reference grammar): a registry host, then lowercase path components.
+_DOMAIN = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?$")
+_PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def image_repository(value: str) -> str:
+    """``host[:port]/path`` as Docker, Kubernetes and every registry accept it, or a ValueError saying why."""
+    if not value:
+        raise ValueError("must not be empty")
+    parts = value.split("/")
+    first = parts[0]
+    if len(parts) > 1 and ("." in first or ":" in first or first == "localhost"):
+        if not _DOMAIN.match(first):
+            raise ValueError(f"{value!r}: {first!r} is not a valid registry host[:port]")
+        parts = parts[1:]
+    for part in parts:
+        if not _PATH_COMPONENT.match(part):
+            raise ValueError(
+                f"{value!r}: {part!r} is not a valid repository path component "
+                "(lowercase letters and digits, separated by '.', '_', '__' or '-')"
+            )
+    if len(value) > 200:  # leaves room for "/<stage>" within the 255-character name limit
+        raise ValueError(f"{value!r} is longer than 200 characters")
+    return value
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -43,14 +75,28 @@ class DataConfig(Section):
     text_template: str = PHI3_TEMPLATE
     labels: list[str] | None = None
     eval_fraction: float = Field(0.1, gt=0, lt=1)
-    max_text_chars: int = Field(1000, gt=0)
+    max_text_chars: int = Field(1000, gt=0, le=BIG)
     max_rows: int | None = Field(None, gt=0)
-    seed: int = 42
+    seed: int = Field(42, **SEED)
 
     @field_validator("path", "eval_path")
     @classmethod
     def _no_escape(cls, v):
         return v if v is None else contained_path(v)
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, v):
+        seen: dict[str, str] = {}
+        for label in v or []:
+            if not label.strip() or label != label.strip():
+                raise ValueError(f"label {label!r} is empty or has surrounding spaces")
+            if label in seen.values():
+                raise ValueError(f"label {label!r} is listed twice")
+            other = seen.setdefault(label.casefold(), label)
+            if other != label:
+                raise ValueError(f"labels {other!r} and {label!r} differ only in case; a model cannot tell them apart reliably")
+        return v
 
     @model_validator(mode="after")
     def _label_in_template(self):
@@ -75,8 +121,8 @@ class ModelConfig(Section):
 
 
 class LoraConfig(Section):
-    r: int = Field(16, gt=0)
-    alpha: int = Field(32, gt=0)
+    r: int = Field(16, gt=0, le=4096)  # the train stage also checks r against the layers' widths
+    alpha: int = Field(32, gt=0, le=BIG)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | None = None  # None: inferred from the architecture
     modules_to_save: list[str] | None = None
@@ -85,25 +131,25 @@ class LoraConfig(Section):
 class TrainConfig(Section):
     quantization: Literal["nf4", "none"] = "none"
     lora: LoraConfig = Field(default_factory=LoraConfig)
-    max_steps: int = Field(60, gt=0)
-    batch_size: int = Field(8, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    learning_rate: float = Field(5e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(5, ge=0)
-    max_seq_len: int = Field(256, gt=8)
+    max_steps: int = Field(60, gt=0, le=BIG)
+    batch_size: int = Field(8, gt=0, le=4096)
+    grad_accum: int = Field(1, gt=0, le=4096)
+    learning_rate: float = Field(5e-4, gt=0, le=1)
+    weight_decay: float = Field(0.0, ge=0, le=10)
+    warmup_steps: int = Field(5, ge=0, le=BIG)
+    max_seq_len: int = Field(256, gt=8, le=1_048_576)
     packing: bool = False
     # CUDA only. Off: 1.8x faster QLoRA on Phi-3-mini (H200, 4x1024) at ~32 GiB peak instead of ~6.6.
     gradient_checkpointing: bool = True
-    checkpoint_every: int = Field(20, gt=0)
-    log_every: int = Field(5, gt=0)
-    seed: int = 42
+    checkpoint_every: int = Field(20, gt=0, le=BIG)
+    log_every: int = Field(5, gt=0, le=BIG)
+    seed: int = Field(42, **SEED)
 
 
 class MergeConfig(Section):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    parity_tolerance: float = Field(1e-3, gt=0)  # max |logit difference|, relative to logit scale
-    parity_prompts: int = Field(4, gt=0)
+    parity_tolerance: float = Field(1e-3, gt=0, le=1)  # max |logit difference|, relative to logit scale
+    parity_prompts: int = Field(4, gt=0, le=1024)
 
 
 class OnnxConfig(Section):
@@ -117,8 +163,8 @@ class OnnxConfig(Section):
 
 
 class EvaluateConfig(Section):
-    batch_size: int = Field(16, gt=0)
-    max_new_tokens: int = Field(8, gt=0)
+    batch_size: int = Field(16, gt=0, le=4096)
+    max_new_tokens: int = Field(8, gt=0, le=4096)
     max_samples: int | None = Field(None, gt=0)
     min_accuracy: float = Field(0.0, ge=0, le=1)
     max_int4_drop: float = Field(0.05, ge=0, le=1)
@@ -126,13 +172,31 @@ class EvaluateConfig(Section):
 
 class RuntimeConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, gt=0)
+    threads: int | None = Field(None, gt=0, le=4096)
 
 
 class ImagesConfig(Section):
     registry: str = "localhost/slm-pipeline"
     tag: str = "0.1.0"
     gpu_tag_suffix: str = "-cuda"
+
+    @field_validator("registry")
+    @classmethod
+    def _repository(cls, v):
+        return image_repository(v)
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v):
+        if not _TAG.match(v):
+            raise ValueError(f"{v!r} is not a valid image tag (letters, digits, '_', '.', '-'; at most 128; not starting with '.' or '-')")
+        return v
+
+    @model_validator(mode="after")
+    def _gpu_tag(self):
+        if not _TAG.match(self.tag + self.gpu_tag_suffix):
+            raise ValueError(f"gpu_tag_suffix {self.gpu_tag_suffix!r} makes the GPU tag {self.tag + self.gpu_tag_suffix!r} invalid")
+        return self
 
 
 class Config(Section):
@@ -163,14 +227,77 @@ def format_validation_error(err: ValidationError, where: str = "config") -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         lines.append(f"{where}: {key}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" and not isinstance(e.get("input"), dict) else ""))
     return "\n".join(lines)
 
 
-def parse_value(text: str) -> Any:
+MAX_YAML_VALUES = 100_000  # after expanding aliases; the largest shipped config has ~100
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` that refuses alias bombs, recursive aliases and duplicate keys, by line."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml(node, where)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise UserError(f"{where}: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _check_yaml(root, where: str) -> None:
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_:
+            raise UserError(f"{where} line {node.start_mark.line + 1}: a recursive alias; write the value out")
+        open_.add(id(node))
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            keys: dict = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if key.value in keys:
+                        raise UserError(f"{where} line {key.start_mark.line + 1}: key {key.value!r} appears twice "
+                                        f"in one mapping (also line {keys[key.value]}); keep one")
+                    keys[key.value] = key.start_mark.line + 1
+                total += size(key) + size(value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        if total > MAX_YAML_VALUES:
+            raise UserError(f"{where} line {node.start_mark.line + 1}: its aliases expand to over {MAX_YAML_VALUES:,} "
+                            "values (an alias bomb?); write the values out")
+        open_.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root)
+
+
+def _no_duplicate_keys(where: str):
+    def hook(pairs):
+        out = {}
+        for key, value in pairs:
+            if key in out:
+                raise UserError(f"{where}: key {key!r} appears twice in one object; keep one")
+            out[key] = value
+        return out
+    return hook
+
+
+def parse_value(text: str, where: str = "--set") -> Any:
     """A ``--set`` or argv value: JSON/YAML scalars and lists, else the plain string."""
     try:
-        value = yaml.safe_load(text) if text.strip() else text
+        value = load_yaml(text, where) if text.strip() else text
     except yaml.YAMLError:
         return text
     # "Q: {x}" is YAML for a mapping; a mapping must be written as one: "{...}".
@@ -200,11 +327,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     if path is not None:
         path = Path(path)
         where = str(path)
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"config file not found: {path}")
-        text = path.read_text(encoding="utf-8")
+        if not path.is_file():
+            raise UserError(f"{path}: not a regular file (a folder, FIFO or device); give a YAML or JSON config file")
+        raw = path.read_bytes()
         try:
-            tree = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise UserError(f"{path} line {line}: not UTF-8 text (byte {raw[e.start]:#x}); re-save the file as UTF-8") from None
+        try:
+            if path.suffix == ".json":
+                tree = json.loads(text, object_pairs_hook=_no_duplicate_keys(str(path)))
+            else:
+                tree = load_yaml(text, str(path))
         except (yaml.YAMLError, json.JSONDecodeError) as e:
             raise UserError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
         tree = tree or {}
@@ -218,7 +355,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected key.path=value")
         key, value = item.split("=", 1)
-        set_path(tree, key.strip(), parse_value(value))
+        set_path(tree, key.strip(), parse_value(value, f"--set {key.strip()}"))
     return validate(tree, where)
 
 

@@ -71,6 +71,7 @@ def run(cfg, context, dataset: Path, adapter: Path) -> None:
             gradient_checkpointing_kwargs={"use_reentrant": True},  # torch warns when it is left implicit
         )
     modules = target_modules(model, tc.lora.target_modules)
+    check_rank(model, modules, tc.lora.r)
     lora = LoraConfig(
         r=tc.lora.r,
         lora_alpha=tc.lora.alpha,
@@ -158,6 +159,16 @@ def run(cfg, context, dataset: Path, adapter: Path) -> None:
             "quantization": tc.quantization,
         },
     )
+
+
+def check_rank(model, modules: list[str], r: int) -> None:
+    """LoRA factors a layer's update into (out x r)(r x in): r at or above the layer's width adds
+    parameters and learns nothing a full update would not. Checked before the adapter is allocated."""
+    widths = [min(m.in_features, m.out_features) for name, m in model.named_modules()
+              if name.rsplit(".", 1)[-1] in modules and hasattr(m, "in_features")]
+    if widths and r >= min(widths):
+        raise UserError(f"train.lora.r={r} is not below the smallest width ({min(widths)}) of the target modules "
+                        f"{modules}; use a rank well below it (8-64 is usual)")
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
