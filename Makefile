@@ -34,7 +34,7 @@ test: setup
 
 # Everything but the container tests, for a quick loop on a machine without Docker.
 test-local: setup
-	$(PY) -m pytest -q tests --ignore=tests/test_images.py
+	$(PY) -m pytest -q tests --ignore=tests/test_images.py --ignore=tests/test_kfp_local.py
 
 bench: setup
 	$(PY) bench/run.py
