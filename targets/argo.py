@@ -2,9 +2,17 @@
 
 One container template per stage (its image, the stage's own command line with Argo
 placeholders, input/output artifacts, CPU/memory requests, ``nvidia.com/gpu`` where the
-stage uses a GPU, a retry strategy and the Hugging Face token from a Kubernetes Secret),
-and one DAG task per step whose input artifacts come ``from`` the upstream task's outputs.
-The run parameters are workflow arguments (``argo submit -p train_lora_r=32``).
+stage uses a GPU, a retry strategy, the model-cache volume and the Hugging Face token from a
+Kubernetes Secret), and one DAG task per step whose input artifacts come ``from`` the
+upstream task's outputs. The run parameters are workflow arguments
+(``argo submit -p train_lora_r=32``).
+
+What the cluster must provide, all created by ``manifests/`` under the default settings:
+the namespace, a service account with the executor's RBAC, the model-cache PVC
+(``targets.argo.cache_claim``) and an artifact repository that the Workflow names with
+``artifactRepositoryRef`` (``targets.argo.artifact_repository_key``). Outputs are stored
+unarchived (``archive: none``): models are multi-GB and barely compress, and tar+gzip would
+cost minutes per stage.
 
 Nothing is submitted: no Argo server is needed. With ``targets.argo.schedule`` the same
 spec is also written as a CronWorkflow next to the Workflow (``<out>.cron.yaml``).
@@ -22,6 +30,9 @@ from components.common.errors import UserError
 from components.registry import Pipeline, Step
 
 from .compile_common import (
+    CACHE_ENV,
+    CACHE_MOUNT,
+    DETERMINISTIC_EXIT_CODES,
     GPU_RESOURCE,
     STAGE_ENV,
     check_names,
@@ -37,6 +48,22 @@ from .compile_common import (
 ENTRYPOINT = "main"
 IN_DIR = "/tmp/artifacts/inputs"
 OUT_DIR = "/tmp/artifacts/outputs"
+CACHE_VOLUME = "model-cache"
+# The longest wait between two tries (Argo's ``backoff.cap``; KFP's ``backoffMaxDuration``).
+# Not ``maxDuration``: that is a deadline counted from the first attempt, so a stage that
+# ran longer than it would never be retried.
+BACKOFF_CAP = "1h"
+
+
+def retry_expression() -> str:
+    """Argo's retry condition: retry errors and failures, except the exit codes no retry can fix.
+
+    ``lastRetry.status`` is ``Error`` (pod deleted, node lost, controller error) or ``Failed``
+    (the main container exited non-zero); ``lastRetry.exitCode`` is a string, "-1" when
+    unknown. With ``retryPolicy: Always`` both the policy and this expression must hold.
+    """
+    codes = ", ".join(str(c) for c in DETERMINISTIC_EXIT_CODES)
+    return f"lastRetry.status == 'Error' or (lastRetry.status == 'Failed' and asInt(lastRetry.exitCode) not in [{codes}])"
 
 
 class _Ref:
@@ -67,7 +94,19 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
         SecretEnv,
         Task,
     )
-    from hera.workflows.models import Backoff, Toleration
+    from hera.workflows.models import (
+        ArchiveStrategy,
+        ArtifactRepositoryRef,
+        Backoff,
+        NoneStrategy,
+        PersistentVolumeClaimVolumeSource,
+        PodSecurityContext,
+        Toleration,
+        Volume,
+        VolumeMount,
+    )
+
+    from .docker import IMAGE_GID
 
     s = settings(cfg, "argo")
     check_names(dag, cfg)
@@ -78,6 +117,8 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
         spec = step.spec
         res = spec.resources(cfg)
         env: list[Any] = [Env(name=k, value=v) for k, v in STAGE_ENV.items()]
+        if s.cache_claim:
+            env += [Env(name=k, value=v) for k, v in CACHE_ENV.items()]
         if s.hf_token_secret and needs_hf_token(spec, cfg):
             env.append(SecretEnv(name=s.hf_token_env, secret_name=s.hf_token_secret, secret_key=s.hf_token_key, optional=True))
         argv = template_argv(step, cfg)
@@ -88,7 +129,10 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
             args=argv[3:],
             inputs=[Artifact(name=p.name, path=f"{IN_DIR}/{p.name}") for p in spec.inputs]
             + [Parameter(name=param_name(k)) for k in spec.params(cfg)],
-            outputs=[Artifact(name=p.name, path=f"{OUT_DIR}/{p.name}") for p in spec.outputs],
+            outputs=[
+                Artifact(name=p.name, path=f"{OUT_DIR}/{p.name}", archive=ArchiveStrategy(none=NoneStrategy()))
+                for p in spec.outputs
+            ],
             resources=Resources(
                 cpu_request=res.cpu,
                 cpu_limit=res.cpu,
@@ -97,12 +141,15 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
                 gpus=res.gpu or None,
                 gpu_flag=GPU_RESOURCE,
             ),
+            # limit and factor as strings: Argo's JSON schema types them so (its CRD takes either).
             retry_strategy=RetryStrategy(
-                limit=s.retries,
+                limit=str(s.retries),
                 retry_policy="Always",
-                backoff=Backoff(duration=f"{s.retry_backoff_seconds}s", factor=2, max_duration="1h"),
+                expression=retry_expression(),
+                backoff=Backoff(duration=f"{s.retry_backoff_seconds}s", factor="2", cap=BACKOFF_CAP),
             ),
             env=env,
+            volume_mounts=[VolumeMount(name=CACHE_VOLUME, mount_path=CACHE_MOUNT)] if s.cache_claim else None,
             tolerations=[Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")]
             if (res.gpu and s.gpu_toleration)
             else None,
@@ -137,6 +184,14 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
         entrypoint=ENTRYPOINT,
         namespace=s.namespace,
         service_account_name=s.service_account,
+        artifact_repository_ref=ArtifactRepositoryRef(config_map=s.artifact_repository_configmap, key=s.artifact_repository_key)
+        if s.artifact_repository_key
+        else None,
+        volumes=[Volume(name=CACHE_VOLUME, persistent_volume_claim=PersistentVolumeClaimVolumeSource(claim_name=s.cache_claim))]
+        if s.cache_claim
+        else None,
+        # The images run as 10001:10001; fsGroup makes the cache volume writable for them.
+        security_context=PodSecurityContext(fs_group=IMAGE_GID) if s.cache_claim else None,
         arguments=[Parameter(name=param_name(k), value=encode(v)) for k, v in run_params.items()],
         labels={"app.kubernetes.io/name": k8s_name(dag.name), "slm-pipeline/config": k8s_name(cfg.name)},
         templates=list(templates.values()),

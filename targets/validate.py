@@ -2,13 +2,16 @@
 
     python pipeline.py validate [--target kfp|azureml|argo] PATH
 
-Each engine's own schema parse is the first check (KFP: the ``PipelineSpec`` and
-``PlatformSpec`` protos; AzureML: ``load_job`` + ``_validate()``; Argo: hera's ``Workflow``
-model, with unknown keys rejected). None of them resolves references, so every validator
-then checks the wiring itself: each task's component/template exists, each upstream
-reference names an existing task and one of its outputs of the same type, each required
-input is bound, each placeholder in a command names a declared input or output, and the
-graph has no cycle. Every problem found is listed in one ``UserError``.
+Each engine's own schema is the first check (KFP: the ``PipelineSpec`` and
+``PlatformSpec`` protos; AzureML: ``load_job`` + ``_validate()``; Argo: its CRD schema, CEL
+rules included, and its JSON schema, both with unknown keys rejected: ``argo_schema.py``).
+None of them resolves references, so every validator then checks the wiring itself: each
+task's component/template exists, each upstream reference names an existing task and one
+of its outputs of the same type, each required input is bound, each placeholder in a
+command names a declared input or output, and the graph has no cycle. What no schema
+checks is checked here too: every image is a valid image reference, KFP's CPU and memory
+are Kubernetes quantities, and an Argo object's name, namespace and labels follow the
+Kubernetes rules. Every problem found is listed in one ``UserError``.
 """
 from __future__ import annotations
 
@@ -90,6 +93,83 @@ def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
 
 
 # =======================================================================================
+# What no engine schema checks: image references, quantities, Kubernetes names
+
+# The image reference grammar of distribution/reference, the parser docker, containerd and
+# the kubelet use: [registry[:port]/]path[:tag][@digest], path components lower case.
+_ALNUM = r"[a-z0-9]+"
+_PATH_COMPONENT = rf"{_ALNUM}(?:(?:[._]|__|[-]+){_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_IMAGE_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+_IMAGE_REF = re.compile(
+    rf"^(?P<name>{_IMAGE_NAME})(?::(?P<tag>[\w][\w.-]{{0,127}}))?"
+    r"(?:@(?P<digest>[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9A-Fa-f]{32,}))?$"
+)
+# Kubernetes' resource.Quantity (the pattern its OpenAPI schema and Argo's CRD carry).
+_QUANTITY = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+
+
+def image_problem(where: str, image: Any) -> str | None:
+    """Why ``image`` is not a valid image reference, or None. Engine placeholders are left alone."""
+    if not isinstance(image, str) or not image:
+        return f"{where}: no image"
+    if "{{" in image or "${{" in image:
+        return None
+    m = _IMAGE_REF.match(image)
+    first, slash, _ = image.partition("/")
+    # As docker parses a name: the first part is a registry only if it has '.' or ':' or is localhost.
+    is_registry = slash and ("." in first or ":" in first or first == "localhost")
+    if not m or (not is_registry and m.group("name") != m.group("name").lower()):
+        return f"{where}: {image!r} is not a valid image reference ([registry/]name[:tag][@digest], name in lower case)"
+    if len(m.group("name")) > 255:
+        return f"{where}: image name longer than 255 characters"
+    return None
+
+
+def quantity_problem(where: str, value: Any) -> str | None:
+    """Why ``value`` is not a Kubernetes quantity (``500m``, ``2``, ``4Gi``), or None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return None
+    if isinstance(value, str) and _QUANTITY.match(value) and not value.startswith("-"):
+        return None
+    return f"{where}: {value!r} is not a Kubernetes quantity (e.g. 500m, 2, 4Gi)"
+
+
+def k8s_metadata_problems(where: str, meta: Any, max_name: int = 253) -> list[str]:
+    """What the API server checks in every object's metadata before any schema: names and labels."""
+    if not isinstance(meta, dict):
+        return [f"{where}: metadata must be a mapping"]
+    problems = []
+    name, prefix = meta.get("name"), meta.get("generateName")
+    if name is None and prefix is None:
+        problems.append(f"{where}: needs metadata.name or metadata.generateName")
+    if name is not None and (not isinstance(name, str) or not _DNS1123_SUBDOMAIN.match(name) or len(name) > max_name):
+        problems.append(f"{where}.name: {name!r} is not a DNS-1123 name of at most {max_name} characters (a-z, 0-9, '-', '.')")
+    # A generateName gets 5 random characters appended; the API server checks it with its trailing '-' masked.
+    if prefix is not None:
+        masked = prefix[:-1] + "a" if isinstance(prefix, str) and prefix.endswith("-") else prefix
+        if not isinstance(prefix, str) or not _DNS1123_SUBDOMAIN.match(masked) or len(prefix) + 5 > max_name:
+            problems.append(f"{where}.generateName: {prefix!r} is not a DNS-1123 name prefix (a-z, 0-9, '-', '.')")
+    ns = meta.get("namespace")
+    if ns is not None and (not isinstance(ns, str) or not _DNS1123_LABEL.match(ns) or len(ns) > 63):
+        problems.append(f"{where}.namespace: {ns!r} is not a DNS-1123 label (a-z, 0-9, '-'; at most 63)")
+    for field in ("labels", "annotations"):
+        for key, value in (meta.get(field) or {}).items():
+            pre, _, nm = str(key).rpartition("/")
+            if (pre and (not _DNS1123_SUBDOMAIN.match(pre) or len(pre) > 253)) or not _LABEL_NAME.match(nm) or len(nm) > 63:
+                problems.append(f"{where}.{field}: key {key!r} is not a valid Kubernetes key ([prefix/]name)")
+            if field == "labels" and (not isinstance(value, str) or (value and (not _LABEL_NAME.match(value) or len(value) > 63))):
+                problems.append(f"{where}.labels.{key}: {value!r} is not a valid label value (at most 63 of A-Z a-z 0-9 - _ .)")
+    return problems
+
+
+# =======================================================================================
 # Kubeflow Pipelines
 
 _KFP_PARAM_TYPES = {
@@ -156,8 +236,15 @@ def check_kfp(path: Path) -> list[str]:
         container = ex.get("container")
         if container is None:
             continue
-        if not container.get("image"):
-            problems.append(f"deploymentSpec.executors.{label}: no image")
+        bad = image_problem(f"deploymentSpec.executors.{label}.container.image", container.get("image"))
+        if bad:
+            problems.append(bad)
+        for field in ("resourceCpuLimit", "resourceCpuRequest", "resourceMemoryLimit", "resourceMemoryRequest"):
+            value = (container.get("resources") or {}).get(field)
+            if value is not None:
+                bad = quantity_problem(f"deploymentSpec.executors.{label}.container.resources.{field}", value)
+                if bad:
+                    problems.append(bad)
         text = " ".join(map(str, container.get("command", []) + container.get("args", [])))
         for comp_name in users.get(label, []):
             comp = components[comp_name]
@@ -345,6 +432,10 @@ def check_azureml(path: Path) -> list[str]:
         env = comp.get("environment")
         if not env:
             problems.append(f"jobs.{name}.component: no environment")
+        elif isinstance(env, dict) and "image" in env:
+            bad = image_problem(f"jobs.{name}.component.environment.image", env["image"])
+            if bad:
+                problems.append(bad)
         bindings = node.get("inputs") or {}
         for iname, binding in bindings.items():
             where = f"jobs.{name}.inputs.{iname}"
@@ -412,24 +503,13 @@ _ARGO_TAG = re.compile(r"\{\{\s*([^}]+?)\s*\}\}")
 _ARGO_FROM = re.compile(r"^\{\{\s*tasks\.([^.\s]+)\.outputs\.artifacts\.([^.\s}]+)\s*\}\}$")
 
 
-def _unknown_keys(raw: Any, parsed: Any, where: str = "") -> list[str]:
-    """Keys in ``raw`` that the model dropped (hera's models ignore unknown keys)."""
-    out: list[str] = []
-    if isinstance(raw, dict) and isinstance(parsed, dict):
-        for k, v in raw.items():
-            if k not in parsed:
-                out.append(f"{where}.{k}".lstrip("."))
-            else:
-                out += _unknown_keys(v, parsed[k], f"{where}.{k}")
-    elif isinstance(raw, list) and isinstance(parsed, list):
-        for i, (a, b) in enumerate(zip(raw, parsed)):
-            out += _unknown_keys(a, b, f"{where}[{i}]")
-    return out
+# Argo's own limits on object names (workflow/validate/validate.go): a Workflow's name is a
+# label value (63); a CronWorkflow's leaves room for the "-<unix time>" of the runs it starts.
+_ARGO_MAX_NAME = {"Workflow": 63, "CronWorkflow": 52}
 
 
 def check_argo(path: Path) -> list[str]:
-    from hera.workflows import models
-    from pydantic import ValidationError
+    from .argo_schema import KINDS, schema_problems
 
     docs = _load_yaml_docs(path)
     problems: list[str] = []
@@ -440,23 +520,21 @@ def check_argo(path: Path) -> list[str]:
             problems.append(f"document {i}: not a mapping")
             continue
         kind = tree.get("kind")
-        model = {"Workflow": models.Workflow, "CronWorkflow": models.CronWorkflow, "WorkflowTemplate": models.WorkflowTemplate}.get(kind)
-        if model is None:
-            problems.append(f"document {i}: kind {kind!r} is not Workflow, CronWorkflow or WorkflowTemplate")
+        if kind not in KINDS:
+            problems.append(f"document {i}: kind {kind!r} is not one of {', '.join(KINDS)}")
             continue
-        try:
-            parsed = model.model_validate(tree)
-        except ValidationError as e:
-            for err in e.errors():
-                loc = ".".join(str(p) for p in err["loc"])
-                problems.append(f"{kind}: {loc}: {err['msg']}")
-            continue
-        dumped = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
-        problems += [f"{kind}: unknown key {k}" for k in _unknown_keys(tree, dumped)]
-        spec = tree.get("spec") or {}
+        schema = [f"{kind}: {p}" for p in schema_problems(kind, tree)]
+        problems += schema + k8s_metadata_problems(f"{kind}: metadata", tree.get("metadata"), _ARGO_MAX_NAME[kind])
+        spec = tree.get("spec") if isinstance(tree.get("spec"), dict) else {}
         if kind == "CronWorkflow":
-            spec = spec.get("workflowSpec") or {}
-        problems += _check_argo_spec(kind, spec)
+            if not (tree.get("metadata") or {}).get("name"):
+                problems.append(f"{kind}: metadata.name is required (a CronWorkflow cannot use generateName)")
+            spec = spec.get("workflowSpec") if isinstance(spec.get("workflowSpec"), dict) else {}
+        try:
+            problems += _check_argo_spec(kind, spec)
+        except (AttributeError, TypeError, KeyError, IndexError) as e:
+            if not schema:  # else the schema problems already say what is malformed
+                problems.append(f"{kind}: cannot check the wiring: {type(e).__name__}: {e}")
     return problems
 
 
@@ -487,8 +565,9 @@ def _check_argo_spec(kind: str, spec: dict) -> list[str]:
                     problems.append(f"templates.{tname}: {{{{{expr}}}}} names an undeclared {parts[0]} {parts[1][:-1]}")
                 elif parts[0] == "workflow" and parts[1:2] == ["parameters"] and parts[2] not in wf_params:
                     problems.append(f"templates.{tname}: {{{{{expr}}}}} names no workflow parameter")
-            if not container.get("image"):
-                problems.append(f"templates.{tname}: container has no image")
+            bad = image_problem(f"templates.{tname}.container.image", container.get("image"))
+            if bad:
+                problems.append(bad)
         dag = tmpl.get("dag")
         if not dag:
             continue
@@ -501,8 +580,8 @@ def _check_argo_spec(kind: str, spec: dict) -> list[str]:
             if target is None:
                 problems.append(f"{where}.template: no template {ref!r}")
                 continue
-            deps = set(task.get("dependencies") or [])
-            for dep in re.findall(r"[A-Za-z0-9][-A-Za-z0-9_]*", task.get("depends") or ""):
+            deps = set(task.get("dependencies") or []) if isinstance(task.get("dependencies"), list) else set()
+            for dep in re.findall(r"[A-Za-z0-9][-A-Za-z0-9_]*", str(task.get("depends") or "")):
                 if dep.lower() not in ("succeeded", "failed", "errored", "skipped", "omitted", "daemoned", "anysucceeded", "allfailed"):
                     deps.add(dep)
             for d in sorted(deps - set(tasks)):

@@ -187,7 +187,7 @@ def test_gpu_stages_get_gpu_images_and_resources(compiled):
         assert c["image"] == image_for(s.spec, cfg)
         assert c["image"].endswith(cfg.images.gpu_tag_suffix) == (s.name in gpu_stages)
         assert ("nvidia.com/gpu" in c["resources"]["limits"]) == (s.name in gpu_stages)
-        assert templates[s.name.replace("_", "-")]["retryStrategy"]["limit"] == 2
+        assert templates[s.name.replace("_", "-")]["retryStrategy"]["limit"] == "2"  # a string, as Argo's schema says
     job = yaml.safe_load((compiled[("azureml", "configs/phi3-mini.yaml")][0] / "pipeline.yml").read_text())
     for s in DAG:
         want = "azureml:gpu-a100" if s.name in gpu_stages else "azureml:cpu-cluster"
@@ -371,7 +371,7 @@ ARGO_BROKEN = {
         "task 'data-prep' has no output artifact 'nope'",
     ),
     "dangling dependency": (lambda wf: _argo_task(wf, "train").update(dependencies=["nope"]), "no task 'nope'"),
-    "wrong type": (lambda wf: _argo_task(wf, "train").update(dependencies="data-prep"), "Input should be a valid list"),
+    "wrong type": (lambda wf: _argo_task(wf, "train").update(dependencies="data-prep"), "'data-prep' is not of type 'array'"),
     "unknown key": (lambda wf: _argo_task(wf, "train").update(tempalte="train"), "unknown key"),
     "missing input artifact": (
         lambda wf: _argo_task(wf, "train")["arguments"].pop("artifacts"),
