@@ -289,6 +289,18 @@ def schema_problems(kind: str, doc: dict) -> list[str]:
     return [f"{msg} [Argo {' + '.join(dict.fromkeys(src))}]" for msg, src in found.items()]
 
 
+def definition_problems(definition: str, doc: Any) -> list[str]:
+    """Violations of one definition of Argo's JSON schema (strict), e.g. an artifact repository
+    (``io.argoproj.workflow.v1alpha1.ArtifactRepository``) as a ConfigMap holds it."""
+    from jsonschema import Draft202012Validator
+
+    schema = dict(_json_validator("Workflow").schema, **{"$ref": f"#/definitions/{definition}"})
+    if definition not in schema["definitions"]:
+        raise ValueError(f"Argo's JSON schema has no definition {definition!r}")
+    errors = sorted(Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    return [m for err in errors for m in _messages(err, doc)]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv != ["--refresh"]:
