@@ -8,9 +8,15 @@
 
 Each component: typed inputs and outputs (``uri_folder`` / ``custom_model`` per the artifact
 contract), one typed input per stage parameter, the stage's image as its environment, and
-the stage's own command line. There is no ``code:``: the image holds the repository at
-/app, so the output is portable. Nodes are named after their stages and run on the GPU
-cluster when the stage uses a GPU, else on the CPU cluster (``targets.azureml.compute_*``).
+the stage's own command line. Outputs are ``mode: upload`` (on the component and on each
+node): the stage gets a local folder, seals it by renaming, and AzureML uploads it after the
+stage exits. (The default ``rw_mount`` hands over a mount point, which cannot be renamed; the
+artifact contract copes with that too: ``components/common/artifacts.py`` commits in place,
+marker last.) Nodes that read the base model get the Key Vault references of the Hugging Face
+token (``components/common/secrets.py`` reads it in the stage). There is no ``code:``: the
+image holds the repository at /app, so the output is portable. Nodes are named after their
+stages and run on the GPU cluster when the stage uses a GPU, else on the CPU cluster
+(``targets.azureml.compute_*``).
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from components.common import secrets
 from components.common.config import Config, encode
 from components.common.errors import UserError
 from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec
@@ -38,8 +45,12 @@ SCHEMAS = {
 }
 _KIND_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "list": "string", "dict": "string", "null": "string"}
 _PY_TYPES = {"integer": int, "number": float, "boolean": bool, "string": str}
-# The env var that names the workspace Key Vault secret holding the Hugging Face token.
-HF_SECRET_REF_ENV = "HF_TOKEN_KEYVAULT_SECRET"
+# The env vars that name the workspace Key Vault and the secret in it that holds the Hugging
+# Face token; components/common/secrets.py reads them in the stage (the job's managed identity).
+HF_SECRET_REF_ENV = secrets.SECRET_ENV  # HF_TOKEN_KEYVAULT_SECRET
+HF_VAULT_URL_ENV = secrets.URL_ENV  # HF_TOKEN_KEYVAULT_URL
+# Outputs are uploaded after the stage, not mounted (a mounted folder cannot be renamed).
+OUTPUT_MODE = "upload"
 
 
 def azure_value(value: Any) -> Any:
@@ -83,7 +94,8 @@ def make_component(spec: StageSpec, cfg: Config):
         if isinstance(v, str) and "'" in v:
             raise UserError(f"{spec.name}: {key} = {v!r}: AzureML's command line cannot carry a single quote")
         inputs[param_name(key)] = Input(type=_KIND_TYPES[value_kind(value)], default=v, description=f"--{key}")
-    outputs = {p.name: Output(type=ARTIFACT_TYPES[p.type]["azureml"], description=p.description or None) for p in spec.outputs}
+    outputs = {p.name: Output(type=ARTIFACT_TYPES[p.type]["azureml"], mode=OUTPUT_MODE, description=p.description or None)
+               for p in spec.outputs}
     return CommandComponent(
         name=spec.name,
         version=cfg.images.tag,
@@ -124,9 +136,13 @@ def build_pipeline(dag: Pipeline, cfg: Config):
             node.name = step.name  # not the Python variable's name
             node.display_name = step.name
             node.compute = s.compute_gpu if step.spec.uses_gpu(cfg) else s.compute_cpu
+            for port in step.spec.outputs:
+                node.outputs[port.name].mode = OUTPUT_MODE
             env = dict(STAGE_ENV)
             if s.hf_token_secret and needs_hf_token(step.spec, cfg):
                 env[HF_SECRET_REF_ENV] = s.hf_token_secret  # a reference to a Key Vault secret, never its value
+                if s.key_vault_url:
+                    env[HF_VAULT_URL_ENV] = s.key_vault_url
             node.environment_variables = env
             nodes[step.name] = node
 

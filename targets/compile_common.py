@@ -96,10 +96,20 @@ class KfpSettings(_Settings):
 
 class AzureMLSettings(_Settings):
     hf_token_secret: str | None = "hf-token"  # a secret in the workspace's Key Vault
+    # The workspace's Key Vault (``https://<vault>.vault.azure.net``): a job has no documented
+    # env var for it, so it is compiled in; the stage reads the secret with the job's identity.
+    key_vault_url: str | None = None
     compute_cpu: str = "cpu-cluster"
     compute_gpu: str = "gpu-cluster"
     experiment_name: str | None = None  # default: the config's name
     environment_prefix: str = "slm"
+
+    @field_validator("key_vault_url")
+    @classmethod
+    def _vault_url(cls, v):
+        if v is not None and not re.fullmatch(r"https://[A-Za-z0-9.-]+(:[0-9]+)?/?", v):
+            raise ValueError("expected the vault's https URL, such as https://my-vault.vault.azure.net")
+        return v
 
 
 class ArgoSettings(_Settings):

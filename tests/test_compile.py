@@ -218,6 +218,51 @@ def test_azureml_is_portable_and_named_by_stage(compiled):
         assert str(REPO) not in f.read_text(), f"{f} holds an absolute path of this machine"
 
 
+@pytest.mark.parametrize("config", CONFIGS)
+def test_azureml_outputs_are_uploaded_not_mounted(compiled, config):
+    """rw_mount (the default) hands the stage a mount point it cannot rename: every output is
+    ``mode: upload`` on the component and on the node, and azure-ai-ml sends it that way."""
+    from azure.ai.ml import load_job
+
+    path, _ = compiled[("azureml", config)]
+    tree = yaml.safe_load((path / "pipeline.yml").read_text())
+    job = load_job(path / "pipeline.yml")
+    assert job._validate().passed
+    rest = job._to_rest_object().as_dict()["properties"]["jobs"]
+    for s in DAG:
+        comp = yaml.safe_load((path / "components" / f"{s.name}.yml").read_text())
+        for port in s.spec.outputs:
+            assert comp["outputs"][port.name]["mode"] == "upload"
+            assert tree["jobs"][s.name]["outputs"][port.name] == {"mode": "upload"}
+            assert job.jobs[s.name].outputs[port.name].mode == "upload"
+            assert job.jobs[s.name].component.outputs[port.name].mode == "upload"
+            assert rest[s.name]["outputs"][port.name]["mode"] == "Upload"
+
+
+def test_azureml_nodes_name_the_key_vault_and_secret(tmp_path):
+    """Stages that read the base model get HF_TOKEN_KEYVAULT_URL + _SECRET (references only)."""
+    from components.common import secrets
+
+    url = "https://slm-kv.vault.azure.net"
+    cases = {
+        "with vault": ([f"targets.azureml.key_vault_url={url}"], {secrets.URL_ENV: url, secrets.SECRET_ENV: "hf-token"}),
+        "no vault": ([], {secrets.SECRET_ENV: "hf-token"}),
+        "no secret": ([f"targets.azureml.key_vault_url={url}", "targets.azureml.hf_token_secret=null"], {}),
+    }
+    for case, (sets, want) in cases.items():
+        cfg = load_config(REPO / CONFIGS[1], sets)
+        out = azureml.compile_pipeline(DAG, cfg, tmp_path / case.replace(" ", "-")).parent
+        validate_file(out, "azureml")
+        job = yaml.safe_load((out / "pipeline.yml").read_text())
+        for s in DAG:
+            env = job["jobs"][s.name]["environment_variables"]
+            got = {k: v for k, v in env.items() if k.startswith("HF_TOKEN")}
+            assert got == (want if "model.base" in s.spec.params(cfg) else {}), f"{case}: {s.name}"
+    with pytest.raises(UserError, match=r"targets\.azureml\.key_vault_url: .*https URL"):
+        azureml.compile_pipeline(DAG, load_config(REPO / CONFIGS[0], ["targets.azureml.key_vault_url=kv.vault.azure.net"]),
+                                 tmp_path / "bad")
+
+
 # ------------------------------------------------------------------------------------------
 # Secrets
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-from . import artifacts
+from . import artifacts, secrets
 from .config import Config, parse_value, set_path, validate
 from .errors import UserError
 from .hashing import code_hash, digest, file_hash, tree_hash
@@ -103,6 +103,7 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
     tmps: dict[str, Path] = {}
     started = time.time()
     try:
+        secrets.hf_token_from_key_vault()  # AzureML: HF_TOKEN from the workspace Key Vault, when the node names one
         tree: dict = {}
         for key in spec.params(Config()):
             if args.get(key) is not None:
