@@ -27,7 +27,6 @@ does not match is ignored and the YAML parsed instead. Refresh them with
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import sys
@@ -90,9 +89,9 @@ def refresh() -> list[Path]:
     return written
 
 
-@lru_cache(maxsize=None)
-def crd_openapi(kind: str) -> dict:
-    """``kind``'s CRD ``openAPIV3Schema``, unchanged: from ``derived/`` when current, else the YAML."""
+def _load_crd_openapi(kind: str) -> dict:
+    """``kind``'s CRD ``openAPIV3Schema``, unchanged, a fresh copy: from ``derived/`` when
+    current, else the YAML. (Parsing the JSON again is faster than a deep copy.)"""
     path = derived_path(kind)
     if path.is_file():
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -102,7 +101,12 @@ def crd_openapi(kind: str) -> dict:
 
 
 @lru_cache(maxsize=None)
-def _json_schema_doc() -> dict:
+def crd_openapi(kind: str) -> dict:
+    """``kind``'s CRD ``openAPIV3Schema`` as upstream wrote it (shared: do not modify)."""
+    return _load_crd_openapi(kind)
+
+
+def _load_json_schema() -> dict:
     return json.loads((SCHEMA_DIR / JSON_SCHEMA_FILE).read_text(encoding="utf-8"))
 
 
@@ -156,7 +160,7 @@ def _strict_json(node: Any) -> None:
 def _crd_validator(kind: str):
     from jsonschema import Draft7Validator
 
-    schema = copy.deepcopy(crd_openapi(kind))
+    schema = _load_crd_openapi(kind)
     _strict_crd(schema)
     return Draft7Validator(schema)
 
@@ -165,17 +169,32 @@ def _crd_validator(kind: str):
 def _json_validator(kind: str):
     from jsonschema import Draft202012Validator
 
-    doc = _json_schema_doc()
-    definitions = copy.deepcopy(doc["definitions"])
+    doc = _load_json_schema()
+    definitions = doc["definitions"]
     _strict_json(definitions)
     schema = {"$schema": doc["$schema"], "$ref": f"#/definitions/{JSON_DEFINITION[kind]}", "definitions": definitions}
     return Draft202012Validator(schema)
 
 
+def _import_cel():
+    """The ``cel`` package without its command-line interface: ``cel/__init__`` imports
+    ``cel.cli`` (prompt_toolkit, rich, typer: 1 s of a 2 s validate) for nothing we use."""
+    import types
+
+    if "cel" in sys.modules:
+        return sys.modules["cel"]
+    sys.modules["cel.cli"] = types.ModuleType("cel.cli")
+    try:
+        import cel
+    finally:
+        del sys.modules["cel.cli"]  # a later `import cel.cli` loads the real one
+    return cel
+
+
 @lru_cache(maxsize=None)
 def _cel_rules(kind: str) -> list[tuple[tuple, str, str, Any]]:
     """``[(schema path, rule, message, compiled)]``: every ``x-kubernetes-validations`` rule."""
-    import cel
+    cel = _import_cel()
 
     rules = []
 
