@@ -16,7 +16,10 @@ the stage registry in ``components/registry.py``.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+from pathlib import Path
 
 from components.common.errors import UserError
 from components.registry import Pipeline, step
@@ -35,7 +38,13 @@ DAG = Pipeline(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (here and in the stages) instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
+    # --debug also works after the command: `pipeline.py run --debug ...`
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add_parser(*a, parents=[debug], **k)
 
     run = sub.add_parser("run", help="run the DAG on this machine")
     run.add_argument("--config", default="configs/default.yaml")
@@ -59,11 +68,27 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("stages", help="print the stage registry")
 
     args = parser.parse_args(argv)
+    if args.debug:
+        os.environ["SLM_DEBUG"] = "1"  # the stages print their tracebacks too
+    signal.signal(signal.SIGTERM, _terminated)  # like Ctrl-C: the runner stops its stage before exiting
     try:
         return _dispatch(args)
     except UserError as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("error: interrupted; the stage in flight was stopped and left no output (training keeps its last "
+              "checkpoint): re-run the same command to continue", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line unless --debug
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e} (re-run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 def _dispatch(args) -> int:
@@ -95,10 +120,33 @@ def _dispatch(args) -> int:
     if args.command == "validate":
         from targets.validate import validate_file
 
+        _check_text_file(args.path)
         validate_file(args.path, args.target)
         print(f"{args.path}: valid")
         return 0
     return 2
+
+
+def _terminated(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _check_text_file(path: str) -> None:
+    """``validate`` takes compiled YAML/JSON: say so for a binary file, not a decoder traceback."""
+    p = Path(path)
+    if not p.is_file():
+        return  # a folder (AzureML) or a missing path: the validator says what it expects
+    with open(p, "rb") as f:
+        head = f.read(1 << 20)
+    try:
+        if b"\0" in head:
+            raise UnicodeDecodeError("utf-8", head, head.index(b"\0"), head.index(b"\0") + 1, "NUL byte")
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.reason == "unexpected end of data" and len(head) == 1 << 20:
+            return
+        raise UserError(f"{path}: not a text file (byte {head[e.start]:#x} at offset {e.start}); "
+                        "validate takes a compiled pipeline YAML or JSON file") from None
 
 
 if __name__ == "__main__":

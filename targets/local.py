@@ -7,9 +7,12 @@ stages seal their outputs themselves (``components.common.artifacts``).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -43,10 +46,15 @@ def artifact_paths_for(step: Step, root: str) -> dict[str, dict[str, str]]:
 def run_subprocess(step: Step, argv: list[str], run_dir: Path) -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.setdefault("PYTHONUNBUFFERED", "1")
-    proc = subprocess.Popen([sys.executable, *argv[1:]], env=env)
+    # Ctrl-C reaches the whole foreground process group: the stage ignores SIGINT and gets SIGTERM
+    # from us instead, the signal it handles everywhere (cleanup; training checkpoints), so one
+    # Ctrl-C gives one line per process, not a traceback from wherever each happened to be.
+    proc = subprocess.Popen([sys.executable, *argv[1:]], env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         return proc.wait()
     except BaseException:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         proc.terminate()
         proc.wait()
         raise
@@ -79,7 +87,40 @@ def run_pipeline(
 ) -> int:
     """Run every step in order. ``root`` is the run folder as the stages see it (docker: /io)."""
     run_dir = Path(out).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir, out):
+        return _run_locked(dag, cfg, run_dir, use_cache, execute, root)
+
+
+LOCK = ".run.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, out) -> None:
+    """One run per run folder: a second one refuses, so summary.json always describes the run
+    that wrote the artifacts beside it. ``flock`` is released by the kernel if the run dies."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; choose a folder for the run")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(run_dir / LOCK, "a+")
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a writable folder") from None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise UserError(f"--out {out} is in use by another run (pid {holder}); wait for it to finish, "
+                            "or choose another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+
+
+def _run_locked(dag: Pipeline, cfg: Config, run_dir: Path, use_cache: bool, execute: Executor, root: str | None) -> int:
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     summary: dict = {"pipeline": dag.name, "run_dir": str(run_dir), "stages": {}, "metrics": {}}
     status = 0

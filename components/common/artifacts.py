@@ -94,7 +94,9 @@ def begin(final: Path) -> Path:
     if must_commit_in_place(final):
         return _begin_in_place(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
+    # Leftovers of a killed stage: unsealed (or sealed but never renamed) temporaries, and the
+    # previous output a killed replace had moved aside. Nothing reads hidden folders; drop them.
+    for stale in [*final.parent.glob(f".{final.name}.tmp-*"), *final.parent.glob(f".{final.name}.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = tmp_path(final)
     try:
@@ -117,10 +119,12 @@ def commit(tmp: Path, final: Path, meta: dict) -> dict:
         return marker
     files = tree_files(tmp)
     marker = _seal(tmp, meta, files)
+    faults.point("artifacts.commit.sealed")  # sealed, not yet renamed: still a hidden temporary
     try:
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
+            faults.point("artifacts.commit.swap")  # between the two renames: no output at all
             try:
                 os.replace(tmp, final)
             except OSError:

@@ -23,7 +23,7 @@ from typing import Callable
 from . import artifacts, secrets
 from .config import Config, parse_value, set_path, validate
 from .errors import UserError
-from .hashing import code_hash, digest, file_hash, tree_hash
+from .hashing import ROOT, code_hash, digest, file_hash, tree_hash
 
 log = logging.getLogger("slm")
 
@@ -41,21 +41,28 @@ def source_fingerprint(value) -> str | None:
     builtin = builtin_fingerprint(value)
     if builtin:
         return builtin
-    path = Path(value)
-    if path.is_file():
-        return file_hash(path)
-    if path.is_dir():
-        return tree_hash(path)
-    return f"name:{value}"  # a hub id: the revision param covers its version
+    for path in (Path(value), ROOT / value):  # as data_prep finds it: the working folder, then the project
+        if path.is_file():
+            return file_hash(path)
+        if path.is_dir():
+            return tree_hash(path)
+    return f"name:{value}"  # a hub id (or nothing there: the stage says so): the revision param covers its version
 
 
 def cache_key(spec, params: dict, input_hashes: dict[str, str]) -> str:
+    """Code + parameters + input contents. A parameter naming a local file or folder enters by
+    content (and its suffix, which picks the reader), never by path: the same data moved
+    elsewhere keeps its key, and an in-place edit changes it."""
     externals = {k: source_fingerprint(params.get(k)) for k in spec.external_keys(params)}
+    keyed = {
+        k: {"suffix": Path(str(v)).suffix.lower()} if externals.get(k) and not externals[k].startswith("name:") else v
+        for k, v in params.items()
+    }
     return digest(
         {
             "stage": spec.name,
             "code": code_hash(spec.name),
-            "params": params,
+            "params": keyed,
             "inputs": input_hashes,
             "external": externals,
         }
@@ -162,8 +169,12 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
         if _is_disk_full(e):
             print(f"error: [{stage_name}] disk full while writing ({e}); free space and re-run. No output was written", file=sys.stderr)
             sys.exit(2)
-        traceback.print_exc()
-        print(f"error: [{stage_name}] failed unexpectedly (traceback above); no output was written", file=sys.stderr)
+        if os.environ.get("SLM_DEBUG"):
+            traceback.print_exc()
+            print(f"error: [{stage_name}] failed unexpectedly (traceback above); no output was written", file=sys.stderr)
+        else:
+            print(f"error: [{stage_name}] failed unexpectedly: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                  " (re-run with --debug for the traceback); no output was written", file=sys.stderr)
         sys.exit(1)
 
 

@@ -35,41 +35,39 @@ from components.common.harness import Interrupted
 from components.common.io import read_jsonl
 from components.common.models import device_for, load_model, load_tokenizer, target_modules
 
+from . import fast
+
 log = logging.getLogger("slm")
 
 
 def run(cfg, context, dataset: Path, adapter: Path) -> None:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from tqdm import tqdm
+    device = device_for(cfg.runtime)
+    ckpt = Checkpoints(checkpoint_root(context), context.cache_key)
+    context.after_commit.append(ckpt.clear)
+    world = cfg.train.gpus if device == "cuda" else 1
+    if world > 1 and "LOCAL_RANK" not in os.environ:
+        from .distributed import launch  # torchrun, one process per GPU, each running train() below
+
+        launch(cfg, ckpt, dataset, adapter, world)
+        return
+    train(cfg, ckpt, dataset, adapter)
+
+
+def build(cfg, device: str, fp: fast.FastPath, where: str | None = None, longest: int | None = None):
+    """Base model -> fast-path set-up -> LoRA. Returns (model, trainable parameters, LoRA targets, FastPath)
+    with gradient checkpointing "auto" settled. The bench builds its models with this too."""
+    from peft import LoraConfig, get_peft_model
 
     tc = cfg.train
-    device = device_for(cfg.runtime)
-    # Bit-identical resume holds on CPU only; on CUDA the attention backward has no deterministic
-    # kernel anyway, and deterministic mode cost 8% on the H200 (bench/gpu/RESULTS.md).
-    seed_everything(tc.seed, deterministic=device == "cpu")
-    compute_dtype = "bfloat16" if device == "cuda" else "float32"
-
-    tokenizer = load_tokenizer(cfg.model.base, cfg.model.trust_remote_code)
-    rows = read_jsonl(dataset / "train.jsonl")
-    examples = tokenize(rows, tokenizer, tc.max_seq_len)
-    if tc.packing:
-        examples = pack(examples, tc.max_seq_len)
-    log.info("%d training sequences (%s)", len(examples), "packed" if tc.packing else "one per row")
-
     model = load_model(
         cfg.model.base,
-        dtype=compute_dtype,
+        dtype="bfloat16" if device == "cuda" else "float32",
         quantization=tc.quantization,
-        device=device,
+        device=where or device,
         trust_remote_code=cfg.model.trust_remote_code,
         allow_pickle=cfg.model.allow_pickle,
     )
-    if tc.quantization == "nf4":
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=device == "cuda" and tc.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": True},  # torch warns when it is left implicit
-        )
+    model = fast.prepare_base(model, fp, tc.quantization)
     modules = target_modules(model, tc.lora.target_modules)
     check_rank(model, modules, tc.lora.r)
     lora = LoraConfig(
@@ -88,32 +86,85 @@ def run(cfg, context, dataset: Path, adapter: Path) -> None:
     except ValueError as e:
         raise UserError(f"train.lora: {e}") from None
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if device == "cuda":
+        longest = min(longest or tc.max_seq_len, tc.max_seq_len)
+        per_pass = tc.batch_size * (tc.max_seq_len if fp.padding_free else longest)
+        fp = fast.choose_checkpointing(fp, tc, model.get_base_model().config, per_pass)
+        if fp.gradient_checkpointing:
+            fast.enable_checkpointing(model.get_base_model())
+        if fp.compile:
+            log.info("torch.compile: %d decoder layers", fast.compile_layers(model))
+    return model, trainable, modules, fp
+
+
+def train(cfg, ckpt: "Checkpoints", dataset: Path, adapter: Path, rank: int = 0, world: int = 1) -> None:
+    from tqdm import tqdm
+
+    tc = cfg.train
+    device = device_for(cfg.runtime)
+    where = f"cuda:{torch.cuda.current_device()}" if device == "cuda" else device
+    # Bit-identical resume holds on CPU only; on CUDA the attention backward has no deterministic
+    # kernel anyway, and deterministic mode cost 8% on the H200 (bench/gpu/RESULTS.md).
+    seed_everything(tc.seed, deterministic=device == "cpu")
+    fp = fast.resolve(tc, device)
+    for note in fp.notes:
+        log.info(note)
+    if world > 1 and not fp.padding_free:
+        raise UserError("train.gpus > 1 runs padding-free steps: leave train.padding_free at auto or on")
+
+    tokenizer = load_tokenizer(cfg.model.base, cfg.model.trust_remote_code)
+    rows = read_jsonl(dataset / "train.jsonl")
+    examples = tokenize(rows, tokenizer, tc.max_seq_len)
+    if tc.packing:
+        examples = pack(examples, tc.max_seq_len)
+    log.info("%d training sequences (%s)", len(examples), "packed" if tc.packing else "one per row")
+
+    longest = max(len(e["input_ids"]) for e in examples)
+    model, trainable, modules, fp = build(cfg, device, fp, where, longest)
     log.info("LoRA r=%d on %s: %.2fM trainable parameters", tc.lora.r, modules, sum(p.numel() for p in trainable) / 1e6)
+    log.info("fast path: %s", {k: v for k, v in vars(fp).items() if k != "notes"})
+    if world > 1:
+        from .distributed import broadcast_parameters
+
+        broadcast_parameters(trainable)
+        torch.manual_seed(tc.seed + rank)  # LoRA dropout: another mask on each rank
 
     optimizer = torch.optim.AdamW(trainable, lr=tc.learning_rate, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps))
 
-    ckpt = Checkpoints(checkpoint_root(context), context.cache_key)
-    start, history = ckpt.restore(model, optimizer, scheduler)
-    context.after_commit.append(ckpt.clear)
+    if world > 1:
+        from .distributed import barrier
+
+        if rank:
+            barrier()  # rank 0 restores first: it drops a checkpoint made with other inputs
+        start, history = ckpt.restore(model, optimizer, scheduler)
+        if not rank:
+            barrier()
+    else:
+        start, history = ckpt.restore(model, optimizer, scheduler)
 
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, _f: stop.update(signal=signum))
     model.train()
     started, tokens = time.time(), 0
-    bar = tqdm(total=tc.max_steps, initial=start, desc="train", unit="step", disable=None)
+    bar = tqdm(total=tc.max_steps, initial=start, desc="train", unit="step", disable=None if rank == 0 else True)
     try:
         for step in range(start, tc.max_steps):
-            loss_sum = 0.0
-            for micro in range(tc.grad_accum):
-                batch = collate(batch_examples(examples, tc, step, micro), tokenizer.pad_token_id, device)
-                tokens += int(batch["attention_mask"].sum())
-                # prepare_model_for_kbit_training upcasts norms, embeddings and the LM head to fp32, so
-                # without autocast the activations and attention run in fp32 (1.34x slower on the H200).
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-                    loss = completion_loss(model, batch) / tc.grad_accum
-                loss.backward()
-                loss_sum += loss.item()
+            if fp.padding_free:
+                micros = [batch_examples(examples, tc, step, m) for m in range(tc.grad_accum)]
+                loss_sum, n = train_step(model, fast.pack_step(micros, tc, tokenizer.pad_token_id, rank, world), fp)
+                tokens += n
+            else:
+                micros = [batch_examples(examples, tc, step, m) for m in range(tc.grad_accum)]
+                loss_sum, n = padded_step(model, micros, tokenizer.pad_token_id, where, fp)
+                tokens += n
+            if world > 1:
+                from .distributed import all_reduce_gradients, agree
+
+                all_reduce_gradients(trainable)
+                loss_sum, any_stop = agree(loss_sum, stop["signal"] is not None)
+                if any_stop and not stop["signal"]:
+                    stop["signal"] = signal.SIGTERM
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             scheduler.step()
@@ -122,14 +173,19 @@ def run(cfg, context, dataset: Path, adapter: Path) -> None:
                 raise UserError(f"the loss became {loss_sum} at step {step + 1}; lower train.learning_rate")
             if (step + 1) % tc.log_every == 0 or step == start:
                 history.append({"step": step + 1, "loss": round(loss_sum, 6), "lr": scheduler.get_last_lr()[0]})
-                if bar.disable:  # no terminal: the log is the progress report
+                if bar.disable and rank == 0:  # no terminal: the log is the progress report
                     log.info("step %d/%d loss %.4f (%.2fs/step)", step + 1, tc.max_steps, loss_sum,
                              (time.time() - started) / (step + 1 - start))
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.4f}")
             done = step + 1
+            if done == 1:
+                faults.point("train.before_first_checkpoint")
             if stop["signal"] or done % tc.checkpoint_every == 0:
-                ckpt.save(done, model, optimizer, scheduler, history)
+                if rank == 0:
+                    ckpt.save(done, model, optimizer, scheduler, history)
+                if world > 1:
+                    barrier()
             if stop["signal"]:
                 raise Interrupted(f"{signal.Signals(stop['signal']).name}; checkpoint saved at step {done}")
     finally:
@@ -137,28 +193,63 @@ def run(cfg, context, dataset: Path, adapter: Path) -> None:
         signal.signal(signal.SIGTERM, previous)
 
     seconds = time.time() - started
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    if world > 1:
+        from .distributed import total
+
+        tokens = int(total(tokens))
+    if rank:
+        return
     model.save_pretrained(adapter, safe_serialization=True)
     _portable_adapter_config(adapter, cfg.model.base)
     (adapter / "README.md").unlink(missing_ok=True)  # peft's model card names this machine's paths
     with open(adapter / "train_log.jsonl", "w") as f:
         f.writelines(json.dumps(h) + "\n" for h in history)
     (adapter / "sample_prompts.json").write_text(json.dumps([r["prompt"] for r in rows[:16]], indent=1))
-    write_json(
-        adapter / "metrics.json",
-        {
-            "steps": tc.max_steps,
-            "resumed_from_step": start,
-            "first_loss": history[0]["loss"] if history else None,
-            "final_loss": history[-1]["loss"] if history else None,
-            "train_sequences": len(examples),
-            "tokens_this_run": tokens,
-            "seconds_this_run": round(seconds, 2),
-            "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
-            "target_modules": modules,
-            "device": device,
-            "quantization": tc.quantization,
-        },
-    )
+    metrics = {
+        "steps": tc.max_steps,
+        "resumed_from_step": start,
+        "first_loss": history[0]["loss"] if history else None,
+        "final_loss": history[-1]["loss"] if history else None,
+        "train_sequences": len(examples),
+        "tokens_this_run": tokens,
+        "seconds_this_run": round(seconds, 2),
+        "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
+        "target_modules": modules,
+        "device": device,
+        "quantization": tc.quantization,
+    }
+    if device == "cuda":
+        metrics.update({"gpus": world, "peak_gpu_memory_gib": round(peak / 2**30, 2),
+                        "fast_path": {k: v for k, v in vars(fp).items() if k not in ("notes", "device")}})
+    write_json(adapter / "metrics.json", metrics)
+
+
+def padded_step(model, micros: list[list[dict]], pad_id: int, where: str, fp: fast.FastPath) -> tuple[float, int]:
+    """The plain path: one padded forward and backward per micro-batch, mean loss / grad_accum each."""
+    loss_sum, tokens = 0.0, 0
+    for examples in micros:
+        batch = collate(examples, pad_id, where)
+        tokens += int(batch["attention_mask"].sum())
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fp.autocast):
+            loss = completion_loss(model, batch) / len(micros)
+        loss.backward()
+        loss_sum += loss.item()
+    return loss_sum, tokens
+
+
+def train_step(model, passes: list[dict], fp: fast.FastPath) -> tuple[float, int]:
+    """Forward and backward of one optimizer step's padding-free passes; the gradients accumulate.
+    Returns (the step's loss, real tokens); one host sync per step."""
+    total, tokens = None, 0
+    for p in passes:
+        batch = fast.to_device(p, fp.device if fp.device != "cuda" else f"cuda:{torch.cuda.current_device()}")
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fp.autocast):
+            loss = fast.packed_loss(model, batch, fp.liger)
+        loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+        tokens += p["tokens"]
+    return float(total), tokens
 
 
 def check_rank(model, modules: list[str], r: int) -> None:
@@ -253,7 +344,8 @@ def completion_loss(model, batch: dict) -> torch.Tensor:
     decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
     if decoder is None or getattr(inner.config, "final_logit_softcapping", None):
         return model(**batch).loss
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100
     logits = inner.get_output_embeddings()(hidden[:, :-1][keep]).float()
@@ -286,6 +378,7 @@ class Checkpoints:
         self.root, self.key = root, key
 
     def restore(self, model, optimizer, scheduler) -> tuple[int, list]:
+        self._recover()
         state_dir = self.root / "latest"
         meta_path = state_dir / "meta.json"
         if not meta_path.is_file():
@@ -320,10 +413,29 @@ class Checkpoints:
         old = self.root / "latest"
         if old.exists():
             os.replace(old, self.root / f".old-{os.getpid()}")
+            faults.point("train.checkpoint_swap")  # between the renames: no "latest" at all
         os.replace(tmp, old)
         shutil.rmtree(self.root / f".old-{os.getpid()}", ignore_errors=True)
         log.info("checkpoint at step %d", step)
         faults.point("train.after_checkpoint")
+
+    def _recover(self) -> None:
+        """After a kill between save's two renames there is no ``latest``: take the newest complete
+        checkpoint left beside it (``meta.json`` is written last, so its presence means complete)."""
+        if not self.root.is_dir():
+            return
+        found = []
+        for folder in [*self.root.glob(".old-*"), *self.root.glob(".tmp-*")]:
+            try:
+                found.append((json.loads((folder / "meta.json").read_text())["step"], str(folder)))
+            except (OSError, ValueError, KeyError):
+                pass
+        if not (self.root / "latest").exists() and found:
+            step, folder = max(found)
+            os.replace(folder, self.root / "latest")
+            log.info("recovered the checkpoint at step %d that a kill left unrenamed", step)
+        for folder in [*self.root.glob(".old-*"), *self.root.glob(".tmp-*")]:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
