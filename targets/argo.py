@@ -207,10 +207,18 @@ def _assemble(cls, dag: Pipeline, cfg: Config, **extra):
     return wf
 
 
+def _object_name(cfg: Config, name: str, limit: int, what: str) -> str:
+    """Argo's name limits: a Workflow's name is a label value (63; generateName adds 5
+    characters), a CronWorkflow's leaves room for the "-<unix time>" of its runs (52)."""
+    if len(name) > limit:
+        raise UserError(f"config name {cfg.name!r}: {what} {name!r} has {len(name)} characters, Argo allows {limit}; set a shorter `name`")
+    return name
+
+
 def build_workflow(dag: Pipeline, cfg: Config):
     from hera.workflows import Workflow
 
-    return _assemble(Workflow, dag, cfg, generate_name=f"{k8s_name(cfg.name)}-")
+    return _assemble(Workflow, dag, cfg, generate_name=_object_name(cfg, f"{k8s_name(cfg.name)}-", 63 - 5, "the Workflow's generateName"))
 
 
 def build_cron_workflow(dag: Pipeline, cfg: Config):
@@ -221,7 +229,7 @@ def build_cron_workflow(dag: Pipeline, cfg: Config):
         CronWorkflow,
         dag,
         cfg,
-        name=f"{k8s_name(cfg.name)}-retrain",
+        name=_object_name(cfg, f"{k8s_name(cfg.name)}-retrain", 52, "the CronWorkflow's name"),
         schedules=[s.schedule],
         timezone=s.schedule_timezone,
         concurrency_policy="Forbid",

@@ -332,3 +332,12 @@ def test_schema_problems_rejects_unknown_kind():
         argo_schema.schema_problems("WorkflowTemplate", {})
     with pytest.raises(UserError, match="no such file"):
         validate_file(REPO / "does-not-exist.yaml", "argo")
+
+
+def test_names_too_long_for_argo_are_a_compile_error(tmp_path):
+    cfg = load_config(REPO / CONFIGS[0], ["name=" + "x" * 50, "targets.argo.schedule=0 3 * * 1"])
+    with pytest.raises(UserError, match="CronWorkflow's name 'x+-retrain' has 58 characters, Argo allows 52"):
+        argo.compile_pipeline(DAG, cfg, tmp_path / "w.yaml")
+    cfg = load_config(REPO / CONFIGS[0], ["name=" + "x" * 60])
+    with pytest.raises(UserError, match="generateName"):
+        argo.compile_pipeline(DAG, cfg, tmp_path / "w.yaml")
