@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from components.common.errors import UserError
-from components.registry import Pipeline, step
+from components.registry import Condition, Pipeline, step
 
 DAG = Pipeline(
     name="slm-finetune",
@@ -33,6 +33,10 @@ DAG = Pipeline(
         step("onnx_build", model="merge.model"),
         step("evaluate", dataset="data_prep.dataset", model="merge.model", onnx_model="onnx_build.onnx_model"),
     ),
+    # The data-change trigger: with data.promoted_dataset_hash set to the promoted model's
+    # dataset hash, an unchanged dataset ends the run after data_prep.
+    condition=Condition(step="data_prep", param="changed", equals="true",
+                        reason="dataset unchanged since the promoted model"),
 )
 
 

@@ -29,6 +29,16 @@ class Port:
 
 
 @dataclass(frozen=True)
+class OutParam:
+    """A small string value a stage publishes besides its artifacts (an engine's output parameter):
+    KFP ``parameterValues`` in the executor output, an Argo ``outputs.parameters`` file, and the
+    seal's ``parameters`` (what the local runners read). Conditions in the DAG test these."""
+
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Resources:
     cpu: int
     memory_gb: int
@@ -47,6 +57,8 @@ class StageSpec:
     # Params naming files outside the run, hashed by content into the cache key. An entry
     # (key, other, value) counts only when params[other] == value.
     external: tuple = ()
+    # Output parameters: the stage sets ``context.output_parameters[name]`` (a string) for each.
+    out_params: tuple[OutParam, ...] = ()
 
     @property
     def module(self) -> str:
@@ -101,6 +113,10 @@ STAGES: dict[str, StageSpec] = {
             cpu=Resources(cpu=1, memory_gb=4),
             # The base model matters to data_prep only through its chat template.
             external=("data.path", "data.eval_path", ("model.base", "data.prompt_format", "chat_template")),
+            out_params=(
+                OutParam("dataset_hash", "content hash of the dataset artifact (its seal's content_hash)"),
+                OutParam("changed", "'false' when dataset_hash equals data.promoted_dataset_hash, else 'true'"),
+            ),
         ),
         StageSpec(
             name="train",
@@ -167,11 +183,30 @@ def step(name: str, **wires: str) -> Step:
 
 
 @dataclass(frozen=True)
+class Condition:
+    """Run the steps downstream of ``step`` only when its output parameter ``param`` equals
+    ``equals``; otherwise the run ends early, successfully, with ``reason`` as its status.
+    Each engine uses its own conditional (KFP ``dsl.If``, Argo ``when``); the local runners
+    read the parameter from the step's seal."""
+
+    step: str
+    param: str
+    equals: str
+    reason: str = "condition not met"
+
+
+@dataclass(frozen=True)
 class Pipeline:
     name: str
     steps: tuple[Step, ...]
+    condition: Condition | None = None
 
     def __post_init__(self):
+        if self.condition is not None:
+            c = self.condition
+            owner = next((s for s in self.steps if s.name == c.step), None)
+            if owner is None or c.param not in {p.name for p in owner.spec.out_params}:
+                raise ValueError(f"condition: {c.step}.{c.param} is not an output parameter of a step")
         seen: dict[str, Step] = {}
         for s in self.steps:
             missing = {p.name for p in s.spec.inputs} - set(s.wires)
@@ -192,6 +227,10 @@ class Pipeline:
 
     def __getitem__(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)
+
+    def gated(self) -> set[str]:
+        """The steps that run only when the condition holds (all of them without one: none)."""
+        return self.downstream(self.condition.step) if self.condition else set()
 
     def downstream(self, name: str) -> set[str]:
         """Every step that depends, directly or not, on ``name``."""

@@ -24,6 +24,7 @@ from components.registry import Pipeline, StageSpec
 # The per-run knobs, as dotted config keys. Order is the order shown in each engine's UI.
 RUN_PARAMETERS: tuple[str, ...] = (
     "data.path",
+    "data.promoted_dataset_hash",  # the data-change trigger (pipeline.py DAG.condition)
     "model.base",
     "train.lora.r",
     "train.max_steps",

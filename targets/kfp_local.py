@@ -28,7 +28,6 @@ from pathlib import Path
 
 from components.common import artifacts
 from components.common.config import Config
-from components.common.errors import UserError
 from components.registry import Pipeline
 
 from .compile_common import k8s_name
@@ -98,9 +97,13 @@ def run_pipeline(dag: Pipeline, cfg: Config, out: str | Path, env: dict[str, str
         "HF_HOME": str(cache / "huggingface"),
         "SLM_CACHE_DIR": str(cache / "slm"),
         "SLM_CHECKPOINT_DIR": str(cache / "checkpoints"),
+        # the reliability tests' fault injection (components/common/faults.py) reaches the tasks
+        **{k: v for k, v in os.environ.items() if k.startswith("SLM_FAULT")},
         **(env or {}),
     }
-    run_args: dict = dict(user=f"{uid}:{gid}", network_mode="none", environment=runner_env)
+    # Kubernetes' `command` replaces the image's ENTRYPOINT; docker's replaces only CMD. Clear
+    # the entry point so that a task runs exactly its compiled command, as in a pod.
+    run_args: dict = dict(user=f"{uid}:{gid}", network_mode="none", environment=runner_env, entrypoint=[""])
     if any(step.spec.uses_gpu(cfg) for step in dag):
         from docker.types import DeviceRequest
 
@@ -116,9 +119,7 @@ def run_pipeline(dag: Pipeline, cfg: Config, out: str | Path, env: dict[str, str
     except RuntimeError as e:  # kfp.local reports a failed task this way
         print(f"==> kfp.local: {e}", flush=True)
     runs = sorted((p for p in root.iterdir() if p.name not in before and p.is_dir()), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise UserError(f"kfp.local wrote nothing under {root}; see its log above")
-    summary = summarize(dag, runs[-1], run_dir, time.time() - started)
+    summary = summarize(dag, runs[-1] if runs else None, run_dir, time.time() - started)
     artifacts.write_json(run_dir / "summary.json", summary)
     from .local import print_summary
 
@@ -126,11 +127,17 @@ def run_pipeline(dag: Pipeline, cfg: Config, out: str | Path, env: dict[str, str
     return 0 if summary["status"] == "ok" else 1
 
 
-def summarize(dag: Pipeline, kfp_run: Path, run_dir: Path, seconds: float) -> dict:
-    """The subprocess runner's summary shape, read from what the KFP tasks left behind."""
-    summary: dict = {"pipeline": dag.name, "run_dir": str(run_dir), "kfp_run": str(kfp_run), "stages": {}, "metrics": {}}
+def summarize(dag: Pipeline, kfp_run: Path | None, run_dir: Path, seconds: float) -> dict:
+    """The subprocess runner's summary shape, read from what the KFP tasks left behind
+    (``kfp_run`` None: the first task failed before it wrote anything)."""
+    summary: dict = {"pipeline": dag.name, "run_dir": str(run_dir), "kfp_run": str(kfp_run or ""), "stages": {},
+                     "metrics": {}}
     status = "ok"
-    for step in dag:
+    for i, step in enumerate(dag):
+        if kfp_run is None:
+            summary["stages"][step.name] = {"status": "failed" if i == 0 else "not run", "cached": False, "seconds": 0.0}
+            status = "failed"
+            continue
         task = kfp_run / k8s_name(step.name)
         markers = [artifacts.read_marker(task / p.name) for p in step.spec.outputs]
         ok = (task / "executor_output.json").is_file() and all(markers)

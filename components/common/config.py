@@ -78,6 +78,15 @@ class DataConfig(Section):
     max_text_chars: int = Field(1000, gt=0, le=BIG)
     max_rows: int | None = Field(None, gt=0)
     seed: int = Field(42, **SEED)
+    # The dataset hash of the last promoted model (its promoted.json / registry entry). data_prep
+    # publishes `changed` = whether this run's dataset differs; the rest of the DAG runs only
+    # then. Unset (or ""): always changed, always train.
+    promoted_dataset_hash: str | None = Field(None, pattern=r"^([0-9a-f]{64})?$")
+
+    @field_validator("promoted_dataset_hash")
+    @classmethod
+    def _empty_is_none(cls, v):
+        return v or None
 
     @field_validator("path", "eval_path")
     @classmethod

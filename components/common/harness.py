@@ -126,8 +126,9 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
         key = cache_key(spec, params, input_hashes)
         finals = {p.name: Path(args[p.name]) for p in spec.outputs}
         tmps = {name: artifacts.begin(path) for name, path in finals.items()}
-        context = SimpleNamespace(cache_key=key, finals=finals, spec=spec, after_commit=[])
+        context = SimpleNamespace(cache_key=key, finals=finals, spec=spec, after_commit=[], output_parameters={})
         run(view, context=context, **inputs, **tmps)
+        out_params = _output_parameters(spec, context.output_parameters)
         markers_out = {}
         for port in spec.outputs:
             markers_out[port.name] = artifacts.commit(
@@ -142,6 +143,7 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
                     "inputs": input_hashes,
                     "versions": library_versions(),
                     "seconds": round(time.time() - started, 2),
+                    **({"parameters": out_params} if out_params else {}),
                 },
             )
         for hook in context.after_commit:
@@ -150,7 +152,10 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
             from . import kfp_output
 
             metrics_ports = [p.name for p in spec.outputs if p.type == "Metrics"]
-            kfp_output.write(json.loads(args["kfp_executor_input"]), markers_out, metrics_ports, finals)
+            kfp_output.write(json.loads(args["kfp_executor_input"]), markers_out, metrics_ports, finals, out_params)
+        _write_parameter_files(out_params)
+        for name, value in out_params.items():
+            log.info("output parameter %s = %s", name, value)
         log.info("done in %.1fs", time.time() - started)
     except UserError as e:
         _abort(tmps)
@@ -176,6 +181,29 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
             print(f"error: [{stage_name}] failed unexpectedly: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                   " (re-run with --debug for the traceback); no output was written", file=sys.stderr)
         sys.exit(1)
+
+
+# Where an engine reads output parameters from files (Argo's ``valueFrom.path``): one file per
+# parameter, named after it. Set in the task's environment, so the command line stays the same.
+PARAMETERS_DIR_ENV = "SLM_OUTPUT_PARAMETERS_DIR"
+
+
+def _output_parameters(spec, values: dict) -> dict[str, str]:
+    declared = [p.name for p in spec.out_params]
+    if set(values) != set(declared):
+        raise RuntimeError(f"stage set output parameters {sorted(values)}, the registry declares {sorted(declared)}")
+    return {name: str(values[name]) for name in declared}
+
+
+def _write_parameter_files(values: dict[str, str]) -> None:
+    folder = os.environ.get(PARAMETERS_DIR_ENV)
+    if not folder or not values:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for name, value in values.items():
+        part = Path(folder) / f".{name}.part"
+        part.write_text(value)
+        os.replace(part, Path(folder) / name)
 
 
 def _is_disk_full(e: BaseException) -> bool:

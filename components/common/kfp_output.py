@@ -10,7 +10,9 @@ outputs. It registers
   size), so the KFP UI and lineage show what made it;
 - for a ``Metrics`` output, the scalar summary of its ``metrics.json`` (the UI's metrics tab);
 - for the ``<metrics>_confusion`` ``ClassificationMetrics`` output, the confusion matrix of the
-  shipped (ONNX) model, with ``(unparsed)`` as its own class so that the matrix stays square.
+  shipped (ONNX) model, with ``(unparsed)`` as its own class so that the matrix stays square;
+- the stage's output parameters (``StageSpec.out_params``) as ``parameterValues``: what a
+  ``dsl.If`` downstream tests (data_prep's ``changed``).
 
 Nothing here imports KFP: the stage images do not carry it.
 """
@@ -81,8 +83,10 @@ def _seal_metadata(marker: dict) -> dict:
     }
 
 
-def write(executor_input: dict, markers: dict[str, dict], metrics_ports: list[str], outputs: dict[str, Path]) -> dict:
-    """Write the executor output file for the sealed ``outputs``; return what was written."""
+def write(executor_input: dict, markers: dict[str, dict], metrics_ports: list[str], outputs: dict[str, Path],
+          parameters: dict[str, str] | None = None) -> dict:
+    """Write the executor output file for the sealed ``outputs`` and the stage's output
+    ``parameters`` (``parameterValues``, what ``dsl.If`` tests); return what was written."""
     declared = executor_input.get("outputs", {}).get("artifacts", {})
     artifacts: dict = {}
     for name, entry in declared.items():
@@ -102,7 +106,11 @@ def write(executor_input: dict, markers: dict[str, dict], metrics_ports: list[st
         else:
             continue
         artifacts[name] = {"artifacts": [{"name": name, "uri": uri, "metadata": metadata}]}
-    result = {"artifacts": artifacts}
+    result: dict = {"artifacts": artifacts}
+    declared_params = executor_input.get("outputs", {}).get("parameters", {})
+    values = {k: v for k, v in (parameters or {}).items() if k in declared_params}
+    if values:
+        result["parameterValues"] = values
     output_file = Path(executor_input["outputs"]["outputFile"])
     output_file.parent.mkdir(parents=True, exist_ok=True)
     part = output_file.with_name(output_file.name + ".part")

@@ -105,6 +105,21 @@ def run(cfg, context, dataset: Path) -> None:
     }
     write_json(dataset / "stats.json", stats)
     log.info("train %d, eval %d, %d duplicates removed, labels %s", len(train), len(evals), dupes, labels)
+    publish_change(context, dataset, data.promoted_dataset_hash)
+
+
+def publish_change(context, dataset: Path, promoted: str | None) -> None:
+    """Output parameters: the dataset's content hash (what its seal will say) and whether it
+    differs from the promoted model's. The DAG runs train and the rest only when it does."""
+    content_hash = tree_hash(dataset)
+    changed = promoted != content_hash
+    context.output_parameters.update(dataset_hash=content_hash, changed="true" if changed else "false")
+    if not promoted:
+        log.info("dataset %s; no promoted dataset hash given: the pipeline trains", content_hash[:12])
+    elif changed:
+        log.info("dataset %s differs from the promoted model's %s: the pipeline trains", content_hash[:12], promoted[:12])
+    else:
+        log.info("dataset %s is the promoted model's: nothing new to train on, the pipeline stops here", content_hash[:12])
 
 
 def find_input(path: str, key: str) -> Path:
