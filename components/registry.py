@@ -54,6 +54,7 @@ class StageSpec:
     sections: tuple[str, ...]
     cpu: Resources
     gpu: Resources | None = None  # what the stage asks for when runtime.device is cuda
+    gpu_count: str | None = None  # a param that multiplies the GPU request (train.gpus: data-parallel)
     # Params naming files outside the run, hashed by content into the cache key. An entry
     # (key, other, value) counts only when params[other] == value.
     external: tuple = ()
@@ -80,7 +81,10 @@ class StageSpec:
         return keys
 
     def resources(self, cfg: Config) -> Resources:
-        return self.gpu if (self.gpu and cfg.runtime.device == "cuda") else self.cpu
+        if not (self.gpu and cfg.runtime.device == "cuda"):
+            return self.cpu
+        n = int(self.params(cfg).get(self.gpu_count, 1)) if self.gpu_count else 1
+        return Resources(cpu=self.gpu.cpu * n, memory_gb=self.gpu.memory_gb * n, gpu=self.gpu.gpu * n) if n > 1 else self.gpu
 
     def uses_gpu(self, cfg: Config) -> bool:
         return self.resources(cfg).gpu > 0
@@ -126,6 +130,7 @@ STAGES: dict[str, StageSpec] = {
             sections=("model", "train", "runtime"),
             cpu=Resources(cpu=2, memory_gb=8),
             gpu=Resources(cpu=8, memory_gb=64, gpu=1),
+            gpu_count="train.gpus",
             external=("model.base",),
         ),
         StageSpec(

@@ -147,12 +147,26 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0, le=10)
     warmup_steps: int = Field(5, ge=0, le=BIG)
     max_seq_len: int = Field(256, gt=8, le=1_048_576)
-    packing: bool = False
-    # CUDA only. Off: 1.8x faster QLoRA on Phi-3-mini (H200, 4x1024) at ~32 GiB peak instead of ~6.6.
-    gradient_checkpointing: bool = True
+    packing: bool = False  # Olive's corpus "join": examples concatenated into blocks, attending across
+    # The CUDA fast path (docs/benchmarks.md has what each lever gave on an H200). "auto" = on for CUDA, off on CPU.
+    # padding_free: each optimizer step's examples are packed into rows without padding; position ids keep
+    # attention inside each example, and the loss weights keep it equal to the padded micro-batches'.
+    padding_free: Literal["auto", "on", "off"] = "auto"
+    # Fused Triton kernels from liger-kernel (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy), CUDA only;
+    # "auto": used where the package is installed and supports the architecture.
+    kernels: Literal["auto", "liger", "none"] = "auto"
+    # auto: on only when the estimated activations would not fit in the GPU's free memory. CUDA only.
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False  # torch.compile the decoder layers (CUDA): costs a warm-up, pays off on long runs
+    gpus: int = Field(1, gt=0, le=64)  # data-parallel over this many GPUs (torchrun, one process each), CUDA only
     checkpoint_every: int = Field(20, gt=0, le=BIG)
     log_every: int = Field(5, gt=0, le=BIG)
     seed: int = Field(42, **SEED)
+
+    @field_validator("gradient_checkpointing", "padding_free", mode="before")
+    @classmethod
+    def _on_off(cls, v):  # true/false (older configs) mean on/off
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class MergeConfig(Section):

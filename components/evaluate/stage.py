@@ -143,6 +143,7 @@ class TorchGenerator:
 
 class OnnxGenerator:
     def __init__(self, path: Path, max_new_tokens: int):
+        _preload_cuda_libraries(path)
         import onnxruntime_genai as og
 
         self.og, self.path, self.max_new_tokens = og, path, max_new_tokens
@@ -154,6 +155,7 @@ class OnnxGenerator:
         genai = read_json(Path(path) / "genai_config.json", "onnx model")["model"]
         self.stop_ids = {t for k in ("eos_token_id", "pad_token_id") for t in _as_list(genai.get(k))}
         self.generated_tokens = 0
+        self.decode_positions = 0  # rows x decoding steps, EOS or not: what raw decode throughput counts
 
     def generate(self, prompts: list[str]) -> list[str]:
         og = self.og
@@ -167,9 +169,28 @@ class OnnxGenerator:
         while not generator.is_done() and steps < self.max_new_tokens:
             generator.generate_next_token()
             steps += 1
+        self.decode_positions += steps * len(prompts)
         texts = []
         for i in range(len(prompts)):
             new = generator.get_sequence(i)[width:].tolist()
             texts.append(self.tokenizer.decode(new))
             self.generated_tokens += until_eos(new, self.stop_ids)
         return texts
+
+
+def _preload_cuda_libraries(path: Path) -> None:
+    """For a CUDA build: load the CUDA/cuDNN libraries of the nvidia-* wheels into this process
+    (onnxruntime-gpu's ``preload_dlls``), so its CUDA provider finds them without LD_LIBRARY_PATH."""
+    try:
+        provider = read_json(Path(path) / "build_info.json", "onnx model").get("execution_provider")
+    except Exception:  # noqa: BLE001 - build_info is checked by the caller
+        return
+    if provider != "cuda":
+        return
+    try:
+        import onnxruntime
+
+        if hasattr(onnxruntime, "preload_dlls"):
+            onnxruntime.preload_dlls()
+    except Exception as e:  # noqa: BLE001 - LD_LIBRARY_PATH may still provide them
+        log.info("onnxruntime.preload_dlls: %s", e)

@@ -1,0 +1,398 @@
+#!/usr/bin/env python
+"""Training throughput: the naive QLoRA loop vs the train stage's own step, same shape, batch and optimizer.
+
+Every variant runs in its own process (liger patches module globals, torch.compile caches, and
+peak memory must not carry over) on the same saved model, batch, LoRA placement and AdamW:
+
+- ``naive``: what a user writes with plain transformers + peft + bitsandbytes: the model loaded in
+  nf4 (double quant, bf16 compute, bf16 storage of the rest), ``get_peft_model``, no gradient
+  checkpointing, ``model(**batch).loss``, clip, AdamW;
+- ``stage:<levers>``: ``components.train.stage.build`` (the stage's own model set-up) with a
+  :class:`components.train.fast.FastPath` naming the levers, and the stage's step function
+  (``padded_step`` or, padding-free, ``fast.pack_step`` + ``train_step``). ``stage:default`` is
+  what the stage resolves for CUDA from the default config; ``stage:before`` is the stage as it
+  was (fp32 upcast by prepare_model_for_kbit_training, gradient checkpointing, bf16 autocast);
+- ``unsloth``: Unsloth's FastLanguageModel on a llamafied copy, where it installs.
+
+Data: ``synthetic`` = batch x seq random tokens, every position labelled (plain language-model
+fine-tuning: the stage's completion-only LM head saves nothing there); ``tone`` = the bundled tone
+set through the stage's tokenizer, batch x grad_accum examples a step, the naive loop padding each
+micro-batch to its longest row. tokens/s counts real (non-pad) tokens. Ratios are against the naive
+loop of the same run.
+
+    python bench/train_throughput.py --out OUT                     # the H200 suite (docs/benchmarks.md)
+    python bench/train_throughput.py --tiny --device cpu --steps 2 --warmup 1   # a smoke test anywhere
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PHI3_ALL = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+COOKBOOK = ["o_proj", "qkv_proj"]
+
+# name -> FastPath fields (device and the rest filled in by the child)
+LEVERS = {
+    "before": dict(autocast=True, keep_bf16=False, gradient_checkpointing=True),
+    "plain": dict(autocast=True, keep_bf16=True),  # bf16 autocast, no fp32 upcast, no GC, padded
+    "padfree": dict(autocast=True, keep_bf16=True, padding_free=True),
+    "liger": dict(autocast=True, keep_bf16=True, padding_free=True, liger=True),
+    "compile": dict(autocast=True, keep_bf16=True, padding_free=True, compile=True),
+    "liger+compile": dict(autocast=True, keep_bf16=True, padding_free=True, liger=True, compile=True),
+    "liger+gc": dict(autocast=True, keep_bf16=True, padding_free=True, liger=True, gradient_checkpointing=True),
+    "noautocast": dict(autocast=False, keep_bf16=True, padding_free=True, liger=True),
+}
+
+SUITES = {
+    # variant, data, batch, seq, grad_accum, targets
+    "main": [
+        ("naive", "synthetic", 4, 1024, 1, PHI3_ALL),
+        ("stage:before", "synthetic", 4, 1024, 1, PHI3_ALL),
+        ("stage:plain", "synthetic", 4, 1024, 1, PHI3_ALL),
+        ("stage:padfree", "synthetic", 4, 1024, 1, PHI3_ALL),
+        ("stage:liger", "synthetic", 4, 1024, 1, PHI3_ALL),
+        ("stage:default", "synthetic", 4, 1024, 1, PHI3_ALL),
+        ("stage:liger+gc", "synthetic", 4, 1024, 1, PHI3_ALL),
+        ("stage:compile", "synthetic", 4, 1024, 1, PHI3_ALL),
+    ],
+    "more": [
+        ("naive", "synthetic", 4, 1024, 1, PHI3_ALL),
+        ("stage:liger+compile", "synthetic", 4, 1024, 1, PHI3_ALL),
+        ("naive", "synthetic", 4, 2048, 1, COOKBOOK),
+        ("stage:default", "synthetic", 4, 2048, 1, COOKBOOK),
+        ("stage:compile", "synthetic", 4, 2048, 1, COOKBOOK),
+        ("naive", "tone", 4, 1024, 4, PHI3_ALL),
+        ("stage:plain", "tone", 4, 1024, 4, PHI3_ALL),
+        ("stage:default", "tone", 4, 1024, 4, PHI3_ALL),
+        ("unsloth", "synthetic", 4, 1024, 1, PHI3_ALL),
+    ],
+    "smoke": [
+        ("naive", "synthetic", 2, 64, 1, PHI3_ALL),
+        ("stage:before", "synthetic", 2, 64, 1, PHI3_ALL),
+        ("stage:default", "synthetic", 2, 64, 1, PHI3_ALL),
+        ("naive", "tone", 2, 96, 2, PHI3_ALL),
+        ("stage:default", "tone", 2, 96, 2, PHI3_ALL),
+    ],
+}
+
+
+def save_random_phi3(folder: Path, tiny: bool, device: str) -> None:
+    """Random-init Phi-3 (Phi3Config defaults = Phi-3-mini, 3.8 B) in bf16, with a BPE tokenizer
+    trained on the tone set (Phi-3's specials included): no hub needed."""
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    sys.path.insert(0, str(ROOT / "bench" / "gpu"))
+    from make_phi3_mini import tone_tokenizer  # noqa: E402
+
+    tok = tone_tokenizer()
+    kw = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = Phi3Config(**kw)
+    if tiny:
+        cfg = Phi3Config(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, **kw)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = Phi3ForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    model.save_pretrained(folder, safe_serialization=True)
+    from components.common.models import save_tokenizer
+
+    save_tokenizer(tok, folder)
+
+
+def examples_for(data: str, batch: int, seq: int, accum: int, steps: int, tokenizer, vocab: int) -> list[list[list[dict]]]:
+    """Per step, the micro-batches of examples ({input_ids, labels})."""
+    import torch
+
+    if data == "synthetic":
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, min(vocab, 32000), (accum * batch, seq), generator=g).tolist()
+        micros = [[{"input_ids": r, "labels": list(r)} for r in ids[m * batch:(m + 1) * batch]] for m in range(accum)]
+        return [micros] * steps
+    from types import SimpleNamespace
+
+    from components.common.config import Config
+    from components.train.stage import batch_examples, tokenize
+
+    rows = tone_rows()
+    ex = tokenize(rows, tokenizer, seq)
+    tc = SimpleNamespace(batch_size=batch, grad_accum=accum, seed=Config().train.seed)
+    return [[batch_examples(ex, tc, s, m) for m in range(accum)] for s in range(steps)]
+
+
+def tone_rows() -> list[dict]:
+    """The tone set rendered with the production template (prompt + completion), as data_prep does."""
+    from components.common.config import Config
+    from components.common.io import read_jsonl
+    from components.common.prompts import render
+
+    cfg = Config()  # the default data section: the production Phi-3 template on data/tone.jsonl
+    out = []
+    for r in read_jsonl(ROOT / "data" / "tone.jsonl"):
+        prompt, completion = render(r, cfg.data)
+        out.append({"prompt": prompt, "completion": completion})
+    return out
+
+
+def child(args) -> dict:
+    """One variant, in this process."""
+    import torch
+
+    name, data, batch, seq, accum, targets = args.variant, args.data, args.batch, args.seq, args.accum, args.targets.split(",")
+    cuda = args.device == "cuda"
+    where = "cuda:0" if cuda else "cpu"
+    steps = args.warmup + args.steps
+    info = {"variant": name, "data": data, "batch": batch, "seq": seq, "grad_accum": accum, "targets": targets,
+            "r": args.r, "dropout": args.dropout}
+    from components.common.models import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model_dir)
+    t0 = time.time()
+    if name == "naive":
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        model = AutoModelForCausalLM.from_pretrained(
+            args.model_dir, dtype=torch.bfloat16 if cuda else torch.float32, device_map={"": where},
+            quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                                   bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32))
+        torch.manual_seed(0)
+        model = get_peft_model(model, LoraConfig(r=args.r, lora_alpha=args.r, lora_dropout=args.dropout,
+                                                 target_modules=targets, task_type="CAUSAL_LM"))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        pad = tokenizer.pad_token_id
+
+        def step_fn(micros):
+            total, n = 0.0, 0
+            for m in micros:
+                width = max(len(e["input_ids"]) for e in m)
+                ids = torch.full((len(m), width), pad)
+                labels = torch.full((len(m), width), -100)
+                mask = torch.zeros((len(m), width), dtype=torch.long)
+                for i, e in enumerate(m):
+                    ids[i, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
+                    labels[i, :len(e["labels"])] = torch.tensor(e["labels"])
+                    mask[i, :len(e["input_ids"])] = 1
+                out = model(input_ids=ids.to(where), attention_mask=mask.to(where), labels=labels.to(where))
+                (out.loss / len(micros)).backward()
+                total += out.loss.item() / len(micros)
+                n += int(mask.sum())
+            return total, n
+    elif name.startswith("stage:"):
+        from components.common.config import Config
+        from components.train import fast, stage
+
+        cfg = Config.model_validate({
+            "model": {"base": args.model_dir},
+            "train": {"quantization": "nf4", "batch_size": batch, "grad_accum": accum, "max_seq_len": seq,
+                      "lora": {"r": args.r, "alpha": args.r, "dropout": args.dropout, "target_modules": targets}},
+            "runtime": {"device": args.device},
+        })
+        lever = name.split(":", 1)[1]
+        if lever == "default":
+            fp = fast.resolve(cfg.train, args.device)
+        else:
+            fp = fast.FastPath(device=args.device, **LEVERS[lever])
+        model, trainable, _modules, fp = stage.build(cfg, args.device, fp, where, seq)
+        info["fast_path"] = {k: v for k, v in vars(fp).items() if k not in ("notes", "device")}
+        pad = tokenizer.pad_token_id
+
+        def step_fn(micros):
+            if fp.padding_free:
+                return stage.train_step(model, fast.pack_step(micros, cfg.train, pad), fp)
+            return stage.padded_step(model, micros, pad, where, fp)
+    elif name == "unsloth":
+        return unsloth_child(args, info)
+    else:
+        raise SystemExit(f"unknown variant {name}")
+    info["setup_s"] = round(time.time() - t0, 1)
+    info["trainable_m"] = round(sum(p.numel() for p in trainable) / 1e6, 2)
+    vocab = model.get_base_model().config.vocab_size
+    plan = examples_for(data, batch, seq, accum, steps, tokenizer, vocab)
+    return timed_loop(args, info, model, trainable, step_fn, plan)
+
+
+def timed_loop(args, info, model, trainable, step_fn, plan) -> dict:
+    import torch
+
+    cuda = args.device == "cuda"
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    model.train()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    losses, times, tokens = [], [], 0
+    warm_start = time.perf_counter()
+    for i, micros in enumerate(plan):
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        loss, n = step_fn(micros)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        losses.append(round(loss, 4))
+        if i == args.warmup - 1:
+            info["warmup_s"] = round(time.perf_counter() - warm_start, 1)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t)
+            tokens += n
+    seconds = sum(times)
+    info.update({
+        "tokens_per_s": round(tokens / seconds, 1),
+        "ms_per_step": round(1000 * seconds / len(times), 1),
+        "tokens_per_step": tokens // len(times),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "losses": losses,
+    })
+    return info
+
+
+def unsloth_child(args, info) -> dict:
+    try:
+        from unsloth import FastLanguageModel  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        info["error"] = f"unsloth not installed here: {type(e).__name__}: {str(e)[:200]}"
+        return info
+    info["error"] = "unsloth imported, but its llamafied-copy run is not wired in this bench"
+    return info
+
+
+def run_variant(args, variant, data, batch, seq, accum, targets) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--variant", variant, "--data", data, "--batch", str(batch),
+           "--seq", str(seq), "--accum", str(accum), "--targets", ",".join(targets), "--model-dir", args.model_dir,
+           "--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup), "--r", str(args.r),
+           "--dropout", str(args.dropout)]
+    t = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.variant_timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
+        return {"variant": variant, "data": data, "batch": batch, "seq": seq, "targets": targets,
+                "error": f"exit {proc.returncode}: " + " | ".join(tail)[-900:], "wall_s": round(time.time() - t, 1)}
+    row = json.loads(lines[-1][len("RESULT "):])
+    row["wall_s"] = round(time.time() - t, 1)
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="2-layer hidden-256 Phi-3: a smoke test")
+    ap.add_argument("--suite", default="main", help=f"comma-separated: {', '.join(SUITES)}")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--r", type=int, default=64)
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--model-dir", help="a saved random Phi-3 folder (made here if missing)")
+    ap.add_argument("--variant-timeout", type=int, default=300)
+    ap.add_argument("--tag", default="train_throughput")
+    # child mode
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--variant")
+    ap.add_argument("--data", default="synthetic")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--accum", type=int, default=1)
+    ap.add_argument("--targets", default=",".join(PHI3_ALL))
+    args = ap.parse_args()
+
+    if args.child:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        if args.device == "cpu":
+            import torch
+
+            torch.set_num_threads(1)
+        print("RESULT " + json.dumps(child(args)), flush=True)
+        return 0
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    folder = Path(args.model_dir or tempfile.mkdtemp(prefix="phi3-random-"))
+    if not (folder / "config.json").is_file():
+        t = time.time()
+        folder.mkdir(parents=True, exist_ok=True)
+        save_random_phi3(folder, args.tiny, args.device)
+        print(f"random Phi-3 saved to {folder} in {time.time() - t:.0f} s", flush=True)
+    args.model_dir = str(folder)
+    env = versions(args.device)
+    print(json.dumps(env), flush=True)
+    rows = []
+    for suite in args.suite.split(","):
+        for spec in SUITES[suite]:
+            row = run_variant(args, *spec)
+            row["suite"] = suite
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "losses"}), flush=True)
+            (out / f"{args.tag}.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    table = report(rows, env, args)
+    print(table, flush=True)
+    (out / f"{args.tag}.md").write_text(table)
+    return 0
+
+
+def versions(device: str) -> dict:
+    import importlib.metadata as md
+    import platform
+
+    import torch
+
+    env = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version()}
+    for n in ("torch", "transformers", "peft", "bitsandbytes", "liger-kernel", "triton", "unsloth"):
+        try:
+            env[n] = md.version(n)
+        except md.PackageNotFoundError:
+            env[n] = None
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def report(rows: list[dict], env: dict, args) -> str:
+    lines = [f"# Training throughput ({env.get('gpu', args.device)}, {env['date']})", "",
+             "torch {torch}, transformers {transformers}, peft {peft}, bitsandbytes {bitsandbytes}, liger-kernel "
+             "{liger-kernel}, triton {triton}".format(**env),
+             f"nf4 + double quant, bf16 compute; LoRA r={args.r} alpha={args.r} dropout={args.dropout}; AdamW; "
+             f"{args.steps} timed steps after {args.warmup} warm-up; ratio = tokens/s over the naive loop of the same "
+             "data, batch, seq and targets in this run.", "",
+             "| variant | data | batch x seq (x accum) | targets | tokens/s | ratio | ms/step | peak GiB | mem ratio | warm-up s | first → last loss |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = {}
+    for r in rows:
+        if r["variant"] == "naive" and "error" not in r:
+            base[(r["data"], r["batch"], r["seq"], tuple(r["targets"]))] = r
+    for r in rows:
+        shape = f"{r['batch']} x {r['seq']}" + (f" (x {r.get('grad_accum')})" if r.get("grad_accum", 1) != 1 else "")
+        tg = "all 4" if list(r["targets"]) == PHI3_ALL else "/".join(r["targets"])
+        if "error" in r:
+            lines.append(f"| {r['variant']} | {r['data']} | {shape} | {tg} | failed: {r['error'][:300]} | | | | | | |")
+            continue
+        b = base.get((r["data"], r["batch"], r["seq"], tuple(r["targets"])))
+        ratio = f"{r['tokens_per_s'] / b['tokens_per_s']:.2f}x" if b else "-"
+        mem = f"{r['peak_gib'] / b['peak_gib']:.2f}x" if b and r["peak_gib"] and b["peak_gib"] else "-"
+        loss = f"{r['losses'][0]} → {r['losses'][-1]}"
+        lines.append(f"| {r['variant']} | {r['data']} | {shape} | {tg} | {r['tokens_per_s']:.0f} | {ratio} | "
+                     f"{r['ms_per_step']} | {r['peak_gib']} | {mem} | {r.get('warmup_s', '-')} | {loss} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
