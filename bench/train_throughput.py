@@ -61,7 +61,6 @@ SUITES = {
         ("stage:padfree", "synthetic", 4, 1024, 1, PHI3_ALL),
         ("stage:liger", "synthetic", 4, 1024, 1, PHI3_ALL),
         ("stage:default", "synthetic", 4, 1024, 1, PHI3_ALL),
-        ("stage:liger+gc", "synthetic", 4, 1024, 1, PHI3_ALL),
         ("stage:compile", "synthetic", 4, 1024, 1, PHI3_ALL),
     ],
     "more": [
@@ -69,7 +68,7 @@ SUITES = {
         ("stage:liger+compile", "synthetic", 4, 1024, 1, PHI3_ALL),
         ("naive", "synthetic", 4, 2048, 1, COOKBOOK),
         ("stage:default", "synthetic", 4, 2048, 1, COOKBOOK),
-        ("stage:compile", "synthetic", 4, 2048, 1, COOKBOOK),
+        ("stage:liger+gc", "synthetic", 4, 1024, 1, PHI3_ALL),
         ("naive", "tone", 4, 1024, 4, PHI3_ALL),
         ("stage:plain", "tone", 4, 1024, 4, PHI3_ALL),
         ("stage:default", "tone", 4, 1024, 4, PHI3_ALL),
