@@ -48,6 +48,7 @@ from .compile_common import (
 ENTRYPOINT = "main"
 IN_DIR = "/tmp/artifacts/inputs"
 OUT_DIR = "/tmp/artifacts/outputs"
+PARAMS_DIR = "/tmp/parameters/outputs"  # the stage writes one file per output parameter here
 CACHE_VOLUME = "model-cache"
 # The longest wait between two tries (Argo's ``backoff.cap``; KFP's ``backoffMaxDuration``).
 # Not ``maxDuration``: that is a deadline counted from the first attempt, so a stage that
@@ -102,9 +103,12 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
         PersistentVolumeClaimVolumeSource,
         PodSecurityContext,
         Toleration,
+        ValueFrom,
         Volume,
         VolumeMount,
     )
+
+    from components.common.harness import PARAMETERS_DIR_ENV
 
     from .docker import IMAGE_GID
 
@@ -121,6 +125,8 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
             env += [Env(name=k, value=v) for k, v in CACHE_ENV.items()]
         if s.hf_token_secret and needs_hf_token(spec, cfg):
             env.append(SecretEnv(name=s.hf_token_env, secret_name=s.hf_token_secret, secret_key=s.hf_token_key, optional=True))
+        if spec.out_params:
+            env.append(Env(name=PARAMETERS_DIR_ENV, value=PARAMS_DIR))
         argv = template_argv(step, cfg)
         templates[step.name] = Container(
             name=k8s_name(step.name),
@@ -132,7 +138,8 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
             outputs=[
                 Artifact(name=p.name, path=f"{OUT_DIR}/{p.name}", archive=ArchiveStrategy(none=NoneStrategy()))
                 for p in spec.outputs
-            ],
+            ]
+            + [Parameter(name=p.name, value_from=ValueFrom(path=f"{PARAMS_DIR}/{p.name}")) for p in spec.out_params],
             resources=Resources(
                 cpu_request=res.cpu,
                 cpu_limit=res.cpu,
@@ -169,6 +176,14 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
                 arguments.append(Parameter(name=param_name(key), value=encode(value)))
         tasks.append((step, arguments))
 
+    # The data-change trigger: every step behind the DAG's condition gets the same `when`. Argo
+    # counts a skipped dependency as done, so each gated task must test it, not only the first.
+    gated = dag.gated()
+    when = None
+    if gated:
+        c = dag.condition
+        when = f"{{{{tasks.{k8s_name(c.step)}.outputs.parameters.{c.param}}}}} == {c.equals}"
+
     def build_dag():
         with DAG(name=ENTRYPOINT) as main:
             for step, arguments in tasks:
@@ -177,6 +192,7 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
                     template=templates[step.name],
                     arguments=arguments,
                     dependencies=sorted(k8s_name(u) for u in step.upstream()) or None,
+                    when=when if step.name in gated else None,
                 )
         return main
 

@@ -44,6 +44,9 @@ from .compile_common import (
 # the executor input: without it, KFP sees no outputs and the next task finds no inputs.
 EXECUTOR_INPUT_FLAG = "--kfp-executor-input"
 
+# The display name of the dsl.If group that holds the steps behind the DAG's condition.
+CONDITION_NAME = "when-changed"
+
 _KIND_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict, "null": str}
 
 
@@ -82,6 +85,8 @@ def make_component(spec: StageSpec, cfg: Config):
     confusion = {name: name + CONFUSION_SUFFIX for name in metrics_ports(spec)}
     for extra in confusion.values():
         sig.append(P(extra, P.POSITIONAL_OR_KEYWORD, annotation=dsl.Output[dsl.ClassificationMetrics]))
+    for out_param in spec.out_params:  # the stage reports them as parameterValues in the executor output
+        sig.append(P(out_param.name, P.POSITIONAL_OR_KEYWORD, annotation=dsl.OutputPath(str)))
     for key, value in params.items():
         sig.append(
             P(param_name(key), P.POSITIONAL_OR_KEYWORD, annotation=_KIND_TYPES[value_kind(value)], default=kfp_value(value))
@@ -122,10 +127,13 @@ def build_pipeline(dag: Pipeline, cfg: Config):
     ]
     pipeline_param_names = [p.name for p in sig]
 
+    gated = dag.gated()
+
     def body(*args):
         channels = dict(zip(pipeline_param_names, args))
         tasks: dict[str, Any] = {}
-        for step in dag:
+
+        def add(step):
             kwargs: dict[str, Any] = {}
             for port_name, src in step.wires.items():
                 up, out = src.split(".")
@@ -136,6 +144,16 @@ def build_pipeline(dag: Pipeline, cfg: Config):
             task = components[step.name](**kwargs)
             _configure_task(task, step, cfg, s, kubernetes)
             tasks[step.name] = task
+
+        for step in dag:
+            if step.name not in gated:
+                add(step)
+        if gated:  # the data-change trigger: the rest of the DAG only when the condition holds
+            c = dag.condition
+            with dsl.If(tasks[c.step].outputs[c.param] == c.equals, name=CONDITION_NAME):
+                for step in dag:
+                    if step.name in gated:
+                        add(step)
 
     body.__name__ = body.__qualname__ = param_name(cfg.name).replace("-", "_")
     body.__signature__ = inspect.Signature(sig)
@@ -232,48 +250,79 @@ def task_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
 
     docs = list(yaml.safe_load_all(Path(path).read_text()))
     spec = docs[0]
-    root_dag = spec["root"]["dag"]["tasks"]
     root_params = spec["root"].get("inputDefinitions", {}).get("parameters", {})
-    stage_of = {name: t["taskInfo"]["name"] for name, t in root_dag.items()}
-    out: dict[str, list[str]] = {}
-    for task_name, task in root_dag.items():
-        comp = spec["components"][task["componentRef"]["name"]]
-        container = spec["deploymentSpec"]["executors"][comp["executorLabel"]]["container"]
-        argv = list(container.get("command", [])) + list(container.get("args", []))
-        stage = stage_of[task_name]
-        defs = comp.get("inputDefinitions", {}).get("parameters", {})
-        values: dict[str, str] = {}
-        for pname, pdef in defs.items():
-            binding = task.get("inputs", {}).get("parameters", {}).get(pname)
-            if binding is None:
-                value = pdef.get("defaultValue")
-            elif "runtimeValue" in binding:
-                value = binding["runtimeValue"]["constant"]
+    stage_of: dict[str, str] = {}  # task key -> stage, over the root DAG and the condition's sub-DAG
+
+    def collect(tasks: dict) -> None:
+        for name, t in tasks.items():
+            comp = spec["components"][t["componentRef"]["name"]]
+            if "dag" in comp:
+                collect(comp["dag"]["tasks"])
             else:
-                value = root_params[binding["componentInputParameter"]].get("defaultValue")
-            values[pname] = _render(value, pdef["parameterType"], encode)
-        paths: dict[str, str] = {}
-        for aname, binding in task.get("inputs", {}).get("artifacts", {}).items():
+                stage_of[name] = t["taskInfo"]["name"]
+
+    collect(spec["root"]["dag"]["tasks"])
+    out: dict[str, list[str]] = {}
+
+    def artifact_path(binding: dict, scope_artifacts: dict) -> str:
+        if "taskOutputArtifact" in binding:
             src = binding["taskOutputArtifact"]
-            paths[f"inputs.artifacts['{aname}']"] = f"{root}/{stage_of[src['producerTask']]}/{src['outputArtifactKey']}"
-        for aname in comp.get("outputDefinitions", {}).get("artifacts", {}):
-            paths[f"outputs.artifacts['{aname}']"] = f"{root}/{stage}/{aname}"
+            return f"{root}/{stage_of[src['producerTask']]}/{src['outputArtifactKey']}"
+        return scope_artifacts[binding["componentInputArtifact"]]
 
-        def sub(m):
-            expr = m.group(1)
-            pm = re.fullmatch(r"\$\.inputs\.parameters\['([^']+)'\]", expr)
-            if pm:
-                return values[pm.group(1)]
-            am = re.fullmatch(r"\$\.((?:inputs|outputs)\.artifacts\['[^']+'\])\.path", expr)
-            if am:
-                return paths[am.group(1)]
-            if expr == "$.outputs.output_file":
-                return f"{root}/{stage}/executor_output.json"
-            raise KeyError(f"unresolved placeholder {{{{{expr}}}}} in task {task_name}")
+    def param_value(binding: dict | None, pdef: dict, scope_params: dict) -> Any:
+        if binding is None:
+            return pdef.get("defaultValue")
+        if "runtimeValue" in binding:
+            return binding["runtimeValue"]["constant"]
+        if "componentInputParameter" in binding:
+            return scope_params.get(binding["componentInputParameter"])
+        return None  # another task's output parameter: known only at run time
 
-        if argv[-2:] == [EXECUTOR_INPUT_FLAG, "{{$}}"]:  # KFP's own plumbing, not the stage's argv
-            argv = argv[:-2]
-        out[stage] = [re.sub(r"\{\{(\$[^}]*)\}\}", sub, a) for a in argv]
+    def walk(tasks: dict, scope_params: dict, scope_artifacts: dict) -> None:
+        for task_name, task in tasks.items():
+            comp = spec["components"][task["componentRef"]["name"]]
+            bindings = task.get("inputs", {})
+            if "dag" in comp:  # a dsl.If group: its inputs become the scope of its tasks
+                defs = comp.get("inputDefinitions", {}).get("parameters", {})
+                walk(
+                    comp["dag"]["tasks"],
+                    {n: param_value(b, defs.get(n, {}), scope_params) for n, b in bindings.get("parameters", {}).items()},
+                    {n: artifact_path(b, scope_artifacts) for n, b in bindings.get("artifacts", {}).items()},
+                )
+                continue
+            container = spec["deploymentSpec"]["executors"][comp["executorLabel"]]["container"]
+            argv = list(container.get("command", [])) + list(container.get("args", []))
+            stage = stage_of[task_name]
+            defs = comp.get("inputDefinitions", {}).get("parameters", {})
+            values = {
+                pname: _render(param_value(bindings.get("parameters", {}).get(pname), pdef, scope_params),
+                               pdef["parameterType"], encode)
+                for pname, pdef in defs.items()
+            }
+            paths: dict[str, str] = {}
+            for aname, binding in bindings.get("artifacts", {}).items():
+                paths[f"inputs.artifacts['{aname}']"] = artifact_path(binding, scope_artifacts)
+            for aname in comp.get("outputDefinitions", {}).get("artifacts", {}):
+                paths[f"outputs.artifacts['{aname}']"] = f"{root}/{stage}/{aname}"
+
+            def sub(m, values=values, paths=paths, task_name=task_name, stage=stage):
+                expr = m.group(1)
+                pm = re.fullmatch(r"\$\.inputs\.parameters\['([^']+)'\]", expr)
+                if pm:
+                    return values[pm.group(1)]
+                am = re.fullmatch(r"\$\.((?:inputs|outputs)\.artifacts\['[^']+'\])\.path", expr)
+                if am:
+                    return paths[am.group(1)]
+                if expr == "$.outputs.output_file":
+                    return f"{root}/{stage}/executor_output.json"
+                raise KeyError(f"unresolved placeholder {{{{{expr}}}}} in task {task_name}")
+
+            if argv[-2:] == [EXECUTOR_INPUT_FLAG, "{{$}}"]:  # KFP's own plumbing, not the stage's argv
+                argv = argv[:-2]
+            out[stage] = [re.sub(r"\{\{(\$[^}]*)\}\}", sub, a) for a in argv]
+
+    walk(spec["root"]["dag"]["tasks"], {n: d.get("defaultValue") for n, d in root_params.items()}, {})
     return out
 
 

@@ -145,7 +145,7 @@ def test_kfp_tasks_carry_image_resources_retry_caching(compiled, config):
     path, cfg = compiled[("kfp", config)]
     ir, platform = _kfp_docs(path)
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    tasks = {t["taskInfo"]["name"]: t for t in ir["root"]["dag"]["tasks"].values()}
+    tasks = {t["taskInfo"]["name"]: t for t in _kfp_tasks(ir).values()}
     for s in DAG:
         task = tasks[s.name]
         comp = ir["components"][task["componentRef"]["name"]]
@@ -289,26 +289,34 @@ def _mutate_yaml(src: Path, dst: Path, fn, all_docs=False) -> Path:
     return dst
 
 
+def _kfp_tasks(ir) -> dict:
+    """Every task, the root DAG's and those inside a dsl.If group (the steps behind the condition)."""
+    out = {}
+    for comp in [ir["root"], *ir["components"].values()]:
+        out.update(comp.get("dag", {}).get("tasks", {}))
+    return out
+
+
 def _kfp_task(ir, name):
-    return ir["root"]["dag"]["tasks"][name]
+    return _kfp_tasks(ir)[name]
 
 
 KFP_BROKEN = {
     "dangling producer task": (
-        lambda ir: _kfp_task(ir, "train")["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"].update(producerTask="nope"),
+        lambda ir: _kfp_task(ir, "merge")["inputs"]["artifacts"]["adapter"]["taskOutputArtifact"].update(producerTask="nope"),
         "producer task 'nope' does not exist",
     ),
     "dangling componentRef": (lambda ir: _kfp_task(ir, "merge")["componentRef"].update(name="comp-nope"), "no component 'comp-nope'"),
     "dangling executorLabel": (lambda ir: ir["components"]["comp-train"].update(executorLabel="exec-nope"), "no executor 'exec-nope'"),
     "dangling output key": (
-        lambda ir: _kfp_task(ir, "train")["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"].update(outputArtifactKey="nope"),
+        lambda ir: _kfp_task(ir, "merge")["inputs"]["artifacts"]["adapter"]["taskOutputArtifact"].update(outputArtifactKey="nope"),
         "has no output artifact 'nope'",
     ),
     "wrong artifact type": (
-        lambda ir: ir["components"]["comp-train"]["inputDefinitions"]["artifacts"]["dataset"]["artifactType"].update(
-            schemaTitle="system.Model"
+        lambda ir: ir["components"]["comp-merge"]["inputDefinitions"]["artifacts"]["adapter"]["artifactType"].update(
+            schemaTitle="system.Dataset"
         ),
-        "expects system.Model, but data-prep.dataset is system.Dataset",
+        "expects system.Dataset, but train.adapter is system.Model",
     ),
     "wrong parameter type": (
         lambda ir: ir["root"]["inputDefinitions"]["parameters"]["train_lora_r"].update(parameterType="STRING"),

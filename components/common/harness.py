@@ -20,7 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-from . import artifacts, secrets
+from . import artifacts, promotion, secrets
 from .config import Config, parse_value, set_path, validate
 from .errors import UserError
 from .hashing import ROOT, code_hash, digest, file_hash, tree_hash
@@ -123,6 +123,8 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
         inputs = {p.name: Path(args[p.name]) for p in spec.inputs}
         markers = {name: artifacts.verify(path, p.type) for (name, path), p in zip(inputs.items(), spec.inputs)}
         input_hashes = {name: m["content_hash"] for name, m in markers.items()}
+        # Every seal carries the parameters of its whole chain: the lineage of a promoted model.
+        chain, lineage = promotion.lineage_from_seals(stage_name, params, markers)
         key = cache_key(spec, params, input_hashes)
         finals = {p.name: Path(args[p.name]) for p in spec.outputs}
         tmps = {name: artifacts.begin(path) for name, path in finals.items()}
@@ -144,6 +146,7 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
                     "versions": library_versions(),
                     "seconds": round(time.time() - started, 2),
                     **({"parameters": out_params} if out_params else {}),
+                    "lineage_params": chain,
                 },
             )
         for hook in context.after_commit:
@@ -152,7 +155,13 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
             from . import kfp_output
 
             metrics_ports = [p.name for p in spec.outputs if p.type == "Metrics"]
-            kfp_output.write(json.loads(args["kfp_executor_input"]), markers_out, metrics_ports, finals, out_params)
+            # A stage that scores an ONNX model and returns has passed its gate: the metrics
+            # artifact says so, with the lineage and the promoted model's URI.
+            model_input = next((p.name for p in spec.inputs if p.type == "OnnxModel"), None)
+            promoted = {"model_input": model_input, "model_seal": markers[model_input], "lineage": lineage} \
+                if (model_input and metrics_ports) else None
+            kfp_output.write(json.loads(args["kfp_executor_input"]), markers_out, metrics_ports, finals, out_params,
+                             promoted)
         _write_parameter_files(out_params)
         for name, value in out_params.items():
             log.info("output parameter %s = %s", name, value)

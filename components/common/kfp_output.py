@@ -12,7 +12,10 @@ outputs. It registers
 - for the ``<metrics>_confusion`` ``ClassificationMetrics`` output, the confusion matrix of the
   shipped (ONNX) model, with ``(unparsed)`` as its own class so that the matrix stays square;
 - the stage's output parameters (``StageSpec.out_params``) as ``parameterValues``: what a
-  ``dsl.If`` downstream tests (data_prep's ``changed``).
+  ``dsl.If`` downstream tests (data_prep's ``changed``);
+- on the metrics of a stage that passed its quality gate: ``promoted`` and the model's lineage
+  (dataset hash, base model and revision, config hash, code version) and URI
+  (``components/common/promotion.py``).
 
 Nothing here imports KFP: the stage images do not carry it.
 """
@@ -83,10 +86,26 @@ def _seal_metadata(marker: dict) -> dict:
     }
 
 
+def promotion_metadata(executor_input: dict, promoted: dict) -> dict:
+    """``promoted`` and the lineage, flat (what the KFP UI shows), with the promoted model's URI."""
+    lin = promoted["lineage"]
+    listed = executor_input.get("inputs", {}).get("artifacts", {}).get(promoted["model_input"], {}).get("artifacts") or [{}]
+    meta = {
+        "promoted": True,
+        "model_uri": listed[0].get("uri", ""),
+        "model_content_hash": promoted["model_seal"].get("content_hash"),
+        **{k: v for k, v in lin.items() if k != "code_version" and v is not None},
+    }
+    meta.update({f"code_{k}": v for k, v in lin["code_version"].items()})
+    return meta
+
+
 def write(executor_input: dict, markers: dict[str, dict], metrics_ports: list[str], outputs: dict[str, Path],
-          parameters: dict[str, str] | None = None) -> dict:
+          parameters: dict[str, str] | None = None, promoted: dict | None = None) -> dict:
     """Write the executor output file for the sealed ``outputs`` and the stage's output
-    ``parameters`` (``parameterValues``, what ``dsl.If`` tests); return what was written."""
+    ``parameters`` (``parameterValues``, what ``dsl.If`` tests); return what was written.
+    ``promoted`` (a stage that passed its gate): the metrics artifacts also carry
+    :func:`promotion_metadata`."""
     declared = executor_input.get("outputs", {}).get("artifacts", {})
     artifacts: dict = {}
     for name, entry in declared.items():
@@ -96,6 +115,8 @@ def write(executor_input: dict, markers: dict[str, dict], metrics_ports: list[st
             metadata = _seal_metadata(markers[name])
             if name in metrics_ports:
                 metadata.update(flatten_scalars(_metrics_json(outputs[name]).get("summary", {})))
+                if promoted:
+                    metadata.update(promotion_metadata(executor_input, promoted))
         elif name.endswith(CONFUSION_SUFFIX) and name[: -len(CONFUSION_SUFFIX)] in metrics_ports:
             metadata = confusion_matrix(_metrics_json(outputs[name[: -len(CONFUSION_SUFFIX)]]))
             if metadata is None:
