@@ -11,7 +11,12 @@ the stage registry in ``components/registry.py``.
     python pipeline.py run      --config configs/default.yaml --out runs/default [--set k=v ...]
     python pipeline.py compile  --target kfp|azureml|argo --config C --out PATH
     python pipeline.py validate --target kfp|azureml|argo PATH
+    python pipeline.py submit   --target kfp|azureml|argo --config C [--set k=v ...] [--wait]
+    python pipeline.py status   --target kfp|azureml|argo RUN_ID [--wait]
+    python pipeline.py schedule --target kfp|azureml|argo --config C [--cron "0 3 * * 1"]
     python pipeline.py stages   (the registry, as a table)
+
+The engines are the registry of targets/base.py: one module per engine defines its Target.
 """
 from __future__ import annotations
 
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     _add_parser = sub.add_parser
-    sub.add_parser = lambda *a, **k: _add_parser(*a, parents=[debug], **k)
+    sub.add_parser = lambda *a, parents=(), **k: _add_parser(*a, parents=[debug, *parents], **k)
 
     run = sub.add_parser("run", help="run the DAG on this machine")
     run.add_argument("--config", default="configs/default.yaml")
@@ -59,15 +64,43 @@ def main(argv: list[str] | None = None) -> int:
                      "kfp-local: the compiled KFP pipeline under KFP's own local orchestrator (DockerRunner)")
     run.add_argument("--no-cache", action="store_true", help="re-run every stage")
 
+    from targets.base import names as target_names
+
+    engines = target_names()
     comp = sub.add_parser("compile", help="compile the DAG for a cluster engine")
-    comp.add_argument("--target", choices=["kfp", "azureml", "argo"], required=True)
+    comp.add_argument("--target", choices=engines, required=True)
     comp.add_argument("--config", default="configs/default.yaml")
     comp.add_argument("--out", required=True)
     comp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     val = sub.add_parser("validate", help="check a compiled file strictly, references included")
     val.add_argument("path")
-    val.add_argument("--target", choices=["kfp", "azureml", "argo"], help="default: guessed from the file")
+    val.add_argument("--target", choices=engines, help="default: guessed from the file")
+
+    # Talking to a cluster. Where it is comes from these flags or the engine's env vars;
+    # credentials only from the environment, a kube context or the Azure identity.
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--target", choices=engines, required=True)
+    conn.add_argument("--host", help="KFP: the API endpoint (else KF_PIPELINES_ENDPOINT, else the kube context); "
+                      "Argo: the Argo Server URL (else ARGO_SERVER)")
+    conn.add_argument("--namespace", help="Argo: the workflow namespace (else targets.argo.namespace, ARGO_NAMESPACE); "
+                      "KFP: the user namespace on multi-user installs")
+    conn.add_argument("--subscription", dest="subscription_id", help="AzureML (else AZURE_SUBSCRIPTION_ID or config.json)")
+    conn.add_argument("--resource-group", dest="resource_group", help="AzureML (else AZURE_RESOURCE_GROUP or config.json)")
+    conn.add_argument("--workspace", help="AzureML (else AZUREML_WORKSPACE_NAME or config.json)")
+    cfg_args = argparse.ArgumentParser(add_help=False)
+    cfg_args.add_argument("--config", default="configs/default.yaml")
+    cfg_args.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    subm = sub.add_parser("submit", parents=[conn, cfg_args], help="submit a run to a cluster engine")
+    subm.add_argument("--wait", action="store_true", help="follow the run to its end, one line per stage state "
+                      "change; exit non-zero if it failed")
+    stat = sub.add_parser("status", parents=[conn], help="the stage table of a submitted run")
+    stat.add_argument("run_id", metavar="RUN_ID")
+    stat.add_argument("--wait", action="store_true", help="follow the run to its end")
+    sched = sub.add_parser("schedule", parents=[conn, cfg_args], help="retrain on a cron schedule on a cluster engine")
+    sched.add_argument("--cron", help='a 5-field cron, e.g. "0 3 * * 1" (default: targets.<target>.schedule)')
+    sched.add_argument("--timezone", help="default: targets.<target>.schedule_timezone (UTC)")
 
     sub.add_parser("stages", help="print the stage registry")
 
@@ -115,12 +148,14 @@ def _dispatch(args) -> int:
             from targets.local import run_pipeline
         return run_pipeline(DAG, cfg, args.out, use_cache=not args.no_cache)
     if args.command == "compile":
-        import importlib
+        from targets.base import get
 
         cfg = load_config(args.config, args.overrides)
-        importlib.import_module(f"targets.{args.target}").compile_pipeline(DAG, cfg, args.out)
+        get(args.target).compile(DAG, cfg, args.out)
         print(f"wrote {args.out}")
         return 0
+    if args.command in ("submit", "status", "schedule"):
+        return _cluster(args, load_config)
     if args.command == "validate":
         from targets.validate import validate_file
 
@@ -129,6 +164,41 @@ def _dispatch(args) -> int:
         print(f"{args.path}: valid")
         return 0
     return 2
+
+
+def _cluster(args, load_config) -> int:
+    """submit / status / schedule: the engine's Target, through its real client library."""
+    from targets.base import Connection, follow, get, print_status
+
+    target = get(args.target)
+    conn = Connection(host=args.host, namespace=args.namespace, subscription_id=args.subscription_id,
+                      resource_group=args.resource_group, workspace=args.workspace)
+    if args.command == "schedule":
+        cfg = load_config(args.config, args.overrides)
+        s = target.settings.model_validate((cfg.targets or {}).get(args.target) or {})
+        cron = args.cron or s.schedule
+        if not cron:
+            raise UserError(f'schedule: no cron; pass --cron "0 3 * * 1" or set targets.{args.target}.schedule')
+        from targets.compile_common import cron_fields
+
+        try:
+            cron_fields(cron)
+        except ValueError as e:
+            raise UserError(f"--cron: {e}") from None
+        print(target.schedule(DAG, cfg, conn, cron, args.timezone or s.schedule_timezone))
+        return 0
+    if args.command == "submit":
+        cfg = load_config(args.config, args.overrides)
+        status = target.submit(DAG, cfg, conn)
+        print(f"submitted {target.title} run {status.run_id}" + (f": {status.url}" if status.url else ""), flush=True)
+    else:
+        status = target.status(DAG, conn, args.run_id)
+    if args.wait:
+        status = follow(lambda: target.status(DAG, conn, status.run_id), status)
+        print_status(status)
+    elif args.command == "status":
+        print_status(status)
+    return 1 if status.state in ("failed", "canceled") and (args.wait or args.command == "status") else 0
 
 
 def _terminated(signum, _frame):

@@ -14,8 +14,9 @@ the namespace, a service account with the executor's RBAC, the model-cache PVC
 unarchived (``archive: none``): models are multi-GB and barely compress, and tar+gzip would
 cost minutes per stage.
 
-Nothing is submitted: no Argo server is needed. With ``targets.argo.schedule`` the same
-spec is also written as a CronWorkflow next to the Workflow (``<out>.cron.yaml``).
+Compiling needs no Argo server. With ``targets.argo.schedule`` the same spec is also written
+as a CronWorkflow next to the Workflow (``<out>.cron.yaml``). ``pipeline.py submit|status|
+schedule --target argo`` talk to an Argo Server through hera's ``WorkflowsService``.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from .compile_common import (
     run_parameters,
     settings,
 )
+from .base import Target
 
 ENTRYPOINT = "main"
 IN_DIR = "/tmp/artifacts/inputs"
@@ -237,7 +239,9 @@ def build_workflow(dag: Pipeline, cfg: Config):
     return _assemble(Workflow, dag, cfg, generate_name=_object_name(cfg, f"{k8s_name(cfg.name)}-", 63 - 5, "the Workflow's generateName"))
 
 
-def build_cron_workflow(dag: Pipeline, cfg: Config):
+def build_cron_workflow(dag: Pipeline, cfg: Config, cron: str | None = None, timezone: str | None = None):
+    """The retrain CronWorkflow: one run at a time (``concurrencyPolicy: Forbid``) and no
+    catch-up (``startingDeadlineSeconds``: a run missed by more than that is skipped)."""
     from hera.workflows import CronWorkflow
 
     s = settings(cfg, "argo")
@@ -246,9 +250,10 @@ def build_cron_workflow(dag: Pipeline, cfg: Config):
         dag,
         cfg,
         name=_object_name(cfg, f"{k8s_name(cfg.name)}-retrain", 52, "the CronWorkflow's name"),
-        schedules=[s.schedule],
-        timezone=s.schedule_timezone,
+        schedules=[cron or s.schedule],
+        timezone=timezone or s.schedule_timezone,
         concurrency_policy="Forbid",
+        starting_deadline_seconds=STARTING_DEADLINE_SECONDS,
     )
 
 
@@ -307,3 +312,132 @@ def task_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
         container = tmpl["container"]
         out[stage] = [_TAG.sub(sub, a) for a in container.get("command", []) + container.get("args", [])]
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# On a cluster: submit, status, schedule through hera's WorkflowsService (the Argo Server API).
+
+HOST_HINT = "set --host or ARGO_SERVER (e.g. https://localhost:2746 after `kubectl -n argo port-forward svc/argo-server 2746`)"
+_PHASES = {"Pending": "pending", "Running": "running", "Succeeded": "succeeded", "Failed": "failed",
+           "Error": "failed", "Skipped": "skipped", "Omitted": "skipped"}
+# The CronWorkflow's runs: no catch-up beyond this (a run missed by more is skipped).
+STARTING_DEADLINE_SECONDS = 600
+
+
+def _service(conn):
+    """hera's WorkflowsService: host from --host or ARGO_SERVER, token from ARGO_TOKEN (never
+    from the config), TLS verified unless ARGO_INSECURE_SKIP_VERIFY=true."""
+    import os
+
+    from hera.workflows import WorkflowsService
+
+    host = conn.host or os.environ.get("ARGO_SERVER")
+    if not host:
+        raise UserError(f"no Argo server: {HOST_HINT}")
+    if not host.startswith(("http://", "https://")):
+        host = ("http://" if os.environ.get("ARGO_SECURE", "true").lower() == "false" else "https://") + host
+    verify = os.environ.get("ARGO_INSECURE_SKIP_VERIFY", "false").lower() != "true"
+    return WorkflowsService(host=host.rstrip("/") + "/", token=os.environ.get("ARGO_TOKEN") or None, verify_ssl=verify)
+
+
+def _namespace(cfg_or_none, conn) -> str:
+    import os
+
+    ns = conn.namespace or (settings(cfg_or_none, "argo").namespace if cfg_or_none is not None else None) or os.environ.get("ARGO_NAMESPACE")
+    return ns or "slm-pipeline"
+
+
+def _call(service, what: str, fn):
+    """Run one API call; the client's exceptions as one-line UserErrors naming the server."""
+    import requests
+
+    from .base import one_line
+
+    host = service.host.rstrip("/")
+    try:
+        return fn()
+    except requests.exceptions.ConnectionError as err:
+        reason = err.args[0] if err.args else err
+        reason = getattr(reason, "reason", reason)
+        raise UserError(one_line(Exception(f"cannot reach Argo at {host}: {reason}; {HOST_HINT}"))) from None
+    except requests.exceptions.RequestException as err:
+        raise UserError(one_line(Exception(f"cannot reach Argo at {host}: {err}; {HOST_HINT}"))) from None
+    except UserError:
+        raise
+    except Exception as err:  # hera raises its own exceptions for HTTP errors
+        raise UserError(one_line(Exception(f"Argo at {host} refused to {what}: {type(err).__name__}: {err}"))) from None
+
+
+def _status(dag: Pipeline, wf, host: str) -> "RunStatus":
+    from .base import PENDING, RunStatus
+
+    stages = {step.name: PENDING for step in dag}
+    by_task = {k8s_name(step.name): step.name for step in dag}
+    status = wf.status
+    for node in ((status.nodes if status else None) or {}).values():
+        stage = by_task.get(node.display_name or "")
+        if stage and node.type in ("Pod", "Retry") and node.phase:
+            if node.type == "Retry" or stages[stage] == PENDING:
+                stages[stage] = _PHASES.get(node.phase, node.phase.lower())
+    phase = (status.phase if status else None) or "Pending"
+    name, ns = wf.metadata.name, wf.metadata.namespace
+    return RunStatus(run_id=name, state=_PHASES.get(phase, phase.lower()), stages=stages,
+                     url=f"{host.rstrip('/')}/workflows/{ns}/{name}", message=status.message if status else None)
+
+
+class ArgoTarget(Target):
+    name = "argo"
+    title = "Argo Workflows"
+    default_out = "workflow.yaml"
+    host_hint = HOST_HINT
+
+    @property
+    def settings(self):
+        from .compile_common import ArgoSettings
+
+        return ArgoSettings
+
+    def compile(self, dag, cfg, out):
+        return compile_pipeline(dag, cfg, out)
+
+    def validate(self, path):
+        from .validate import check_argo
+
+        return check_argo(Path(path))
+
+    def recognizes(self, first_doc, path):
+        return str(first_doc.get("apiVersion", "")).startswith("argoproj.io/")
+
+    def submit(self, dag, cfg, conn):
+        from hera.workflows.models import WorkflowCreateRequest
+
+        service = _service(conn)
+        ns = _namespace(cfg, conn)
+        wf = build_workflow(dag, cfg)
+        wf.namespace = ns
+        created = _call(service, "create the workflow",
+                        lambda: service.create_workflow(WorkflowCreateRequest(workflow=wf.build()), namespace=ns))
+        return _status(dag, created, service.host)
+
+    def status(self, dag, conn, run_id):
+        service = _service(conn)
+        ns = _namespace(None, conn)
+        wf = _call(service, f"get workflow {run_id}", lambda: service.get_workflow(run_id, namespace=ns))
+        return _status(dag, wf, service.host)
+
+    def schedule(self, dag, cfg, conn, cron, timezone):
+        """A CronWorkflow: concurrencyPolicy Forbid (one run at a time) and
+        startingDeadlineSeconds (a missed run is not caught up later)."""
+        from hera.workflows.models import CreateCronWorkflowRequest
+
+        service = _service(conn)
+        ns = _namespace(cfg, conn)
+        cw = build_cron_workflow(dag, cfg, cron=cron, timezone=timezone)
+        cw.namespace = ns
+        created = _call(service, "create the cron workflow",
+                        lambda: service.create_cron_workflow(CreateCronWorkflowRequest(cron_workflow=cw.build()), namespace=ns))
+        return (f"cron workflow {ns}/{created.metadata.name}: schedule {cron!r} ({timezone}), concurrencyPolicy Forbid, "
+                f"startingDeadlineSeconds {STARTING_DEADLINE_SECONDS}")
+
+
+TARGET = ArgoTarget()

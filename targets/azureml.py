@@ -34,6 +34,7 @@ from components.common.config import Config, encode
 from components.common.errors import UserError
 from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec
 
+from .base import RunStatus, Target
 from .compile_common import STAGE_ENV, WORKDIR, check_names, image_for, needs_hf_token, param_name, run_parameters, settings, value_kind
 
 logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
@@ -274,3 +275,128 @@ def _render(value: Any, azure_type: str) -> str:
     if azure_type == "boolean":
         return "true" if (value is True or str(value).lower() == "true") else "false"
     return str(value)
+
+
+# ---------------------------------------------------------------------------------------
+# On a workspace: submit, status, schedule through the real client (azure-ai-ml MLClient).
+
+HOST_HINT = ("set --subscription/--resource-group/--workspace, or AZURE_SUBSCRIPTION_ID/AZURE_RESOURCE_GROUP/"
+             "AZUREML_WORKSPACE_NAME, or put the workspace's config.json in this folder")
+_STATES = {"NotStarted": "pending", "Queued": "pending", "Preparing": "pending", "Provisioning": "pending",
+           "Starting": "pending", "Running": "running", "Finalizing": "running", "CancelRequested": "running",
+           "NotResponding": "running", "Paused": "pending", "Completed": "succeeded", "Failed": "failed",
+           "Canceled": "canceled", "Skipped": "skipped"}
+
+
+def _ml_client(conn):
+    """``MLClient`` with ``DefaultAzureCredential`` (env service principal, workload or managed
+    identity, the az CLI login): the workspace from the command line, the environment or a
+    config.json; no credential is ever read from the config or the command line."""
+    import os
+
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+
+    credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
+    sub = conn.subscription_id or os.environ.get("AZURE_SUBSCRIPTION_ID")
+    rg = conn.resource_group or os.environ.get("AZURE_RESOURCE_GROUP") or os.environ.get("AZUREML_RESOURCE_GROUP")
+    ws = conn.workspace or os.environ.get("AZUREML_WORKSPACE_NAME")
+    if sub and rg and ws:
+        return MLClient(credential, subscription_id=sub, resource_group_name=rg, workspace_name=ws)
+    try:
+        return MLClient.from_config(credential)
+    except Exception:  # noqa: BLE001 - the SDK's own message is a page long
+        missing = [n for n, v in (("subscription", sub), ("resource group", rg), ("workspace", ws)) if not v]
+        raise UserError(f"no AzureML workspace (missing {', '.join(missing)}): {HOST_HINT}") from None
+
+
+def _call(ml, what: str, fn):
+    """One workspace call; the SDK's exceptions as one-line UserErrors, secrets masked."""
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
+    from .base import one_line
+
+    where = f"AzureML workspace {ml.workspace_name!r}"
+    try:
+        return fn()
+    except UserError:
+        raise
+    except ServiceRequestError as err:
+        raise UserError(one_line(Exception(f"cannot reach {where}: {err}; {HOST_HINT}"))) from None
+    except ClientAuthenticationError as err:
+        raise UserError(one_line(Exception(f"{where}: no Azure credential ({type(err).__name__}): sign in with `az login` or "
+                                           "set a service principal or managed identity in the environment"))) from None
+    except HttpResponseError as err:
+        raise UserError(one_line(Exception(f"{where} refused to {what}: HTTP {err.status_code}: {err.message}"))) from None
+    except Exception as err:  # noqa: BLE001
+        raise UserError(one_line(Exception(f"{where}: cannot {what}: {type(err).__name__}: {err}"))) from None
+
+
+def _job_status(dag: Pipeline, ml, job) -> "RunStatus":
+    from .base import PENDING, RunStatus
+
+    stages = {step.name: PENDING for step in dag}
+    for child in _call(ml, f"list the steps of job {job.name}", lambda: list(ml.jobs.list(parent_job_name=job.name))):
+        name = child.display_name or child.name
+        if name in stages and child.status:
+            stages[name] = _STATES.get(child.status, child.status.lower())
+    return RunStatus(run_id=job.name, state=_STATES.get(job.status or "NotStarted", (job.status or "").lower()),
+                     stages=stages, url=job.studio_url)
+
+
+class AzureMLTarget(Target):
+    name = "azureml"
+    title = "Azure Machine Learning"
+    default_out = "azureml"
+    host_hint = HOST_HINT
+
+    @property
+    def settings(self):
+        from .compile_common import AzureMLSettings
+
+        return AzureMLSettings
+
+    def compile(self, dag, cfg, out):
+        return compile_pipeline(dag, cfg, out)
+
+    def validate(self, path):
+        from .validate import check_azureml
+
+        return check_azureml(Path(path))
+
+    def recognizes(self, first_doc, path):
+        return Path(path).is_dir() or "jobs" in first_doc or first_doc.get("type") in ("pipeline", "command")
+
+    def submit(self, dag, cfg, conn):
+        ml = _ml_client(conn)
+        job, _ = build_pipeline(dag, cfg)
+        s = settings(cfg, "azureml")
+        created = _call(ml, "create the pipeline job",
+                        lambda: ml.jobs.create_or_update(job, experiment_name=s.experiment_name or cfg.name))
+        from .base import PENDING, RunStatus
+
+        return RunStatus(run_id=created.name, state=_STATES.get(created.status or "NotStarted", "pending"),
+                         stages={step.name: PENDING for step in dag}, url=created.studio_url)
+
+    def status(self, dag, conn, run_id):
+        ml = _ml_client(conn)
+        job = _call(ml, f"get job {run_id}", lambda: ml.jobs.get(run_id))
+        return _job_status(dag, ml, job)
+
+    def schedule(self, dag, cfg, conn, cron, timezone):
+        """A JobSchedule with a CronTrigger. AzureML has no concurrency or catch-up setting on a
+        schedule: it starts a job at each trigger time (even if the last one still runs) and
+        does not backfill times missed while the schedule was disabled."""
+        from azure.ai.ml.entities import CronTrigger, JobSchedule
+
+        ml = _ml_client(conn)
+        job, _ = build_pipeline(dag, cfg)
+        schedule = JobSchedule(name=f"{param_name(cfg.name).replace('-', '_')}_retrain",
+                               trigger=CronTrigger(expression=cron, time_zone=timezone), create_job=job,
+                               display_name=f"{cfg.name} retrain")
+        created = _call(ml, "create the schedule", lambda: ml.schedules.begin_create_or_update(schedule).result())
+        return (f"schedule {created.name}: cron {cron!r} ({timezone}); AzureML offers no concurrency limit or "
+                "catch-up setting on schedules (a missed time is not backfilled)")
+
+
+TARGET = AzureMLTarget()

@@ -126,16 +126,16 @@ class ArgoSettings(_Settings):
     artifact_repository_key: str | None = "slm-pipeline"
 
 
-_SETTINGS = {"kfp": KfpSettings, "azureml": AzureMLSettings, "argo": ArgoSettings}
-
-
 def settings(cfg: Config, target: str) -> Any:
-    """The typed ``targets.<target>`` section; a typo is a UserError naming the key."""
+    """The typed ``targets.<target>`` section (the engine's ``Target.settings`` model, see
+    targets/base.py); a typo is a UserError naming the key (load_config already checked it)."""
+    from .base import get
+
     raw = (cfg.targets or {}).get(target) or {}
     if not isinstance(raw, dict):
         raise UserError(f"config: targets.{target}: expected a mapping, got {type(raw).__name__}")
     try:
-        return _SETTINGS[target].model_validate(raw)
+        return get(target).settings.model_validate(raw)
     except ValidationError as err:
         raise UserError(format_validation_error(err, where="config").replace("config: ", f"config: targets.{target}.")) from None
 

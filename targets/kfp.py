@@ -336,3 +336,169 @@ def _render(value: Any, parameter_type: str, encode) -> str:
     if parameter_type == "BOOLEAN":
         return "true" if value else "false"
     return encode(value)
+
+
+# ---------------------------------------------------------------------------------------
+# On a cluster: submit, status, schedule through the real client (kfp.Client, API v2beta1).
+
+from .base import RunStatus, Target  # noqa: E402
+
+_STATES = {"PENDING": "pending", "RUNNING": "running", "SUCCEEDED": "succeeded", "SKIPPED": "skipped",
+           "FAILED": "failed", "CANCELING": "running", "CANCELED": "canceled", "PAUSED": "pending",
+           "CACHED": "succeeded"}
+HOST_HINT = "set --host or KF_PIPELINES_ENDPOINT (or a kube context where KFP is installed)"
+
+
+def _host(conn) -> str | None:
+    import os
+
+    return conn.host or os.environ.get("KF_PIPELINES_ENDPOINT") or None
+
+
+def _client(conn):
+    """``kfp.Client``: the host from --host, KF_PIPELINES_ENDPOINT, else the kube context (the
+    client's own lookup: in-cluster, then ~/.kube/config). A bearer token from
+    KF_PIPELINES_TOKEN if set; never from the config or the command line."""
+    import os
+    import warnings
+
+    host = _host(conn)
+    if not host and not (os.environ.get("KUBERNETES_SERVICE_HOST") or Path(os.environ.get("KUBECONFIG", "~/.kube/config")).expanduser().exists()):
+        raise UserError(f"no KFP host: {HOST_HINT}")
+    import kfp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with _calling("connect to", host):
+            return kfp.Client(host=host, namespace=conn.namespace or "kubeflow",
+                              existing_token=os.environ.get("KF_PIPELINES_TOKEN") or None)
+
+
+class _calling:
+    """Turns the client's exceptions into one-line UserErrors naming the host, secrets masked."""
+
+    def __init__(self, what: str, host: str | None):
+        self.what, self.host = what, host or "the kube context's KFP"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, err, _tb):
+        if err is None or isinstance(err, (UserError, KeyboardInterrupt)):
+            return False
+        from kfp_server_api.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        from .base import one_line
+
+        if isinstance(err, ApiException):
+            body = " ".join(str(err.body or "").split())[:300]
+            raise UserError(one_line(Exception(f"KFP at {self.host} refused to {self.what}: HTTP {err.status} {err.reason}: {body}"))) from None
+        if isinstance(err, (HTTPError, OSError)):
+            reason = getattr(err, "reason", None) or err
+            raise UserError(one_line(Exception(f"cannot reach KFP at {self.host}: {reason}; {HOST_HINT}"))) from None
+        raise UserError(one_line(Exception(f"KFP at {self.host}: cannot {self.what}: {type(err).__name__}: {err}"))) from None
+
+
+def _upload(client, dag: Pipeline, cfg: Config, conn) -> tuple[str, str | None, Path]:
+    """Compile to a temporary file and upload it: a new pipeline, or a new version of the
+    pipeline of that name. Returns (pipeline_id, version_id or None for a new pipeline)."""
+    import hashlib
+    import tempfile
+    import time
+
+    tmp = Path(tempfile.mkdtemp(prefix="slm-kfp-")) / "pipeline.yaml"
+    compile_pipeline(dag, cfg, tmp)
+    host = _host(conn)
+    with _calling("look up the pipeline", host):
+        pipeline_id = client.get_pipeline_id(cfg.name)
+    if pipeline_id is None:
+        with _calling("upload the pipeline", host):
+            pipeline = client.upload_pipeline(str(tmp), pipeline_name=cfg.name, description=f"slm-finetune config {cfg.name}")
+        return pipeline.pipeline_id, None, tmp
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
+    with _calling("upload a pipeline version", host):
+        version = client.upload_pipeline_version(str(tmp), f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{digest}",
+                                                 pipeline_id=pipeline_id)
+    return pipeline_id, version.pipeline_version_id, tmp
+
+
+def _experiment(client, cfg: Config, conn) -> str:
+    with _calling("create the experiment", _host(conn)):
+        return client.create_experiment(cfg.name).experiment_id
+
+
+def run_arguments(dag: Pipeline, cfg: Config) -> dict[str, Any]:
+    """The run parameters as the run's arguments: ``{"train_lora_r": 16, ...}``."""
+    return {param_name(k): kfp_value(v) for k, v in run_parameters(dag, cfg).items()}
+
+
+def _run_status(dag: Pipeline, client, run, conn) -> "RunStatus":
+    from .base import PENDING, RunStatus
+
+    stage_names = [step.name for step in dag]
+    stages = {name: PENDING for name in stage_names}
+    for task in (getattr(run.run_details, "task_details", None) or []) if run.run_details else []:
+        if task.display_name in stages and task.state:
+            stages[task.display_name] = _STATES.get(task.state, task.state.lower())
+    error = getattr(run, "error", None)
+    message = getattr(error, "message", None) if error else None
+    return RunStatus(run_id=run.run_id, state=_STATES.get(run.state or "PENDING", "pending"), stages=stages,
+                     url=f"{client._get_url_prefix()}/#/runs/details/{run.run_id}", message=message)
+
+
+class KfpTarget(Target):
+    name = "kfp"
+    title = "Kubeflow Pipelines"
+    default_out = "pipeline.yaml"
+    host_hint = HOST_HINT
+
+    @property
+    def settings(self):
+        from .compile_common import KfpSettings
+
+        return KfpSettings
+
+    def compile(self, dag, cfg, out):
+        return compile_pipeline(dag, cfg, out)
+
+    def validate(self, path):
+        from .validate import check_kfp
+
+        return check_kfp(Path(path))
+
+    def recognizes(self, first_doc, path):
+        return "pipelineInfo" in first_doc or "deploymentSpec" in first_doc
+
+    def submit(self, dag, cfg, conn):
+        client = _client(conn)
+        pipeline_id, version_id, _ = _upload(client, dag, cfg, conn)
+        experiment_id = _experiment(client, cfg, conn)
+        import time
+
+        with _calling("create the run", _host(conn)):
+            run = client.run_pipeline(experiment_id, f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                      params=run_arguments(dag, cfg), pipeline_id=pipeline_id, version_id=version_id)
+        return _run_status(dag, client, run, conn)
+
+    def status(self, dag, conn, run_id):
+        client = _client(conn)
+        with _calling(f"get run {run_id}", _host(conn)):
+            run = client.get_run(run_id)
+        return _run_status(dag, client, run, conn)
+
+    def schedule(self, dag, cfg, conn, cron, timezone):
+        """A recurring run: KFP's 6-field cron (seconds first), at most one run at a time
+        (max_concurrency 1), and no backfill of missed intervals (no_catchup)."""
+        client = _client(conn)
+        pipeline_id, version_id, _ = _upload(client, dag, cfg, conn)
+        experiment_id = _experiment(client, cfg, conn)
+        with _calling("create the recurring run", _host(conn)):
+            rec = client.create_recurring_run(
+                experiment_id, f"{cfg.name}-retrain", description=f"Retrain {cfg.name} on {cron!r} ({timezone})",
+                cron_expression=kfp_cron(cron), max_concurrency=1, no_catchup=True,
+                params=run_arguments(dag, cfg), pipeline_id=pipeline_id, version_id=version_id)
+        return f"recurring run {rec.recurring_run_id}: cron {kfp_cron(cron)!r} (KFP's 6 fields), max_concurrency 1, no catch-up"
+
+
+TARGET = KfpTarget()

@@ -23,18 +23,16 @@ import yaml
 
 from components.common.errors import UserError
 
-TARGETS = ("kfp", "azureml", "argo")
-
-
 def validate_file(path: str | Path, target: str | None = None) -> str:
-    """Validate ``path`` (guessing the target when None); return the target. Raises UserError."""
+    """Validate ``path`` (guessing the target when None); return the target. Raises UserError.
+    The targets and their checks are the registry's (targets/base.py): ``Target.validate``."""
+    from .base import get
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
     target = target or guess_target(path)
-    if target not in TARGETS:
-        raise UserError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
-    problems = {"kfp": check_kfp, "azureml": check_azureml, "argo": check_argo}[target](path)
+    problems = get(target).validate(path)
     if problems:
         shown = "\n".join(f"  - {p}" for p in problems[:30])
         more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
@@ -43,17 +41,18 @@ def validate_file(path: str | Path, target: str | None = None) -> str:
 
 
 def guess_target(path: Path) -> str:
+    """The engine whose ``Target.recognizes`` the file (a folder: its pipeline.yml)."""
+    from .base import registry
+
     if path.is_dir():
-        return "azureml"
-    docs = _load_yaml_docs(path)
-    first = docs[0] if docs and isinstance(docs[0], dict) else {}
-    if "pipelineInfo" in first or "deploymentSpec" in first:
-        return "kfp"
-    if str(first.get("apiVersion", "")).startswith("argoproj.io/"):
-        return "argo"
-    if "jobs" in first or first.get("type") in ("pipeline", "command"):
-        return "azureml"
-    raise UserError(f"{path}: cannot tell which engine this file is for; pass --target kfp|azureml|argo")
+        first = {"_folder": True}
+    else:
+        docs = _load_yaml_docs(path)
+        first = docs[0] if docs and isinstance(docs[0], dict) else {}
+    for name, target in registry().items():
+        if target.recognizes(first, path):
+            return name
+    raise UserError(f"{path}: cannot tell which engine this file is for; pass --target {'|'.join(registry())}")
 
 
 def _load_yaml_docs(path: Path) -> list:

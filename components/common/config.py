@@ -236,16 +236,49 @@ class Config(Section):
 
     @field_validator("targets")
     @classmethod
-    def _known_targets(cls, v):
-        unknown = set(v) - {"kfp", "azureml", "argo"}
+    def _typed_targets(cls, v):
+        """Each ``targets.<engine>`` section against that engine's settings model (targets/base.py's
+        registry), at load time whatever the command: a typo is an error naming the key."""
+        if not v:
+            return v
+        try:
+            from targets.base import settings_classes  # the registry; no engine library is imported
+        except ImportError:  # a stage's image carries components/ only, and stages get no targets
+            return v
+        known = settings_classes()
+        unknown = set(v) - set(known)
         if unknown:
-            raise ValueError(f"unknown target(s) {sorted(unknown)}; known: kfp, azureml, argo")
+            raise ValueError(f"unknown target(s) {sorted(unknown)}; known: {', '.join(known)}")
+        lines = []
+        for name, raw in v.items():
+            if raw is None:
+                continue
+            if not isinstance(raw, dict):
+                lines.append(f"targets.{name}: expected a mapping, got {type(raw).__name__}")
+                continue
+            try:
+                known[name].model_validate(raw)
+            except ValidationError as err:
+                lines += [f"targets.{name}." + line.removeprefix(": ") for line in format_validation_error(err, where="").splitlines()]
+        if lines:
+            raise TargetSettingsError(lines)
         return v
+
+
+class TargetSettingsError(ValueError):
+    """Problems in ``targets.<engine>``, each a line that already names its full key."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("; ".join(lines))
+        self.lines = lines
 
 
 def format_validation_error(err: ValidationError, where: str = "config") -> str:
     lines = []
     for e in err.errors():
+        if isinstance((e.get("ctx") or {}).get("error"), TargetSettingsError):
+            lines += [f"{where}: {line}" for line in e["ctx"]["error"].lines]
+            continue
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
