@@ -402,7 +402,7 @@ class _calling:
 
 def _upload(client, dag: Pipeline, cfg: Config, conn) -> tuple[str, str | None, Path]:
     """Compile to a temporary file and upload it: a new pipeline, or a new version of the
-    pipeline of that name. Returns (pipeline_id, version_id or None for a new pipeline)."""
+    pipeline of that name. Returns (pipeline_id, version_id, the compiled file)."""
     import hashlib
     import tempfile
     import time
@@ -415,7 +415,11 @@ def _upload(client, dag: Pipeline, cfg: Config, conn) -> tuple[str, str | None, 
     if pipeline_id is None:
         with _calling("upload the pipeline", host):
             pipeline = client.upload_pipeline(str(tmp), pipeline_name=cfg.name, description=f"slm-finetune config {cfg.name}")
-        return pipeline.pipeline_id, None, tmp
+        with _calling("find the uploaded pipeline's version", host):  # a run names both ids
+            versions = client.list_pipeline_versions(pipeline.pipeline_id, page_size=1, sort_by="created_at desc").pipeline_versions
+        if not versions:
+            raise UserError(f"KFP at {host}: the uploaded pipeline {pipeline.pipeline_id} has no version")
+        return pipeline.pipeline_id, versions[0].pipeline_version_id, tmp
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
     with _calling("upload a pipeline version", host):
         version = client.upload_pipeline_version(str(tmp), f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{digest}",

@@ -1,0 +1,303 @@
+"""submit, status, --wait and schedule on KFP, Argo and AzureML, through the real clients.
+
+Each engine's API server is a loopback recorder (tests/recorders.py) that the test starts;
+the CLI (``pipeline.main``) talks to it with kfp.Client, hera's WorkflowsService and
+azure-ai-ml's MLClient, unmodified. The tests assert each request's method, path and body:
+the pipeline spec sent, the run parameters, the cron in each engine's dialect; and that no
+canary secret set in the environment appears in a compiled file, a log line or a request
+body (the Authorization header carries the engine's token, as it must).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+import recorders
+from components.common.config import load_config
+from components.common.errors import UserError
+from pipeline import DAG, main
+from targets import base
+from targets.compile_common import RUN_PARAMETERS, param_name, run_parameters
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "default.yaml")
+STAGES = [s.name for s in DAG]
+NAME = load_config(CONFIG).name  # slm-finetune-default
+RUN = NAME + "-x7k2p"  # the name the recorder gives the workflow
+CANARIES = {
+    "ARGO_TOKEN": "argo-CANARY-token-7f3e1d",
+    "KF_PIPELINES_TOKEN": "kfp-CANARY-token-91ab4c",
+    "HF_TOKEN": "hf_CANARY_hf_token_5c0ffee",
+    "AZURE_CLIENT_SECRET": "azure-CANARY-client-secret-2d9",
+}
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+
+@pytest.fixture(autouse=True)
+def canaries(monkeypatch):
+    for k, v in CANARIES.items():
+        monkeypatch.setenv(k, v)
+    for k in ("KF_PIPELINES_ENDPOINT", "ARGO_SERVER", "ARGO_NAMESPACE", "AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP",
+              "AZUREML_WORKSPACE_NAME", "AZURE_CLIENT_ID", "AZURE_TENANT_ID"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLM_POLL_SECONDS", "0")
+    monkeypatch.setenv("HOME", str(REPO / "tests" / "data"))  # no kfp CLI context or kube config of the host's
+
+
+def cli(capsys, caplog, *args: str) -> tuple[int, str]:
+    """Run the CLI in-process: (exit code, stdout + stderr + log records)."""
+    caplog.set_level(logging.DEBUG)
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out + out.err + "\n".join(r.getMessage() for r in caplog.records)
+
+
+def assert_no_secret(*texts: str | bytes) -> None:
+    for text in texts:
+        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        for name, value in CANARIES.items():
+            assert value not in text, f"{name}'s value leaked"
+
+
+def assert_bodies_clean(rec: recorders.Recorder) -> None:
+    for r in rec.requests:
+        assert_no_secret(r.body, r.path, json.dumps(r.query))
+        for k, v in r.headers.items():
+            if k != "authorization":
+                assert_no_secret(v)
+
+
+def expected_arguments(overrides=()) -> dict:
+    from targets.kfp import kfp_value
+
+    cfg = load_config(CONFIG, list(overrides))
+    return {param_name(k): kfp_value(v) for k, v in run_parameters(DAG, cfg).items()}
+
+
+RUNNING = {"data_prep": "SUCCEEDED", "train": "RUNNING"}
+
+
+# ------------------------------------------------------------------------------------------
+# One Target interface
+
+
+def test_the_registry_is_the_one_list_of_engines():
+    assert base.names() == ["argo", "azureml", "kfp"]
+    for name, target in base.registry().items():
+        assert target.name == name and target.settings.model_fields  # typed settings per engine
+
+
+@pytest.mark.parametrize("command", [["compile", "--out", "/nonexistent/x"], ["submit"], ["schedule", "--cron", "0 3 * * 1"]])
+def test_a_typo_in_target_settings_fails_every_command(capsys, caplog, command):
+    code, out = cli(capsys, caplog, command[0], "--target", "kfp", "--config", CONFIG,
+                    "--set", "targets.kfp.shedule=0 3 * * 1", *command[1:], *(["--host", "http://127.0.0.1:9"] if command[0] != "compile" else []))
+    assert code == 2 and "targets.kfp.shedule: unknown key" in out and "Traceback" not in out
+    with pytest.raises(UserError, match=r"targets\.argo\.namespce: unknown key"):
+        load_config(CONFIG, ["targets.argo.namespce=x"])
+    with pytest.raises(UserError, match=r"unknown target\(s\) \['kfpp'\]; known: argo, azureml, kfp"):
+        load_config(CONFIG, ["targets.kfpp.retries=1"])
+
+
+# ------------------------------------------------------------------------------------------
+# KFP
+
+
+def test_kfp_submit_uploads_the_pipeline_and_starts_a_run_with_the_run_parameters(capsys, caplog, tmp_path):
+    with recorders.Recorder(recorders.kfp_routes([{"state": "PENDING"}])) as rec:
+        code, out = cli(capsys, caplog, "submit", "--target", "kfp", "--host", rec.url, "--config", CONFIG,
+                        "--set", "train.lora.r=32")
+    assert code == 0, out
+    assert "submitted Kubeflow Pipelines run run-1" in out
+    assert rec.calls() == [
+        ("GET", "/apis/v2beta1/healthz"),  # kfp.Client asks whether KFP is multi-user
+        ("GET", "/apis/v2beta1/pipelines"),  # is there a pipeline of this name? (no)
+        ("POST", "/apis/v2beta1/pipelines/upload"),
+        ("GET", "/apis/v2beta1/pipelines/pipe-1/versions"),  # the new pipeline's version, for the run
+        ("GET", "/apis/v2beta1/experiments"),  # the experiment by name (none)
+        ("POST", "/apis/v2beta1/experiments"),
+        ("POST", "/apis/v2beta1/runs"),
+    ]
+    lookup = rec.requests[1]
+    assert json.loads(lookup.query["filter"])["predicates"][0]["stringValue"] == NAME
+    upload = rec.requests[2]
+    assert upload.query["name"] == NAME
+    spec = list(yaml.safe_load_all(recorders.multipart_file(upload)))
+    assert spec[0]["pipelineInfo"]["name"] == NAME
+    assert set(spec[0]["root"]["inputDefinitions"]["parameters"]) == {param_name(k) for k in RUN_PARAMETERS}
+    assert spec[0]["root"]["inputDefinitions"]["parameters"]["train_lora_r"]["defaultValue"] == 32
+    assert rec.requests[5].json["display_name"] == NAME
+    run = rec.requests[6].json
+    assert run["experiment_id"] == "exp-1"
+    assert run["pipeline_version_reference"] == {"pipeline_id": "pipe-1", "pipeline_version_id": "ver-1"}
+    assert run["runtime_config"]["parameters"] == expected_arguments(["train.lora.r=32"])
+    assert run["runtime_config"]["parameters"]["train_lora_r"] == 32
+    for r in rec.requests:
+        assert r.headers["authorization"] == f"Bearer {CANARIES['KF_PIPELINES_TOKEN']}"
+    assert_bodies_clean(rec)
+    assert_no_secret(out)
+
+
+def test_kfp_submit_of_a_known_pipeline_uploads_a_new_version(capsys, caplog):
+    with recorders.Recorder(recorders.kfp_routes([{"state": "PENDING"}], existing_pipeline=NAME)) as rec:
+        code, out = cli(capsys, caplog, "submit", "--target", "kfp", "--host", rec.url, "--config", CONFIG)
+    assert code == 0, out
+    assert rec.calls()[:3] == [("GET", "/apis/v2beta1/healthz"), ("GET", "/apis/v2beta1/pipelines"),
+                               ("POST", "/apis/v2beta1/pipelines/upload_version")]
+    assert rec.requests[2].query["pipelineid"] == "pipe-1"
+    assert rec.requests[2].query["name"].startswith(NAME + "-")
+    assert yaml.safe_load_all(recorders.multipart_file(rec.requests[2])).__next__()["pipelineInfo"]["name"] == NAME
+    assert rec.find("POST", "/apis/v2beta1/runs")[0].json["pipeline_version_reference"] == {"pipeline_id": "pipe-1", "pipeline_version_id": "ver-2"}
+
+
+def test_kfp_submit_wait_follows_the_run_to_success(capsys, caplog):
+    states = [{"state": "RUNNING", "tasks": {"data_prep": "RUNNING"}},
+              {"state": "RUNNING", "tasks": RUNNING},
+              {"state": "SUCCEEDED", "tasks": {s: "SUCCEEDED" for s in STAGES}}]
+    with recorders.Recorder(recorders.kfp_routes(states)) as rec:
+        code, out = cli(capsys, caplog, "submit", "--target", "kfp", "--host", rec.url, "--config", CONFIG, "--wait")
+    assert code == 0, out
+    lines = [ln for ln in out.splitlines() if ln.startswith("[")]
+    assert lines == ["[data_prep] pending", "[train] pending", "[merge] pending", "[onnx_build] pending", "[evaluate] pending",
+                     "[data_prep] running", "[data_prep] succeeded", "[train] running", "[train] succeeded",
+                     "[merge] succeeded", "[onnx_build] succeeded", "[evaluate] succeeded"]
+    assert "run run-1: succeeded" in out
+    assert [c for c in rec.calls() if c[0] == "GET" and c[1].startswith("/apis/v2beta1/runs/")] == [("GET", "/apis/v2beta1/runs/run-1")] * 3
+
+
+def test_kfp_wait_exits_non_zero_when_the_run_fails(capsys, caplog):
+    states = [{"state": "RUNNING", "tasks": RUNNING},
+              {"state": "FAILED", "tasks": {"data_prep": "SUCCEEDED", "train": "FAILED"}, "error": "train: exit 1"}]
+    with recorders.Recorder(recorders.kfp_routes(states)) as rec:
+        code, out = cli(capsys, caplog, "submit", "--target", "kfp", "--host", rec.url, "--config", CONFIG, "--wait")
+    assert code == 1
+    assert "[train] failed" in out and "run run-1: failed (train: exit 1)" in out
+
+
+def test_kfp_status_prints_the_stage_table(capsys, caplog, monkeypatch):
+    with recorders.Recorder(recorders.kfp_routes([{"state": "RUNNING", "tasks": RUNNING}])) as rec:
+        monkeypatch.setenv("KF_PIPELINES_ENDPOINT", rec.url)  # the host from the environment
+        code, out = cli(capsys, caplog, "status", "--target", "kfp", "run-1")
+        assert code == 0, out
+        assert rec.calls() == [("GET", "/apis/v2beta1/healthz"), ("GET", "/apis/v2beta1/runs/run-1")]
+        table = [ln.split() for ln in out.splitlines() if ln.split() and ln.split()[0] in STAGES + ["stage"]]
+        assert table == [["stage", "status"], ["data_prep", "succeeded"], ["train", "running"], ["merge", "pending"],
+                         ["onnx_build", "pending"], ["evaluate", "pending"]]
+        code, out = cli(capsys, caplog, "status", "--target", "kfp", "run-404")
+    assert code == 2 and "KFP at http://127.0.0.1" in out and "HTTP 404" in out and "run run-404 not found" in out
+
+
+def test_kfp_schedule_creates_a_recurring_run_in_kfp_cron(capsys, caplog):
+    with recorders.Recorder(recorders.kfp_routes([])) as rec:
+        code, out = cli(capsys, caplog, "schedule", "--target", "kfp", "--host", rec.url, "--config", CONFIG,
+                        "--cron", "0 3 * * 1")
+    assert code == 0, out
+    assert rec.calls()[-1] == ("POST", "/apis/v2beta1/recurringruns")
+    body = rec.requests[-1].json
+    assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 1"}}  # seconds first
+    assert int(body["max_concurrency"]) == 1 and body["no_catchup"] is True
+    assert body["mode"] == "ENABLE"
+    assert body["pipeline_version_reference"] == {"pipeline_id": "pipe-1", "pipeline_version_id": "ver-1"}
+    assert body["runtime_config"]["parameters"] == expected_arguments()
+    assert "0 0 3 * * 1" in out
+    assert_bodies_clean(rec)
+
+
+def test_kfp_schedule_reads_the_cron_from_the_config(capsys, caplog):
+    with recorders.Recorder(recorders.kfp_routes([])) as rec:
+        code, out = cli(capsys, caplog, "schedule", "--target", "kfp", "--host", rec.url, "--config", CONFIG,
+                        "--set", "targets.kfp.schedule=30 2 * * 0")
+    assert code == 0, out
+    assert rec.requests[-1].json["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * 0"
+
+
+def test_unreachable_kfp_is_one_line(capsys, caplog):
+    code, out = cli(capsys, caplog, "submit", "--target", "kfp", "--host", "http://127.0.0.1:9", "--config", CONFIG)
+    assert code == 2
+    err = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert err and err[0].startswith("error: cannot reach KFP at http://127.0.0.1:9: ") and "set --host or KF_PIPELINES_ENDPOINT" in err[0]
+    assert "Traceback" not in out
+    assert_no_secret(out)
+
+
+# ------------------------------------------------------------------------------------------
+# Argo
+
+
+def test_argo_submit_creates_the_workflow(capsys, caplog):
+    with recorders.Recorder(recorders.argo_routes([{"phase": "Pending"}])) as rec:
+        code, out = cli(capsys, caplog, "submit", "--target", "argo", "--host", rec.url, "--config", CONFIG,
+                        "--set", "train.max_steps=7")
+    assert code == 0, out
+    assert rec.calls() == [("POST", "/api/v1/workflows/slm-pipeline")]
+    wf = rec.requests[0].json["workflow"]
+    assert wf["kind"] == "Workflow" and wf["metadata"]["generateName"] == NAME + "-"
+    assert wf["metadata"]["namespace"] == "slm-pipeline"
+    args = {p["name"]: p["value"] for p in wf["spec"]["arguments"]["parameters"]}
+    assert set(args) == {param_name(k) for k in RUN_PARAMETERS} and args["train_max_steps"] == "7"
+    assert [t["name"] for t in wf["spec"]["templates"] if "dag" in t] == ["main"]
+    assert rec.requests[0].headers["authorization"] == f"Bearer {CANARIES['ARGO_TOKEN']}"
+    assert f"submitted Argo Workflows run {RUN}" in out
+    assert_bodies_clean(rec)
+    assert_no_secret(out)
+
+
+def test_argo_submit_wait_and_status(capsys, caplog, monkeypatch):
+    states = [{"phase": "Running", "tasks": {"data-prep": "Running"}},
+              {"phase": "Failed", "tasks": {"data-prep": "Succeeded", "train": "Failed"}, "message": "child 'train' failed"}]
+    with recorders.Recorder(recorders.argo_routes(states)) as rec:
+        monkeypatch.setenv("ARGO_SERVER", rec.url)  # the host from the environment
+        code, out = cli(capsys, caplog, "submit", "--target", "argo", "--config", CONFIG, "--wait")
+        assert code == 1
+        assert "[data_prep] running" in out and "[data_prep] succeeded" in out and "[train] failed" in out
+        assert f"run {RUN}: failed (child 'train' failed)" in out
+        assert rec.calls() == [("POST", "/api/v1/workflows/slm-pipeline")] + [("GET", f"/api/v1/workflows/slm-pipeline/{RUN}")] * 2
+        code, out = cli(capsys, caplog, "status", "--target", "argo", RUN)
+        assert code == 1  # the run failed
+        assert ["train", "failed"] in [ln.split() for ln in out.splitlines()]
+        code, out = cli(capsys, caplog, "status", "--target", "argo", "--namespace", "other", "nope")
+        assert code == 2 and "Argo at http://127.0.0.1" in out and "not found" in out
+        assert rec.calls()[-1] == ("GET", "/api/v1/workflows/other/nope")
+
+
+def test_argo_schedule_creates_a_cron_workflow(capsys, caplog):
+    with recorders.Recorder(recorders.argo_routes([])) as rec:
+        code, out = cli(capsys, caplog, "schedule", "--target", "argo", "--host", rec.url, "--config", CONFIG,
+                        "--cron", "0 3 * * 1", "--timezone", "Europe/Berlin")
+    assert code == 0, out
+    assert rec.calls() == [("POST", "/api/v1/cron-workflows/slm-pipeline")]
+    cw = rec.requests[0].json["cronWorkflow"]
+    assert cw["kind"] == "CronWorkflow" and cw["metadata"]["name"] == NAME + "-retrain"
+    spec = cw["spec"]
+    assert spec["schedules"] == ["0 3 * * 1"] and spec["timezone"] == "Europe/Berlin"  # Argo takes the 5-field cron
+    assert spec["concurrencyPolicy"] == "Forbid" and spec["startingDeadlineSeconds"] > 0
+    assert {p["name"] for p in spec["workflowSpec"]["arguments"]["parameters"]} == {param_name(k) for k in RUN_PARAMETERS}
+    assert_bodies_clean(rec)
+
+
+def test_argo_needs_a_server(capsys, caplog):
+    code, out = cli(capsys, caplog, "submit", "--target", "argo", "--config", CONFIG)
+    assert code == 2 and "error: no Argo server: set --host or ARGO_SERVER" in out
+    code, out = cli(capsys, caplog, "status", "--target", "argo", "--host", "http://127.0.0.1:9", "x")
+    assert code == 2 and "error: cannot reach Argo at http://127.0.0.1:9: " in out and "Traceback" not in out
+
+
+# ------------------------------------------------------------------------------------------
+# No secret in a compiled file
+
+
+@pytest.mark.parametrize("target", ["kfp", "argo", "azureml"])
+def test_no_secret_in_compiled_files(capsys, caplog, tmp_path, target):
+    out_path = tmp_path / base.get(target).default_out
+    code, out = cli(capsys, caplog, "compile", "--target", target, "--config", CONFIG, "--out", str(out_path),
+                    "--set", f"targets.{target}.schedule=0 3 * * 1")
+    assert code == 0, out
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert files
+    for p in files:
+        assert_no_secret(p.read_bytes())
+    assert_no_secret(out)
