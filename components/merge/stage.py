@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -59,6 +60,11 @@ def run(cfg, context, adapter: Path, model: Path) -> None:
     parity = {"max_abs_diff": diff, "max_abs_logit": scale, "relative_diff": relative,
               "tolerance": cfg.merge.parity_tolerance, "prompts": len(prompts)}
     log.info("parity: max |logit diff| %.2e (relative %.2e, tolerance %.0e)", diff, relative, cfg.merge.parity_tolerance)
+    if not (math.isfinite(diff) and math.isfinite(scale)):
+        raise UserError(
+            "the merged or base+adapter logits are not finite (NaN or inf): the adapter holds a corrupt weight; "
+            "the merge is not faithful. Re-run train"
+        )
     if relative > cfg.merge.parity_tolerance:
         raise UserError(
             f"merged logits differ from base+adapter by {relative:.2e} (relative), above merge.parity_tolerance="

@@ -18,8 +18,8 @@ def jsonl(rows) -> bytes:
 
 
 DATA_CASES = [
-    ("missing-field", jsonl(GOOD[:5] + [{"phrase": "no tone here"}]), [], "row 6: field 'tone' is missing or empty"),
-    ("empty-field", jsonl(GOOD[:3] + [{"phrase": "  ", "tone": "joy"}]), [], "row 4: field 'phrase' is missing or empty"),
+    ("missing-field", jsonl(GOOD[:5] + [{"phrase": "no tone here"}]), [], "line 6: field 'tone' is missing or empty"),
+    ("empty-field", jsonl(GOOD[:3] + [{"phrase": "  ", "tone": "joy"}]), [], "line 4: field 'phrase' is missing or empty"),
     ("empty-file", b"", [], "is empty"),
     ("bad-json", b'{"phrase": "a", "tone": "joy"}\n{oops', [], "line 2: not valid JSON"),
     ("unknown-label", jsonl(GOOD + [{"phrase": "x", "tone": "anger"}]), ["data.labels=[joy, fear]"], "label 'anger' is not in data.labels"),
@@ -28,7 +28,7 @@ DATA_CASES = [
     ("too-long", jsonl(GOOD + [{"phrase": "x" * 5000, "tone": "joy"}]), [], "over data.max_text_chars"),
     ("template-column", jsonl(GOOD), ["data.text_template=Q: {question}\nA: {tone}"], "names column(s) ['question'] that the data lacks"),
     ("wrong-field-type", jsonl(GOOD + [{"phrase": ["a", "list"], "tone": "joy"}]), [], "field 'phrase' must be text"),
-    ("row-not-object", b'["joy", "fear"]\n', [], "row 1: expected an object"),
+    ("row-not-object", b'["joy", "fear"]\n', [], "line 1: expected an object"),
     ("missing-eval-file", jsonl(GOOD), ["data.eval_path=/nonexistent/eval.jsonl"], "data.eval_path: /nonexistent/eval.jsonl not found"),
     ("prompt-over-seq-len", jsonl(GOOD), ["train.max_seq_len=9"], "every prompt is longer than train.max_seq_len=9"),
 ]
@@ -49,6 +49,16 @@ CONFIG_CASES = [
     ("path-escape", ["data.path=../../etc/passwd"], "climbs out of the working folder"),
     ("set-without-equals", ["train.max_steps"], "expected key.path=value"),
 ]
+
+
+def reseal(folder: Path) -> None:
+    """Re-seal an artifact after changing its files, as its stage would have (a valid artifact)."""
+    from components.common.hashing import MARKER, digest, tree_files
+
+    marker = json.loads((folder / MARKER).read_text())
+    files = tree_files(folder)
+    marker.update(files=files, content_hash=digest(files))
+    (folder / MARKER).write_text(json.dumps(marker))
 
 
 def merge(tiny_run: Path, out: Path, base: str, *args: str, **popen):
@@ -152,6 +162,20 @@ def test_onnx_folder_without_genai_config_is_refused(tmp_path, tiny_run):
     assert_clean_failure(proc, "was modified after it was written (genai_config.json)", out)
 
 
+def test_sealed_onnx_folder_without_genai_config_is_refused_by_evaluate(tmp_path, tiny_run):
+    """A builder that forgot genai_config.json but sealed its output anyway: the marker matches,
+    so evaluate's own check is what stops it."""
+    onnx = tmp_path / "onnx"
+    shutil.copytree(tiny_run / "onnx_build" / "onnx_model", onnx)
+    (onnx / "genai_config.json").unlink()
+    reseal(onnx)
+    out = tmp_path / "out"
+    proc = stage_cli("evaluate", "--dataset", str(tiny_run / "data_prep" / "dataset"), "--model",
+                     str(tiny_run / "merge" / "model"), "--onnx_model", str(onnx), "--metrics", str(out / "m"))
+    assert_clean_failure(proc, "has no genai_config.json; it is not an onnxruntime-genai model", out)
+    assert not (out / "m").exists()
+
+
 def test_input_without_marker_is_refused(tmp_path, tiny_run):
     ds = tmp_path / "ds"
     shutil.copytree(tiny_run / "data_prep" / "dataset", ds)
@@ -189,7 +213,26 @@ def test_wrong_artifact_type_is_refused(tmp_path, tiny_run):
     assert not (out / "adapter").exists()
 
 
-def test_unfaithful_merge_fails_the_parity_check(tmp_path, tiny_run):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_corrupt_lora_weight_fails_the_parity_check(tmp_path, tiny_run, bad):
+    """One LoRA weight corrupted after training (the adapter re-sealed, as a buggy trainer would
+    have sealed it): the merge's own parity check must fail, at the default tolerance."""
+    from safetensors.torch import load_file, save_file
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_run / "train" / "adapter", adapter)
+    weights = load_file(adapter / "adapter_model.safetensors")
+    name = sorted(k for k in weights if "lora_A" in k)[0]
+    weights[name].view(-1)[0] = bad
+    save_file(weights, adapter / "adapter_model.safetensors")
+    reseal(adapter)
+    out = tmp_path / "out"
+    proc = stage_cli("merge", "--adapter", str(adapter), "--model", str(out / "model"), "--model.base", "tiny-random:phi3")
+    assert_clean_failure(proc, "the merge is not faithful", out)
+    assert not (out / "model").exists()
+
+
+def test_parity_tolerance_below_float_rounding_fails_the_merge(tmp_path, tiny_run):
     out = tmp_path / "out"
     proc = merge(tiny_run, out, "tiny-random:phi3", "--merge.parity_tolerance", "1e-12")
     assert_clean_failure(proc, "the merge is not faithful", out)

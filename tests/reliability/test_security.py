@@ -81,3 +81,41 @@ def test_images_run_as_non_root():
     for df in dockerfiles:
         users = re.findall(r"^USER\s+(\S+)", df.read_text(), re.M)  # the last one is the final stage's
         assert users and users[-1] not in ("root", "0", "0:0"), f"{df} runs as root"
+
+
+def test_hf_token_reaches_the_hub_loader_and_nowhere_else(tmp_path, tiny_run):
+    """HF_TOKEN is the secret the code really reads: a hub model id sends it to the hub. A fake hub
+    on loopback proves the loader sent it (so this test could see a leak), and then that it is in
+    no output, log line, artifact or summary."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class FakeHub(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            seen.append(self.headers.get("authorization", ""))
+            self.send_response(404)
+            self.send_header("X-Error-Code", "RepoNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {**SECRETS, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HUB_OFFLINE": "0",
+           "TRANSFORMERS_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home")}
+    try:
+        run = tmp_path / "run"
+        shutil.copytree(tiny_run / "data_prep", run / "data_prep")
+        proc = run_pipeline(run, "model.base=fake-org/fake-model", env=env)
+    finally:
+        server.shutdown()
+    assert f"Bearer {SECRETS['HF_TOKEN']}" in seen, f"the hub loader never sent HF_TOKEN: {seen[:3]}"
+    assert proc.returncode != 0 and "cannot load" in proc.stderr and "fake-org/fake-model" in proc.stderr
+    texts = [proc.stdout, proc.stderr] + [p.read_text(errors="replace") for p in run.rglob("*") if p.is_file()]
+    assert not [t[:80] for t in texts if SECRETS["HF_TOKEN"] in t], "HF_TOKEN leaked"
