@@ -15,6 +15,7 @@ the stage registry in ``components/registry.py``.
     python pipeline.py status   --target kfp|azureml|argo RUN_ID [--wait]
     python pipeline.py schedule --target kfp|azureml|argo --config C [--cron "0 3 * * 1"]
     python pipeline.py stages   (the registry, as a table)
+    python pipeline.py runs     [--root runs]   (local runs: status, metrics, promoted or not)
 
 The engines are the registry of targets/base.py: one module per engine defines its Target.
 """
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("stages", help="print the stage registry")
 
+    runs = sub.add_parser("runs", help="list local runs: status, metrics, promotion (promoted.json)")
+    runs.add_argument("--root", default="runs", help="a run folder, or a folder of run folders (default: runs)")
+
     args = parser.parse_args(argv)
     if args.debug:
         os.environ["SLM_DEBUG"] = "1"  # the stages print their tracebacks too
@@ -135,6 +139,11 @@ def _dispatch(args) -> int:
         from targets.local import print_stages
 
         print_stages(DAG)
+        return 0
+    if args.command == "runs":
+        from targets.local import list_runs, print_runs
+
+        print_runs(list_runs(Path(args.root)))
         return 0
     if args.command == "run":
         cfg = load_config(args.config, args.overrides)

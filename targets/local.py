@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from components.common import artifacts
+from components.common import artifacts, promotion
 from components.common.config import Config, to_yaml
 from components.common.errors import UserError
 from components.common.harness import cache_key
@@ -122,40 +122,160 @@ def run_lock(run_dir: Path, out) -> None:
 
 def _run_locked(dag: Pipeline, cfg: Config, run_dir: Path, use_cache: bool, execute: Executor, root: str | None) -> int:
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    # promoted.json describes the run whose artifacts lie beside it: gone until this one passes.
+    (run_dir / promotion.PROMOTED).unlink(missing_ok=True)
     summary: dict = {"pipeline": dag.name, "run_dir": str(run_dir), "stages": {}, "metrics": {}}
     status = 0
+    stopped = None  # why the DAG's condition ended the run early
+    gated = dag.gated()
     for step in dag:
         entry = summary["stages"].setdefault(step.name, {"status": "not run", "seconds": 0.0, "cached": False})
         if status:
+            continue
+        if stopped and step.name in gated:
+            entry.update(status="skipped")
             continue
         started = time.time()
         if use_cache and cached(step, cfg, run_dir):
             entry.update(status="ok", cached=True)
             print(f"==> {step.name}: cached (inputs, parameters and code unchanged)", flush=True)
+            stopped = condition_unmet(dag, step, run_dir)
+            _say_stopped(stopped, step, dag)
             continue
-        # Outputs from another key are stale: never leave them where a good one belongs.
-        for name in {step.name} | dag.downstream(step.name):
-            for port in dag[name].spec.outputs:
-                shutil.rmtree(run_dir / name / port.name, ignore_errors=True)
+        # Outputs from another key are stale: never leave them where a good one belongs. The
+        # steps downstream keep theirs only if this step's outputs come out byte-identical (a
+        # parameter that changes no output, such as data.promoted_dataset_hash): their cache
+        # keys, made of input contents, then still hold.
+        before = _content_hashes(step, run_dir)
+        for port in step.spec.outputs:
+            shutil.rmtree(run_dir / step.name / port.name, ignore_errors=True)
         argv = stage_argv(step, cfg, root or str(run_dir))
         print(f"==> {step.name}: {' '.join(argv[:3])} ...", flush=True)
         code = execute(step, argv, run_dir)
         entry.update(seconds=round(time.time() - started, 1))
+        if code != 0 or before is None or _content_hashes(step, run_dir) != before:
+            for name in dag.downstream(step.name):
+                for port in dag[name].spec.outputs:
+                    shutil.rmtree(run_dir / name / port.name, ignore_errors=True)
         if code != 0:
             entry.update(status="failed", exit_code=code)
             print(f"==> {step.name}: FAILED (exit {code}); stopping", file=sys.stderr, flush=True)
             status = code
         else:
             entry.update(status="ok")
-    for step in dag:
-        for port in step.spec.outputs:
-            metrics = run_dir / step.name / port.name / "metrics.json"
-            if port.type == "Metrics" and metrics.is_file() and artifacts.read_marker(metrics.parent):
-                summary["metrics"].update(json.loads(metrics.read_text()).get("summary", {}))
-    summary["status"] = "failed" if status else "ok"
+            stopped = condition_unmet(dag, step, run_dir)
+            _say_stopped(stopped, step, dag)
+    if not stopped:
+        for step in dag:
+            for port in step.spec.outputs:
+                metrics = run_dir / step.name / port.name / "metrics.json"
+                if port.type == "Metrics" and metrics.is_file() and artifacts.read_marker(metrics.parent):
+                    summary["metrics"].update(json.loads(metrics.read_text()).get("summary", {}))
+    summary["status"] = "failed" if status else ("skipped" if stopped else "ok")
+    if stopped:
+        summary["reason"] = stopped
+    summary["promoted"] = False
+    if not status and not stopped:
+        record = promote(dag, cfg, run_dir, summary["metrics"])
+        summary["promoted"] = bool(record)
     artifacts.write_json(run_dir / "summary.json", summary)
     print_summary(summary)
     return status
+
+
+def _content_hashes(step: Step, run_dir: Path) -> dict | None:
+    """The content hash of each sealed output of ``step``; None if any is missing or unsealed."""
+    out = {}
+    for port in step.spec.outputs:
+        marker = artifacts.read_marker(run_dir / step.name / port.name)
+        if not marker:
+            return None
+        out[port.name] = marker.get("content_hash")
+    return out
+
+
+def _say_stopped(stopped: str | None, step: Step, dag: Pipeline) -> None:
+    if stopped:
+        print(f"==> {step.name}: {stopped}; skipping {', '.join(s.name for s in dag if s.name in dag.gated())}", flush=True)
+
+
+def condition_unmet(dag: Pipeline, step: Step, run_dir: Path) -> str | None:
+    """After the DAG's condition step: None to go on, else why the rest is skipped (read from
+    the output parameters in the step's seal, as an engine reads them from its outputs)."""
+    c = dag.condition
+    if c is None or step.name != c.step:
+        return None
+    params: dict = {}
+    for port in step.spec.outputs:
+        params.update((artifacts.read_marker(run_dir / step.name / port.name) or {}).get("parameters") or {})
+    if params.get(c.param) == c.equals:
+        return None
+    shown = ", ".join(f"{k}={v}" for k, v in params.items())
+    return f"{c.reason} ({shown or 'no output parameters'})"
+
+
+def promote(dag: Pipeline, cfg: Config, run_dir: Path, metrics: dict) -> dict | None:
+    """Every stage passed, the quality gate included: write ``RUN_DIR/promoted.json`` with the
+    INT4 model's path and seal, the metrics and the lineage (``components/common/promotion.py``)."""
+    seals = {(s.name, p.name): (p, artifacts.read_marker(run_dir / s.name / p.name)) for s in dag for p in s.spec.outputs}
+    model = next(((k, seal) for k, (p, seal) in seals.items() if p.type == "OnnxModel" and seal), None)
+    metrics_seal = next((seal for p, seal in seals.values() if p.type == "Metrics" and seal), None)
+    if model is None or metrics_seal is None:
+        return None
+    dataset = next((seal for p, seal in seals.values() if p.type == "Dataset" and seal), None) or {}
+    chain = metrics_seal.get("lineage_params") or {s.name: s.spec.params(cfg) for s in dag}
+    (stage, port), model_seal = model
+    record = promotion.record(run_dir / stage / port, model_seal, metrics,
+                              promotion.lineage(chain, dataset.get("content_hash")), run_dir, cfg.name)
+    promotion.write(run_dir / promotion.PROMOTED, record)
+    print(f"==> promoted: {run_dir / stage / port} (dataset {str(dataset.get('content_hash'))[:12]}); "
+          f"{run_dir / promotion.PROMOTED}", flush=True)
+    return record
+
+
+def list_runs(root: Path) -> list[dict]:
+    """The run folders under ``root`` (``root`` itself, its children and grandchildren that
+    hold a summary.json), newest first, with status, headline metrics and promotion."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"--root {root}: not a folder")
+    found = [p.parent for pattern in ("summary.json", "*/summary.json", "*/*/summary.json") for p in root.glob(pattern)]
+    rows = []
+    for run in sorted(set(found), key=lambda p: (p / "summary.json").stat().st_mtime, reverse=True):
+        try:
+            summary = json.loads((run / "summary.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            rows.append({"run": str(run), "status": "unreadable"})
+            continue
+        promoted = promotion.read(run)
+        onnx = next((v for k, v in summary.get("metrics", {}).items() if k.startswith("onnx") and isinstance(v, dict)), {})
+        rows.append({
+            "run": str(run),
+            "status": summary.get("status", "?"),
+            "reason": summary.get("reason"),
+            "accuracy": onnx.get("accuracy"),
+            "macro_f1": onnx.get("macro_f1"),
+            "promoted": bool(promoted),
+            "dataset_hash": (promoted or {}).get("lineage", {}).get("dataset_hash"),
+        })
+    return rows
+
+
+def print_runs(rows: list[dict]) -> None:
+    if not rows:
+        print("no runs (no summary.json) found")
+        return
+    width = max(len(r["run"]) for r in rows)
+    print(f"{'run':<{width}}  {'status':<8} {'accuracy':>8} {'macro_f1':>8}  promoted")
+    for r in rows:
+        acc = f"{r['accuracy']:.3f}" if isinstance(r.get("accuracy"), (int, float)) else "-"
+        f1 = f"{r['macro_f1']:.3f}" if isinstance(r.get("macro_f1"), (int, float)) else "-"
+        promoted = f"yes (dataset {r['dataset_hash'][:12]})" if r.get("promoted") and r.get("dataset_hash") else \
+            ("yes" if r.get("promoted") else "no")
+        line = f"{r['run']:<{width}}  {r['status']:<8} {acc:>8} {f1:>8}  {promoted}"
+        if r.get("reason"):
+            line += f"  ({r['reason'][:60]})"
+        print(line)
 
 
 def print_summary(summary: dict) -> None:
@@ -165,7 +285,8 @@ def print_summary(summary: dict) -> None:
     for model, m in summary["metrics"].items():
         if isinstance(m, dict) and "accuracy" in m:
             print(f"{model:<12} accuracy {m['accuracy']:.3f}  macro_f1 {m['macro_f1']:.3f}")
-    print(f"summary: {summary['run_dir']}/summary.json ({summary['status']})")
+    reason = f": {summary['reason']}" if summary.get("reason") else ""
+    print(f"summary: {summary['run_dir']}/summary.json ({summary['status']}{reason})")
 
 
 def print_stages(dag: Pipeline) -> None:
