@@ -288,9 +288,11 @@ def azureml_routes(job_states: list[dict]) -> list:
     """The workspace API as the SDK calls it for a pipeline job, its status and a schedule.
 
     ``job_states``: successive answers for the job and its steps (``{"status": ..., "steps": {stage: status}}``)."""
-    states = progression(job_states)
     jobs: dict[str, dict] = {}
-    current: dict[str, Any] = {}
+    polls = {"i": 0}  # one poll: GET the job (twice: ours, and the SDK's before listing steps), then its steps
+
+    def state() -> dict:
+        return job_states[min(polls["i"], len(job_states) - 1)]
 
     def echo(req, m, **props):
         body = req.json or {}
@@ -303,10 +305,15 @@ def azureml_routes(job_states: list[dict]) -> list:
                      "properties": {"computeType": "AmlCompute", "provisioningState": "Succeeded",
                                     "properties": {"vmSize": "STANDARD_DS3_V2", "scaleSettings": {"maxNodeCount": 4, "minNodeCount": 0}}}}
 
-    def workspace(req, m):
+    def workspace(req, m):  # its discovery URL points the run-history client back here
         return 200, {"id": req.path, "name": m.group(3), "location": "westeurope",
-                     "properties": {"discoveryUrl": "https://westeurope.api.azureml.ms/discovery",
+                     "properties": {"discoveryUrl": f"https://{req.headers['host']}/discovery",
                                     "workspaceId": "11111111-2222-3333-4444-555555555555"}}
+
+    def discovery(req, m):
+        here = f"https://{req.headers['host']}"
+        return 200, {k: here for k in ("api", "catalog", "experimentation", "gallery", "history", "hyperdrive",
+                                        "labeling", "modelmanagement", "pipelines", "studiotrace")}
 
     def put_job(req, m):
         name = m.group(4)
@@ -330,16 +337,18 @@ def azureml_routes(job_states: list[dict]) -> list:
         name = m.group(4)
         if name not in jobs:
             return 404, {"error": {"code": "UserError", "message": f"job {name} not found"}}
-        current["state"] = states()
-        return 200, job_json(name, current["state"]["status"])
+        return 200, job_json(name, state()["status"])
 
-    def list_jobs(req, m):
-        parent = req.query.get("parentJobName")
-        state = current.get("state") or {"steps": {}}
-        return 200, {"value": [job_json(f"{parent}_{stage}", status, parent, stage)
-                               for stage, status in state.get("steps", {}).items()]}
+    def children(req, m):  # the run-history API: the pipeline job's steps as child runs
+        parent = m.group(4)
+        steps = state().get("steps", {})
+        polls["i"] += 1
+        return 200, {"value": [{"runId": f"{parent}_{stage}", "parentRunId": parent, "displayName": stage,
+                                "status": status, "experimentId": "x"}
+                               for stage, status in steps.items()], "nextLink": None}
 
     return [
+        ("GET", r"/discovery", discovery),
         ("GET", WS + r"/computes/([^/]+)", compute),
         ("GET", WS, workspace),
         ("PUT", WS + r"/environments/([^/]+)/versions/([^/]+)", lambda r, m: echo(r, m)),
@@ -347,6 +356,6 @@ def azureml_routes(job_states: list[dict]) -> list:
         ("GET", WS + r"/components/([^/]+)/versions/([^/]+)", lambda r, m: (404, {"error": {"code": "NotFound", "message": "no"}})),
         ("PUT", WS + r"/jobs/([^/]+)", put_job),
         ("GET", WS + r"/jobs/([^/]+)", get_job),
-        ("GET", WS + r"/jobs", list_jobs),
+        ("GET", r"/history/v1\.0" + WS + r"/runs/([^/]+)/children", children),
         ("PUT", WS + r"/schedules/([^/]+)", lambda r, m: echo(r, m, provisioningState="Succeeded")),
     ]

@@ -161,7 +161,7 @@ def test_kfp_submit_wait_follows_the_run_to_success(capsys, caplog):
     with recorders.Recorder(recorders.kfp_routes(states)) as rec:
         code, out = cli(capsys, caplog, "submit", "--target", "kfp", "--host", rec.url, "--config", CONFIG, "--wait")
     assert code == 0, out
-    lines = [ln for ln in out.splitlines() if ln.startswith("[")]
+    lines = [ln for ln in out.splitlines() if ln.startswith("[") and ln.split(" ")[0].strip("[]") in STAGES]
     assert lines == ["[data_prep] pending", "[train] pending", "[merge] pending", "[onnx_build] pending", "[evaluate] pending",
                      "[data_prep] running", "[data_prep] succeeded", "[train] running", "[train] succeeded",
                      "[merge] succeeded", "[onnx_build] succeeded", "[evaluate] succeeded"]
@@ -301,3 +301,124 @@ def test_no_secret_in_compiled_files(capsys, caplog, tmp_path, target):
     for p in files:
         assert_no_secret(p.read_bytes())
     assert_no_secret(out)
+
+
+# ------------------------------------------------------------------------------------------
+# AzureML: the workspace API over HTTPS (a certificate made here, REQUESTS_CA_BUNDLE), the
+# credential from DefaultAzureCredential's managed-identity step (MSI_ENDPOINT + MSI_SECRET,
+# as on AzureML compute), answering a JWT whose audience is the resource asked for.
+
+SUB, RG, WSNAME = "00000000-0000-0000-0000-0000000000ff", "slm-rg", "slm-ws"
+WS_PATH = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.MachineLearningServices/workspaces/{WSNAME}"
+MSI_SECRET = "msi-CANARY-secret-4b1e"
+
+
+@pytest.fixture
+def azure(tmp_path, monkeypatch):
+    """Start the loopback workspace; yields a function that sets the job progression."""
+    ca, cert, key = recorders.make_tls(tmp_path)
+    holder = {}
+
+    def start(job_states):
+        msi = recorders.Recorder(recorders.msi_routes(MSI_SECRET)).__enter__()
+        mfe = recorders.Recorder(recorders.azureml_routes(job_states), tls=(cert, key)).__enter__()
+        holder.update(msi=msi, mfe=mfe)
+        monkeypatch.setenv("AZUREML_DEV_URL_MFE", mfe.url)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))
+        monkeypatch.setenv("MSI_ENDPOINT", msi.url + "/msi/token")
+        monkeypatch.setenv("MSI_SECRET", MSI_SECRET)
+        monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", SUB)  # the workspace from the environment
+        monkeypatch.setenv("AZURE_RESOURCE_GROUP", RG)
+        return msi, mfe
+
+    yield start
+    for rec in holder.values():
+        rec.__exit__(None, None, None)
+
+
+def _ws_calls(rec) -> list[tuple[str, str]]:
+    """The workspace calls, paths relative to the workspace, collapsing repeats of one call."""
+    out: list[tuple[str, str]] = []
+    for method, path in rec.calls():
+        short = (method, path.replace(WS_PATH, "{ws}"))
+        if not out or out[-1] != short:
+            out.append(short)
+    return out
+
+
+def test_azureml_submit_creates_the_pipeline_job(azure, capsys, caplog):
+    msi, mfe = azure([{"status": "NotStarted"}])
+    code, out = cli(capsys, caplog, "submit", "--target", "azureml", "--workspace", WSNAME, "--config", CONFIG,
+                    "--set", "train.max_steps=9")
+    assert code == 0, out
+    calls = _ws_calls(mfe)
+    job_put = mfe.find("PUT", WS_PATH + r"/jobs/[a-z0-9_]+")
+    assert len(job_put) == 1
+    job_name = job_put[0].path.rsplit("/", 1)[1]
+    assert calls[0] == ("GET", "{ws}/computes/cpu-cluster")  # the node's compute exists
+    assert {c for c in calls if "/environments/" in c[1]} and {c for c in calls if "/components/" in c[1]}
+    assert calls[-1] == ("PUT", f"{{ws}}/jobs/{job_name}")
+    kinds = [c[1].split("/")[1] if c[1].startswith("{ws}/") else "workspace" for c in calls]
+    order = ["computes", "environments", "workspace", "components", "jobs"]
+    assert sorted(kinds, key=lambda k: order.index(k) if k != "environments" else 0) == kinds  # computes+envs, ws, ...
+    assert sorted(set(kinds), key=order.index) == order
+    # one environment per stage image, one component per stage
+    assert len(mfe.find("PUT", WS_PATH + r"/components/.*")) == len(STAGES)
+    images = {r.json["properties"]["image"] for r in mfe.find("PUT", WS_PATH + r"/environments/.*")}
+    assert images == {f"localhost/slm-pipeline/{s}:0.1.0" for s in STAGES}
+    job = job_put[0].json["properties"]
+    assert job["jobType"] == "Pipeline" and job["experimentName"] == NAME
+    assert list(job["jobs"]) == STAGES
+    inputs = {k: v["value"] for k, v in job["inputs"].items()}
+    assert set(inputs) == {param_name(k) for k in RUN_PARAMETERS} and inputs["train_max_steps"] == "9"
+    assert job["jobs"]["train"]["inputs"]["train_max_steps"]["value"] == "${{parent.inputs.train_max_steps}}"
+    assert all(r.headers["authorization"].startswith("Bearer ey") for r in mfe.requests)
+    assert all(r.query == {"api-version": "2017-09-01", "resource": r.query["resource"]} for r in msi.requests)
+    assert f"submitted Azure Machine Learning run {job_name}: https://ml.azure.com/runs/{job_name}" in out
+    assert_bodies_clean(mfe)
+    assert_no_secret(out)
+    assert MSI_SECRET not in out
+
+
+def test_azureml_submit_wait_and_status(azure, capsys, caplog):
+    states = [{"status": "Running", "steps": {"data_prep": "Running"}},
+              {"status": "Running", "steps": {"data_prep": "Completed", "train": "Running"}},
+              {"status": "Failed", "steps": {"data_prep": "Completed", "train": "Failed"}}]
+    msi, mfe = azure(states)
+    code, out = cli(capsys, caplog, "submit", "--target", "azureml", "--workspace", WSNAME, "--config", CONFIG, "--wait")
+    assert code == 1, out
+    job_name = mfe.find("PUT", WS_PATH + r"/jobs/[a-z0-9_]+")[0].path.rsplit("/", 1)[1]
+    lines = [ln for ln in out.splitlines() if ln.startswith("[") and ln.split(" ")[0].strip("[]") in STAGES]
+    assert lines[5:] == ["[data_prep] running", "[data_prep] succeeded", "[train] running", "[train] failed"]
+    assert f"run {job_name}: failed" in out
+    after = _ws_calls(mfe)[_ws_calls(mfe).index(("PUT", f"{{ws}}/jobs/{job_name}")) + 1:]
+    job, steps = ("GET", f"{{ws}}/jobs/{job_name}"), ("GET", f"/history/v1.0{{ws}}/runs/{job_name}/children")
+    # each poll: the job (ours, then the SDK's before listing children, each with the workspace's
+    # location), then its steps from run history, found through the workspace's discovery URL
+    ws = ("GET", "{ws}")
+    assert after == [job, ws, job, ws, ("GET", "/discovery"), steps] * 3
+    code, out = cli(capsys, caplog, "status", "--target", "azureml", "--workspace", WSNAME, job_name)
+    assert code == 1
+    assert ["train", "failed"] in [ln.split() for ln in out.splitlines()]
+
+
+def test_azureml_schedule_creates_a_job_schedule(azure, capsys, caplog):
+    msi, mfe = azure([])
+    code, out = cli(capsys, caplog, "schedule", "--target", "azureml", "--workspace", WSNAME, "--config", CONFIG,
+                    "--cron", "0 3 * * 1", "--timezone", "W. Europe Standard Time")
+    assert code == 0, out
+    assert _ws_calls(mfe)[-1] == ("PUT", f"{{ws}}/schedules/{param_name(NAME).replace('-', '_')}_retrain")
+    sched = mfe.requests[-1].json["properties"]
+    assert sched["trigger"]["triggerType"] == "Cron" and sched["trigger"]["expression"] == "0 3 * * 1"  # 5 fields
+    assert sched["trigger"]["timeZone"] == "W. Europe Standard Time"
+    assert sched["action"]["actionType"] == "CreateJob"
+    assert list(sched["action"]["jobDefinition"]["jobs"]) == STAGES
+    assert "no concurrency limit or catch-up setting" in out
+    assert_bodies_clean(mfe)
+
+
+def test_azureml_needs_a_workspace(capsys, caplog, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no config.json here
+    code, out = cli(capsys, caplog, "submit", "--target", "azureml", "--config", CONFIG)
+    assert code == 2 and "error: no AzureML workspace (missing subscription, resource group, workspace)" in out
+    assert "Traceback" not in out
