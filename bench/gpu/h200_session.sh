@@ -3,11 +3,13 @@
 # run from the repo root on a 2-GPU machine (nvidia-h200-x2) with no network.
 # Carried wheels (ignored paths, see docs/benchmarks.md "How to reproduce"):
 #   .whl/carry1/pk-small.tar.xz  bitsandbytes 0.50.2 (CUDA 13 libs), liger-kernel 0.8.5, pydantic 2.14 (+deps), as site/
-#   .whl/carry2/og.tar.xz        onnxruntime-genai-cuda 0.18.0, as site/
-#   .whl/carryN/ort.part0K       onnxruntime-gpu 1.31.1 (CUDA 13), tar.xz split in 5 (202 MB): one part a call,
-#                                kept in /tmp while the machine stays warm, joined in the last call.
-# Phases: bench (train throughput + loss curves + DDP smoke), e2e (production DAG in the background +
-# 1-GPU DDP baselines), poll, final (onnxruntime-gpu, evaluate on CUDA, decode bench, N-GPU DDP).
+#   .whl/carry1/og.tar.xz        onnxruntime-genai-cuda 0.18.0, as site/
+#   .whl/carryN/ort.part0K       onnxruntime-gpu 1.31.1 (CUDA 13, TensorRT provider removed), tar.xz (202 MB) split
+#                                in 5 (34 MB + 4 x 42 MB): one part a call, kept in /tmp while the machine stays warm
+#                                (30 s idle release), joined in the last call.
+# Phases, one call each, back to back: bench (throughput suites on both GPUs, loss curves, then the production
+# DAG started in the background on GPU 1), ddp1 (1-GPU DDP baseline on GPU 0), poll, final (onnxruntime-gpu,
+# evaluate on CUDA, decode bench, 2-GPU DDP).
 set -u
 PHASE=${1:?phase}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false SLM_CACHE_DIR=/tmp/slm-cache HF_HUB_OFFLINE=1
@@ -20,7 +22,7 @@ left() { echo $(( ${1} - (SECONDS - T0) )); }
 
 for f in .whl/carry*/ort.part*; do [ -f "$f" ] && cp -n "$f" /tmp/parts/; done
 if [ -f .whl/carry1/pk-small.tar.xz ] && [ ! -d /tmp/pk ]; then mkdir -p /tmp/pk && tar -C /tmp/pk -xJf .whl/carry1/pk-small.tar.xz; fi
-if [ -f .whl/carry2/og.tar.xz ] && [ ! -d /tmp/og ]; then mkdir -p /tmp/og && tar -C /tmp/og -xJf .whl/carry2/og.tar.xz; fi
+if [ -f .whl/carry1/og.tar.xz ] && [ ! -d /tmp/og ]; then mkdir -p /tmp/og && tar -C /tmp/og -xJf .whl/carry1/og.tar.xz; fi
 export PYTHONPATH=/tmp/pk/site:/tmp/og/site:$PWD
 if [ -d /tmp/ort/onnxruntime ]; then
     export PYTHONPATH=/tmp/ort:$PYTHONPATH
@@ -39,37 +41,31 @@ case $PHASE in
 bench)
     nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader
     python3 -c "import torch, transformers, peft, bitsandbytes, liger_kernel, triton; print(torch.__version__, transformers.__version__, peft.__version__, bitsandbytes.__version__, triton.__version__, torch.cuda.device_count())"
-    (CUDA_VISIBLE_DEVICES=0 timeout 60 python3 bench/gpu/make_phi3_mini.py /tmp/phi3-mini) &
-    stamp "DDP smoke: tiny Phi-3, 1 vs 2 GPUs"
-    timeout 75 python3 bench/gpu/ddp_scaling.py --config configs/tiny-phi3.yaml --model tiny-random:phi3 --gpus 2 \
-        --steps 12 --workloads tone --set train.quantization=nf4 --out /tmp/res/ddp_tiny
-    echo "ddp smoke exit $?"
-    wait
-    stamp "throughput suites: main on GPU 0, more on GPU 1"
-    (CUDA_VISIBLE_DEVICES=0 timeout $(left 420) python3 bench/train_throughput.py --suite main --model-dir /tmp/phi3-mini \
-        --out /tmp/res --tag tp_main --variant-timeout 200
+    [ -d /tmp/phi3-mini ] || CUDA_VISIBLE_DEVICES=0 timeout 90 python3 bench/gpu/make_phi3_mini.py /tmp/phi3-mini
+    stamp "throughput suites: main on GPU 0 (then loss curves), more on GPU 1 (then the production DAG)"
+    (CUDA_VISIBLE_DEVICES=0 timeout $(left 400) python3 bench/train_throughput.py --suite main --model-dir /tmp/phi3-mini \
+        --out /tmp/res --tag tp_main --variant-timeout 150
      stamp "loss curves (GPU 0)"
-     CUDA_VISIBLE_DEVICES=0 timeout $(left 560) python3 bench/gpu/loss_curve.py --config configs/tiny-phi3.yaml --steps 50 \
+     CUDA_VISIBLE_DEVICES=0 timeout $(left 540) python3 bench/gpu/loss_curve.py --config configs/tiny-phi3.yaml --steps 50 \
         --set runtime.device=cuda --set train.quantization=nf4 --out /tmp/res/loss \
         --variant plain:train.padding_free=off,train.kernels=none --variant plain2:train.padding_free=off,train.kernels=none \
-        --variant fast: --variant fast2:) &
-    CUDA_VISIBLE_DEVICES=1 timeout $(left 540) python3 bench/train_throughput.py --suite more --model-dir /tmp/phi3-mini \
-        --out /tmp/res --tag tp_more --variant-timeout 200
-    wait
+        --variant fast: --variant fast2:) & G0=$!
+    CUDA_VISIBLE_DEVICES=1 timeout $(left 420) python3 bench/train_throughput.py --suite more --model-dir /tmp/phi3-mini \
+        --out /tmp/res --tag tp_more --variant-timeout 150
+    stamp "production DAG in the background on GPU 1 (setsid)"
+    E2E_GPU=1 setsid nohup bash bench/gpu/e2e_run.sh /tmp/e2e > /tmp/e2e.log 2>&1 < /dev/null &
+    wait $G0  # (a bare wait would also wait for the tee above)
+    tail -3 /tmp/e2e.log
     ;;
-e2e)
-    [ -d /tmp/phi3-mini ] || CUDA_VISIBLE_DEVICES=0 python3 bench/gpu/make_phi3_mini.py /tmp/phi3-mini
-    stamp "production DAG in the background on GPU 0 (setsid)"
-    setsid nohup bash bench/gpu/e2e_run.sh /tmp/e2e > /tmp/e2e.log 2>&1 < /dev/null &
-    sleep 2
-    stamp "1-GPU DDP baselines on GPU 1"
-    CUDA_VISIBLE_DEVICES=1 timeout $(left 420) python3 bench/gpu/ddp_scaling.py --model /tmp/phi3-mini --gpus 2 --only 1 \
-        --steps 30 --out /tmp/res/ddp
-    tail -5 /tmp/e2e.log
+ddp1)
+    stamp "1-GPU DDP baseline on GPU 0 (the DAG runs on GPU 1)"
+    CUDA_VISIBLE_DEVICES=0 timeout ${2:-120} python3 bench/gpu/ddp_scaling.py --model /tmp/phi3-mini --gpus 2 --only 1 \
+        --steps 30 --workloads tone --out /tmp/res/ddp
+    grep -E "==>|DONE" /tmp/e2e.log | tail -6
     ;;
 poll)
-    for i in $(seq 1 ${2:-10}); do grep -q "^DONE" /tmp/e2e.log && break; sleep 5; done
-    grep -E "==>|DONE|stage " /tmp/e2e.log | tail -12
+    for i in $(seq 1 ${2:-6}); do grep -q "^DONE" /tmp/e2e.log && break; sleep 5; done
+    grep -E "==>|DONE|Error|error" /tmp/e2e.log | tail -8
     ;;
 final)
     if [ ! -d /tmp/ort/onnxruntime ]; then
@@ -80,18 +76,22 @@ final)
         export LD_LIBRARY_PATH=$(ls -d $NV/*/lib | tr '\n' ':')${LD_LIBRARY_PATH:-}
     fi
     python3 -c "import onnxruntime as o, onnxruntime_genai as g; print(o.__version__, o.get_available_providers(), g.__version__)"
-    for i in $(seq 1 60); do grep -q "^DONE" /tmp/e2e.log && break; sleep 5; done
+    for i in $(seq 1 40); do grep -q "^DONE" /tmp/e2e.log && break; sleep 5; done
     stamp "e2e first pass: $(grep ^DONE /tmp/e2e.log)"
     stamp "evaluate on CUDA (same run folder: earlier stages cached)"
-    timeout $(left 330) bash bench/gpu/e2e_run.sh /tmp/e2e > /tmp/e2e2.log 2>&1; tail -25 /tmp/e2e2.log
-    stamp "decode throughput, raw onnxruntime-genai vs the stage"
-    CUDA_VISIBLE_DEVICES=0 timeout $(left 420) python3 bench/gpu/eval_throughput.py --model /tmp/e2e/onnx_build/onnx_model \
+    E2E_GPU=1 timeout $(left 300) bash bench/gpu/e2e_run.sh /tmp/e2e > /tmp/e2e2.log 2>&1; tail -25 /tmp/e2e2.log
+    stamp "decode throughput, raw onnxruntime-genai vs the stage (GPU 1)"
+    CUDA_VISIBLE_DEVICES=1 timeout $(left 400) python3 bench/gpu/eval_throughput.py --model /tmp/e2e/onnx_build/onnx_model \
         --rows 350 --batches 1,8,32 --out /tmp/res/eval
-    stamp "N-GPU DDP"
-    timeout $(left 580) python3 bench/gpu/ddp_scaling.py --model /tmp/phi3-mini --gpus 2 --only n --steps 30 --out /tmp/res/ddp
+    stamp "2-GPU DDP"
+    timeout $(left 500) python3 bench/gpu/ddp_scaling.py --model /tmp/phi3-mini --gpus 2 --only n --steps 30 \
+        --workloads tone --out /tmp/res/ddp
+    stamp "DDP smoke: tiny Phi-3 1 vs 2 GPUs (loss curves)"
+    timeout $(left 570) python3 bench/gpu/ddp_scaling.py --config configs/tiny-phi3.yaml --model tiny-random:phi3 --gpus 2 \
+        --steps 12 --workloads tone --set train.quantization=nf4 --out /tmp/res/ddp_tiny
     ;;
 esac
-cp /tmp/e2e.log /tmp/e2e2.log /tmp/gpu0mem.csv /tmp/res/ 2>/dev/null
+cp /tmp/e2e.log /tmp/e2e2.log /tmp/gpumem.csv /tmp/res/ 2>/dev/null
 for d in /tmp/e2e/*/*/; do [ -f "$d/metrics.json" ] && cp "$d/metrics.json" "/tmp/res/e2e_$(basename $(dirname $d))_metrics.json"; done
 cp /tmp/e2e/summary.json /tmp/res/e2e_summary.json 2>/dev/null
 cp /tmp/e2e/onnx_build/onnx_model/build_info.json /tmp/res/ 2>/dev/null

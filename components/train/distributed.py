@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -41,7 +42,7 @@ def launch(cfg, ckpt, dataset: Path, adapter: Path, world: int) -> None:
         raise UserError(f"train.gpus={world} but this machine has {available} GPU(s)")
     with tempfile.TemporaryDirectory(prefix="train-ddp-") as tmp:
         spec = Path(tmp) / "spec.json"
-        spec.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "dataset": str(dataset),
+        spec.write_text(json.dumps({"config": {k: v.model_dump(mode="json") for k, v in vars(cfg).items()}, "dataset": str(dataset),
                                     "adapter": str(adapter), "ckpt_root": str(ckpt.root), "cache_key": ckpt.key}))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
                "-m", "components.train.distributed", str(spec)]
@@ -119,7 +120,8 @@ def main(spec_path: str) -> int:
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     logging.basicConfig(level=logging.INFO, format=f"[train rank {rank}] %(message)s", stream=sys.stderr)
     spec = json.loads(Path(spec_path).read_text())
-    cfg = Config.model_validate(spec["config"])
+    full = Config.model_validate(spec["config"])  # the stage's sections (model, train, runtime)
+    cfg = SimpleNamespace(**{k: getattr(full, k) for k in spec["config"]})
     torch.cuda.set_device(local)
     dist.init_process_group("nccl", device_id=torch.device("cuda", local))
     if rank:
