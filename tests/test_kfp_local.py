@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -63,11 +64,19 @@ def test_metrics_equal_the_subprocess_runner(kfp_run, tiny_run):
 
 def test_killed_train_task_is_retried_by_kfp_and_resumes_bit_identical(kfp_run, tiny_run):
     out, log = kfp_run
-    assert "Retrying in" in log  # kfp.local's retry loop, driven by the compiled retryPolicy
-    assert "resumed from the checkpoint at step 4" in log
-    resumed = artifacts.verify(_task_dir(out, "train") / "adapter")
-    uninterrupted = artifacts.verify(tiny_run / "train" / "adapter")
-    assert resumed["files"] == uninterrupted["files"]
+    log = re.sub(r"\x1b\[[0-9;]*m", "", log)  # kfp.local colours its status words
+    # kfp.local's retry loop, driven by the compiled retryPolicy: a failed attempt, then the resumed one
+    failed, resumed_at = log.index("Task 'train' finished with status FAILURE"), log.index("resumed from the checkpoint at step 4")
+    assert failed < resumed_at < log.index("Task 'train' finished with status SUCCESS")
+    resumed_dir, uninterrupted_dir = _task_dir(out, "train") / "adapter", tiny_run / "train" / "adapter"
+    resumed, uninterrupted = artifacts.verify(resumed_dir)["files"], artifacts.verify(uninterrupted_dir)["files"]
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert resumed[name] == uninterrupted[name], name
+    # The same loss at every step both logs hold (the resumed attempt also logs its first step).
+    losses = [{r["step"]: r["loss"] for r in map(json.loads, (d / "train_log.jsonl").read_text().splitlines())}
+              for d in (resumed_dir, uninterrupted_dir)]
+    assert set(losses[1]) <= set(losses[0]) and all(losses[0][k] == v for k, v in losses[1].items())
+    assert json.loads((resumed_dir / "metrics.json").read_text())["resumed_from_step"] == 4
 
 
 def test_each_task_registers_its_outputs_in_the_executor_output(kfp_run):
