@@ -502,7 +502,9 @@ class KfpTarget(Target):
                 experiment_id, f"{cfg.name}-retrain", description=f"Retrain {cfg.name} on {cron!r} ({timezone})",
                 cron_expression=kfp_cron(cron), max_concurrency=1, no_catchup=True,
                 params=run_arguments(dag, cfg), pipeline_id=pipeline_id, version_id=version_id)
-        return f"recurring run {rec.recurring_run_id}: cron {kfp_cron(cron)!r} (KFP's 6 fields), max_concurrency 1, no catch-up"
+        note = "" if timezone in ("UTC", "Etc/UTC") else (f"; KFP has no time zone setting: the cron is read in the "
+                                                         f"API server's zone (UTC on standard installs), not {timezone}")
+        return f"recurring run {rec.recurring_run_id}: cron {kfp_cron(cron)!r} (KFP's 6 fields), max_concurrency 1, no catch-up{note}"
 
 
 TARGET = KfpTarget()

@@ -422,3 +422,78 @@ def test_azureml_needs_a_workspace(capsys, caplog, tmp_path, monkeypatch):
     code, out = cli(capsys, caplog, "submit", "--target", "azureml", "--config", CONFIG)
     assert code == 2 and "error: no AzureML workspace (missing subscription, resource group, workspace)" in out
     assert "Traceback" not in out
+
+
+def test_a_secret_echoed_by_a_server_is_masked_in_the_error(capsys, caplog):
+    def refuse(req, m):  # a proxy that quotes the request's Authorization header back
+        return 401, {"code": 16, "message": f"token {req.headers.get('authorization')} rejected"}
+
+    with recorders.Recorder([("GET", r"/apis/v2beta1/runs/([^/]+)", refuse),
+                             ("GET", r"/apis/v2beta1/healthz", lambda r, m: (200, {}))]) as rec:
+        code, out = cli(capsys, caplog, "status", "--target", "kfp", "--host", rec.url, "run-1")
+    assert code == 2 and "HTTP 401" in out and "token Bearer *** rejected" in out
+    assert_no_secret(out)
+
+
+# ------------------------------------------------------------------------------------------
+# A fourth engine is one new file
+
+
+TOY = '''
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from .base import Target
+
+
+class ToySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    greeting: str = "hello"
+
+
+class ToyTarget(Target):
+    name = "toy"
+    title = "Toy engine"
+    settings = ToySettings
+    default_out = "toy.txt"
+
+    def compile(self, dag, cfg, out):
+        from .compile_common import settings
+
+        Path(out).write_text(settings(cfg, "toy").greeting + " " + " -> ".join(s.name for s in dag) + "\\n")
+        return Path(out)
+
+    def validate(self, path):
+        return [] if Path(path).read_text().startswith("hello") else ["not a toy file"]
+
+    def recognizes(self, first_doc, path):
+        return str(path).endswith(".txt")
+
+
+TARGET = ToyTarget()
+'''
+
+
+def test_a_fourth_engine_is_one_new_file(tmp_path):
+    import shutil
+
+    from helpers import run_cli
+
+    for item in ("pipeline.py", "components", "targets", "configs"):
+        src = REPO / item
+        (shutil.copytree(src, tmp_path / item, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
+         else shutil.copy(src, tmp_path / item))
+    (tmp_path / "targets" / "toy.py").write_text(TOY)
+    env = {"PYTHONPATH": str(tmp_path)}
+    r = run_cli("pipeline.py", "compile", "--target", "toy", "--config", "configs/default.yaml", "--out", "out.txt",
+                cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.txt").read_text() == "hello data_prep -> train -> merge -> onnx_build -> evaluate\n"
+    r = run_cli("pipeline.py", "validate", "out.txt", cwd=tmp_path, env=env, timeout=300)  # guessed: the toy's
+    assert r.returncode == 0 and "out.txt: valid" in r.stdout, r.stderr
+    r = run_cli("pipeline.py", "compile", "--target", "toy", "--config", "configs/default.yaml", "--out", "o.txt",
+                "--set", "targets.toy.greting=hi", cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 2 and "targets.toy.greting: unknown key" in r.stderr
+    r = run_cli("pipeline.py", "submit", "--help", cwd=tmp_path, env=env, timeout=300)
+    assert "{argo,azureml,kfp,toy}" in r.stdout
