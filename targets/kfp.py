@@ -129,31 +129,32 @@ def build_pipeline(dag: Pipeline, cfg: Config):
 
     gated = dag.gated()
 
+    def add(step, tasks: dict, channels: dict, artifacts_in: dict | None = None):
+        kwargs: dict[str, Any] = {}
+        for port_name, src in step.wires.items():
+            up, out = src.split(".")
+            kwargs[port_name] = tasks[up].outputs[out] if up in tasks else artifacts_in[f"{up}_{out}"]
+        for key in step.spec.params(cfg):
+            if key in run_params:
+                kwargs[param_name(key)] = channels[param_name(key)]
+        task = components[step.name](**kwargs)
+        _configure_task(task, step, cfg, s, kubernetes)
+        tasks[step.name] = task
+
+    gate = _gate_pipeline(dag, cfg, run_params, add) if gated else None
+
     def body(*args):
         channels = dict(zip(pipeline_param_names, args))
         tasks: dict[str, Any] = {}
-
-        def add(step):
-            kwargs: dict[str, Any] = {}
-            for port_name, src in step.wires.items():
-                up, out = src.split(".")
-                kwargs[port_name] = tasks[up].outputs[out]
-            for key in step.spec.params(cfg):
-                if key in run_params:
-                    kwargs[param_name(key)] = channels[param_name(key)]
-            task = components[step.name](**kwargs)
-            _configure_task(task, step, cfg, s, kubernetes)
-            tasks[step.name] = task
-
         for step in dag:
             if step.name not in gated:
-                add(step)
-        if gated:  # the data-change trigger: the rest of the DAG only when the condition holds
+                add(step, tasks, channels)
+        if gate is not None:  # the data-change trigger: the rest of the DAG only when the condition holds
             c = dag.condition
-            with dsl.If(tasks[c.step].outputs[c.param] == c.equals, name=CONDITION_NAME):
-                for step in dag:
-                    if step.name in gated:
-                        add(step)
+            kwargs = {c.param: tasks[c.step].outputs[c.param]}
+            kwargs.update({name: tasks[up].outputs[out] for name, (up, out) in _gate_artifacts(dag).items()})
+            kwargs.update({name: channels[name] for name in _gate_parameters(dag, cfg, run_params)})
+            gate(**kwargs).set_display_name(CONDITION_NAME)
 
     body.__name__ = body.__qualname__ = param_name(cfg.name).replace("-", "_")
     body.__signature__ = inspect.Signature(sig)
@@ -161,6 +162,61 @@ def build_pipeline(dag: Pipeline, cfg: Config):
         name=cfg.name,
         description=f"{dag.name}: " + " -> ".join(step.name for step in dag) + f" (config {cfg.name})",
     )(body)
+
+
+def _gate_artifacts(dag: Pipeline) -> dict[str, tuple[str, str]]:
+    """``{"<step>_<output>": (step, output)}``: the artifacts the gated steps take from outside."""
+    gated = dag.gated()
+    out: dict[str, tuple[str, str]] = {}
+    for step in dag:
+        if step.name in gated:
+            for src in step.wires.values():
+                up, port = src.split(".")
+                if up not in gated:
+                    out[f"{up}_{port}"] = (up, port)
+    return out
+
+
+def _gate_parameters(dag: Pipeline, cfg: Config, run_params: dict) -> list[str]:
+    gated = dag.gated()
+    keys = {k for step in dag if step.name in gated for k in step.spec.params(cfg) if k in run_params}
+    return [param_name(k) for k in run_params if k in keys]
+
+
+def _gate_pipeline(dag: Pipeline, cfg: Config, run_params: dict, add):
+    """The steps behind the DAG's condition, as a nested pipeline whose body is one ``dsl.If``
+    on its own input parameter (the condition step's output, passed in by the caller).
+
+    Why nested: KFP's local orchestrator (kfp 2.17) resolves a ``dsl.If`` operand only when it
+    is a pipeline input (or a task output named ``Output``); with the condition step's output
+    wired in as an input of the nested pipeline, the same file runs under ``kfp.local`` and on
+    a cluster."""
+    from kfp import dsl
+
+    c = dag.condition
+    gated = dag.gated()
+    steps = {s.name: s for s in dag}
+    P = inspect.Parameter
+    sig = [P(c.param, P.POSITIONAL_OR_KEYWORD, annotation=str)]
+    for name, (up, port) in _gate_artifacts(dag).items():
+        ptype = {p.name: p.type for p in steps[up].spec.outputs}[port]
+        sig.append(P(name, P.POSITIONAL_OR_KEYWORD, annotation=dsl.Input[_artifact_class(ptype)]))
+    kinds = {param_name(k): v for k, v in run_params.items()}
+    for name in _gate_parameters(dag, cfg, run_params):
+        sig.append(P(name, P.POSITIONAL_OR_KEYWORD, annotation=_KIND_TYPES[value_kind(kinds[name])]))
+    names = [p.name for p in sig]
+
+    def gate(*args):
+        ns = dict(zip(names, args))
+        tasks: dict[str, Any] = {}
+        with dsl.If(ns[c.param] == c.equals, name=CONDITION_NAME):
+            for step in dag:
+                if step.name in gated:
+                    add(step, tasks, ns, ns)
+
+    gate.__name__ = gate.__qualname__ = CONDITION_NAME.replace("-", "_")
+    gate.__signature__ = inspect.Signature(sig)
+    return dsl.pipeline(name=CONDITION_NAME, description=f"{c.reason}: the steps after {c.step} are skipped")(gate)
 
 
 def _configure_task(task, step: Step, cfg: Config, s, kubernetes) -> None:

@@ -124,7 +124,7 @@ def run_pipeline(dag: Pipeline, cfg: Config, out: str | Path, env: dict[str, str
     from .local import print_summary
 
     print_summary(summary)
-    return 0 if summary["status"] == "ok" else 1
+    return 0 if summary["status"] in ("ok", "skipped") else 1
 
 
 def summarize(dag: Pipeline, kfp_run: Path | None, run_dir: Path, seconds: float) -> dict:
@@ -133,7 +133,12 @@ def summarize(dag: Pipeline, kfp_run: Path | None, run_dir: Path, seconds: float
     summary: dict = {"pipeline": dag.name, "run_dir": str(run_dir), "kfp_run": str(kfp_run or ""), "stages": {},
                      "metrics": {}}
     status = "ok"
+    stopped = None  # the DAG's condition was false: KFP's dsl.If skipped the steps behind it
+    promoted = False
     for i, step in enumerate(dag):
+        if stopped and step.name in dag.gated():
+            summary["stages"][step.name] = {"status": "skipped", "cached": False, "seconds": 0.0}
+            continue
         if kfp_run is None:
             summary["stages"][step.name] = {"status": "failed" if i == 0 else "not run", "cached": False, "seconds": 0.0}
             status = "failed"
@@ -147,11 +152,23 @@ def summarize(dag: Pipeline, kfp_run: Path | None, run_dir: Path, seconds: float
         summary["stages"][step.name] = entry
         if not ok:
             status = "failed"
+            continue
+        executor_output = json.loads((task / "executor_output.json").read_text())
+        c = dag.condition
+        if c and step.name == c.step:
+            values = executor_output.get("parameterValues", {})
+            if values.get(c.param) != c.equals:
+                stopped = f"{c.reason} ({', '.join(f'{k}={v}' for k, v in values.items())})"
         for port in step.spec.outputs:
             metrics = task / port.name / "metrics.json"
-            if ok and port.type == "Metrics" and metrics.is_file():
+            if port.type == "Metrics" and metrics.is_file():
                 summary["metrics"].update(json.loads(metrics.read_text()).get("summary", {}))
-    summary["status"] = status
+                listed = executor_output.get("artifacts", {}).get(port.name, {}).get("artifacts") or [{}]
+                promoted = promoted or bool(listed[0].get("metadata", {}).get("promoted"))
+    summary["status"] = "skipped" if (stopped and status == "ok") else status
+    if stopped:
+        summary["reason"] = stopped
+    summary["promoted"] = promoted and status == "ok" and not stopped
     summary["seconds"] = round(seconds, 1)
     return summary
 

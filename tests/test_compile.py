@@ -176,6 +176,58 @@ def test_kfp_tasks_carry_image_resources_retry_caching(compiled, config):
                 assert cm["artifactType"]["schemaTitle"] == "system.ClassificationMetrics"
 
 
+def test_kfp_runs_the_rest_of_the_dag_only_when_the_dataset_changed(compiled):
+    """data_prep declares its output parameters; the steps after it sit in one dsl.If group
+    that tests data_prep's `changed`, with the promoted hash as a pipeline parameter."""
+    path, _ = compiled[("kfp", CONFIGS[0])]
+    ir, _ = _kfp_docs(path)
+    assert ir["components"]["comp-data-prep"]["outputDefinitions"]["parameters"] == {
+        "changed": {"parameterType": "STRING"}, "dataset_hash": {"parameterType": "STRING"}}
+    root = ir["root"]["dag"]["tasks"]
+    assert sorted(root) == ["data-prep", kfp.CONDITION_NAME]
+    # A nested pipeline takes data_prep's `changed` as its input and holds one dsl.If on it.
+    nested = root[kfp.CONDITION_NAME]
+    assert nested["inputs"]["parameters"]["changed"]["taskOutputParameter"] == {
+        "outputParameterKey": "changed", "producerTask": "data-prep"}
+    assert nested["inputs"]["artifacts"]["data_prep_dataset"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "dataset", "producerTask": "data-prep"}
+    (group,) = ir["components"][nested["componentRef"]["name"]]["dag"]["tasks"].values()
+    assert group["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--changed'] == 'true'"
+    inner = ir["components"][group["componentRef"]["name"]]["dag"]["tasks"]
+    assert sorted(t["taskInfo"]["name"] for t in inner.values()) == sorted(DAG.gated()) == ["evaluate", "merge", "onnx_build", "train"]
+    assert ir["root"]["inputDefinitions"]["parameters"]["data_promoted_dataset_hash"]["defaultValue"] == "null"
+    assert root["data-prep"]["inputs"]["parameters"]["data_promoted_dataset_hash"] == {
+        "componentInputParameter": "data_promoted_dataset_hash"}
+
+
+def test_argo_gates_every_later_task_with_when(compiled):
+    path, _ = compiled[("argo", CONFIGS[0])]
+    spec = yaml.safe_load(path.read_text())["spec"]
+    templates = {t["name"]: t for t in spec["templates"]}
+    assert templates["data-prep"]["outputs"]["parameters"] == [
+        {"name": "dataset_hash", "valueFrom": {"path": f"{argo.PARAMS_DIR}/dataset_hash"}},
+        {"name": "changed", "valueFrom": {"path": f"{argo.PARAMS_DIR}/changed"}},
+    ]
+    assert {"name": "SLM_OUTPUT_PARAMETERS_DIR", "value": argo.PARAMS_DIR} in templates["data-prep"]["container"]["env"]
+    tasks = {t["name"]: t for t in templates[argo.ENTRYPOINT]["dag"]["tasks"]}
+    assert "when" not in tasks["data-prep"]
+    for name in ("train", "merge", "onnx-build", "evaluate"):  # a skipped dependency counts as done in Argo
+        assert tasks[name]["when"] == "{{tasks.data-prep.outputs.parameters.changed}} == true"
+    assert {"name": "data_promoted_dataset_hash", "value": "null"} in spec["arguments"]["parameters"]
+
+
+def test_data_prep_writes_its_output_parameters_where_argo_reads_them(tmp_path):
+    from helpers import stage_cli
+
+    proc = stage_cli("data_prep", "--dataset", str(tmp_path / "dataset"), "--data.max_rows", "300",
+                     env={"SLM_OUTPUT_PARAMETERS_DIR": str(tmp_path / "params")})
+    assert proc.returncode == 0, proc.stderr
+    seal = json.loads((tmp_path / "dataset" / "_artifact.json").read_text())
+    assert (tmp_path / "params" / "dataset_hash").read_text() == seal["content_hash"]
+    assert (tmp_path / "params" / "changed").read_text() == "true"
+    assert sorted(p.name for p in (tmp_path / "params").iterdir()) == ["changed", "dataset_hash"]
+
+
 def test_gpu_stages_get_gpu_images_and_resources(compiled):
     path, cfg = compiled[("argo", "configs/phi3-mini.yaml")]
     wf = yaml.safe_load(path.read_text())

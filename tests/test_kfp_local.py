@@ -7,6 +7,11 @@ passes the artifacts between tasks from each task's executor output, and applies
 compiled retry policy. The train task is SIGKILLed once, right after its first checkpoint:
 KFP retries it, and it must resume from the checkpoint on the cache volume and end
 bit-identical to the uninterrupted subprocess run.
+
+The data-change trigger under KFP's own orchestrator: data_prep publishes ``changed`` as an
+output parameter and the compiled ``dsl.If`` gates the rest. The first run (no promoted hash)
+trains and is promoted; a second run given the first one's dataset hash as
+``data.promoted_dataset_hash`` runs data_prep only and ends as ``skipped``.
 """
 from __future__ import annotations
 
@@ -121,3 +126,49 @@ def test_compiled_file_is_what_ran(kfp_run):
     out, _ = kfp_run
     proc = run_cli(str(ROOT / "pipeline.py"), "validate", "--target", "kfp", str(out / "pipeline.yaml"))
     assert proc.returncode == 0, proc.stderr
+
+
+def _executor_output(out: Path, stage: str) -> dict:
+    return json.loads((_task_dir(out, stage) / "executor_output.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def kfp_unchanged(kfp_run, tmp_path_factory) -> tuple[Path, str, str]:
+    first, _ = kfp_run
+    promoted = _executor_output(first, "data_prep")["parameterValues"]["dataset_hash"]
+    out = tmp_path_factory.mktemp("kfp-unchanged") / "run"
+    proc = run_cli(
+        str(ROOT / "pipeline.py"), "run", "--runner", "kfp-local", "--config", str(TINY), "--out", str(out),
+        "--set", f"data.promoted_dataset_hash={promoted}", timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    return out, promoted, proc.stdout + proc.stderr
+
+
+def test_changed_dataset_runs_train_and_is_promoted_in_kfp_metadata(kfp_run):
+    out, _ = kfp_run
+    dataset = artifacts.verify(_task_dir(out, "data_prep") / "dataset", "Dataset")
+    assert _executor_output(out, "data_prep")["parameterValues"] == {"dataset_hash": dataset["content_hash"], "changed": "true"}
+    s = summary(out)
+    assert s["stages"]["train"]["status"] == "ok" and s["promoted"] is True
+    meta = _executor_output(out, "evaluate")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    onnx = _task_dir(out, "onnx_build") / "onnx_model"
+    assert meta["promoted"] is True
+    assert meta["model_uri"] == str(onnx)
+    assert meta["model_content_hash"] == artifacts.verify(onnx, "OnnxModel")["content_hash"]
+    assert meta["dataset_hash"] == dataset["content_hash"]
+    assert meta["base_model"] == "tiny-random:phi3"
+    assert len(meta["config_hash"]) == 64 and len(meta["code_code_hash"]) == 64
+
+
+def test_unchanged_dataset_skips_train_under_kfp_local(kfp_unchanged):
+    out, promoted, log = kfp_unchanged
+    s = summary(out)
+    assert s["status"] == "skipped" and s["promoted"] is False
+    assert "dataset unchanged since the promoted model" in s["reason"] and promoted in s["reason"]
+    assert {n: st["status"] for n, st in s["stages"].items()} == {
+        "data_prep": "ok", **{n: "skipped" for n in STAGES if n != "data_prep"}}
+    assert _executor_output(out, "data_prep")["parameterValues"]["changed"] == "false"
+    run = Path(s["kfp_run"])
+    assert sorted(p.name for p in run.iterdir()) == ["data-prep"]  # KFP started no other task
+    assert "(skipped: dataset unchanged" in log

@@ -74,3 +74,51 @@ def test_cluster_uris_map_to_the_launchers_local_paths():
     assert kfp_output.local_path("gs://bucket/x") == Path("/gcs/bucket/x")
     assert kfp_output.local_path("s3://bucket/x") == Path("/s3/bucket/x")
     assert kfp_output.local_path("/tmp/root/x") == Path("/tmp/root/x")
+
+
+def test_data_prep_output_parameters_reach_kfp(tmp_path):
+    """The real data_prep stage, given KFP's executor input: KFP's reader gets `changed` and
+    `dataset_hash` (what the compiled dsl.If tests) and the dataset artifact."""
+    from helpers import stage_cli
+
+    spec = _component_spec(tmp_path, "data_prep")
+    task_root = tmp_path / "task"
+    executor_input = executor_input_utils.construct_executor_input(spec, {}, str(task_root), block_input_artifact=False)
+    as_dict = executor_input_utils.executor_input_to_dict(executor_input, spec)
+    dataset = task_root / "dataset"
+    for promoted, changed in ((None, "true"), ("same", "false")):
+        args = ["--dataset", str(dataset), "--data.max_rows", "300", "--kfp-executor-input", json.dumps(as_dict)]
+        if promoted:
+            args += ["--data.promoted_dataset_hash", artifacts.verify(dataset)["content_hash"]]
+        proc = stage_cli("data_prep", *args)
+        assert proc.returncode == 0, proc.stderr
+        outputs = executor_output_utils.get_outputs_for_task(executor_input, spec)
+        seal = artifacts.verify(dataset, "Dataset")
+        assert outputs["changed"] == changed
+        assert outputs["dataset_hash"] == seal["content_hash"]
+        assert outputs["dataset"].metadata["content_hash"] == seal["content_hash"]
+
+
+def test_promotion_metadata_carries_the_lineage(tmp_path, tiny_run):
+    """What evaluate adds to its metrics on KFP after its gate passed, from the real seals."""
+    from components.common import promotion
+
+    spec = _component_spec(tmp_path, "evaluate")
+    executor_input = executor_input_utils.construct_executor_input(spec, {}, str(tmp_path / "task"), block_input_artifact=False)
+    as_dict = executor_input_utils.executor_input_to_dict(executor_input, spec)
+    as_dict["inputs"]["artifacts"] = {"onnx_model": {"artifacts": [{"uri": "minio://bucket/onnx_model"}]}}
+    seals = {"dataset": artifacts.verify(tiny_run / "data_prep" / "dataset"),
+             "model": artifacts.verify(tiny_run / "merge" / "model"),
+             "onnx_model": artifacts.verify(tiny_run / "onnx_build" / "onnx_model")}
+    metrics_dir = tiny_run / "evaluate" / "metrics"
+    params = artifacts.verify(metrics_dir)["params"]
+    _, lineage = promotion.lineage_from_seals("evaluate", params, seals)
+    kfp_output.write(as_dict, {"metrics": artifacts.verify(metrics_dir)}, ["metrics"], {"metrics": metrics_dir}, None,
+                     {"model_input": "onnx_model", "model_seal": seals["onnx_model"], "lineage": lineage})
+    meta = executor_output_utils.get_outputs_for_task(executor_input, spec)["metrics"].metadata
+    assert meta["promoted"] is True and meta["model_uri"] == "minio://bucket/onnx_model"
+    assert meta["dataset_hash"] == seals["dataset"]["content_hash"]
+    assert meta["model_content_hash"] == seals["onnx_model"]["content_hash"]
+    assert meta["base_model"] == "tiny-random:phi3"
+    # the same config hash the local runner writes into promoted.json
+    assert meta["config_hash"] == json.loads((tiny_run / "promoted.json").read_text())["lineage"]["config_hash"]
