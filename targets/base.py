@@ -17,7 +17,6 @@ import importlib
 import os
 import pkgutil
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -174,7 +173,3 @@ def scrub(text: str) -> str:
 def one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return scrub(text[0] if text else type(err).__name__)
-
-
-def main_module():
-    return sys.modules.get("__main__")

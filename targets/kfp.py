@@ -456,15 +456,25 @@ class _calling:
         raise UserError(one_line(Exception(f"KFP at {self.host}: cannot {self.what}: {type(err).__name__}: {err}"))) from None
 
 
-def _upload(client, dag: Pipeline, cfg: Config, conn) -> tuple[str, str | None, Path]:
+def _upload(client, dag: Pipeline, cfg: Config, conn) -> tuple[str, str]:
     """Compile to a temporary file and upload it: a new pipeline, or a new version of the
-    pipeline of that name. Returns (pipeline_id, version_id, the compiled file)."""
-    import hashlib
+    pipeline of that name. Returns (pipeline_id, version_id)."""
     import tempfile
-    import time
 
     tmp = Path(tempfile.mkdtemp(prefix="slm-kfp-")) / "pipeline.yaml"
     compile_pipeline(dag, cfg, tmp)
+    try:
+        return _upload_file(client, cfg, conn, tmp)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _upload_file(client, cfg: Config, conn, tmp: Path) -> tuple[str, str]:
+    import hashlib
+    import time
+
     host = _host(conn)
     with _calling("look up the pipeline", host):
         pipeline_id = client.get_pipeline_id(cfg.name)
@@ -475,12 +485,12 @@ def _upload(client, dag: Pipeline, cfg: Config, conn) -> tuple[str, str | None, 
             versions = client.list_pipeline_versions(pipeline.pipeline_id, page_size=1, sort_by="created_at desc").pipeline_versions
         if not versions:
             raise UserError(f"KFP at {host}: the uploaded pipeline {pipeline.pipeline_id} has no version")
-        return pipeline.pipeline_id, versions[0].pipeline_version_id, tmp
+        return pipeline.pipeline_id, versions[0].pipeline_version_id
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
     with _calling("upload a pipeline version", host):
         version = client.upload_pipeline_version(str(tmp), f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{digest}",
                                                  pipeline_id=pipeline_id)
-    return pipeline_id, version.pipeline_version_id, tmp
+    return pipeline_id, version.pipeline_version_id
 
 
 def _experiment(client, cfg: Config, conn) -> str:
@@ -532,7 +542,7 @@ class KfpTarget(Target):
 
     def submit(self, dag, cfg, conn):
         client = _client(conn)
-        pipeline_id, version_id, _ = _upload(client, dag, cfg, conn)
+        pipeline_id, version_id = _upload(client, dag, cfg, conn)
         experiment_id = _experiment(client, cfg, conn)
         import time
 
@@ -551,7 +561,7 @@ class KfpTarget(Target):
         """A recurring run: KFP's 6-field cron (seconds first), at most one run at a time
         (max_concurrency 1), and no backfill of missed intervals (no_catchup)."""
         client = _client(conn)
-        pipeline_id, version_id, _ = _upload(client, dag, cfg, conn)
+        pipeline_id, version_id = _upload(client, dag, cfg, conn)
         experiment_id = _experiment(client, cfg, conn)
         with _calling("create the recurring run", _host(conn)):
             rec = client.create_recurring_run(
