@@ -5,6 +5,7 @@ evaluation feeds the prompt and parses the generated text back into a label.
 """
 from __future__ import annotations
 
+import functools
 import string
 
 from .errors import UserError
@@ -25,16 +26,20 @@ def check_template(template: str, columns: set[str]) -> None:
         )
 
 
+@functools.lru_cache(maxsize=16)
+def _split_template(template: str, label_col: str) -> tuple[str, str]:
+    cut = template.index("{" + label_col + "}")
+    return template[:cut], template[cut:]
+
+
 def render(row: dict, data_cfg, tokenizer=None) -> tuple[str, str]:
     """Split one row into the prompt the model sees and the completion it must produce."""
     label = str(row[data_cfg.label_col])
     if data_cfg.prompt_format == "template":
         # Olive semantics: the text_template over text_cols; everything before the label is the prompt.
-        cut = data_cfg.text_template.index("{" + data_cfg.label_col + "}")
-        values = {k: str(v) for k, v in row.items()}
-        prompt = data_cfg.text_template[:cut].format_map(values)
-        completion = data_cfg.text_template[cut:].format_map(values)
-        return prompt, completion
+        head, tail = _split_template(data_cfg.text_template, data_cfg.label_col)
+        # format(v, "") is str(v) for every JSON, CSV and datasets value type: no copy of the row needed.
+        return head.format_map(row), tail.format_map(row)
     user = "\n".join(str(row[c]) for c in data_cfg.text_cols if c != data_cfg.label_col)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(

@@ -73,13 +73,12 @@ def run(cfg, context, dataset: Path) -> None:
 
     labels = list(data.labels) if data.labels else sorted(reader.first_seen)
     reader.check_labels(labels)
-    examples, dupes = dedupe(examples)
+    dupes = reader.duplicates
     if evals_in is None:
         train, evals = stratified_split(examples, data.eval_fraction, data.seed)
         leaked = 0
     else:
-        evals, eval_dupes = dedupe(evals_in)
-        dupes += eval_dupes
+        evals = evals_in
         eval_prompts = {e["prompt"] for e in evals}
         train = [e for e in examples if e["prompt"] not in eval_prompts]
         leaked = len(examples) - len(train)
@@ -88,8 +87,8 @@ def run(cfg, context, dataset: Path) -> None:
                             "nothing is left to train on")
     check_sizes(train, evals, data, reader)
 
-    write_jsonl(dataset / "train.jsonl", ({k: e[k] for k in ("prompt", "completion", "label")} for e in train))
-    write_jsonl(dataset / "eval.jsonl", ({k: e[k] for k in ("prompt", "completion", "label")} for e in evals))
+    write_jsonl(dataset / "train.jsonl", train)
+    write_jsonl(dataset / "eval.jsonl", evals)
     stats = {
         "labels": labels,
         "rows_read": reader.rows_read,
@@ -134,7 +133,8 @@ def find_input(path: str, key: str) -> Path:
 
 
 class Reader:
-    """Reads rows from one or more files into examples, validating each row as it streams by."""
+    """Reads rows from one or more files into examples (``prompt``, ``completion``, ``label``),
+    validating each row as it streams by and dropping exact duplicates within each file."""
 
     def __init__(self, data, tokenizer):
         self.data, self.tokenizer = data, tokenizer
@@ -142,45 +142,62 @@ class Reader:
         # Every field a prompt is made of must be text: the text_cols and what the template names.
         self.fields = list(dict.fromkeys([*data.text_cols, *self.template]))
         self.first_seen: dict[str, str] = {}  # label -> where it first occurs ("FILE line N")
-        self.prompts: dict[str, str] = {}  # prompt -> label
-        self.read_lists: list[list[dict]] = []
+        self.prompts: dict[str, tuple] = {}  # prompt -> (label, source index, row number), first occurrence
+        self.sources: list[tuple[Path, str]] = []  # (path, "line" | "row")
         self.rows_read = 0
+        self.duplicates = 0
         self.stripped = 0
         self.first_stripped = ""
 
     def read(self, path: Path, key: str) -> list[dict]:
-        data = self.data
+        data, label_col, max_rows = self.data, self.data.label_col, self.data.max_rows
         examples: list[dict] = []
-        self.read_lists.append(examples)
         unit, rows = _rows(path, data.format)
+        src = len(self.sources)
+        self.sources.append((path, unit))
+        here: dict[str, str] = {}  # prompt -> completion, this file: exact duplicates are dropped
+        extra: set[tuple[str, str]] = set()  # a prompt with a second completion (template text after the label)
+        n = count = 0
         for n, row in rows:
-            if not isinstance(row, dict):
+            if type(row) is not dict:
                 raise UserError(f"{path} {unit} {n}: expected an object with fields {data.text_cols}, got {_json_type(row)}")
-            if not examples:
+            if not self.rows_read:
                 self._check_columns(row, path)
             self._check_row(row, path, unit, n)
-            label = row[data.label_col]
+            self.rows_read += 1
+            label = row[label_col]
             if label != label.strip():
                 self.stripped += 1
                 self.first_stripped = self.first_stripped or f"{path} {unit} {n}: {label!r}"
-                row[data.label_col] = label = label.strip()
+                row[label_col] = label = label.strip()
             if label not in self.first_seen:
                 self.first_seen[label] = f"{path} {unit} {n}"
             prompt, completion = render(row, data, self.tokenizer)
-            seen = self.prompts.setdefault(prompt, label)
-            if seen != label:
-                raise UserError(f"{path} {unit} {n}: this prompt has label {label!r}, but {self._where_prompt(prompt)} "
-                                f"gives it {seen!r}; one prompt must have one label")
-            examples.append({"prompt": prompt, "completion": completion, "label": label, "at": (path, unit, n)})
-            self.rows_read += 1
-            if data.max_rows and len(examples) >= data.max_rows:
+            seen = self.prompts.setdefault(prompt, (label, src, n))
+            if seen[0] != label:
+                raise UserError(f"{path} {unit} {n}: this prompt has label {label!r}, but {self.where(prompt)} "
+                                f"gives it {seen[0]!r}; one prompt must have one label")
+            count += 1
+            previous = here.get(prompt)
+            if previous is None:
+                here[prompt] = completion
+            elif previous == completion or (prompt, completion) in extra:
+                self.duplicates += 1
+                continue
+            else:
+                extra.add((prompt, completion))
+            examples.append({"prompt": prompt, "completion": completion, "label": label})
+            if max_rows and count >= max_rows:
                 break
-        if not examples:
+        if not n:
             raise UserError(f"{path} has no rows")
         return examples
 
-    def _where_prompt(self, prompt: str) -> str:
-        return next(where(e) for lst in self.read_lists for e in lst if e["prompt"] == prompt)
+    def where(self, prompt: str) -> str:
+        """Where a prompt first occurs: "FILE line N"."""
+        _, src, n = self.prompts[prompt]
+        path, unit = self.sources[src]
+        return f"{path} {unit} {n}"
 
     def _check_columns(self, row: dict, path: Path) -> None:
         """The first row names the columns: a template field outside text_cols that it lacks is a config error."""
@@ -191,8 +208,11 @@ class Reader:
 
     def _check_row(self, row: dict, path: Path, unit: str, n: int) -> None:
         data = self.data
+        limit = data.max_text_chars
         for col in self.fields:
             value = row.get(col)
+            if type(value) is str and value and len(value) <= limit and not value.isspace():
+                continue  # the common case, decided without building any message
             if value is None or (isinstance(value, str) and not value.strip()):
                 raise UserError(f"{path} {unit} {n}: field {col!r} is missing or empty")
             if not isinstance(value, str):
@@ -220,17 +240,12 @@ class Reader:
             raise UserError(f"the data has only one label ({sorted(self.first_seen)}); a classifier needs at least two")
 
 
-def where(example: dict) -> str:
-    path, unit, n = example["at"]
-    return f"{path} {unit} {n}"
-
-
 def check_sizes(train: list[dict], evals: list[dict], data, reader: Reader) -> None:
     """The minimum dataset (MIN_TRAIN_PER_LABEL, MIN_EVAL_ROWS), and no eval label unseen in training."""
     trained = Counter(e["label"] for e in train)
     for e in evals:
         if e["label"] not in trained:
-            raise UserError(f"{where(e)}: eval label {e['label']!r} never occurs in the training data "
+            raise UserError(f"{reader.where(e['prompt'])}: eval label {e['label']!r} never occurs in the training data "
                             f"({data.path}); the model could never predict it")
     for label, count in sorted(trained.items()):
         if count < MIN_TRAIN_PER_LABEL:
@@ -298,17 +313,19 @@ class _DuplicateKey(ValueError):
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
     return out
+
+
+_DECODE = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode  # one decoder: json.loads(**kw) builds one per call
 
 
 def _loads(text: str, where: str):
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        return _DECODE(text)
     except _DuplicateKey as e:
         raise UserError(f"{where}: key {e.args[0]!r} appears twice in one object; keep one") from None
     except json.JSONDecodeError as e:
@@ -324,7 +341,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
 def _json_array(path: Path) -> list:
     text = "".join(line for _, line in _lines(path))
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        return _DECODE(text)
     except _DuplicateKey as e:
         raise UserError(f"{path}: key {e.args[0]!r} appears twice in one object; keep one") from None
     except json.JSONDecodeError as e:
@@ -383,24 +400,15 @@ def _load_hf_disk(path: Path) -> list[dict]:
     return rows
 
 
-def dedupe(examples: list[dict]) -> tuple[list[dict], int]:
-    seen, out = set(), []
-    for e in examples:
-        key = (e["prompt"], e["completion"])
-        if key not in seen:
-            seen.add(key)
-            out.append(e)
-    return out, len(examples) - len(out)
-
-
 def stratified_split(examples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Split by unique prompt, per label, seeded: the same prompt never lands on both sides."""
-    by_prompt: dict[str, list[dict]] = {}
-    for e in examples:
-        by_prompt.setdefault(e["prompt"], []).append(e)
     by_label: dict[str, list[str]] = {}
-    for prompt, group in by_prompt.items():
-        by_label.setdefault(group[0]["label"], []).append(prompt)
+    seen: set[str] = set()
+    for e in examples:  # each unique prompt once, under its label (one prompt has one label)
+        if e["prompt"] not in seen:
+            seen.add(e["prompt"])
+            by_label.setdefault(e["label"], []).append(e["prompt"])
+    del seen
     rng = random.Random(seed)
     eval_prompts: set[str] = set()
     for label in sorted(by_label):

@@ -1,14 +1,19 @@
 """Change one thing at a time; exactly the stages downstream of it must re-run. 0 stale hits."""
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_cli, summary
+from helpers import ROOT, TINY, run_cli, summary
 
+from components.common.config import load_config
+from components.common.harness import cache_key as local_cache_key
 from components.common.models import resolve
+from pipeline import DAG
+from targets.local import cached
 
 ALL = ("data_prep", "train", "merge", "onnx_build", "evaluate")
 
@@ -87,3 +92,88 @@ def test_base_model_files(project, tmp_path):
     flip_byte(weights, len(weights.read_bytes()) - 3)  # a weight's last byte, not the header
     reran = run_in(project, first, f"model.base={base}")
     assert {n for n, ran in reran.items() if ran} == set(ALL[1:])
+
+
+# --- The hash chain, checked without the runner's cleanup ----------------------------------------
+# The runner deletes a stage's downstream outputs before re-running it, so the matrix above can
+# never show a downstream stale hit. Here every downstream stage's own cache check runs against
+# an upstream that changed (re-sealed, so it is a valid artifact), with its old output left in place.
+
+def reseal(folder: Path) -> None:
+    """Re-seal an artifact after changing a file, as its stage would have: valid, and different."""
+    from components.common.hashing import MARKER, digest, tree_files
+
+    marker = json.loads((folder / MARKER).read_text())
+    files = tree_files(folder)
+    marker.update(files=files, content_hash=digest(files))
+    (folder / MARKER).write_text(json.dumps(marker))
+
+
+# One file per upstream artifact type, changed by one appended byte (still valid JSON/JSONL).
+CHANGED_FILE = {"data_prep.dataset": "train.jsonl", "train.adapter": "train_log.jsonl",
+                "merge.model": "parity.json", "onnx_build.onnx_model": "build_info.json"}
+WIRES = [(s.name, port, src) for s in DAG for port, src in s.wires.items()]
+
+
+def change_upstream(run: Path, src: str) -> None:
+    folder = run.joinpath(*src.split("."))
+    with open(folder / CHANGED_FILE[src], "a") as f:
+        f.write("\n")
+    reseal(folder)
+
+
+@pytest.mark.parametrize("stage,port,src", WIRES, ids=[f"{s}<-{src}" for s, _, src in WIRES])
+def test_downstream_cache_check_sees_a_changed_upstream(tmp_path, tiny_run, stage, port, src):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = load_config(TINY)
+    assert cached(DAG[stage], cfg, run), "control: the unchanged run must be a cache hit"
+    change_upstream(run, src)
+    assert not cached(DAG[stage], cfg, run), f"{stage} would serve its old output for a changed {src}: a stale hit"
+
+
+def test_the_chain_check_catches_a_key_that_ignores_inputs(tmp_path, tiny_run, monkeypatch):
+    """The check above can fail: with a cache key that forgets the input hashes (a broken chain),
+    the downstream stage reports a hit for a changed upstream."""
+    import targets.local as local
+    from components.common.hashing import MARKER
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = load_config(TINY)
+    broken = lambda spec, params, inputs: local_cache_key(spec, params, {})  # noqa: E731
+    monkeypatch.setattr(local, "cache_key", broken)
+    step = DAG["merge"]
+    marker_path = run / "merge" / "model" / MARKER  # as if the stages had sealed with the broken key too
+    marker = json.loads(marker_path.read_text())
+    marker["cache_key"] = broken(step.spec, step.spec.params(cfg), None)
+    marker_path.write_text(json.dumps(marker))
+    change_upstream(run, "train.adapter")
+    assert cached(step, cfg, run), "a key without inputs should give exactly the stale hit the check looks for"
+
+
+def test_same_data_at_another_path_is_a_cache_hit(tmp_path, tiny_run):
+    """Cache keys hash content, never paths: the tiny run's data moved elsewhere hits every stage;
+    the same bytes with one changed, or read by another reader (suffix), do not."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    moved = tmp_path / "elsewhere" / "renamed.jsonl"
+    moved.parent.mkdir()
+    shutil.copy(ROOT / "data" / "tone.jsonl", moved)
+    cfg = load_config(TINY, [f"data.path={moved}"])
+    assert all(cached(step, cfg, run) for step in DAG)
+    as_json = moved.with_suffix(".json")
+    shutil.copy(moved, as_json)
+    assert not cached(DAG["data_prep"], load_config(TINY, [f"data.path={as_json}"]), run)
+    flip_byte(moved, 20)
+    assert not cached(DAG["data_prep"], cfg, run)
+
+
+def test_moved_data_reruns_nothing_through_the_cli(tmp_path, tiny_run):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    moved = tmp_path / "moved.jsonl"
+    shutil.copy(ROOT / "data" / "tone.jsonl", moved)
+    proc = run_cli(str(ROOT / "pipeline.py"), "run", "--config", str(TINY), "--out", str(run), "--set", f"data.path={moved}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not any(not st["cached"] for st in summary(run)["stages"].values())

@@ -77,3 +77,36 @@ def test_kill_then_resume_is_bit_identical(tmp_path, tiny_run, clean_adapter, st
     assert f"resumed from the checkpoint at step {meta['step']}" in proc.stderr
     assert file_hash(adapter / "adapter_model.safetensors") == clean_adapter
     assert not (run / "train" / "adapter.checkpoints").exists()
+
+
+# Kills at the instants a random step never hits (components/common/faults.py points).
+DANGEROUS = [
+    ("train.before_first_checkpoint", None),  # step 1 done, no checkpoint yet: starts over
+    ("train.checkpoint_swap", 2 * EVERY),     # between the renames of the 2nd checkpoint: no "latest"
+    ("artifacts.commit.sealed", STEPS // EVERY * EVERY),  # adapter sealed, not renamed; checkpoints kept
+]
+
+
+@pytest.mark.parametrize("point,resume_step", DANGEROUS, ids=[p for p, _ in DANGEROUS])
+def test_kill_at_a_dangerous_instant_then_rerun_is_bit_identical(tmp_path, tiny_run, clean_adapter, point, resume_step):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "data_prep", run / "data_prep")
+    killed = subprocess.run(train_argv(run), env={**ENV, "SLM_FAULT": point}, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    adapter = run / "train" / "adapter"
+    checkpoints = run / "train" / "adapter.checkpoints"
+    assert not adapter.exists(), "a killed stage left an output"
+    if point != "artifacts.commit.sealed":
+        assert not (checkpoints / "latest").exists()
+
+    proc = subprocess.run(train_argv(run), env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if resume_step is None:
+        assert "resumed from" not in proc.stderr
+    else:
+        assert f"resumed from the checkpoint at step {resume_step}" in proc.stderr
+    if point == "train.checkpoint_swap":
+        assert f"recovered the checkpoint at step {resume_step}" in proc.stderr
+    assert file_hash(adapter / "adapter_model.safetensors") == clean_adapter
+    assert not checkpoints.exists()
+    assert not [p.name for p in (run / "train").iterdir() if p.name.startswith(".")]
