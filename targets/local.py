@@ -124,6 +124,7 @@ def _run_locked(dag: Pipeline, cfg: Config, run_dir: Path, use_cache: bool, exec
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     # promoted.json describes the run whose artifacts lie beside it: gone until this one passes.
     (run_dir / promotion.PROMOTED).unlink(missing_ok=True)
+    (run_dir / "summary.json").unlink(missing_ok=True)  # likewise: it is rewritten when this run ends
     summary: dict = {"pipeline": dag.name, "run_dir": str(run_dir), "stages": {}, "metrics": {}}
     status = 0
     stopped = None  # why the DAG's condition ended the run early
@@ -151,7 +152,12 @@ def _run_locked(dag: Pipeline, cfg: Config, run_dir: Path, use_cache: bool, exec
             shutil.rmtree(run_dir / step.name / port.name, ignore_errors=True)
         argv = stage_argv(step, cfg, root or str(run_dir))
         print(f"==> {step.name}: {' '.join(argv[:3])} ...", flush=True)
-        code = execute(step, argv, run_dir)
+        try:
+            code = execute(step, argv, run_dir)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the stage was stopped; say so, then stop
+            entry.update(status="interrupted", seconds=round(time.time() - started, 1))
+            artifacts.write_json(run_dir / "summary.json", {**summary, "status": "interrupted"})
+            raise
         entry.update(seconds=round(time.time() - started, 1))
         if code != 0 or before is None or _content_hashes(step, run_dir) != before:
             for name in dag.downstream(step.name):
@@ -255,7 +261,8 @@ def list_runs(root: Path) -> list[dict]:
             "reason": summary.get("reason"),
             "accuracy": onnx.get("accuracy"),
             "macro_f1": onnx.get("macro_f1"),
-            "promoted": bool(promoted),
+            # promoted.json (local runners), or the summary's flag (kfp-local: KFP's metadata)
+            "promoted": bool(promoted) or summary.get("promoted") is True,
             "dataset_hash": (promoted or {}).get("lineage", {}).get("dataset_hash"),
         })
     return rows
