@@ -412,22 +412,49 @@ def _host(conn) -> str | None:
 
 
 def _client(conn):
-    """``kfp.Client``: the host from --host, KF_PIPELINES_ENDPOINT, else the kube context (the
-    client's own lookup: in-cluster, then ~/.kube/config). A bearer token from
-    KF_PIPELINES_TOKEN if set; never from the config or the command line."""
+    """``kfp.Client``: the host from --host or KF_PIPELINES_ENDPOINT (a bearer token from
+    KF_PIPELINES_TOKEN if set), else KFP's API through the kube context's API server proxy with
+    the context's credentials, else (in a pod) the in-cluster service. Never from the config or
+    the command line."""
     import os
     import warnings
 
     host = _host(conn)
-    if not host and not (os.environ.get("KUBERNETES_SERVICE_HOST") or Path(os.environ.get("KUBECONFIG", "~/.kube/config")).expanduser().exists()):
-        raise UserError(f"no KFP host: {HOST_HINT}")
+    token = os.environ.get("KF_PIPELINES_TOKEN") or None
+    ca = None
+    if not host:
+        kubeconfig = Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser()
+        if kubeconfig.exists():
+            host, token, ca = _kube_context()
+        elif not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            raise UserError(f"no KFP host: {HOST_HINT}")
     import kfp
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with _calling("connect to", host):
-            return kfp.Client(host=host, namespace=conn.namespace or "kubeflow",
-                              existing_token=os.environ.get("KF_PIPELINES_TOKEN") or None)
+            return kfp.Client(host=host, namespace=conn.namespace or "kubeflow", existing_token=token, ssl_ca_cert=ca)
+
+
+KFP_SERVICE_PROXY = "/api/v1/namespaces/kubeflow/services/ml-pipeline:http/proxy"
+
+
+def _kube_context() -> tuple[str, str | None, str | None]:
+    """(KFP's URL through the API server's service proxy, the context's bearer token, its CA file).
+    kfp.Client's own kube-context path (kfp 2.17 with kubernetes 3x) loses the proxy path, so the
+    context is read here with the kubernetes client and handed to kfp.Client as a host."""
+    from kubernetes import client as k8s_client
+    from kubernetes import config as k8s_config
+
+    from .base import one_line
+
+    kc = k8s_client.Configuration()
+    try:
+        k8s_config.load_kube_config(client_configuration=kc)
+    except Exception as err:  # noqa: BLE001 - a broken kubeconfig, one line
+        raise UserError(f"no KFP host: {HOST_HINT} (the kube context: {one_line(err)})") from None
+    auth = (kc.api_key or {}).get("authorization") or ""
+    return kc.host.rstrip("/") + KFP_SERVICE_PROXY, auth.removeprefix("Bearer ").strip() or None, kc.ssl_ca_cert
 
 
 class _calling:

@@ -142,8 +142,9 @@ def multipart_file(req: Request) -> bytes:
 # KFP v2beta1
 
 
-def kfp_routes(run_states: list[dict], existing_pipeline: str | None = None) -> list:
-    """``run_states``: successive ``GET /runs/{id}`` answers (``{"state": ..., "tasks": {stage: state}}``)."""
+def kfp_routes(run_states: list[dict], existing_pipeline: str | None = None, prefix: str = "") -> list:
+    """``run_states``: successive ``GET /runs/{id}`` answers (``{"state": ..., "tasks": {stage: state}}``);
+    ``prefix``: a path regex before ``/apis`` (the Kubernetes API server's service proxy)."""
     runs = progression(run_states)
 
     def pipelines(req, m):
@@ -157,7 +158,7 @@ def kfp_routes(run_states: list[dict], existing_pipeline: str | None = None) -> 
                                                  for n, s in state.get("tasks", {}).items()]},
                 **({"error": {"message": state["error"]}} if state.get("error") else {})}
 
-    return [
+    return [(method, prefix + pattern, fn) for method, pattern, fn in [
         ("GET", r"/apis/v2beta1/healthz", lambda r, m: (200, {"multi_user": False})),
         ("GET", r"/apis/v2beta1/pipelines", pipelines),
         ("POST", r"/apis/v2beta1/pipelines/upload",
@@ -175,7 +176,7 @@ def kfp_routes(run_states: list[dict], existing_pipeline: str | None = None) -> 
         ("GET", r"/apis/v2beta1/runs/([^/]+)", lambda r, m: (404, {"code": 5, "message": f"run {m.group(1)} not found"})),
         ("POST", r"/apis/v2beta1/recurringruns",
          lambda r, m: (200, {**r.json, "recurring_run_id": "rr-1", "status": "ENABLED"})),
-    ]
+    ]]
 
 
 # ------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,35 @@ def test_kfp_status_prints_the_stage_table(capsys, caplog, monkeypatch):
                          ["onnx_build", "pending"], ["evaluate", "pending"]]
         code, out = cli(capsys, caplog, "status", "--target", "kfp", "run-404")
     assert code == 2 and "KFP at http://127.0.0.1" in out and "HTTP 404" in out and "run run-404 not found" in out
+
+
+def test_kfp_without_a_host_goes_through_the_kube_context(capsys, caplog, tmp_path, monkeypatch):
+    """No --host, no KF_PIPELINES_ENDPOINT: kfp.Client reaches KFP through the kube context's API
+    server (its service proxy), with the context's credentials."""
+    kube_token = "kube-CANARY-token-0e77"
+    proxy = r"/api/v1/namespaces/kubeflow/services/ml-pipeline:http/proxy/*"
+    with recorders.Recorder(recorders.kfp_routes([{"state": "SUCCEEDED", "tasks": {s: "SUCCEEDED" for s in STAGES}}],
+                                                 prefix=proxy)) as rec:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "loopback",
+            "clusters": [{"name": "loopback", "cluster": {"server": rec.url}}],
+            "users": [{"name": "me", "user": {"token": kube_token}}],
+            "contexts": [{"name": "loopback", "context": {"cluster": "loopback", "user": "me"}}]}))
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        monkeypatch.delenv("KF_PIPELINES_TOKEN")
+        code, out = cli(capsys, caplog, "status", "--target", "kfp", "run-1")
+    assert code == 0, out
+    assert [c for c in rec.calls() if c[1].endswith("/runs/run-1")]
+    assert all(re.fullmatch(proxy + r"/apis/v2beta1/.*", p) for _, p in rec.calls())
+    assert all(r.headers["authorization"] == f"Bearer {kube_token}" for r in rec.requests)
+    assert kube_token not in out and "[evaluate]" not in out and ["evaluate", "succeeded"] in [ln.split() for ln in out.splitlines()]
+
+
+def test_kfp_without_any_host_says_how_to_give_one(capsys, caplog, tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    code, out = cli(capsys, caplog, "status", "--target", "kfp", "run-1")
+    assert code == 2 and "error: no KFP host: set --host or KF_PIPELINES_ENDPOINT" in out
 
 
 def test_kfp_schedule_creates_a_recurring_run_in_kfp_cron(capsys, caplog):
