@@ -425,7 +425,7 @@ def _client(conn):
     if not host:
         kubeconfig = Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser()
         if kubeconfig.exists():
-            host, token, ca = _kube_context()
+            host, token, ca = _kube_context(kubeconfig)
         elif not os.environ.get("KUBERNETES_SERVICE_HOST"):
             raise UserError(f"no KFP host: {HOST_HINT}")
     import kfp
@@ -439,7 +439,7 @@ def _client(conn):
 KFP_SERVICE_PROXY = "/api/v1/namespaces/kubeflow/services/ml-pipeline:http/proxy"
 
 
-def _kube_context() -> tuple[str, str | None, str | None]:
+def _kube_context(kubeconfig: Path) -> tuple[str, str | None, str | None]:
     """(KFP's URL through the API server's service proxy, the context's bearer token, its CA file).
     kfp.Client's own kube-context path (kfp 2.17 with kubernetes 3x) loses the proxy path, so the
     context is read here with the kubernetes client and handed to kfp.Client as a host."""
@@ -450,7 +450,7 @@ def _kube_context() -> tuple[str, str | None, str | None]:
 
     kc = k8s_client.Configuration()
     try:
-        k8s_config.load_kube_config(client_configuration=kc)
+        k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=kc)
     except Exception as err:  # noqa: BLE001 - a broken kubeconfig, one line
         raise UserError(f"no KFP host: {HOST_HINT} (the kube context: {one_line(err)})") from None
     auth = (kc.api_key or {}).get("authorization") or ""
