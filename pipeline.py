@@ -103,6 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     sched.add_argument("--cron", help='a 5-field cron, e.g. "0 3 * * 1" (default: targets.<target>.schedule)')
     sched.add_argument("--timezone", help="default: targets.<target>.schedule_timezone (UTC)")
 
+    imp = sub.add_parser("import-olive", help="convert a Microsoft Olive JSON config into a config of ours",
+                         description="Convert an Olive config (both generations of its keys: the Phi-3 CookBook's "
+                         "older PyTorchModel/params_config/lora_r keys and the current HfModel/load_dataset_config/r "
+                         "keys) into our YAML. The written file starts with a comment header listing every Olive key: "
+                         "what it was mapped to, and what was not imported and why. Relative data paths resolve "
+                         "against the Olive file's folder, as in Olive. `run --config olive.json` and "
+                         "`compile --config olive.json` use the same import.",
+                         epilog="example:\n  python pipeline.py import-olive olive-config.json --out configs/phi3-tone.yaml\n"
+                         "  python pipeline.py run --config configs/phi3-tone.yaml --out runs/phi3-tone",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("olive", metavar="OLIVE_JSON", help="the Olive config file")
+    imp.add_argument("--out", required=True, help="the YAML config to write, e.g. configs/<name>.yaml")
+
     sub.add_parser("stages", help="print the stage registry")
 
     runs = sub.add_parser("runs", help="list local runs: status, metrics, promotion (promoted.json)")
@@ -140,6 +153,8 @@ def _dispatch(args) -> int:
 
         print_stages(DAG)
         return 0
+    if args.command == "import-olive":
+        return _import_olive(args.olive, args.out)
     if args.command == "runs":
         from targets.local import list_runs, print_runs
 
@@ -208,6 +223,33 @@ def _cluster(args, load_config) -> int:
     elif args.command == "status":
         print_status(status)
     return 1 if status.state in ("failed", "canceled") and (args.wait or args.command == "status") else 0
+
+
+def _import_olive(source: str, out: str) -> int:
+    """Write OUT: the comment header (every Olive key: mapped, or not imported and why), then our YAML."""
+    from components.common.config import load_config, read_config_file, validate
+    from components.common.olive import import_olive_config
+
+    path = Path(source)
+    if not path.exists():
+        raise UserError(f"Olive config not found: {source}")
+    if path.suffix.lower() != ".json":
+        raise UserError(f"{source}: an Olive config is a .json file")
+    target = Path(out)
+    if target.suffix.lower() not in (".yaml", ".yml"):
+        raise UserError(f"--out {out}: give a .yaml file, e.g. configs/{path.stem}.yaml")
+    tree = read_config_file(path)  # one-line errors for a missing, binary or malformed file
+    if not ("passes" in tree or "input_model" in tree):
+        raise UserError(f"{source}: not an Olive config (it has neither input_model nor passes)")
+    imp = import_olive_config(tree, path)
+    validate(imp.tree, str(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(imp.yaml())
+    load_config(target)  # what was written loads as it is
+    print(f"wrote {target}: {len(imp.mapped)} Olive keys mapped, {len(imp.ignored)} not imported (listed in its header)")
+    if imp.ignored:
+        print(imp.warning(), file=sys.stderr)
+    return 0
 
 
 def _terminated(signum, _frame):

@@ -383,30 +383,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     if path is not None:
         path = Path(path)
         where = str(path)
-        if not path.exists():
-            raise UserError(f"config file not found: {path}")
-        if not path.is_file():
-            raise UserError(f"{path}: not a regular file (a folder, FIFO or device); give a YAML or JSON config file")
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            line = raw[: e.start].count(b"\n") + 1
-            raise UserError(f"{path} line {line}: not UTF-8 text (byte {raw[e.start]:#x}); re-save the file as UTF-8") from None
-        try:
-            if path.suffix == ".json":
-                tree = json.loads(text, object_pairs_hook=_no_duplicate_keys(str(path)))
-            else:
-                tree = load_yaml(text, str(path))
-        except (yaml.YAMLError, json.JSONDecodeError) as e:
-            raise UserError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
-        tree = tree or {}
-        if not isinstance(tree, dict):
-            raise UserError(f"{path}: the top level must be a mapping of sections")
+        tree = read_config_file(path)
         if _looks_like_olive(tree):
-            from .olive import import_olive
-
-            tree = import_olive(tree, path)
+            tree = olive_tree(tree, path)
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected key.path=value")
@@ -415,8 +394,45 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return validate(tree, where)
 
 
+def read_config_file(path: Path) -> dict:
+    """The parsed YAML or JSON mapping in ``path``, with one-line errors for every way a file can be wrong."""
+    if not path.exists():
+        raise UserError(f"config file not found: {path}")
+    if not path.is_file():
+        raise UserError(f"{path}: not a regular file (a folder, FIFO or device); give a YAML or JSON config file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(f"{path} line {line}: not UTF-8 text (byte {raw[e.start]:#x}); re-save the file as UTF-8") from None
+    try:
+        if path.suffix == ".json":
+            tree = json.loads(text, object_pairs_hook=_no_duplicate_keys(str(path)))
+        else:
+            tree = load_yaml(text, str(path))
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    tree = tree or {}
+    if not isinstance(tree, dict):
+        raise UserError(f"{path}: the top level must be a mapping of sections")
+    return tree
+
+
 def _looks_like_olive(tree: dict) -> bool:
     return "passes" in tree or "input_model" in tree
+
+
+def olive_tree(tree: dict, path: Path) -> dict:
+    """An Olive config as our config tree; what is not imported is printed as a warning, by key."""
+    import sys
+
+    from .olive import import_olive_config
+
+    imp = import_olive_config(tree, path)
+    if imp.ignored:
+        print(imp.warning(), file=sys.stderr)
+    return imp.tree
 
 
 def flatten(model: BaseModel, prefix: str = "") -> dict[str, Any]:
