@@ -50,6 +50,7 @@ class RunStatus:
     stages: dict[str, str]
     url: str | None = None
     message: str | None = None
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # stage: run time, where the engine says
 
     @property
     def done(self) -> bool:
@@ -155,10 +156,33 @@ def follow(get_status: Callable[[], RunStatus], first: RunStatus | None = None, 
 def print_status(status: RunStatus, out=None) -> None:
     """The stage table, in the shape of the local runner's summary (targets/local.py)."""
     out = out or print
-    out(f"{'stage':<12} {'status':<10}")
+    out(f"\n{'stage':<12} {'status':<10} {'seconds':>8}")
     for name, state in status.stages.items():
-        out(f"{name:<12} {state:<10}")
+        secs = status.seconds.get(name)
+        out(f"{name:<12} {state:<10} {f'{secs:.1f}' if secs is not None else '-':>8}")
     out(f"run: {status.run_id} ({status.state})" + (f" {status.url}" if status.url else ""))
+
+
+def seconds_between(start: Any, end: Any) -> float | None:
+    """``end - start`` in seconds, from datetimes or ISO strings; None if either is missing."""
+    import datetime as dt
+
+    def parse(v):
+        if v is None or v == "":
+            return None
+        v = getattr(v, "root", getattr(v, "__root__", v))  # hera's Time wraps a datetime
+        if isinstance(v, dt.datetime):
+            return v
+        v = str(v)
+        try:
+            return dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+
+    a, b = parse(start), parse(end)
+    if a is None or b is None or a.year < 1971 or b < a:
+        return None
+    return (b - a).total_seconds()
 
 
 def scrub(text: str) -> str:

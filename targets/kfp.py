@@ -531,17 +531,21 @@ def run_arguments(dag: Pipeline, cfg: Config) -> dict[str, Any]:
 
 
 def _run_status(dag: Pipeline, client, run, conn) -> "RunStatus":
-    from .base import PENDING, RunStatus
+    from .base import PENDING, RunStatus, seconds_between
 
     stage_names = [step.name for step in dag]
     stages = {name: PENDING for name in stage_names}
+    seconds: dict[str, float] = {}
     for task in (getattr(run.run_details, "task_details", None) or []) if run.run_details else []:
         if task.display_name in stages and task.state:
             stages[task.display_name] = _STATES.get(task.state, task.state.lower())
+            secs = seconds_between(task.start_time, task.end_time)
+            if secs is not None:
+                seconds[task.display_name] = secs
     error = getattr(run, "error", None)
     message = getattr(error, "message", None) if error else None
     return RunStatus(run_id=run.run_id, state=_STATES.get(run.state or "PENDING", "pending"), stages=stages,
-                     url=f"{client._get_url_prefix()}/#/runs/details/{run.run_id}", message=message)
+                     url=f"{client._get_url_prefix()}/#/runs/details/{run.run_id}", message=message, seconds=seconds)
 
 
 class KfpTarget(Target):

@@ -142,6 +142,17 @@ def multipart_file(req: Request) -> bytes:
 # KFP v2beta1
 
 
+STAGE_SECONDS = 42.0  # every finished stage ran this long
+
+
+def _times(state: str) -> dict:
+    """A finished stage's start and end (``start_time``/``end_time``); a running one's start."""
+    times = {"start_time": "2026-11-30T03:00:00Z"}
+    if state.upper() in ("SUCCEEDED", "FAILED", "ERROR"):
+        times["end_time"] = "2026-11-30T03:00:42Z"
+    return times
+
+
 def kfp_routes(run_states: list[dict], existing_pipeline: str | None = None, prefix: str = "") -> list:
     """``run_states``: successive ``GET /runs/{id}`` answers (``{"state": ..., "tasks": {stage: state}}``);
     ``prefix``: a path regex before ``/apis`` (the Kubernetes API server's service proxy)."""
@@ -154,7 +165,7 @@ def kfp_routes(run_states: list[dict], existing_pipeline: str | None = None, pre
 
     def run_json(state: dict) -> dict:
         return {"run_id": "run-1", "display_name": "run", "experiment_id": "exp-1", "state": state["state"],
-                "run_details": {"task_details": [{"task_id": f"t-{n}", "display_name": n, "state": s}
+                "run_details": {"task_details": [{"task_id": f"t-{n}", "display_name": n, "state": s, **_times(s)}
                                                  for n, s in state.get("tasks", {}).items()]},
                 **({"error": {"message": state["error"]}} if state.get("error") else {})}
 
@@ -201,7 +212,8 @@ def argo_routes(run_states: list[dict]) -> list:
         wf = dict(created.get("wf") or {"metadata": {}, "spec": {"entrypoint": "main", "templates": [{"name": "main"}]}})
         wf["metadata"] = {"name": m.group(2), "namespace": m.group(1)}
         nodes = {f"{m.group(2)}-{i}": {"id": f"{m.group(2)}-{i}", "name": f"{m.group(2)}.{t}", "displayName": t,
-                                       "type": "Pod", "phase": p, "templateName": t}
+                                       "type": "Pod", "phase": p, "templateName": t,
+                                       **{{"start_time": "startedAt", "end_time": "finishedAt"}[k]: v for k, v in _times(p).items()}}
                  for i, (t, p) in enumerate(state.get("tasks", {}).items())}
         wf["status"] = {"phase": state["phase"], "nodes": nodes, **({"message": state["message"]} if state.get("message") else {})}
         return 200, wf

@@ -186,8 +186,8 @@ def test_kfp_status_prints_the_stage_table(capsys, caplog, monkeypatch):
         assert code == 0, out
         assert rec.calls() == [("GET", "/apis/v2beta1/healthz"), ("GET", "/apis/v2beta1/runs/run-1")]
         table = [ln.split() for ln in out.splitlines() if ln.split() and ln.split()[0] in STAGES + ["stage"]]
-        assert table == [["stage", "status"], ["data_prep", "succeeded"], ["train", "running"], ["merge", "pending"],
-                         ["onnx_build", "pending"], ["evaluate", "pending"]]
+        assert table == [["stage", "status", "seconds"], ["data_prep", "succeeded", "42.0"], ["train", "running", "-"],
+                         ["merge", "pending", "-"], ["onnx_build", "pending", "-"], ["evaluate", "pending", "-"]]
         code, out = cli(capsys, caplog, "status", "--target", "kfp", "run-404")
     assert code == 2 and "KFP at http://127.0.0.1" in out and "HTTP 404" in out and "run run-404 not found" in out
 
@@ -212,7 +212,7 @@ def test_kfp_without_a_host_goes_through_the_kube_context(capsys, caplog, tmp_pa
     assert [c for c in rec.calls() if c[1].endswith("/runs/run-1")]
     assert all(re.fullmatch(proxy + r"/apis/v2beta1/.*", p) for _, p in rec.calls())
     assert all(r.headers["authorization"] == f"Bearer {kube_token}" for r in rec.requests)
-    assert kube_token not in out and "[evaluate]" not in out and ["evaluate", "succeeded"] in [ln.split() for ln in out.splitlines()]
+    assert kube_token not in out and "[evaluate]" not in out and ["evaluate", "succeeded", "42.0"] in [ln.split() for ln in out.splitlines()]
 
 
 def test_kfp_without_any_host_says_how_to_give_one(capsys, caplog, tmp_path, monkeypatch):
@@ -286,9 +286,11 @@ def test_argo_submit_wait_and_status(capsys, caplog, monkeypatch):
         assert "[data_prep] running" in out and "[data_prep] succeeded" in out and "[train] failed" in out
         assert f"run {RUN}: failed (child 'train' failed)" in out
         assert rec.calls() == [("POST", "/api/v1/workflows/slm-pipeline")] + [("GET", f"/api/v1/workflows/slm-pipeline/{RUN}")] * 2
-        code, out = cli(capsys, caplog, "status", "--target", "argo", RUN)
+        code, out = cli(capsys, caplog, "status", "--target", "argo", RUN, "--wait")  # already over: one look
         assert code == 1  # the run failed
-        assert ["train", "failed"] in [ln.split() for ln in out.splitlines()]
+        rows = [ln.split() for ln in out.splitlines()]
+        assert ["data_prep", "succeeded", "42.0"] in rows and ["train", "failed", "42.0"] in rows and ["merge", "pending", "-"] in rows
+        assert rec.calls()[-1] == ("GET", f"/api/v1/workflows/slm-pipeline/{RUN}")
         code, out = cli(capsys, caplog, "status", "--target", "argo", "--namespace", "other", "nope")
         assert code == 2 and "Argo at http://127.0.0.1" in out and "not found" in out
         assert rec.calls()[-1] == ("GET", "/api/v1/workflows/other/nope")
@@ -429,7 +431,7 @@ def test_azureml_submit_wait_and_status(azure, capsys, caplog):
     assert after == [job, ws, job, ws, ("GET", "/discovery"), steps] * 3
     code, out = cli(capsys, caplog, "status", "--target", "azureml", "--workspace", WSNAME, job_name)
     assert code == 1
-    assert ["train", "failed"] in [ln.split() for ln in out.splitlines()]
+    assert ["train", "failed", "-"] in [ln.split() for ln in out.splitlines()]
 
 
 def test_azureml_schedule_creates_a_job_schedule(azure, capsys, caplog):
