@@ -51,6 +51,10 @@ ENTRYPOINT = "main"
 IN_DIR = "/tmp/artifacts/inputs"
 OUT_DIR = "/tmp/artifacts/outputs"
 PARAMS_DIR = "/tmp/parameters/outputs"  # the stage writes one file per output parameter here
+# The promoting stage (components/common/promotion.py) writes its record here once its gate
+# passed; it becomes the task's output artifact `promoted`, beside the run's other outputs.
+PROMOTION_PATH = "/tmp/promotion/promoted.json"
+PROMOTION_ARTIFACT = "promoted"
 CACHE_VOLUME = "model-cache"
 # The longest wait between two tries (Argo's ``backoff.cap``; KFP's ``backoffMaxDuration``).
 # Not ``maxDuration``: that is a deadline counted from the first attempt, so a stage that
@@ -110,6 +114,7 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
         VolumeMount,
     )
 
+    from components.common import promotion
     from components.common.harness import PARAMETERS_DIR_ENV
 
     from .docker import IMAGE_GID
@@ -129,6 +134,9 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
             env.append(SecretEnv(name=s.hf_token_env, secret_name=s.hf_token_secret, secret_key=s.hf_token_key, optional=True))
         if spec.out_params:
             env.append(Env(name=PARAMETERS_DIR_ENV, value=PARAMS_DIR))
+        promoting = promotion.promotes(spec)
+        if promoting:
+            env.append(Env(name=promotion.PROMOTION_FILE_ENV, value=PROMOTION_PATH))
         argv = template_argv(step, cfg)
         templates[step.name] = Container(
             name=k8s_name(step.name),
@@ -141,7 +149,9 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
                 Artifact(name=p.name, path=f"{OUT_DIR}/{p.name}", archive=ArchiveStrategy(none=NoneStrategy()))
                 for p in spec.outputs
             ]
-            + [Parameter(name=p.name, value_from=ValueFrom(path=f"{PARAMS_DIR}/{p.name}")) for p in spec.out_params],
+            + [Parameter(name=p.name, value_from=ValueFrom(path=f"{PARAMS_DIR}/{p.name}")) for p in spec.out_params]
+            + ([Artifact(name=PROMOTION_ARTIFACT, path=PROMOTION_PATH, archive=ArchiveStrategy(none=NoneStrategy()))]
+               if promoting else []),
             resources=Resources(
                 cpu_request=res.cpu,
                 cpu_limit=res.cpu,

@@ -46,12 +46,18 @@ def artifact_paths_for(step: Step, root: str) -> dict[str, dict[str, str]]:
 def run_subprocess(step: Step, argv: list[str], run_dir: Path) -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.setdefault("PYTHONUNBUFFERED", "1")
-    # Ctrl-C reaches the whole foreground process group: the stage ignores SIGINT and gets SIGTERM
-    # from us instead, the signal it handles everywhere (cleanup; training checkpoints), so one
-    # Ctrl-C gives one line per process, not a traceback from wherever each happened to be.
-    proc = subprocess.Popen([sys.executable, *argv[1:]], env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    # Ctrl-C reaches the whole foreground process group. The stage starts with SIGINT blocked
+    # (inherited, so it is blocked from fork on, even before the stage's Python starts) and gets
+    # SIGTERM from us instead, the signal it handles everywhere (cleanup; training checkpoints):
+    # one Ctrl-C gives one line per process, not a traceback from wherever each happened to be.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
+        proc = subprocess.Popen([sys.executable, *argv[1:]], env=env)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C during the start is raised here
         return proc.wait()
     except BaseException:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
@@ -177,6 +183,12 @@ def _run_locked(dag: Pipeline, cfg: Config, run_dir: Path, use_cache: bool, exec
                 metrics = run_dir / step.name / port.name / "metrics.json"
                 if port.type == "Metrics" and metrics.is_file() and artifacts.read_marker(metrics.parent):
                     summary["metrics"].update(json.loads(metrics.read_text()).get("summary", {}))
+    for step in dag:  # evaluate's report.html (or, after a failed gate, the rejected one)
+        state = summary["stages"].get(step.name, {}).get("status")
+        for port in (p for p in step.spec.outputs if p.type == "Metrics"):
+            page = run_dir / step.name / (f"{port.name}/report.html" if state == "ok" else f"{port.name}.rejected.html")
+            if state in ("ok", "failed") and page.is_file():
+                summary["report"] = str(page)
     summary["status"] = "failed" if status else ("skipped" if stopped else "ok")
     if stopped:
         summary["reason"] = stopped
@@ -293,6 +305,8 @@ def print_summary(summary: dict) -> None:
         if isinstance(m, dict) and "accuracy" in m:
             print(f"{model:<12} accuracy {m['accuracy']:.3f}  macro_f1 {m['macro_f1']:.3f}")
     reason = f": {summary['reason']}" if summary.get("reason") else ""
+    if summary.get("report"):
+        print(f"report: {summary['report']}")
     print(f"summary: {summary['run_dir']}/summary.json ({summary['status']}{reason})")
 
 

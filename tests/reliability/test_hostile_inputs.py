@@ -362,3 +362,90 @@ def test_debug_flag_shows_the_traceback(tmp_path):
         loud = run_cli(str(ROOT / "pipeline.py"), *argv, "--config", str(config), "--out", str(tmp_path / "run"))
         assert loud.returncode != 0 and "Traceback (most recent call last)" in loud.stderr
         assert "UserError" in loud.stderr and "train.max_steps" in loud.stderr
+
+
+def start_run(out: Path, *sets: str) -> subprocess.Popen:
+    """A pipeline run in its own process group, as a terminal's foreground job is."""
+    import sys
+
+    args = [sys.executable, str(ROOT / "pipeline.py"), "run", "--config", str(TINY), "--out", str(out)]
+    for s in sets:
+        args += ["--set", s]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def wait_for(proc: subprocess.Popen, text: str, lines: list[str]) -> None:
+    for line in proc.stdout:
+        lines.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"the run ended before {text!r}:\n" + "".join(lines[-30:]))
+
+
+@pytest.mark.parametrize("when", ["==> train", "step 2/"], ids=["stage-starting", "mid-training"])
+def test_ctrl_c_during_a_run_gives_one_line_per_process_and_no_traceback(tmp_path, when):
+    import signal
+
+    out = tmp_path / "run"
+    proc = start_run(out, "train.checkpoint_every=1")
+    lines: list[str] = []
+    try:
+        wait_for(proc, when, lines)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: SIGINT to the whole foreground group
+        lines += proc.stdout.readlines()
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = "".join(lines)
+    assert proc.returncode == 130, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert 1 <= len(errors) <= 2 and errors[-1].startswith("error: interrupted;"), text[-3000:]
+    assert not (out / "train" / "adapter").exists()
+    assert json.loads((out / "summary.json").read_text())["stages"]["train"]["status"] == "interrupted"
+    if when == "step 2/":  # SIGTERM reached the stage: it checkpointed, and says so
+        assert "checkpoint saved at step" in errors[0]
+        assert (out / "train" / "adapter.checkpoints" / "latest" / "meta.json").is_file()
+
+
+def test_second_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path):
+    import fcntl
+    import signal
+
+    out = tmp_path / "run"
+    first = start_run(out)
+    lines: list[str] = []
+    try:
+        wait_for(first, "==> train", lines)
+        second = run_pipeline(out, "train.lora.r=4")
+        refused(second, f"--out {out} is in use by another run (pid {first.pid})")
+        os.killpg(first.pid, signal.SIGTERM)
+        first.wait(timeout=300)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    summary = json.loads((out / "summary.json").read_text())  # the first run's, never the refused one's
+    assert summary["status"] == "interrupted" and summary["stages"]["data_prep"]["status"] == "ok"
+    with open(out / ".run.lock", "a+") as fh:  # the lock went with the first run's process
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_run_lock_of_a_killed_run_does_not_block_the_next(tmp_path):
+    import signal
+    import sys
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)",
+                               str(out / ".run.lock")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    refused(run_pipeline(out, "train.max_steps=0"), "train.max_steps")  # config errors come first
+    refused(run_pipeline(out), f"--out {out} is in use by another run")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    proc = run_pipeline(out, "data.path=/nonexistent.jsonl")  # gets the lock, then fails in data_prep
+    refused(proc, "data.path: /nonexistent.jsonl not found")
