@@ -434,11 +434,17 @@ def test_azureml_submit_wait_and_status(azure, capsys, caplog):
     assert ["train", "failed", "-"] in [ln.split() for ln in out.splitlines()]
 
 
-def test_azureml_schedule_creates_a_job_schedule(azure, capsys, caplog):
+def test_azureml_schedule_creates_a_job_schedule(azure, capsys, caplog, tmp_path, monkeypatch):
     msi, mfe = azure([])
-    code, out = cli(capsys, caplog, "schedule", "--target", "azureml", "--workspace", WSNAME, "--config", CONFIG,
+    # the workspace from the config.json the portal hands out, in the working folder
+    for k in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP"):
+        monkeypatch.delenv(k)
+    (tmp_path / "config.json").write_text(json.dumps({"subscription_id": SUB, "resource_group": RG, "workspace_name": WSNAME}))
+    monkeypatch.chdir(tmp_path)
+    code, out = cli(capsys, caplog, "schedule", "--target", "azureml", "--config", CONFIG,
                     "--cron", "0 3 * * 1", "--timezone", "W. Europe Standard Time")
     assert code == 0, out
+    assert all(p.startswith((WS_PATH, "/history/v1.0" + WS_PATH, "/discovery")) for _, p in mfe.calls())
     assert _ws_calls(mfe)[-1] == ("PUT", f"{{ws}}/schedules/{param_name(NAME).replace('-', '_')}_retrain")
     sched = mfe.requests[-1].json["properties"]
     assert sched["trigger"]["triggerType"] == "Cron" and sched["trigger"]["expression"] == "0 3 * * 1"  # 5 fields
