@@ -94,7 +94,15 @@ def run_pipeline(
     """Run every step in order. ``root`` is the run folder as the stages see it (docker: /io)."""
     run_dir = Path(out).resolve()
     with run_lock(run_dir, out):
-        return _run_locked(dag, cfg, run_dir, use_cache, execute, root)
+        summary: dict = {"pipeline": dag.name, "run_dir": str(run_dir), "stages": {}, "metrics": {}}
+        try:
+            return _run_locked(dag, cfg, run_dir, use_cache, execute, root, summary)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the stage in flight was stopped; say so, then stop
+            stages = summary["stages"]
+            if stages and list(stages.values())[-1]["status"] == "not run":
+                list(stages.values())[-1]["status"] = "interrupted"
+            artifacts.write_json(run_dir / "summary.json", {**summary, "status": "interrupted"})
+            raise
 
 
 LOCK = ".run.lock"
@@ -126,12 +134,12 @@ def run_lock(run_dir: Path, out) -> None:
         yield
 
 
-def _run_locked(dag: Pipeline, cfg: Config, run_dir: Path, use_cache: bool, execute: Executor, root: str | None) -> int:
+def _run_locked(dag: Pipeline, cfg: Config, run_dir: Path, use_cache: bool, execute: Executor, root: str | None,
+                summary: dict) -> int:
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     # promoted.json describes the run whose artifacts lie beside it: gone until this one passes.
     (run_dir / promotion.PROMOTED).unlink(missing_ok=True)
     (run_dir / "summary.json").unlink(missing_ok=True)  # likewise: it is rewritten when this run ends
-    summary: dict = {"pipeline": dag.name, "run_dir": str(run_dir), "stages": {}, "metrics": {}}
     status = 0
     stopped = None  # why the DAG's condition ended the run early
     gated = dag.gated()
@@ -158,12 +166,7 @@ def _run_locked(dag: Pipeline, cfg: Config, run_dir: Path, use_cache: bool, exec
             shutil.rmtree(run_dir / step.name / port.name, ignore_errors=True)
         argv = stage_argv(step, cfg, root or str(run_dir))
         print(f"==> {step.name}: {' '.join(argv[:3])} ...", flush=True)
-        try:
-            code = execute(step, argv, run_dir)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the stage was stopped; say so, then stop
-            entry.update(status="interrupted", seconds=round(time.time() - started, 1))
-            artifacts.write_json(run_dir / "summary.json", {**summary, "status": "interrupted"})
-            raise
+        code = execute(step, argv, run_dir)
         entry.update(seconds=round(time.time() - started, 1))
         if code != 0 or before is None or _content_hashes(step, run_dir) != before:
             for name in dag.downstream(step.name):
