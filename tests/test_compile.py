@@ -214,6 +214,11 @@ def test_argo_gates_every_later_task_with_when(compiled):
     for name in ("train", "merge", "onnx-build", "evaluate"):  # a skipped dependency counts as done in Argo
         assert tasks[name]["when"] == "{{tasks.data-prep.outputs.parameters.changed}} == true"
     assert {"name": "data_promoted_dataset_hash", "value": "null"} in spec["arguments"]["parameters"]
+    # The promoting stage's record is an output artifact, beside the run's other outputs.
+    evaluate = templates["evaluate"]
+    assert {"name": "SLM_PROMOTION_FILE", "value": argo.PROMOTION_PATH} in evaluate["container"]["env"]
+    assert {"name": "promoted", "path": argo.PROMOTION_PATH, "archive": {"none": {}}} in evaluate["outputs"]["artifacts"]
+    assert all("SLM_PROMOTION_FILE" not in str(t.get("container", {}).get("env")) for n, t in templates.items() if n != "evaluate")
 
 
 def test_data_prep_writes_its_output_parameters_where_argo_reads_them(tmp_path):

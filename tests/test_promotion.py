@@ -135,3 +135,31 @@ def test_promoted_dataset_hash_is_checked(tmp_path, bad):
     proc = run_pipeline(tmp_path / "run", f"data.promoted_dataset_hash={bad}")
     assert proc.returncode == 2
     assert "data.promoted_dataset_hash" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("min_accuracy,promoted", [(0.0, True), (1.0, False)])
+def test_evaluate_writes_its_promotion_record_where_argo_collects_it(tiny_run, tmp_path, min_accuracy, promoted):
+    """On Argo the promoting stage writes the record to $SLM_PROMOTION_FILE (the task's output
+    artifact `promoted`); a failed gate writes none."""
+    from components.common.config import load_config
+    from helpers import TINY, stage_cli
+    from pipeline import DAG
+
+    step = DAG["evaluate"]
+    params = step.spec.params(load_config(TINY, [f"evaluate.min_accuracy={min_accuracy}"]))
+    inputs = {name: str(tiny_run.joinpath(*src.split("."))) for name, src in step.wires.items()}
+    argv = step.spec.argv(params, inputs, {"metrics": str(tmp_path / "metrics")})
+    target = tmp_path / "promotion" / "promoted.json"
+    proc = stage_cli("evaluate", *argv[3:], env={"SLM_PROMOTION_FILE": str(target)}, timeout=600)
+    if not promoted:
+        assert proc.returncode == 3 and "quality gate failed" in proc.stderr
+        assert not target.exists()
+        return
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(target.read_text())
+    local = json.loads((tiny_run / "promoted.json").read_text())
+    assert record["promoted"] is True and record["stage"] == "evaluate"
+    assert record["model"]["content_hash"] == local["model"]["content_hash"]
+    assert record["lineage"]["dataset_hash"] == local["lineage"]["dataset_hash"]
+    assert record["lineage"]["config_hash"] == local["lineage"]["config_hash"]
+    assert record["metrics"] == json.loads((tmp_path / "metrics" / "metrics.json").read_text())["summary"]

@@ -163,6 +163,17 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
             kfp_output.write(json.loads(args["kfp_executor_input"]), markers_out, metrics_ports, finals, out_params,
                              promoted)
         _write_parameter_files(out_params)
+        if promotion.promotes(spec) and os.environ.get(promotion.PROMOTION_FILE_ENV):
+            # Argo: the promotion record as an output artifact of this task (targets/argo.py)
+            model_input = next(p.name for p in spec.inputs if p.type == "OnnxModel")
+            metrics_dir = finals[next(p.name for p in spec.outputs if p.type == "Metrics")]
+            summary = json.loads((metrics_dir / "metrics.json").read_text()).get("summary", {}) \
+                if (metrics_dir / "metrics.json").is_file() else {}
+            target = Path(os.environ[promotion.PROMOTION_FILE_ENV])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            promotion.write(target, {**promotion.record(inputs[model_input], markers[model_input], summary, lineage,
+                                                        None, None), "stage": stage_name})
+            log.info("promoted: %s", target)
         for name, value in out_params.items():
             log.info("output parameter %s = %s", name, value)
         log.info("done in %.1fs", time.time() - started)

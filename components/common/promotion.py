@@ -4,8 +4,11 @@ Lineage is the same on every engine: the dataset's content hash, the base model 
 revision, a hash of the configuration every stage ran with (``data.promoted_dataset_hash``
 left out: it decides whether to train, not what is trained) and the code version.
 
-- Local runners (and Argo, whose runs end in a run folder here): ``RUN_DIR/promoted.json``,
-  written atomically after a run whose every stage passed; ``pipeline.py runs`` lists it.
+- Local runners: ``RUN_DIR/promoted.json``, written atomically after a run whose every stage
+  passed; ``pipeline.py runs`` lists it.
+- Argo: the same record as the output artifact ``promoted`` of the promoting task (the stage
+  writes it to ``$SLM_PROMOTION_FILE`` after its gate passed), beside the run's other outputs
+  in the artifact repository.
 - KFP: the evaluate task's ``metrics`` artifact metadata (``promoted``, the lineage and the
   model's URI), from the seals the stage was handed (:func:`lineage_from_seals`).
 
@@ -22,6 +25,13 @@ from pathlib import Path
 from .hashing import ROOT, code_hash, digest
 
 PROMOTED = "promoted.json"
+# Where a promoting stage also writes its record (Argo: an output artifact of the task).
+PROMOTION_FILE_ENV = "SLM_PROMOTION_FILE"
+
+
+def promotes(spec) -> bool:
+    """A stage that scores an ONNX model into metrics: when it returns, its gate passed."""
+    return any(p.type == "OnnxModel" for p in spec.inputs) and any(p.type == "Metrics" for p in spec.outputs)
 # Config keys that are not part of what a model is made from.
 NOT_LINEAGE = frozenset({"data.promoted_dataset_hash"})
 
@@ -76,12 +86,13 @@ def write(path: Path, record: dict) -> None:
     os.replace(part, path)
 
 
-def record(model_path: Path, model_seal: dict, metrics: dict, lin: dict, run_dir: Path, config_name: str) -> dict:
+def record(model_path: Path, model_seal: dict, metrics: dict, lin: dict, run_dir: Path | None,
+           config_name: str | None) -> dict:
     return {
         "promoted": True,
         "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": config_name,
-        "run_dir": str(run_dir),
+        **({"config": config_name} if config_name else {}),
+        **({"run_dir": str(run_dir)} if run_dir else {}),
         "model": {"path": str(model_path), "type": model_seal.get("type"), "content_hash": model_seal.get("content_hash")},
         "metrics": metrics,
         "lineage": lin,
