@@ -194,13 +194,16 @@ def child(args) -> dict:
         from components.common.config import Config
         from components.train import fast, stage
 
+        lever = name.split(":", 1)[1]
+        # A named lever set fixes checkpointing; "default" lets the stage choose it by memory.
+        gc = "auto" if lever == "default" else ("on" if LEVERS[lever].get("gradient_checkpointing") else "off")
         cfg = Config.model_validate({
             "model": {"base": args.model_dir},
             "train": {"quantization": "nf4", "batch_size": batch, "grad_accum": accum, "max_seq_len": seq,
+                      "gradient_checkpointing": gc,
                       "lora": {"r": args.r, "alpha": args.r, "dropout": args.dropout, "target_modules": targets}},
             "runtime": {"device": args.device},
         })
-        lever = name.split(":", 1)[1]
         if lever == "default":
             fp = fast.resolve(cfg.train, args.device)
         else:
@@ -263,12 +266,14 @@ def timed_loop(args, info, model, trainable, step_fn, plan) -> dict:
 
 
 def unsloth_child(args, info) -> dict:
+    """Reports whether Unsloth imports here. Its dependencies (xformers, trl<=1.15, datasets<5, diffusers,
+    torchao, transformers<=5.17, ...) did not fit the device's carry limit, so no Unsloth run is wired in."""
     try:
         from unsloth import FastLanguageModel  # noqa: F401
     except Exception as e:  # noqa: BLE001
         info["error"] = f"unsloth not installed here: {type(e).__name__}: {str(e)[:200]}"
         return info
-    info["error"] = "unsloth imported, but its llamafied-copy run is not wired in this bench"
+    info["error"] = "unsloth imports, but this bench has no Unsloth run (not measured)"
     return info
 
 

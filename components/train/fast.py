@@ -67,6 +67,13 @@ def resolve(tc, device: str) -> FastPath:
             notes.append("liger-kernel not installed: plain PyTorch kernels")
     if not cuda and (tc.kernels == "liger" or tc.compile or tc.gradient_checkpointing == "on"):
         notes.append("train.kernels/compile/gradient_checkpointing apply on CUDA only; ignored on CPU")
+    if cuda and tc.compile and liger:
+        # Measured on the H200 (torch 2.11, liger-kernel 0.8.5): dynamo fails on LigerRMSNormFunction.
+        if tc.kernels == "liger":
+            raise UserError("train.compile and train.kernels=liger do not work together (torch.compile fails on "
+                            "liger's RMSNorm); choose one")
+        liger = False
+        notes.append("train.compile: liger kernels off (torch.compile cannot trace them)")
     return FastPath(
         device=device,
         autocast=cuda,
