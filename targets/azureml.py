@@ -297,6 +297,10 @@ def _ml_client(conn):
     from azure.ai.ml import MLClient
     from azure.identity import DefaultAzureCredential
 
+    import logging
+
+    if not os.environ.get("SLM_DEBUG"):  # the identity library lists every credential it tried, at WARNING
+        logging.getLogger("azure.identity").setLevel(logging.ERROR)
     credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
     sub = conn.subscription_id or os.environ.get("AZURE_SUBSCRIPTION_ID")
     rg = conn.resource_group or os.environ.get("AZURE_RESOURCE_GROUP") or os.environ.get("AZUREML_RESOURCE_GROUP")
@@ -317,19 +321,39 @@ def _call(ml, what: str, fn):
     from .base import one_line
 
     where = f"AzureML workspace {ml.workspace_name!r}"
+    no_credential = (f"{where}: no Azure credential: sign in with `az login`, or set a service principal "
+                     "(AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET), workload or managed identity in the environment")
     try:
         return fn()
     except UserError:
         raise
     except ServiceRequestError as err:
         raise UserError(one_line(Exception(f"cannot reach {where}: {err}; {HOST_HINT}"))) from None
-    except ClientAuthenticationError as err:
-        raise UserError(one_line(Exception(f"{where}: no Azure credential ({type(err).__name__}): sign in with `az login` or "
-                                           "set a service principal or managed identity in the environment"))) from None
+    except ClientAuthenticationError:
+        raise UserError(no_credential) from None
     except HttpResponseError as err:
         raise UserError(one_line(Exception(f"{where} refused to {what}: HTTP {err.status_code}: {err.message}"))) from None
     except Exception as err:  # noqa: BLE001
-        raise UserError(one_line(Exception(f"{where}: cannot {what}: {type(err).__name__}: {err}"))) from None
+        text = _sdk_message(err)
+        if "DefaultAzureCredential failed" in text or "CredentialUnavailable" in text:
+            raise UserError(no_credential) from None
+        if "Failed to establish a new connection" in text or "Max retries exceeded" in text:
+            raise UserError(one_line(Exception(f"cannot reach {where}: {text}; {HOST_HINT}"))) from None
+        raise UserError(one_line(Exception(f"{where}: cannot {what}: {type(err).__name__}: {text}"))) from None
+
+
+def _sdk_message(err: Exception) -> str:
+    """The message of an azure-ai-ml exception, whose text may be a JSON report of errors."""
+    import json
+
+    text = str(getattr(err, "message", None) or err).strip()
+    if text.startswith("{"):
+        try:
+            errors = json.loads(text).get("errors") or []
+            text = "; ".join(dict.fromkeys(str(e.get("message", e)) for e in errors)) or text  # distinct, in order
+        except (ValueError, AttributeError):
+            pass
+    return text
 
 
 def _job_status(dag: Pipeline, ml, job) -> "RunStatus":
