@@ -179,15 +179,15 @@ class Reader:
                                 f"gives it {seen[0]!r}; one prompt must have one label")
             count += 1
             previous = here.get(prompt)
-            if previous is None:
-                here[prompt] = completion
-            elif previous == completion or (prompt, completion) in extra:
+            if previous is not None and (previous == completion or (prompt, completion) in extra):
                 self.duplicates += 1
-                continue
             else:
-                extra.add((prompt, completion))
-            examples.append({"prompt": prompt, "completion": completion, "label": label})
-            if max_rows and count >= max_rows:
+                if previous is None:
+                    here[prompt] = completion
+                else:
+                    extra.add((prompt, completion))
+                examples.append({"prompt": prompt, "completion": completion, "label": label})
+            if max_rows and count >= max_rows:  # data.max_rows counts rows read, duplicates included
                 break
         if not n:
             raise UserError(f"{path} has no rows")
