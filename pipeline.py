@@ -14,8 +14,14 @@ the stage registry in ``components/registry.py``.
     python pipeline.py submit   --target kfp|azureml|argo --config C [--set k=v ...] [--wait]
     python pipeline.py status   --target kfp|azureml|argo RUN_ID [--wait]
     python pipeline.py schedule --target kfp|azureml|argo --config C [--cron "0 3 * * 1"]
+    python pipeline.py import-olive olive-config.json --out configs/NAME.yaml
     python pipeline.py stages   (the registry, as a table)
     python pipeline.py runs     [--root runs]   (local runs: status, metrics, promoted or not)
+
+Start here: `make run` (the whole DAG on the bundled data, CPU, a few minutes), then open
+runs/default/evaluate/metrics/report.html. `python pipeline.py VERB --help` has each verb's
+options and examples; `run --help` lists every config key. Errors are one line and a hint;
+--debug (before or after the verb) shows tracebacks.
 
 The engines are the registry of targets/base.py: one module per engine defines its Target.
 """
@@ -46,6 +52,57 @@ DAG = Pipeline(
 )
 
 
+EXAMPLES = {
+    "compile": """examples:
+  python pipeline.py compile --target kfp --config configs/phi3-mini.yaml --out build/kfp/pipeline.yaml
+  python pipeline.py compile --target azureml --config configs/phi3-mini.yaml --out build/azureml
+  python pipeline.py compile --target argo --config olive-config.json --set model.base=microsoft/Phi-3-mini-4k-instruct --out build/argo/workflow.yaml
+
+Each config key becomes a pipeline parameter (with its description) where the run may change it.""",
+    "validate": """examples:
+  python pipeline.py validate build/kfp/pipeline.yaml
+  python pipeline.py validate --target azureml build/azureml""",
+    "submit": """examples:
+  python pipeline.py submit --target kfp --host https://kfp.example.com --config configs/phi3-mini.yaml --wait
+  python pipeline.py submit --target argo --namespace slm-pipeline --set train.max_steps=200
+  python pipeline.py submit --target azureml --subscription SUB --resource-group RG --workspace WS""",
+    "status": """examples:
+  python pipeline.py status --target kfp RUN_ID
+  python pipeline.py status --target argo --wait slm-finetune-abc12""",
+    "schedule": """examples:
+  python pipeline.py schedule --target kfp --cron "0 3 * * 1" --config configs/phi3-mini.yaml
+  python pipeline.py schedule --target azureml --timezone Europe/Berlin""",
+    "stages": """example:
+  python pipeline.py stages""",
+    "runs": """examples:
+  python pipeline.py runs
+  python pipeline.py runs --root runs/my-run""",
+    "import-olive": """examples:
+  python pipeline.py import-olive olive-config.json --out configs/phi3-tone.yaml
+  python pipeline.py run --config configs/phi3-tone.yaml --out runs/phi3-tone
+  python pipeline.py run --config olive-config.json --set model.base=tiny-random:phi3 --out runs/try   # no file written""",
+}
+
+
+def _run_epilog() -> str:
+    """Examples, then every config key that --set takes, with its default and description."""
+    from components.common.config import Config, describe, flatten
+
+    lines = ["examples:",
+             "  python pipeline.py run --out runs/default                          # the embedded default job",
+             "  python pipeline.py run --config configs/tiny-phi3.yaml --out runs/tiny --set train.max_steps=4",
+             "  python pipeline.py run --config my.yaml --out runs/x --set data.path=my.jsonl --set model.base=microsoft/Phi-3-mini-4k-instruct",
+             "  python pipeline.py run --config olive-config.json --out runs/olive --set model.base=tiny-random:phi3",
+             "", "config keys (--set KEY=VALUE; values are YAML: 8, true, [a, b]):"]
+    for key, default in flatten(Config()).items():
+        if key == "targets":
+            continue
+        lines.append(f"  {key} = {default!r}")
+        lines.append(f"      {describe(key)}")
+    lines.append("  targets.<kfp|azureml|argo>.* : per-engine settings (docs/compile.md)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks (here and in the stages) instead of one-line errors")
@@ -54,12 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     _add_parser = sub.add_parser
-    sub.add_parser = lambda *a, parents=(), **k: _add_parser(*a, parents=[debug, *parents], **k)
+    sub.add_parser = lambda *a, parents=(), **k: _add_parser(
+        *a, parents=[debug, *parents], **{"formatter_class": argparse.RawDescriptionHelpFormatter,
+                                          **({"description": k["help"][0].upper() + k["help"][1:] + "."} if "help" in k else {}), **k})
+    config_help = "a YAML config (configs/*.yaml) or an Olive JSON config (imported as by import-olive); default: %(default)s"
+    set_help = "override one config key, e.g. --set train.lora.r=8 (repeatable; the keys: pipeline.py run --help)"
 
-    run = sub.add_parser("run", help="run the DAG on this machine")
-    run.add_argument("--config", default="configs/default.yaml")
-    run.add_argument("--out", required=True, help="run folder; artifacts go to OUT/<stage>/<output>/")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    run = sub.add_parser("run", help="run the DAG on this machine", epilog=_run_epilog())
+    run.add_argument("--config", default="configs/default.yaml", help=config_help)
+    run.add_argument("--out", required=True, help="run folder; artifacts go to OUT/<stage>/<output>/, "
+                     "OUT/summary.json and OUT/evaluate/metrics/report.html")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     run.add_argument("--runner", choices=["subprocess", "docker", "kfp-local"], default="subprocess",
                      help="subprocess: each stage as a local process; docker: each stage in its image; "
                      "kfp-local: the compiled KFP pipeline under KFP's own local orchestrator (DockerRunner)")
@@ -68,14 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     from targets.base import names as target_names
 
     engines = target_names()
-    comp = sub.add_parser("compile", help="compile the DAG for a cluster engine")
-    comp.add_argument("--target", choices=engines, required=True)
-    comp.add_argument("--config", default="configs/default.yaml")
-    comp.add_argument("--out", required=True)
-    comp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    comp = sub.add_parser("compile", help="compile the DAG for a cluster engine", epilog=EXAMPLES["compile"])
+    comp.add_argument("--target", choices=engines, required=True, help="the engine")
+    comp.add_argument("--config", default="configs/default.yaml", help=config_help)
+    comp.add_argument("--out", required=True, help="kfp/argo: a .yaml file; azureml: a folder (pipeline.yml + components/)")
+    comp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
-    val = sub.add_parser("validate", help="check a compiled file strictly, references included")
-    val.add_argument("path")
+    val = sub.add_parser("validate", help="check a compiled file strictly, references included", epilog=EXAMPLES["validate"])
+    val.add_argument("path", help="what compile wrote")
     val.add_argument("--target", choices=engines, help="default: guessed from the file")
 
     # Talking to a cluster. Where it is comes from these flags or the engine's env vars;
@@ -90,16 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     conn.add_argument("--resource-group", dest="resource_group", help="AzureML (else AZURE_RESOURCE_GROUP or config.json)")
     conn.add_argument("--workspace", help="AzureML (else AZUREML_WORKSPACE_NAME or config.json)")
     cfg_args = argparse.ArgumentParser(add_help=False)
-    cfg_args.add_argument("--config", default="configs/default.yaml")
-    cfg_args.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cfg_args.add_argument("--config", default="configs/default.yaml", help=config_help)
+    cfg_args.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
-    subm = sub.add_parser("submit", parents=[conn, cfg_args], help="submit a run to a cluster engine")
+    subm = sub.add_parser("submit", parents=[conn, cfg_args], help="submit a run to a cluster engine", epilog=EXAMPLES["submit"])
     subm.add_argument("--wait", action="store_true", help="follow the run to its end, one line per stage state "
                       "change; exit non-zero if it failed")
-    stat = sub.add_parser("status", parents=[conn], help="the stage table of a submitted run")
+    stat = sub.add_parser("status", parents=[conn], help="the stage table of a submitted run", epilog=EXAMPLES["status"])
     stat.add_argument("run_id", metavar="RUN_ID")
     stat.add_argument("--wait", action="store_true", help="follow the run to its end")
-    sched = sub.add_parser("schedule", parents=[conn, cfg_args], help="retrain on a cron schedule on a cluster engine")
+    sched = sub.add_parser("schedule", parents=[conn, cfg_args], help="retrain on a cron schedule on a cluster engine",
+                           epilog=EXAMPLES["schedule"])
     sched.add_argument("--cron", help='a 5-field cron, e.g. "0 3 * * 1" (default: targets.<target>.schedule)')
     sched.add_argument("--timezone", help="default: targets.<target>.schedule_timezone (UTC)")
 
@@ -110,15 +173,14 @@ def main(argv: list[str] | None = None) -> int:
                          "what it was mapped to, and what was not imported and why. Relative data paths resolve "
                          "against the Olive file's folder, as in Olive. `run --config olive.json` and "
                          "`compile --config olive.json` use the same import.",
-                         epilog="example:\n  python pipeline.py import-olive olive-config.json --out configs/phi3-tone.yaml\n"
-                         "  python pipeline.py run --config configs/phi3-tone.yaml --out runs/phi3-tone",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+                         epilog=EXAMPLES["import-olive"])
     imp.add_argument("olive", metavar="OLIVE_JSON", help="the Olive config file")
     imp.add_argument("--out", required=True, help="the YAML config to write, e.g. configs/<name>.yaml")
 
-    sub.add_parser("stages", help="print the stage registry")
+    sub.add_parser("stages", help="print the stage registry: inputs, outputs, parameters, resources",
+                   epilog=EXAMPLES["stages"])
 
-    runs = sub.add_parser("runs", help="list local runs: status, metrics, promotion (promoted.json)")
+    runs = sub.add_parser("runs", help="list local runs: status, metrics, promotion (promoted.json)", epilog=EXAMPLES["runs"])
     runs.add_argument("--root", default="runs", help="a run folder, or a folder of run folders (default: runs)")
 
     args = parser.parse_args(argv)
@@ -131,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        print(f"hint: python pipeline.py {args.command} --help has the options and examples; --debug shows the traceback",
+              file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         if args.debug:

@@ -12,7 +12,7 @@ from typing import Any
 
 from .common.config import Config, encode, flatten
 
-# Artifact types and their names on each engine (the artifact contract, DESIGN.md).
+# Artifact types and their names on each engine (the artifact contract: components/common/artifacts.py).
 ARTIFACT_TYPES = {
     "Dataset": {"kfp": "Dataset", "azureml": "uri_folder"},
     "Model": {"kfp": "Model", "azureml": "custom_model"},

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from components.common import secrets
-from components.common.config import Config, encode
+from components.common.config import Config, describe, encode
 from components.common.errors import UserError
 from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec
 
@@ -94,7 +94,8 @@ def make_component(spec: StageSpec, cfg: Config):
         v = azure_value(value)
         if isinstance(v, str) and "'" in v:
             raise UserError(f"{spec.name}: {key} = {v!r}: AzureML's command line cannot carry a single quote")
-        inputs[param_name(key)] = Input(type=_KIND_TYPES[value_kind(value)], default=v, description=f"--{key}")
+        inputs[param_name(key)] = Input(type=_KIND_TYPES[value_kind(value)], default=v,
+                                        description=f"{describe(key)} (--{key})".lstrip())
     outputs = {p.name: Output(type=ARTIFACT_TYPES[p.type]["azureml"], mode=OUTPUT_MODE, description=p.description or None)
                for p in spec.outputs}
     return CommandComponent(

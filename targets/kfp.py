@@ -22,7 +22,7 @@ from components.common.config import Config
 from components.common.errors import UserError
 from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec, Step
 
-from components.common.kfp_output import CONFUSION_SUFFIX
+from components.common.kfp_output import CONFUSION_SUFFIX, REPORT_SUFFIX
 
 from .compile_common import (
     CACHE_ENV,
@@ -85,6 +85,8 @@ def make_component(spec: StageSpec, cfg: Config):
     confusion = {name: name + CONFUSION_SUFFIX for name in metrics_ports(spec)}
     for extra in confusion.values():
         sig.append(P(extra, P.POSITIONAL_OR_KEYWORD, annotation=dsl.Output[dsl.ClassificationMetrics]))
+    for name in metrics_ports(spec):  # evaluate's report.html, which the KFP UI shows
+        sig.append(P(name + REPORT_SUFFIX, P.POSITIONAL_OR_KEYWORD, annotation=dsl.Output[dsl.HTML]))
     for out_param in spec.out_params:  # the stage reports them as parameterValues in the executor output
         sig.append(P(out_param.name, P.POSITIONAL_OR_KEYWORD, annotation=dsl.OutputPath(str)))
     for key, value in params.items():
@@ -106,9 +108,19 @@ def make_component(spec: StageSpec, cfg: Config):
         return dsl.ContainerSpec(image=image_for(spec, cfg), command=argv[:3], args=argv[3:])
 
     container.__name__ = container.__qualname__ = spec.name
-    container.__doc__ = spec.summary
+    container.__doc__ = _docstring(spec.summary, params)  # KFP takes the inputs' descriptions from "Args:"
     container.__signature__ = inspect.Signature(sig)
     return dsl.container_component(container)
+
+
+def _docstring(summary: str, params: dict) -> str:
+    """A Google-style docstring whose ``Args:`` are the config keys' ``Field(description=...)``:
+    KFP's compiler turns them into the parameters' descriptions in the compiled IR."""
+    from components.common.config import describe
+
+    lines = [summary, "", "Args:"]
+    lines += [f"    {param_name(key)}: {describe(key) or key} (--{key})" for key in params]
+    return "\n".join(lines) + "\n"
 
 
 def build_pipeline(dag: Pipeline, cfg: Config):
@@ -158,6 +170,7 @@ def build_pipeline(dag: Pipeline, cfg: Config):
 
     body.__name__ = body.__qualname__ = param_name(cfg.name).replace("-", "_")
     body.__signature__ = inspect.Signature(sig)
+    body.__doc__ = _docstring(f"{dag.name} (config {cfg.name})", run_params)
     return dsl.pipeline(
         name=cfg.name,
         description=f"{dag.name}: " + " -> ".join(step.name for step in dag) + f" (config {cfg.name})",

@@ -15,7 +15,11 @@ from helpers import run_pipeline  # noqa: E402
 def tiny_run(tmp_path_factory) -> Path:
     """One full DAG run on the tiny Phi-3; tests read its artifacts, never modify them."""
     out = tmp_path_factory.mktemp("tiny") / "run"
-    proc = run_pipeline(out)
+    # With an MLflow file store, as AzureML's MLFLOW_TRACKING_URI would: tests/test_mlflow.py reads it back.
+    store = out.parent / "mlruns"
+    # (MLflow 3 keeps its file store behind MLFLOW_ALLOW_FILE_STORE; its sqlite store needs SQLAlchemy.)
+    proc = run_pipeline(out, env={"MLFLOW_TRACKING_URI": store.as_uri(), "MLFLOW_EXPERIMENT_NAME": "tiny-run",
+                                  "MLFLOW_ALLOW_FILE_STORE": "true"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 

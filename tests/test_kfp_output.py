@@ -38,7 +38,10 @@ def test_evaluate_executor_output_is_read_by_kfp(tmp_path, tiny_run):
     written = kfp_output.write(as_dict, {"metrics": marker}, ["metrics"], {"metrics": metrics_dir})
 
     outputs = executor_output_utils.get_outputs_for_task(executor_input, spec)
-    assert set(outputs) == {"metrics", "metrics_confusion"} == set(written["artifacts"])
+    assert set(outputs) == {"metrics", "metrics_confusion", "metrics_report"} == set(written["artifacts"])
+    # report.html as KFP's HTML artifact: the UI renders the file at its URI
+    assert outputs["metrics_report"].schema_title == "system.HTML"
+    assert Path(outputs["metrics_report"].uri).read_bytes() == (metrics_dir / "report.html").read_bytes()
     metrics = json.loads((metrics_dir / "metrics.json").read_text())
     scalars = outputs["metrics"].metadata
     assert scalars["onnx_int4_accuracy"] == metrics["summary"]["onnx_int4"]["accuracy"]

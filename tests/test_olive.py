@@ -174,7 +174,8 @@ def test_malformed_olive_config_on_the_cli_is_one_line_without_traceback(tmp_pat
     assert pipeline.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "passes[0]: expected an object" in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and len(lines) == 2 and lines[1].startswith(f"hint: python pipeline.py {verb} --help")
 
 
 def test_cookbook_config_runs_with_the_model_substituted(cookbook, tmp_path):
@@ -188,6 +189,7 @@ def test_cookbook_config_runs_with_the_model_substituted(cookbook, tmp_path):
                    *[x for s in sets for x in ("--set", s)])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "passes.lora.config.training_args.adam_beta2" in proc.stderr  # the warning, on the terminal
+    assert f"report: {out / 'evaluate' / 'metrics' / 'report.html'}" in proc.stdout
     assert summary(out)["status"] == "ok"
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["data"]["path"] == str(cookbook.parent / "dataset" / "dataset-classification.json")

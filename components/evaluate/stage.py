@@ -6,13 +6,16 @@ comparable. Accuracy runs batched; latency is measured per prompt at batch 1 on 
 sample. The quality gate (``evaluate.min_accuracy`` on the ONNX model,
 ``evaluate.max_int4_drop`` versus PyTorch) fails the stage with the numbers in the message.
 
-Output (Metrics artifact): ``metrics.json`` with a ``summary`` block
+Output (Metrics artifact): ``report.html`` (components/evaluate/report.py: one self-contained
+page with the lineage, loss curve, confusion matrices, agreement and the gate's verdict) and
+``metrics.json`` with a ``summary`` block
 (``{"pytorch": {"accuracy", "macro_f1"}, "onnx_int4": {...}, "agreement": ...}``) and the
 full reports: per-class precision/recall, confusion matrices, tokens/s, latency, sizes.
 """
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -87,10 +90,42 @@ def run(cfg, context, dataset: Path, model: Path, onnx_model: Path, metrics: Pat
         failures.append(f"{onnx_key} accuracy {report[onnx_key]['accuracy']:.3f} < evaluate.min_accuracy {ec.min_accuracy}")
     if drop > ec.max_int4_drop:
         failures.append(f"{onnx_key} is {drop:.3f} below PyTorch, over evaluate.max_int4_drop {ec.max_int4_drop}")
+    verdict = {"passed": not failures, "failures": failures, "checks": [
+        {"check": f"{onnx_key} accuracy ≥ evaluate.min_accuracy", "value": report[onnx_key]["accuracy"],
+         "threshold": ec.min_accuracy, "ok": report[onnx_key]["accuracy"] >= ec.min_accuracy},
+        {"check": f"PyTorch − {onnx_key} accuracy ≤ evaluate.max_int4_drop", "value": round(drop, 4),
+         "threshold": ec.max_int4_drop, "ok": drop <= ec.max_int4_drop},
+    ]}
+    page = write_report(report, onnx_key, rows, predictions, model, context, verdict, metrics / "report.html")
     if failures:
         rejected = Path(str(context.finals["metrics"]) + ".rejected.json")
         write_json(rejected, report)
-        raise QualityGateError("quality gate failed: " + "; ".join(failures) + f" (full report: {rejected})")
+        shutil.copyfile(page, rejected.with_suffix(".html"))
+        raise QualityGateError("quality gate failed: " + "; ".join(failures) + f" (full report: {rejected}, "
+                               f"{rejected.with_suffix('.html')})")
+
+
+def write_report(report, onnx_key, rows, predictions, model: Path, context, verdict, path: Path) -> Path:
+    """report.html (components/evaluate/report.py): lineage and config from the seals' chain, the
+    loss curve from the training log the merge stage carries along."""
+    from components.common.harness import library_versions
+    from components.evaluate import report as html_report
+
+    log_file = model / "train_log.jsonl"
+    history = read_jsonl(log_file) if log_file.is_file() else None
+    versions = library_versions()
+    for name in ("matplotlib", "onnxruntime-genai"):
+        try:
+            from importlib.metadata import version
+
+            versions.setdefault(name, version(name))
+        except Exception:  # noqa: BLE001 - not installed: not listed
+            pass
+    html_report.write(path, report=report, onnx_key=onnx_key, rows=rows, predictions=predictions,
+                      lineage=getattr(context, "lineage", {}) or {}, config=getattr(context, "chain", {}) or {},
+                      versions=versions, history=history, verdict=verdict)
+    log.info("report: %s", context.finals["metrics"] / "report.html")
+    return path
 
 
 def timed(gen, prompts: list[str]) -> tuple[list[str], float]:

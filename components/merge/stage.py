@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -75,6 +76,8 @@ def run(cfg, context, adapter: Path, model: Path) -> None:
     portable_config(model)
     save_tokenizer(tokenizer, model)
     write_json(model / "parity.json", parity)
+    if (adapter / "train_log.jsonl").is_file():  # the loss curve travels on to evaluate's report
+        shutil.copyfile(adapter / "train_log.jsonl", model / "train_log.jsonl")
 
 
 def portable_config(folder: Path) -> None:

@@ -8,7 +8,7 @@ when it exits and its log can be checked. Two guards against silent breakage:
 - the output must hold ``genai_config.json``, the ONNX graph and the tokenizer files.
 
 INT4 defaults keep accuracy: k_quant with the LM head and the most sensitive layers in
-int8 (``k_quant_mixed``), block size 16 (FIELD-NOTES.md: the builder's own defaults lost
+int8 (``k_quant_mixed``), block size 16 (docs/field-notes.md: the builder's own defaults lost
 25 points on SmolLM2-135M). The builder's scratch cache is a fresh temporary folder each
 run, so no stale cache can leak into an export.
 """
