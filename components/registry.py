@@ -137,7 +137,8 @@ STAGES: dict[str, StageSpec] = {
             name="merge",
             summary="Merge the adapter into the full-precision base and check logit parity.",
             inputs=(Port("adapter", "Model"),),
-            outputs=(Port("model", "Model", "merged Hugging Face model (safetensors) + tokenizer"),),
+            outputs=(Port("model", "Model", "merged Hugging Face model (safetensors) + tokenizer + the adapter's "
+                                         "train_log.jsonl (evaluate's loss curve)"),),
             sections=("model", "merge", "runtime"),
             cpu=Resources(cpu=2, memory_gb=16),
             # merge loads the base on runtime.device: with cuda and no GPU the harness stops it.
@@ -157,7 +158,7 @@ STAGES: dict[str, StageSpec] = {
             name="evaluate",
             summary="Score the PyTorch and ONNX models on the eval split; apply the quality gate.",
             inputs=(Port("dataset", "Dataset"), Port("model", "Model"), Port("onnx_model", "OnnxModel")),
-            outputs=(Port("metrics", "Metrics", "metrics.json"),),
+            outputs=(Port("metrics", "Metrics", "metrics.json + report.html (self-contained, charts embedded)"),),
             sections=("evaluate", "runtime"),
             cpu=Resources(cpu=2, memory_gb=8),
             gpu=Resources(cpu=8, memory_gb=64, gpu=1),
