@@ -120,6 +120,11 @@ def run_pipeline(dag: Pipeline, cfg: Config, out: str | Path, env: dict[str, str
         print(f"==> kfp.local: {e}", flush=True)
     runs = sorted((p for p in root.iterdir() if p.name not in before and p.is_dir()), key=lambda p: p.stat().st_mtime)
     summary = summarize(dag, runs[-1] if runs else None, run_dir, time.time() - started)
+    from components.common.kfp_output import REPORT_SUFFIX
+
+    pages = sorted(p for p in runs[-1].rglob(f"*{REPORT_SUFFIX}") if p.is_file()) if runs else []
+    if pages:  # evaluate's report.html, as the KFP HTML artifact
+        summary["report"] = str(pages[-1])
     artifacts.write_json(run_dir / "summary.json", summary)
     from .local import print_summary
 
