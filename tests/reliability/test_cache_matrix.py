@@ -115,6 +115,24 @@ CHANGED_FILE = {"data_prep.dataset": "train.jsonl", "train.adapter": "train_log.
 WIRES = [(s.name, port, src) for s in DAG for port, src in s.wires.items()]
 
 
+def copy_run(tiny_run: Path, run: Path, cfg) -> Path:
+    """A copy of the shared run whose seals carry the keys the stages would compute now: code
+    edited since the shared run was made (a working tree) would otherwise make every check a
+    miss. The keys are the harness's own, so a miss below is the hash chain's doing."""
+    from components.common.hashing import MARKER
+
+    shutil.copytree(tiny_run, run)
+    for step in DAG:
+        inputs = {name: json.loads((run.joinpath(*src.split(".")) / MARKER).read_text())["content_hash"]
+                  for name, src in step.wires.items()}
+        for port in step.spec.outputs:
+            path = run / step.name / port.name / MARKER
+            marker = json.loads(path.read_text())
+            marker["cache_key"] = local_cache_key(step.spec, step.spec.params(cfg), inputs)
+            path.write_text(json.dumps(marker))
+    return run
+
+
 def change_upstream(run: Path, src: str) -> None:
     folder = run.joinpath(*src.split("."))
     with open(folder / CHANGED_FILE[src], "a") as f:
@@ -124,9 +142,8 @@ def change_upstream(run: Path, src: str) -> None:
 
 @pytest.mark.parametrize("stage,port,src", WIRES, ids=[f"{s}<-{src}" for s, _, src in WIRES])
 def test_downstream_cache_check_sees_a_changed_upstream(tmp_path, tiny_run, stage, port, src):
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
     cfg = load_config(TINY)
+    run = copy_run(tiny_run, tmp_path / "run", cfg)
     assert cached(DAG[stage], cfg, run), "control: the unchanged run must be a cache hit"
     change_upstream(run, src)
     assert not cached(DAG[stage], cfg, run), f"{stage} would serve its old output for a changed {src}: a stale hit"
@@ -138,9 +155,8 @@ def test_the_chain_check_catches_a_key_that_ignores_inputs(tmp_path, tiny_run, m
     import targets.local as local
     from components.common.hashing import MARKER
 
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
     cfg = load_config(TINY)
+    run = copy_run(tiny_run, tmp_path / "run", cfg)
     broken = lambda spec, params, inputs: local_cache_key(spec, params, {})  # noqa: E731
     monkeypatch.setattr(local, "cache_key", broken)
     step = DAG["merge"]
@@ -155,8 +171,7 @@ def test_the_chain_check_catches_a_key_that_ignores_inputs(tmp_path, tiny_run, m
 def test_same_data_at_another_path_is_a_cache_hit(tmp_path, tiny_run):
     """Cache keys hash content, never paths: the tiny run's data moved elsewhere hits every stage;
     the same bytes with one changed, or read by another reader (suffix), do not."""
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+    run = copy_run(tiny_run, tmp_path / "run", load_config(TINY))  # keys made with data/tone.jsonl
     moved = tmp_path / "elsewhere" / "renamed.jsonl"
     moved.parent.mkdir()
     shutil.copy(ROOT / "data" / "tone.jsonl", moved)
@@ -170,8 +185,7 @@ def test_same_data_at_another_path_is_a_cache_hit(tmp_path, tiny_run):
 
 
 def test_moved_data_reruns_nothing_through_the_cli(tmp_path, tiny_run):
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
+    run = copy_run(tiny_run, tmp_path / "run", load_config(TINY))
     moved = tmp_path / "moved.jsonl"
     shutil.copy(ROOT / "data" / "tone.jsonl", moved)
     proc = run_cli(str(ROOT / "pipeline.py"), "run", "--config", str(TINY), "--out", str(run), "--set", f"data.path={moved}")
