@@ -192,6 +192,9 @@ def test_quality_gate_failure_is_clear(tmp_path, tiny_run):
     assert_clean_failure(proc, "quality gate failed", out)
     assert not (out / "evaluate" / "metrics").exists()
     assert (out / "evaluate" / "metrics.rejected.json").is_file()
+    page = out / "evaluate" / "metrics.rejected.html"  # the report, with the verdict, beside it
+    assert "FAILED" in page.read_text() and "evaluate.min_accuracy 0.99" in page.read_text()
+    assert f"report: {page}" in proc.stdout
 
 
 def test_config_file_not_found(tmp_path):
