@@ -127,7 +127,8 @@ def test_runs_lists_every_run_under_a_root(tiny_run, tmp_path):
 def test_runs_on_a_missing_folder_is_one_line(tmp_path):
     proc = run_cli(str(ROOT / "pipeline.py"), "runs", "--root", str(tmp_path / "nope"))
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "not a folder" in proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error == [f"error: --root {tmp_path / 'nope'}: not a folder"] and "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("bad", ["abc", "0" * 63, "G" * 64])
