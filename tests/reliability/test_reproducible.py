@@ -10,6 +10,7 @@ EXPECTED_TO_DIFFER = {
     "train/adapter/metrics.json": "wall-clock seconds and tokens/s of this run",
     "onnx_build/onnx_model/build.log": "the quantizer logs timestamps",
     "evaluate/metrics/metrics.json": "latency, tokens/s and seconds are measured, not computed",
+    "evaluate/metrics/report.html": "it charts and prints those measured latencies and speeds",
 }
 MUST_MATCH = [
     "train/adapter/adapter_model.safetensors",
