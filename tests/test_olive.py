@@ -197,3 +197,28 @@ def test_cookbook_config_runs_with_the_model_substituted(cookbook, tmp_path):
     assert adapter["r"] == 64 and adapter["lora_alpha"] == 64 and sorted(adapter["target_modules"]) == ["o_proj", "qkv_proj"]
     stats = json.loads((out / "data_prep" / "dataset" / "stats.json").read_text())
     assert sorted(stats["labels"]) == ["fear", "joy", "sadness", "surprise"]
+
+
+def test_eval_data_config_params_blocks_and_named_data_configs(tmp_path):
+    """An eval_data_config becomes data.eval_path; options under "params" (Olive 0.7/0.8) and
+    data_configs keyed by name (Olive 0.3) are read too; every key is accounted for."""
+    (tmp_path / "d").mkdir()
+    olive = {
+        "input_model": {"type": "HfModel", "model_path": "microsoft/Phi-3-mini-4k-instruct"},
+        "data_configs": {
+            "train": {"type": "HuggingfaceContainer",
+                      "load_dataset_config": {"params": {"data_name": "json", "data_files": "d/train.jsonl", "split": "train"}},
+                      "pre_process_data_config": {"params": {"corpus_strategy": "join", "source_max_len": 64,
+                                                             "text_template": "Q: {phrase}\nA: {tone}"}}},
+            "held_out": {"type": "HuggingfaceContainer",
+                         "load_dataset_config": {"data_name": "json", "data_files": "d/eval.jsonl"}},
+            "unused": {"type": "HuggingfaceContainer", "load_dataset_config": {"data_files": "x.json"}},
+        },
+        "passes": {"lora": {"type": "LoRA", "r": 4, "train_data_config": "train", "eval_data_config": "held_out"}},
+    }
+    imp = import_olive_config(olive, tmp_path / "olive.json")
+    assert accounted(imp, olive) == []
+    data = imp.tree["data"]
+    assert Path(data["path"]) == tmp_path / "d" / "train.jsonl" and Path(data["eval_path"]) == tmp_path / "d" / "eval.jsonl"
+    assert data["text_template"] == "Q: {phrase}\nA: {tone}" and imp.tree["train"]["packing"] is True
+    assert imp.tree["train"]["max_seq_len"] == 64 and "data_configs.unused" in imp.ignored
