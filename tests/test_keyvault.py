@@ -14,7 +14,6 @@ Nothing of the SDK is replaced. Loopback servers stand in for Azure:
 """
 from __future__ import annotations
 
-import datetime
 import http.server
 import json
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from helpers import ROOT
+from recorders import make_tls
 
 from components.common import secrets
 from components.common.errors import UserError
@@ -40,46 +40,6 @@ TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 HF_VALUE = "hf_LOOPBACK_fake_token_5d2e9b7c"
 MI_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.fake-managed-identity-token"
 MSI_SECRET = "msi-secret-for-the-test"
-
-
-# ------------------------------------------------------------------------------------------
-# Certificates
-
-
-def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for the vault's host name: (ca.pem, cert.pem, key.pem)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "slm-pipeline test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, VAULT_HOST)]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(VAULT_HOST)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return paths
 
 
 # ------------------------------------------------------------------------------------------
@@ -218,7 +178,7 @@ class _ProxyHandler(socketserver.BaseRequestHandler):
 @pytest.fixture
 def azure(tmp_path, monkeypatch):
     """A loopback Azure, and this process's environment pointed at it, as an AzureML node has it."""
-    ca, cert, key = _make_certs(tmp_path)
+    ca, cert, key = make_tls(tmp_path, VAULT_HOST)
     fake = FakeAzure()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
