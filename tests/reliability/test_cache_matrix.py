@@ -63,7 +63,9 @@ CASES = [
     ("template", lambda p: None, ["data.text_template=<|user|>\nTone of: {phrase}<|end|>\n<|assistant|>\n{tone}<|end|>"], ALL),
     ("lora-r", lambda p: None, ["train.lora.r=4"], ALL[1:]),
     ("quantization-option", lambda p: None, ["onnx.int4_block_size=32"], ALL[3:]),
-    ("stage-code", lambda p: (p / "components/merge/stage.py", edit(p / "components/merge/stage.py", "\n# edited\n")), [], ALL[2:]),
+    # merge's code changed, so merge re-runs; its output is byte-identical, and the keys of the
+    # stages after it hash that content, so they stay cached.
+    ("stage-code", lambda p: (p / "components/merge/stage.py", edit(p / "components/merge/stage.py", "\n# edited\n")), [], ALL[2:3]),
     ("shared-code", lambda p: (p / "components/common/scoring.py", edit(p / "components/common/scoring.py", "\n# edited\n")), [], ALL),
     ("pinned-versions", lambda p: (p / "requirements.txt", edit(p / "requirements.txt", "\n# bumped\n")), [], ALL),
 ]
