@@ -127,7 +127,10 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
         chain, lineage = promotion.lineage_from_seals(stage_name, params, markers)
         key = cache_key(spec, params, input_hashes)
         finals = {p.name: Path(args[p.name]) for p in spec.outputs}
-        tmps = {name: artifacts.begin(path) for name, path in finals.items()}
+        for name, path in finals.items():
+            # Named before it exists: a SIGTERM inside begin(), right after the mkdir, still cleans it up.
+            tmps[name] = artifacts.tmp_path(path)
+            tmps[name] = artifacts.begin(path)
         context = SimpleNamespace(cache_key=key, finals=finals, spec=spec, after_commit=[], output_parameters={},
                                   lineage=lineage, chain=chain)
         run(view, context=context, **inputs, **tmps)
