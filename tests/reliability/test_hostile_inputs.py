@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -372,8 +373,10 @@ def start_run(out: Path, *sets: str) -> subprocess.Popen:
     for s in sets:
         args += ["--set", s]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    # A terminal's job takes Ctrl-C; a job started in the background (`cmd &`, as some CI runners
+    # start the suite) inherits SIGINT ignored. Restore the terminal's default for the run.
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(proc: subprocess.Popen, text: str, lines: list[str]) -> None:
@@ -386,7 +389,6 @@ def wait_for(proc: subprocess.Popen, text: str, lines: list[str]) -> None:
 
 @pytest.mark.parametrize("when", ["==> train", "step 2/"], ids=["stage-starting", "mid-training"])
 def test_ctrl_c_during_a_run_gives_one_line_per_process_and_no_traceback(tmp_path, when):
-    import signal
 
     out = tmp_path / "run"
     proc = start_run(out, "train.checkpoint_every=1")
@@ -413,7 +415,6 @@ def test_ctrl_c_during_a_run_gives_one_line_per_process_and_no_traceback(tmp_pat
 
 def test_second_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path):
     import fcntl
-    import signal
 
     out = tmp_path / "run"
     first = start_run(out)
@@ -434,7 +435,6 @@ def test_second_run_into_the_same_out_is_refused_while_the_first_runs(tmp_path):
 
 
 def test_run_lock_of_a_killed_run_does_not_block_the_next(tmp_path):
-    import signal
     import sys
 
     out = tmp_path / "run"
