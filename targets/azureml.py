@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from components.common import secrets
+from components.common import promotion, registries, secrets
 from components.common.config import Config, describe, encode
 from components.common.errors import UserError
 from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec
@@ -52,6 +52,21 @@ HF_SECRET_REF_ENV = secrets.SECRET_ENV  # HF_TOKEN_KEYVAULT_SECRET
 HF_VAULT_URL_ENV = secrets.URL_ENV  # HF_TOKEN_KEYVAULT_URL
 # Outputs are uploaded after the stage, not mounted (a mounted folder cannot be renamed).
 OUTPUT_MODE = "upload"
+# The promoting node also gets its model input as a URI (``direct`` mode: AzureML passes the
+# azureml:// location instead of mounting it), to register the model asset there.
+URI_SUFFIX = "_uri"
+
+
+def registers_model(spec: StageSpec, cfg: Config) -> str | None:
+    """The model asset a promoting stage registers (components/common/registries.py), or None."""
+    s = settings(cfg, "azureml")
+    if not (s.register_model and promotion.promotes(spec)):
+        return None
+    return s.model_name or param_name(cfg.name)
+
+
+def model_port(spec: StageSpec) -> str:
+    return next(p.name for p in spec.inputs if p.type == "OnnxModel")
 
 
 def azure_value(value: Any) -> Any:
@@ -78,6 +93,8 @@ def command_line(spec: StageSpec, cfg: Config) -> str:
         {p.name: _Ref(f"${{{{inputs.{p.name}}}}}", False) for p in spec.inputs},
         {p.name: _Ref(f"${{{{outputs.{p.name}}}}}", False) for p in spec.outputs},
     )
+    if registers_model(spec, cfg):
+        argv += ["--model-uri", _Ref(f"${{{{inputs.{model_port(spec)}{URI_SUFFIX}}}}}", False)]
     # No code upload: the job starts in AzureML's own working folder, so go to the repo first
     # (relative paths in the config, such as data.path, are relative to it).
     return f"cd {WORKDIR} && " + " ".join(a.shell() if isinstance(a, _Ref) else shlex.quote(a) for a in argv)
@@ -88,6 +105,10 @@ def make_component(spec: StageSpec, cfg: Config):
     from azure.ai.ml.entities import CommandComponent, Environment
 
     inputs: dict[str, Any] = {p.name: Input(type=ARTIFACT_TYPES[p.type]["azureml"], description=p.description or None) for p in spec.inputs}
+    if registers_model(spec, cfg):
+        port = next(p for p in spec.inputs if p.name == model_port(spec))
+        inputs[port.name + URI_SUFFIX] = Input(type=ARTIFACT_TYPES[port.type]["azureml"], mode="direct",
+                                               description=f"where {port.name} lies: the model asset points there")
     for key, value in spec.params(cfg).items():
         if inputs.get(param_name(key)):
             raise UserError(f"{spec.name}: parameter {key!r} collides with an input port")
@@ -134,6 +155,9 @@ def build_pipeline(dag: Pipeline, cfg: Config):
             for key in step.spec.params(cfg):
                 if key in run_params:
                     kwargs[param_name(key)] = pipeline_inputs[param_name(key)]
+            asset = registers_model(step.spec, cfg)
+            if asset:
+                kwargs[model_port(step.spec) + URI_SUFFIX] = kwargs[model_port(step.spec)]
             node = components[step.name](**kwargs)
             node.name = step.name  # not the Python variable's name
             node.display_name = step.name
@@ -145,6 +169,9 @@ def build_pipeline(dag: Pipeline, cfg: Config):
                 env[HF_SECRET_REF_ENV] = s.hf_token_secret  # a reference to a Key Vault secret, never its value
                 if s.key_vault_url:
                     env[HF_VAULT_URL_ENV] = s.key_vault_url
+            if asset:
+                node.inputs[model_port(step.spec) + URI_SUFFIX].mode = "direct"
+                env[registries.AZUREML_MODEL_ENV] = asset
             node.environment_variables = env
             nodes[step.name] = node
 

@@ -89,10 +89,29 @@ class _Settings(BaseModel):
         return v
 
 
+class ModelRegistrySettings(BaseModel):
+    """A Kubeflow Model Registry the promoting task registers the INT4 model in. The client signs
+    in with the pod's service-account token (the `model-registry` package reads it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="the registry's REST address, such as https://model-registry-service.kubeflow.svc:8443")
+    model_name: str | None = Field(None, description="the registered model's name; default: the config's name")
+    author: str = "slm-pipeline"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v):
+        if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]+)?/?", v):
+            raise ValueError("expected http(s)://host[:port], such as https://model-registry-service.kubeflow.svc:8443")
+        return v.rstrip("/")
+
+
 class KfpSettings(_Settings):
     enable_caching: bool = True
     cache_claim: str | None = CACHE_CLAIM  # the model-cache PVC mounted at /cache; null: none
     gpu_toleration: bool = True  # tolerate the usual nvidia.com/gpu taint on GPU tasks
+    model_registry: ModelRegistrySettings | None = None  # null: promotion is the metrics artifact's metadata only
 
 
 class AzureMLSettings(_Settings):
@@ -104,6 +123,17 @@ class AzureMLSettings(_Settings):
     compute_gpu: str = "gpu-cluster"
     experiment_name: str | None = None  # default: the config's name
     environment_prefix: str = "slm"
+    # A promoted model becomes the next version of a model asset named model_name (default: the
+    # config's name); register_model false: the metrics and report only.
+    register_model: bool = True
+    model_name: str | None = None
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, v):
+        if v and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}", v):
+            raise ValueError("an AzureML model name: letters, digits, '-', '_' and '.', starting with a letter or digit")
+        return v
 
     @field_validator("key_vault_url")
     @classmethod

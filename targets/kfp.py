@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from components.common import promotion, registries
 from components.common.config import Config
 from components.common.errors import UserError
 from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec, Step
@@ -255,6 +256,10 @@ def _configure_task(task, step: Step, cfg: Config, s, kubernetes) -> None:
     if s.cache_claim:
         kubernetes.mount_pvc(task, pvc_name=s.cache_claim, mount_path=CACHE_MOUNT)
         env.update(CACHE_ENV)
+    if s.model_registry and promotion.promotes(step.spec):  # components/common/registries.py
+        env.update({registries.REGISTRY_URL_ENV: s.model_registry.url,
+                    registries.REGISTRY_MODEL_ENV: s.model_registry.model_name or cfg.name,
+                    registries.REGISTRY_AUTHOR_ENV: s.model_registry.author})
     for name, value in env.items():
         task.set_env_variable(name, value)
     if s.hf_token_secret and needs_hf_token(step.spec, cfg):

@@ -8,7 +8,10 @@ headers and body. Nothing of the clients is replaced; these servers are the only
 - :func:`kfp_routes`: the KFP v2beta1 API (pipelines, upload, experiments, runs, recurring runs);
 - :func:`argo_routes`: the Argo Server API (workflows, cron workflows);
 - :func:`azureml_routes` and :func:`msi_routes`: the AzureML workspace API (ARM-style resource
-  paths under the MFE endpoint) and an AzureML managed-identity endpoint for the credential.
+  paths under the MFE endpoint, model assets included) and an AzureML managed-identity
+  endpoint for the credential;
+- :func:`model_registry_routes`: the Kubeflow Model Registry REST API (registered models,
+  versions, model artifacts), kept in memory so a second registration sees the first.
 
 Runs progress through ``progression`` (a list of answers to successive GETs of a run; the
 last repeats), so ``--wait`` sees stage state changes and the final state.
@@ -366,8 +369,21 @@ def azureml_routes(job_states: list[dict]) -> list:
                                 "status": status, "experimentId": "x"}
                                for stage, status in steps.items()], "nextLink": None}
 
+    models: dict[str, list[dict]] = {}  # model assets: name -> versions
+
+    def model_versions(req, m):
+        return 200, {"value": sorted(models.get(m.group(4), []), key=lambda v: -int(v["name"]))}
+
+    def put_model(req, m):  # the service answers with the version's flavors, an empty map here
+        code, body = echo(req, m, provisioningState="Succeeded", flavors={})
+        models.setdefault(m.group(4), []).append(body)
+        return code, body
+
     return [
         ("GET", r"/discovery", discovery),
+        ("GET", WS + r"/models/([^/]+)/versions", model_versions),
+        ("PUT", WS + r"/models/([^/]+)/versions/([^/]+)", put_model),
+        ("GET", WS + r"/models/([^/]+)", lambda r, m: (404, {"error": {"code": "NotFound", "message": "no model"}})),
         ("GET", WS + r"/computes/([^/]+)", compute),
         ("GET", WS, workspace),
         ("PUT", WS + r"/environments/([^/]+)/versions/([^/]+)", lambda r, m: echo(r, m)),
@@ -377,4 +393,46 @@ def azureml_routes(job_states: list[dict]) -> list:
         ("GET", WS + r"/jobs/([^/]+)", get_job),
         ("GET", r"/history/v1\.0" + WS + r"/runs/([^/]+)/children", children),
         ("PUT", WS + r"/schedules/([^/]+)", lambda r, m: echo(r, m, provisioningState="Succeeded")),
+    ]
+
+
+MODEL_REGISTRY_API = "/api/model_registry/v1"
+
+
+def model_registry_routes() -> list:
+    """The REST calls ``model_registry.ModelRegistry`` makes to connect, look up and register."""
+    store: dict[str, dict[str, dict]] = {"registered_models": {}, "model_versions": {}, "artifacts": {}}
+    ids = iter(range(1, 10**6))
+
+    def create(kind: str, extra: dict | None = None):
+        def handler(req, m):
+            body = {**req.json, **(extra or {}), "id": str(next(ids)), "createTimeSinceEpoch": "1",
+                    "lastUpdateTimeSinceEpoch": "1"}
+            if m.groups():
+                body["modelVersionId"] = m.group(1)
+            store[kind][body["id"]] = body
+            return 201, body
+        return handler
+
+    def find(kind: str, **match):
+        def handler(req, m):
+            for item in store[kind].values():
+                if all(item.get(field) == req.query.get(q) for field, q in match.items()):
+                    return 200, item
+            return 404, {"code": "404", "message": f"no {kind} matches {req.query}"}
+        return handler
+
+    def listing(req, m):
+        items = list(store["registered_models"].values())
+        return 200, {"items": items, "size": len(items), "pageSize": int(req.query.get("pageSize", 100)),
+                     "nextPageToken": ""}
+
+    api = re.escape(MODEL_REGISTRY_API)
+    return [
+        ("GET", api + r"/registered_models", listing),
+        ("GET", api + r"/registered_model", find("registered_models", name="name")),
+        ("POST", api + r"/registered_models", create("registered_models")),
+        ("GET", api + r"/model_version", find("model_versions", name="name", registeredModelId="parentResourceId")),
+        ("POST", api + r"/model_versions", create("model_versions")),
+        ("POST", api + r"/model_versions/([^/]+)/artifacts", create("artifacts")),
     ]

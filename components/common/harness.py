@@ -77,6 +77,8 @@ def _parser(spec) -> argparse.ArgumentParser:
         p.add_argument(f"--{port.name}", required=True, metavar="DIR", help=f"output {port.type} artifact")
     for key, default in spec.params(Config()).items():
         p.add_argument(f"--{key}", dest=key, metavar="VALUE", help=f"{describe(key)} (default: {default!r})".lstrip())
+    p.add_argument("--model-uri", metavar="URI", help="the promoted model's location as the engine names it (AzureML: "
+                   "the azureml:// URI of the ONNX model input), for the model registry (components/common/registries.py)")
     p.add_argument("--kfp-executor-input", metavar="JSON", help="on Kubeflow Pipelines: the task's executor input "
                    "({{$}}); the stage then also writes KFP's executor output (components/common/kfp_output.py)")
     return p
@@ -168,17 +170,11 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
             kfp_output.write(json.loads(args["kfp_executor_input"]), markers_out, metrics_ports, finals, out_params,
                              promoted)
         _write_parameter_files(out_params)
-        if promotion.promotes(spec) and os.environ.get(promotion.PROMOTION_FILE_ENV):
-            # Argo: the promotion record as an output artifact of this task (targets/argo.py)
+        if promotion.promotes(spec):
             model_input = next(p.name for p in spec.inputs if p.type == "OnnxModel")
             metrics_dir = finals[next(p.name for p in spec.outputs if p.type == "Metrics")]
-            summary = json.loads((metrics_dir / "metrics.json").read_text()).get("summary", {}) \
-                if (metrics_dir / "metrics.json").is_file() else {}
-            target = Path(os.environ[promotion.PROMOTION_FILE_ENV])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            promotion.write(target, {**promotion.record(inputs[model_input], markers[model_input], summary, lineage,
-                                                        None, None), "stage": stage_name})
-            log.info("promoted: %s", target)
+            model_uri = args.get("model_uri") or _kfp_input_uri(args.get("kfp_executor_input"), model_input)
+            promotion.publish(stage_name, inputs[model_input], markers[model_input], metrics_dir, lineage, model_uri)
         for name, value in out_params.items():
             log.info("output parameter %s = %s", name, value)
         log.info("done in %.1fs", time.time() - started)
@@ -206,6 +202,15 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
             print(f"error: [{stage_name}] failed unexpectedly: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                   " (re-run with --debug for the traceback); no output was written", file=sys.stderr)
         sys.exit(1)
+
+
+def _kfp_input_uri(executor_input: str | None, port: str) -> str | None:
+    """The URI KFP gives an input artifact (``minio://``, ``s3://``, ``gs://``...)."""
+    if not executor_input:
+        return None
+    artifacts_in = json.loads(executor_input).get("inputs", {}).get("artifacts", {})
+    listed = (artifacts_in.get(port) or {}).get("artifacts") or [{}]
+    return listed[0].get("uri")
 
 
 # Where an engine reads output parameters from files (Argo's ``valueFrom.path``): one file per

@@ -10,19 +10,27 @@ left out: it decides whether to train, not what is trained) and the code version
   writes it to ``$SLM_PROMOTION_FILE`` after its gate passed), beside the run's other outputs
   in the artifact repository.
 - KFP: the evaluate task's ``metrics`` artifact metadata (``promoted``, the lineage and the
-  model's URI), from the seals the stage was handed (:func:`lineage_from_seals`).
+  model's URI), from the seals the stage was handed (:func:`lineage_from_seals`); and a model
+  version in the Kubeflow Model Registry when ``targets.kfp.model_registry`` is set.
+- AzureML: a model asset pointing at the pipeline's INT4 output.
+
+The registries are ``components/common/registries.py``; :func:`publish` runs whichever the
+task's environment names, from inside the stage once its gate passed.
 
 A failed gate fails the evaluate stage, so nothing is promoted then.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import time
 from pathlib import Path
 
 from .hashing import ROOT, code_hash, digest
+
+log = logging.getLogger("slm")
 
 PROMOTED = "promoted.json"
 # Where a promoting stage also writes its record (Argo: an output artifact of the task).
@@ -104,3 +112,26 @@ def read(run_dir: Path) -> dict | None:
         return json.loads((Path(run_dir) / PROMOTED).read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def publish(stage: str, model_path: Path, model_seal: dict, metrics_dir: Path, lin: dict, model_uri: str | None,
+            environ=None) -> None:
+    """From inside a promoting stage whose gate passed: the record where the engine collects it
+    (Argo) and the model in every registry the task's environment names."""
+    from . import registries
+
+    env = os.environ if environ is None else environ
+    if not (env.get(PROMOTION_FILE_ENV) or env.get(registries.AZUREML_MODEL_ENV) or env.get(registries.REGISTRY_URL_ENV)):
+        return
+    metrics_file = Path(metrics_dir) / "metrics.json"
+    summary = json.loads(metrics_file.read_text()).get("summary", {}) if metrics_file.is_file() else {}
+    rec = {**record(model_path, model_seal, summary, lin, None, None), "stage": stage}
+    if model_uri:
+        rec["model"]["uri"] = model_uri
+    if env.get(PROMOTION_FILE_ENV):
+        target = Path(env[PROMOTION_FILE_ENV])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write(target, rec)
+        log.info("promoted: %s", target)
+    for line in registries.register(rec, model_uri, env):
+        log.info("registered: %s", line)

@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import MutableMapping
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 log = logging.getLogger("slm")
 
@@ -84,7 +84,7 @@ def _explain(e: Exception, where: str, set_command: str) -> UserError:
     """One line for a failed read; never the token (the read failed, so there is none to leak)."""
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError, ServiceResponseError
 
-    detail = _first_line(e)
+    detail = first_line(e)
     status = getattr(e, "status_code", None)
     if isinstance(e, ClientAuthenticationError) and status is None:
         return UserError(f"cannot read the Hugging Face token from {where}: the job has no usable managed "
@@ -103,8 +103,3 @@ def _explain(e: Exception, where: str, set_command: str) -> UserError:
         return UserError(f"cannot read the Hugging Face token from {where}: HTTP {status}: {detail}")
     return UserError(f"cannot read the Hugging Face token from {where}: {type(e).__name__}: {detail}")
 
-
-def _first_line(e: Exception, limit: int = 300) -> str:
-    text = getattr(e, "message", None) or str(e) or type(e).__name__
-    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), type(e).__name__)
-    return line if len(line) <= limit else line[: limit - 3] + "..."
