@@ -1,17 +1,31 @@
-"""train: (Q)LoRA fine-tune of the base model on the completion tokens only.
+"""train: (Q)LoRA fine-tune of the base model on the completion tokens only, as a recipe.
 
-Setup, in order: seed -> tokenizer -> examples (prompt tokens masked out of the loss,
-optional packing) -> base model (nf4 4-bit with double quant when train.quantization=nf4,
-compute in bf16 on GPU / fp32 on CPU) -> LoRA adapter -> AdamW + warmup/linear decay.
+``run`` starts it (or torchrun's ranks, ``train.gpus > 1``); :class:`LoRARecipe` does the work in
+three calls: ``setup`` -> ``train`` (which calls ``save_checkpoint``) -> ``save_outputs``.
 
-The batch order is a pure function of (seed, step), so a run resumed from a checkpoint sees
-the same batches as one that never stopped, and on CPU the final adapter is bit-identical.
-A checkpoint is written every ``train.checkpoint_every`` steps, and on SIGTERM (spot and
-preemptible nodes send it) before exiting. Checkpoints live beside the output
-(``<adapter>.checkpoints/``) and are used only if they were made with the same cache key.
+Features, and what each costs:
 
-Outputs (Model artifact): the PEFT adapter (safetensors), ``train_log.jsonl`` (loss per
-logged step), ``metrics.json`` and ``sample_prompts.json`` (for the merge parity check).
+- **QLoRA or LoRA.** ``train.quantization=nf4`` loads the base 4-bit (bitsandbytes nf4, double quant):
+  about a quarter of the bf16 weight memory, paid for with a dequantize in every forward. Compute is
+  bf16 on GPU, fp32 on CPU (slower, but deterministic and the same on every machine).
+- **Completion-only loss.** Prompt tokens are labelled -100 and the LM head runs only on labelled
+  positions (:func:`completion_loss`): a small model's LM head is a large share of its compute.
+- **Packing** (``train.packing``, Olive's "join"): examples concatenated into ``max_seq_len`` blocks.
+  No padding, but examples attend across their boundaries. Off by default.
+- **The CUDA fast path** (fast.py): padding-free steps, liger kernels, checkpointing only when memory
+  needs it. Same loss and gradients as the plain padded path, but not bit-identical across runs.
+- **Reproducible batches.** The batch order is a pure function of (seed, step), so a resumed run sees
+  the batches of one that never stopped; on CPU its adapter is bit-identical. Deterministic algorithms
+  are on for CPU only: CUDA's attention backward has no deterministic kernel, and the mode cost 8% on
+  the H200 (bench/gpu/RESULTS.md).
+- **Checkpoints** (checkpoints.py) every ``train.checkpoint_every`` steps and on SIGTERM (spot and
+  preemptible nodes send it) before exiting. More often loses less work to a kill and costs more
+  writes. They live beside the output (``<adapter>.checkpoints/``) or under ``SLM_CHECKPOINT_DIR``,
+  and count only for the same cache key.
+- **Data parallel** (distributed.py, ``train.gpus: N`` on CUDA): N ranks, the one-GPU run's semantics.
+
+Outputs (Model artifact): the PEFT adapter (safetensors), ``train_log.jsonl`` (loss per logged step),
+``metrics.json`` and ``sample_prompts.json`` (for the merge parity check).
 """
 from __future__ import annotations
 
@@ -19,23 +33,22 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from components.common import faults
-from components.common.artifacts import verify, write_json
+from components.common.artifacts import write_json
 from components.common.errors import UserError
 from components.common.harness import Interrupted
 from components.common.io import read_jsonl
 from components.common.models import device_for, load_model, load_tokenizer, target_modules
 
 from . import fast
+from .checkpoints import Checkpoints, checkpoint_root
 
 log = logging.getLogger("slm")
 
@@ -51,6 +64,197 @@ def run(cfg, context, dataset: Path, adapter: Path) -> None:
         launch(cfg, ckpt, dataset, adapter, world)
         return
     train(cfg, ckpt, dataset, adapter)
+
+
+def train(cfg, ckpt: Checkpoints, dataset: Path, adapter: Path, rank: int = 0, world: int = 1) -> None:
+    """The whole recipe on one rank (distributed.py calls this on each)."""
+    recipe = LoRARecipe(cfg, ckpt, rank, world)
+    recipe.setup(dataset)
+    recipe.train()
+    recipe.save_outputs(adapter)
+
+
+class LoRARecipe:
+    """One rank's training run. With ``world > 1`` the ranks meet in distributed.py's collectives."""
+
+    def __init__(self, cfg, ckpt: Checkpoints, rank: int = 0, world: int = 1):
+        self.cfg, self.tc, self.ckpt, self.rank, self.world = cfg, cfg.train, ckpt, rank, world
+        self.device = device_for(cfg.runtime)
+        self.where = f"cuda:{torch.cuda.current_device()}" if self.device == "cuda" else self.device
+        self.dist = None
+        if world > 1:
+            from . import distributed
+
+            self.dist = distributed
+        self.stop = _Sigterm()
+
+    # ----------------------------------------------------------------------------------- setup
+
+    def setup(self, dataset: Path) -> None:
+        """In this order, which fixes every random draw: seed -> fast path -> tokenizer -> examples ->
+        base model, then LoRA (seeded again) -> optimizer and schedule -> the checkpoint, if any (it
+        restores the RNG state last)."""
+        tc = self.tc
+        # Bit-identical resume holds on CPU only (see the module docstring).
+        seed_everything(tc.seed, deterministic=self.device == "cpu")
+        self.fp = fast.resolve(tc, self.device)
+        for note in self.fp.notes:
+            log.info(note)
+        if self.world > 1 and not self.fp.padding_free:
+            raise UserError("train.gpus > 1 runs padding-free steps: leave train.padding_free at auto or on")
+        self.tokenizer = load_tokenizer(self.cfg.model.base, self.cfg.model.trust_remote_code)
+        self._setup_data(dataset)
+        self._setup_model()
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps))
+        self.start, self.history = self.load_checkpoint()
+
+    def _setup_data(self, dataset: Path) -> None:
+        tc = self.tc
+        self.rows = read_jsonl(dataset / "train.jsonl")
+        self.examples = tokenize(self.rows, self.tokenizer, tc.max_seq_len)
+        if tc.packing:
+            self.examples = pack(self.examples, tc.max_seq_len)
+        log.info("%d training sequences (%s)", len(self.examples), "packed" if tc.packing else "one per row")
+
+    def _setup_model(self) -> None:
+        longest = max(len(e["input_ids"]) for e in self.examples)
+        self.model, self.trainable, self.modules, self.fp = build(self.cfg, self.device, self.fp, self.where, longest)
+        log.info("LoRA r=%d on %s: %.2fM trainable parameters", self.tc.lora.r, self.modules,
+                 sum(p.numel() for p in self.trainable) / 1e6)
+        log.info("fast path: %s", {k: v for k, v in vars(self.fp).items() if k != "notes"})
+        if self.dist:
+            self.dist.broadcast_parameters(self.trainable)
+            torch.manual_seed(self.tc.seed + self.rank)  # LoRA dropout: another mask on each rank
+
+    def load_checkpoint(self) -> tuple[int, list]:
+        """(first step, loss history): from the latest checkpoint, else (0, [])."""
+        if self.dist and self.rank:
+            self.dist.barrier()  # rank 0 restores first: it drops a checkpoint made with other inputs
+        got = self.ckpt.restore(self.model, self.optimizer, self.scheduler)
+        if self.dist and not self.rank:
+            self.dist.barrier()
+        return got
+
+    # ----------------------------------------------------------------------------------- train
+
+    def train(self) -> None:
+        """Steps ``start`` to ``max_steps``; a checkpoint every ``checkpoint_every`` steps, and on SIGTERM
+        one at the end of the current step, then :class:`Interrupted`."""
+        from tqdm import tqdm
+
+        tc = self.tc
+        self.model.train()
+        self.started, self.tokens = time.time(), 0
+        bar = tqdm(total=tc.max_steps, initial=self.start, desc="train", unit="step",
+                   disable=None if self.rank == 0 else True)
+        with self.stop, bar:
+            for step in range(self.start, tc.max_steps):
+                loss = self._step(step)
+                self._log(step, loss, bar)
+                done = step + 1
+                if done == 1:
+                    faults.point("train.before_first_checkpoint")
+                if self.stop.signal or done % tc.checkpoint_every == 0:
+                    self.save_checkpoint(done)
+                if self.stop.signal:
+                    raise Interrupted(f"{signal.Signals(self.stop.signal).name}; checkpoint saved at step {done}")
+        self.seconds = time.time() - self.started
+
+    def _step(self, step: int) -> float:
+        """One optimizer step over ``grad_accum`` micro-batches; returns its loss."""
+        tc = self.tc
+        micros = [batch_examples(self.examples, tc, step, m) for m in range(tc.grad_accum)]
+        if self.fp.padding_free:
+            passes = fast.pack_step(micros, tc, self.tokenizer.pad_token_id, self.rank, self.world)
+            loss, tokens = train_step(self.model, passes, self.fp)
+        else:
+            loss, tokens = padded_step(self.model, micros, self.tokenizer.pad_token_id, self.where, self.fp)
+        self.tokens += tokens
+        if self.dist:
+            self.dist.all_reduce_gradients(self.trainable)
+            loss, any_stop = self.dist.agree(loss, self.stop.signal is not None)
+            if any_stop and not self.stop.signal:
+                self.stop.signal = signal.SIGTERM
+        torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(loss):
+            raise UserError(f"the loss became {loss} at step {step + 1}; lower train.learning_rate")
+        return loss
+
+    def _log(self, step: int, loss: float, bar) -> None:
+        tc = self.tc
+        if (step + 1) % tc.log_every == 0 or step == self.start:
+            self.history.append({"step": step + 1, "loss": round(loss, 6), "lr": self.scheduler.get_last_lr()[0]})
+            if bar.disable and self.rank == 0:  # no terminal: the log is the progress report
+                log.info("step %d/%d loss %.4f (%.2fs/step)", step + 1, tc.max_steps, loss,
+                         (time.time() - self.started) / (step + 1 - self.start))
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+
+    def save_checkpoint(self, step: int) -> None:
+        """Rank 0 writes the resumable state; the other ranks wait for it."""
+        if self.rank == 0:
+            self.ckpt.save(step, self.model, self.optimizer, self.scheduler, self.history)
+        if self.dist:
+            self.dist.barrier()
+
+    # ----------------------------------------------------------------------------------- outputs
+
+    def save_outputs(self, adapter: Path) -> None:
+        """Rank 0 writes the adapter, its loss log, sample prompts and metrics."""
+        tc, history = self.tc, self.history
+        peak = torch.cuda.max_memory_allocated() if self.device == "cuda" else None
+        tokens = int(self.dist.total(self.tokens)) if self.dist else self.tokens  # every rank takes part
+        if self.rank:
+            return
+        self.model.save_pretrained(adapter, safe_serialization=True)
+        _portable_adapter_config(adapter, self.cfg.model.base)
+        (adapter / "README.md").unlink(missing_ok=True)  # peft's model card names this machine's paths
+        with open(adapter / "train_log.jsonl", "w") as f:
+            f.writelines(json.dumps(h) + "\n" for h in history)
+        (adapter / "sample_prompts.json").write_text(json.dumps([r["prompt"] for r in self.rows[:16]], indent=1))
+        metrics = {
+            "steps": tc.max_steps,
+            "resumed_from_step": self.start,
+            "first_loss": history[0]["loss"] if history else None,
+            "final_loss": history[-1]["loss"] if history else None,
+            "train_sequences": len(self.examples),
+            "tokens_this_run": tokens,
+            "seconds_this_run": round(self.seconds, 2),
+            "tokens_per_second": round(tokens / max(self.seconds, 1e-9), 1),
+            "target_modules": self.modules,
+            "device": self.device,
+            "quantization": tc.quantization,
+        }
+        if self.device == "cuda":
+            metrics.update({"gpus": self.world, "peak_gpu_memory_gib": round(peak / 2**30, 2),
+                            "fast_path": {k: v for k, v in vars(self.fp).items() if k not in ("notes", "device")}})
+        write_json(adapter / "metrics.json", metrics)
+
+
+class _Sigterm:
+    """While entered, SIGTERM only sets ``signal``: the loop checkpoints at the end of the step and stops."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._set)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def _set(self, signum, _frame) -> None:
+        self.signal = signum
+
+
+# --------------------------------------------------------------------------------------------
+# Model set-up and steps
 
 
 def build(cfg, device: str, fp: fast.FastPath, where: str | None = None, longest: int | None = None):
@@ -95,134 +299,6 @@ def build(cfg, device: str, fp: fast.FastPath, where: str | None = None, longest
         if fp.compile:
             log.info("torch.compile: %d decoder layers", fast.compile_layers(model))
     return model, trainable, modules, fp
-
-
-def train(cfg, ckpt: "Checkpoints", dataset: Path, adapter: Path, rank: int = 0, world: int = 1) -> None:
-    from tqdm import tqdm
-
-    tc = cfg.train
-    device = device_for(cfg.runtime)
-    where = f"cuda:{torch.cuda.current_device()}" if device == "cuda" else device
-    # Bit-identical resume holds on CPU only; on CUDA the attention backward has no deterministic
-    # kernel anyway, and deterministic mode cost 8% on the H200 (bench/gpu/RESULTS.md).
-    seed_everything(tc.seed, deterministic=device == "cpu")
-    fp = fast.resolve(tc, device)
-    for note in fp.notes:
-        log.info(note)
-    if world > 1 and not fp.padding_free:
-        raise UserError("train.gpus > 1 runs padding-free steps: leave train.padding_free at auto or on")
-
-    tokenizer = load_tokenizer(cfg.model.base, cfg.model.trust_remote_code)
-    rows = read_jsonl(dataset / "train.jsonl")
-    examples = tokenize(rows, tokenizer, tc.max_seq_len)
-    if tc.packing:
-        examples = pack(examples, tc.max_seq_len)
-    log.info("%d training sequences (%s)", len(examples), "packed" if tc.packing else "one per row")
-
-    longest = max(len(e["input_ids"]) for e in examples)
-    model, trainable, modules, fp = build(cfg, device, fp, where, longest)
-    log.info("LoRA r=%d on %s: %.2fM trainable parameters", tc.lora.r, modules, sum(p.numel() for p in trainable) / 1e6)
-    log.info("fast path: %s", {k: v for k, v in vars(fp).items() if k != "notes"})
-    if world > 1:
-        from .distributed import broadcast_parameters
-
-        broadcast_parameters(trainable)
-        torch.manual_seed(tc.seed + rank)  # LoRA dropout: another mask on each rank
-
-    optimizer = torch.optim.AdamW(trainable, lr=tc.learning_rate, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps))
-
-    if world > 1:
-        from .distributed import barrier
-
-        if rank:
-            barrier()  # rank 0 restores first: it drops a checkpoint made with other inputs
-        start, history = ckpt.restore(model, optimizer, scheduler)
-        if not rank:
-            barrier()
-    else:
-        start, history = ckpt.restore(model, optimizer, scheduler)
-
-    stop = {"signal": None}
-    previous = signal.signal(signal.SIGTERM, lambda signum, _f: stop.update(signal=signum))
-    model.train()
-    started, tokens = time.time(), 0
-    bar = tqdm(total=tc.max_steps, initial=start, desc="train", unit="step", disable=None if rank == 0 else True)
-    try:
-        for step in range(start, tc.max_steps):
-            if fp.padding_free:
-                micros = [batch_examples(examples, tc, step, m) for m in range(tc.grad_accum)]
-                loss_sum, n = train_step(model, fast.pack_step(micros, tc, tokenizer.pad_token_id, rank, world), fp)
-                tokens += n
-            else:
-                micros = [batch_examples(examples, tc, step, m) for m in range(tc.grad_accum)]
-                loss_sum, n = padded_step(model, micros, tokenizer.pad_token_id, where, fp)
-                tokens += n
-            if world > 1:
-                from .distributed import all_reduce_gradients, agree
-
-                all_reduce_gradients(trainable)
-                loss_sum, any_stop = agree(loss_sum, stop["signal"] is not None)
-                if any_stop and not stop["signal"]:
-                    stop["signal"] = signal.SIGTERM
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if not math.isfinite(loss_sum):
-                raise UserError(f"the loss became {loss_sum} at step {step + 1}; lower train.learning_rate")
-            if (step + 1) % tc.log_every == 0 or step == start:
-                history.append({"step": step + 1, "loss": round(loss_sum, 6), "lr": scheduler.get_last_lr()[0]})
-                if bar.disable and rank == 0:  # no terminal: the log is the progress report
-                    log.info("step %d/%d loss %.4f (%.2fs/step)", step + 1, tc.max_steps, loss_sum,
-                             (time.time() - started) / (step + 1 - start))
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.4f}")
-            done = step + 1
-            if done == 1:
-                faults.point("train.before_first_checkpoint")
-            if stop["signal"] or done % tc.checkpoint_every == 0:
-                if rank == 0:
-                    ckpt.save(done, model, optimizer, scheduler, history)
-                if world > 1:
-                    barrier()
-            if stop["signal"]:
-                raise Interrupted(f"{signal.Signals(stop['signal']).name}; checkpoint saved at step {done}")
-    finally:
-        bar.close()
-        signal.signal(signal.SIGTERM, previous)
-
-    seconds = time.time() - started
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
-    if world > 1:
-        from .distributed import total
-
-        tokens = int(total(tokens))
-    if rank:
-        return
-    model.save_pretrained(adapter, safe_serialization=True)
-    _portable_adapter_config(adapter, cfg.model.base)
-    (adapter / "README.md").unlink(missing_ok=True)  # peft's model card names this machine's paths
-    with open(adapter / "train_log.jsonl", "w") as f:
-        f.writelines(json.dumps(h) + "\n" for h in history)
-    (adapter / "sample_prompts.json").write_text(json.dumps([r["prompt"] for r in rows[:16]], indent=1))
-    metrics = {
-        "steps": tc.max_steps,
-        "resumed_from_step": start,
-        "first_loss": history[0]["loss"] if history else None,
-        "final_loss": history[-1]["loss"] if history else None,
-        "train_sequences": len(examples),
-        "tokens_this_run": tokens,
-        "seconds_this_run": round(seconds, 2),
-        "tokens_per_second": round(tokens / max(seconds, 1e-9), 1),
-        "target_modules": modules,
-        "device": device,
-        "quantization": tc.quantization,
-    }
-    if device == "cuda":
-        metrics.update({"gpus": world, "peak_gpu_memory_gib": round(peak / 2**30, 2),
-                        "fast_path": {k: v for k, v in vars(fp).items() if k not in ("notes", "device")}})
-    write_json(adapter / "metrics.json", metrics)
 
 
 def padded_step(model, micros: list[list[dict]], pad_id: int, where: str, fp: fast.FastPath) -> tuple[float, int]:
@@ -275,6 +351,10 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / (warmup + 1)
     return max(0.0, (total - step) / max(1, total - warmup))
+
+
+# --------------------------------------------------------------------------------------------
+# Data
 
 
 def tokenize(rows: list[dict], tokenizer, max_len: int) -> list[dict]:
@@ -360,82 +440,3 @@ def _portable_adapter_config(adapter: Path, base: str) -> None:
     if isinstance(cfg.get("target_modules"), list):  # peft writes a set, in hash order
         cfg["target_modules"] = sorted(cfg["target_modules"])
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-
-
-def checkpoint_root(context) -> Path:
-    """Where checkpoints live: under ``SLM_CHECKPOINT_DIR`` keyed by cache key when set (a
-    cluster's cache volume, which a retried pod sees again), else beside the output."""
-    shared = os.environ.get("SLM_CHECKPOINT_DIR")
-    if shared:
-        return Path(shared) / context.cache_key
-    return Path(str(context.finals["adapter"]) + ".checkpoints")
-
-
-class Checkpoints:
-    """The latest training state, written atomically; valid only for the same cache key."""
-
-    def __init__(self, root: Path, key: str):
-        self.root, self.key = root, key
-
-    def restore(self, model, optimizer, scheduler) -> tuple[int, list]:
-        self._recover()
-        state_dir = self.root / "latest"
-        meta_path = state_dir / "meta.json"
-        if not meta_path.is_file():
-            return 0, []
-        meta = json.loads(meta_path.read_text())
-        if meta.get("cache_key") != self.key:
-            log.info("ignoring a checkpoint made with other inputs or parameters")
-            shutil.rmtree(self.root, ignore_errors=True)
-            return 0, []
-        weights = load_file(state_dir / "trainable.safetensors")
-        named = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in weights.items():
-                named[name].copy_(tensor)
-        optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(meta["scheduler"])
-        torch.set_rng_state(torch.load(state_dir / "rng.pt", weights_only=True))
-        log.info("resumed from the checkpoint at step %d", meta["step"])
-        return meta["step"], meta["history"]
-
-    def save(self, step: int, model, optimizer, scheduler, history: list) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".tmp-{step}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-        save_file(trainable, tmp / "trainable.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(torch.get_rng_state(), tmp / "rng.pt")
-        meta = {"step": step, "cache_key": self.key, "scheduler": scheduler.state_dict(), "history": history}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        old = self.root / "latest"
-        if old.exists():
-            os.replace(old, self.root / f".old-{os.getpid()}")
-            faults.point("train.checkpoint_swap")  # between the renames: no "latest" at all
-        os.replace(tmp, old)
-        shutil.rmtree(self.root / f".old-{os.getpid()}", ignore_errors=True)
-        log.info("checkpoint at step %d", step)
-        faults.point("train.after_checkpoint")
-
-    def _recover(self) -> None:
-        """After a kill between save's two renames there is no ``latest``: take the newest complete
-        checkpoint left beside it (``meta.json`` is written last, so its presence means complete)."""
-        if not self.root.is_dir():
-            return
-        found = []
-        for folder in [*self.root.glob(".old-*"), *self.root.glob(".tmp-*")]:
-            try:
-                found.append((json.loads((folder / "meta.json").read_text())["step"], str(folder)))
-            except (OSError, ValueError, KeyError):
-                pass
-        if not (self.root / "latest").exists() and found:
-            step, folder = max(found)
-            os.replace(folder, self.root / "latest")
-            log.info("recovered the checkpoint at step %d that a kill left unrenamed", step)
-        for folder in [*self.root.glob(".old-*"), *self.root.glob(".tmp-*")]:
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def clear(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
