@@ -291,6 +291,8 @@ def task_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
         tokens = shlex.split(comp["command"])
         if tokens[:3] == ["cd", WORKDIR, "&&"]:
             tokens = tokens[3:]
+        if tokens[-2:-1] == ["--model-uri"]:  # AzureML's own plumbing for the model asset, not the stage's argv
+            tokens = tokens[:-2]
         out[name] = [_PLACEHOLDER.sub(sub, tok) for tok in tokens]
     return out
 

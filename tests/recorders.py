@@ -10,6 +10,9 @@ headers and body. Nothing of the clients is replaced; these servers are the only
 - :func:`azureml_routes` and :func:`msi_routes`: the AzureML workspace API (ARM-style resource
   paths under the MFE endpoint, model assets included) and an AzureML managed-identity
   endpoint for the credential;
+- :func:`azureml_mlflow_routes`: AzureML's MLflow tracking API and run-history artifact API,
+  and the blob endpoint an artifact is uploaded to (what the ``azureml-mlflow`` plugin calls
+  for an ``azureml://`` tracking URI);
 - :func:`model_registry_routes`: the Kubeflow Model Registry REST API (registered models,
   versions, model artifacts), kept in memory so a second registration sees the first.
 
@@ -330,6 +333,7 @@ def azureml_routes(job_states: list[dict]) -> list:
     def workspace(req, m):  # its discovery URL points the run-history client back here
         return 200, {"id": req.path, "name": m.group(3), "location": "westeurope",
                      "properties": {"discoveryUrl": f"https://{req.headers['host']}/discovery",
+                                    "mlFlowTrackingUri": f"azureml://westeurope.api.azureml.ms/mlflow/v1.0{req.path}",
                                     "workspaceId": "11111111-2222-3333-4444-555555555555"}}
 
     def discovery(req, m):
@@ -435,4 +439,35 @@ def model_registry_routes() -> list:
         ("GET", api + r"/model_version", find("model_versions", name="name", registeredModelId="parentResourceId")),
         ("POST", api + r"/model_versions", create("model_versions")),
         ("POST", api + r"/model_versions/([^/]+)/artifacts", create("artifacts")),
+    ]
+
+
+def azureml_mlflow_routes(run_id: str, experiment_id: str) -> list:
+    """The job's MLflow run (AzureML keeps it: ``runs/get`` answers it), batches of params,
+    metrics and tags, and report.html through an empty artifact plus a SAS blob upload."""
+    mlflow_api = r"/mlflow/v2\.0" + WS + r"/api/2\.0/mlflow"
+
+    def get_run(req, m):
+        here = f"azureml://{req.headers['host']}/mlflow/v2.0/subscriptions/{m.group(1)}/resourceGroups/{m.group(2)}" \
+               f"/providers/Microsoft.MachineLearningServices/workspaces/{m.group(3)}"
+        return 200, {"run": {"info": {"run_id": run_id, "experiment_id": experiment_id, "status": "RUNNING",
+                                      "start_time": 1, "lifecycle_stage": "active",
+                                      "artifact_uri": f"{here}/experiments/{experiment_id}/runs/{run_id}/artifacts"},
+                             "data": {"params": [], "metrics": [], "tags": []}}}
+
+    def empty_artifacts(req, m):
+        paths = [p["path"] for p in req.json["paths"]]
+        blob = f"https://{req.headers['host']}/devstoreaccount1/azureml/ExperimentRun/dcid.{run_id}"
+        return 200, {"artifacts": {p: {"path": p, "origin": "ExperimentRun", "container": f"dcid.{run_id}"} for p in paths},
+                     "artifactContentInformation": {
+                         p: {"contentUri": f"{blob}/{p}?sv=2021-08-06&sig=sas-CANARY", "origin": "ExperimentRun",
+                             "container": f"dcid.{run_id}", "path": p} for p in paths}}
+
+    experiment = {"experiment": {"experiment_id": experiment_id, "name": "slm", "lifecycle_stage": "active"}}
+    return [
+        ("GET", mlflow_api + r"/runs/get", get_run),
+        ("GET", mlflow_api + r"/experiments/get", lambda r, m: (200, experiment)),
+        ("POST", mlflow_api + r"/runs/(update|log-batch)", lambda r, m: (200, {})),
+        ("POST", r"/history/v1\.0" + WS + r"/experiments/([^/]+)/runs/([^/]+)/artifacts/batch/metadata", empty_artifacts),
+        ("PUT", r"/devstoreaccount1/azureml/ExperimentRun/.+", lambda r, m: (201, {})),
     ]
