@@ -7,17 +7,26 @@ tokens/s (training loop only, model load excluded), the scaling and the loss cur
 effective batch and seed: they should agree within bf16/atomics noise).
 
 Workloads: ``tone`` = the production config as is (batch 4 x grad_accum 4 tone examples a step,
-~0.7k tokens: small steps); ``packed`` = ``train.packing=true`` (Olive join into 1,024-token
-blocks): 16 blocks = 16k tokens a step.
+~0.4k tokens: small steps); ``packed`` = ``train.packing=true`` (Olive join into 1,024-token
+blocks): 16 blocks = 16k tokens a step (compute-bound).
+
+Besides the stage's own figure (whole loop: first step's warm-up and the last step's checkpoint
+included), each run's log lines are time-stamped as they arrive, and ``steady_tokens_per_second``
+is the rate between the ``--skip``-th and the last step's log line (warm-up and the final
+checkpoint excluded). Each run's log is kept as ``OUT/NAME.log.gz``.
 
     python bench/gpu/ddp_scaling.py --model /tmp/phi3-mini --gpus 2 --steps 30 --out OUT
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import re
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +34,31 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench" / "gpu"))
 
 WORKLOADS = {"tone": [], "packed": ["train.packing=true"]}
+STEP_LINE = re.compile(r"step (\d+)/(\d+) loss")
+
+
+def timed_stage(name: str, cfg, inputs: dict, outputs: dict, log_path: Path) -> tuple[float, dict[int, float]]:
+    """Run a stage's real command line; each output line is time-stamped on arrival (gzip log) and
+    the arrival time of each ``step k/N`` line is returned."""
+    from components.registry import STAGES
+
+    spec = STAGES[name]
+    argv = spec.argv(spec.params(cfg), inputs, outputs)
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, *argv[1:]], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    steps, tail = {}, []
+    with gzip.open(log_path, "wt") as log:
+        for line in proc.stdout:
+            now = time.time()
+            log.write(f"{now - t0:8.3f} {line}")
+            m = STEP_LINE.search(line)
+            if m:
+                steps[int(m.group(1))] = now
+            tail = (tail + [line])[-40:]
+    if proc.wait():
+        raise SystemExit(f"{name} failed ({proc.returncode}): {''.join(tail)[-3000:]}")
+    return time.time() - t0, steps
 
 
 def main() -> int:
@@ -38,6 +72,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--workloads", default="tone,packed")
     ap.add_argument("--only", choices=["1", "n", "both"], default="both")
+    ap.add_argument("--skip", type=int, default=3, help="steady rate from this step's log line to the last")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--out", default=".")
     args = ap.parse_args()
@@ -55,18 +90,29 @@ def main() -> int:
         for n in counts:
             name = f"{w}-{n}gpu"
             vcfg = load_config(ROOT / args.config, base + WORKLOADS[w] + [f"train.gpus={n}"])
-            wall = stage("train", vcfg, {"dataset": str(work / "dataset")}, {"adapter": str(work / name)})
+            wall, times = timed_stage("train", vcfg, {"dataset": str(work / "dataset")}, {"adapter": str(work / name)},
+                                      out / f"{name}.log.gz")
             m = json.loads((work / name / "metrics.json").read_text())
             log = [json.loads(line)["loss"] for line in (work / name / "train_log.jsonl").read_text().splitlines()]
             results[name] = {"wall_s": round(wall, 1), "tokens_per_second": m["tokens_per_second"],
                              "seconds_loop": m["seconds_this_run"], "tokens": m["tokens_this_run"],
+                             "train_sequences": m.get("train_sequences"),
                              "peak_gpu_memory_gib": m.get("peak_gpu_memory_gib"), "losses": log}
+            last = max(times, default=0)
+            if args.skip in times and last > args.skip:
+                per_step = m["tokens_this_run"] / m["steps"]  # packed blocks: ~the same tokens every step
+                span = times[last] - times[args.skip]
+                results[name].update({"steady_steps": f"{args.skip + 1}-{last}", "steady_s_per_step": round(span / (last - args.skip), 4),
+                                      "steady_tokens_per_second": round(per_step * (last - args.skip) / span, 1)})
             print(name, json.dumps({k: v for k, v in results[name].items() if k != "losses"}), flush=True)
             result_path.write_text(json.dumps({"sets": base, "results": results}, indent=1))
         one, many = results.get(f"{w}-1gpu"), results.get(f"{w}-{args.gpus}gpu")
         if one and many:
             diffs = [abs(a - b) for a, b in zip(one["losses"], many["losses"])]
-            print(f"{w}: scaling {many['tokens_per_second'] / one['tokens_per_second']:.2f}x on {args.gpus} GPUs; "
+            steady = ""
+            if one.get("steady_tokens_per_second") and many.get("steady_tokens_per_second"):
+                steady = f" (steady: {many['steady_tokens_per_second'] / one['steady_tokens_per_second']:.2f}x)"
+            print(f"{w}: scaling {many['tokens_per_second'] / one['tokens_per_second']:.2f}x on {args.gpus} GPUs{steady}; "
                   f"loss max |diff| {max(diffs):.4f}, mean {sum(diffs) / len(diffs):.4f}", flush=True)
     return 0
 
