@@ -31,11 +31,13 @@ from components.common.errors import UserError
 from components.registry import Pipeline, Step
 
 from .compile_common import (
+    CACHE_CLAIM,
     CACHE_ENV,
     CACHE_MOUNT,
     DETERMINISTIC_EXIT_CODES,
     GPU_RESOURCE,
     STAGE_ENV,
+    EngineSettings,
     check_names,
     image_for,
     k8s_name,
@@ -45,7 +47,7 @@ from .compile_common import (
     run_parameters,
     settings,
 )
-from .base import Target
+from .base import RunStatus, Target
 
 ENTRYPOINT = "main"
 IN_DIR = "/tmp/artifacts/inputs"
@@ -378,8 +380,8 @@ def _call(service, what: str, fn):
         raise UserError(one_line(Exception(f"Argo at {host} refused to {what}: {type(err).__name__}: {err}"))) from None
 
 
-def _status(dag: Pipeline, wf, host: str) -> "RunStatus":
-    from .base import PENDING, RunStatus, seconds_between
+def _status(dag: Pipeline, wf, host: str) -> RunStatus:
+    from .base import PENDING, seconds_between
 
     stages = {step.name: PENDING for step in dag}
     by_task = {k8s_name(step.name): step.name for step in dag}
@@ -399,17 +401,26 @@ def _status(dag: Pipeline, wf, host: str) -> "RunStatus":
                      url=f"{host.rstrip('/')}/workflows/{ns}/{name}", message=status.message if status else None)
 
 
+class ArgoSettings(EngineSettings):
+    # The defaults are what manifests/base creates (tests/test_manifests.py checks it).
+    namespace: str | None = "slm-pipeline"
+    service_account: str | None = "slm-pipeline"  # has the executor's RBAC; `default` does not
+    gpu_toleration: bool = True
+    cache_claim: str | None = CACHE_CLAIM  # the model-cache PVC mounted at /cache; null: none
+    # Where stage outputs go: a key of the `artifact-repositories` ConfigMap in the workflow's
+    # namespace (manifests/: MinIO in the dev overlay, S3 in prod); key null: the namespace's
+    # or the controller's default repository.
+    artifact_repository_configmap: str = "artifact-repositories"
+    artifact_repository_key: str | None = "slm-pipeline"
+
+
 class ArgoTarget(Target):
     name = "argo"
     title = "Argo Workflows"
     default_out = "workflow.yaml"
     host_hint = HOST_HINT
 
-    @property
-    def settings(self):
-        from .compile_common import ArgoSettings
-
-        return ArgoSettings
+    settings = ArgoSettings
 
     def compile(self, dag, cfg, out):
         return compile_pipeline(dag, cfg, out)

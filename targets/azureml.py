@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import field_validator
 
 from components.common import promotion, registries, secrets
 from components.common.config import Config, describe, encode
@@ -35,7 +36,7 @@ from components.common.errors import UserError
 from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec
 
 from .base import RunStatus, Target
-from .compile_common import STAGE_ENV, WORKDIR, check_names, image_for, needs_hf_token, param_name, run_parameters, settings, value_kind
+from .compile_common import STAGE_ENV, WORKDIR, EngineSettings, check_names, image_for, needs_hf_token, param_name, run_parameters, settings, value_kind
 
 logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
 
@@ -398,17 +399,42 @@ def _job_status(dag: Pipeline, ml, job) -> "RunStatus":
                      stages=stages, url=job.studio_url)
 
 
+class AzureMLSettings(EngineSettings):
+    hf_token_secret: str | None = "hf-token"  # a secret in the workspace's Key Vault
+    # The workspace's Key Vault (``https://<vault>.vault.azure.net``): a job has no documented
+    # env var for it, so it is compiled in; the stage reads the secret with the job's identity.
+    key_vault_url: str | None = None
+    compute_cpu: str = "cpu-cluster"
+    compute_gpu: str = "gpu-cluster"
+    experiment_name: str | None = None  # default: the config's name
+    environment_prefix: str = "slm"
+    # A promoted model becomes the next version of a model asset named model_name (default: the
+    # config's name); register_model false: the metrics and report only.
+    register_model: bool = True
+    model_name: str | None = None
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, v):
+        if v and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}", v):
+            raise ValueError("an AzureML model name: letters, digits, '-', '_' and '.', starting with a letter or digit")
+        return v
+
+    @field_validator("key_vault_url")
+    @classmethod
+    def _vault_url(cls, v):
+        if v is not None and not re.fullmatch(r"https://[A-Za-z0-9.-]+(:[0-9]+)?/?", v):
+            raise ValueError("expected the vault's https URL, such as https://my-vault.vault.azure.net")
+        return v
+
+
 class AzureMLTarget(Target):
     name = "azureml"
     title = "Azure Machine Learning"
     default_out = "azureml"
     host_hint = HOST_HINT
 
-    @property
-    def settings(self):
-        from .compile_common import AzureMLSettings
-
-        return AzureMLSettings
+    settings = AzureMLSettings
 
     def compile(self, dag, cfg, out):
         return compile_pipeline(dag, cfg, out)

@@ -60,15 +60,22 @@ DETERMINISTIC_EXIT_CODES = (2, 3)
 
 def image_for(spec: StageSpec, cfg: Config) -> str:
     """``<registry>/<stage>:<tag>``, with the GPU suffix on the tag where the stage uses a GPU."""
-    tag = cfg.images.tag + (cfg.images.gpu_tag_suffix if spec.uses_gpu(cfg) else "")
-    return f"{cfg.images.registry.rstrip('/')}/{spec.name}:{tag}"
+    return image_name(cfg, spec.name, gpu=spec.uses_gpu(cfg))
+
+
+def image_name(cfg: Config, name: str, gpu: bool = False) -> str:
+    """Every image's name, the stages' and the shared base's (targets/images.py)."""
+    tag = cfg.images.tag + (cfg.images.gpu_tag_suffix if gpu else "")
+    return f"{cfg.images.registry.rstrip('/')}/{name}:{tag}"
 
 
 # ---------------------------------------------------------------------------------------
 # Per-target settings: ``targets: {kfp: {...}, azureml: {...}, argo: {...}}`` in the config.
 
 
-class _Settings(BaseModel):
+class EngineSettings(BaseModel):
+    """What every engine's ``targets.<engine>`` section has; each engine module subclasses it."""
+
     model_config = ConfigDict(extra="forbid")
 
     # The Hugging Face token comes from a secret, by reference only; null: no secret.
@@ -87,73 +94,6 @@ class _Settings(BaseModel):
         if v is not None:
             cron_fields(v)
         return v
-
-
-class ModelRegistrySettings(BaseModel):
-    """A Kubeflow Model Registry the promoting task registers the INT4 model in. The client signs
-    in with the pod's service-account token (the `model-registry` package reads it)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    url: str = Field(description="the registry's REST address, such as https://model-registry-service.kubeflow.svc:8443")
-    model_name: str | None = Field(None, description="the registered model's name; default: the config's name")
-    author: str = "slm-pipeline"
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v):
-        if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]+)?/?", v):
-            raise ValueError("expected http(s)://host[:port], such as https://model-registry-service.kubeflow.svc:8443")
-        return v.rstrip("/")
-
-
-class KfpSettings(_Settings):
-    enable_caching: bool = True
-    cache_claim: str | None = CACHE_CLAIM  # the model-cache PVC mounted at /cache; null: none
-    gpu_toleration: bool = True  # tolerate the usual nvidia.com/gpu taint on GPU tasks
-    model_registry: ModelRegistrySettings | None = None  # null: promotion is the metrics artifact's metadata only
-
-
-class AzureMLSettings(_Settings):
-    hf_token_secret: str | None = "hf-token"  # a secret in the workspace's Key Vault
-    # The workspace's Key Vault (``https://<vault>.vault.azure.net``): a job has no documented
-    # env var for it, so it is compiled in; the stage reads the secret with the job's identity.
-    key_vault_url: str | None = None
-    compute_cpu: str = "cpu-cluster"
-    compute_gpu: str = "gpu-cluster"
-    experiment_name: str | None = None  # default: the config's name
-    environment_prefix: str = "slm"
-    # A promoted model becomes the next version of a model asset named model_name (default: the
-    # config's name); register_model false: the metrics and report only.
-    register_model: bool = True
-    model_name: str | None = None
-
-    @field_validator("model_name")
-    @classmethod
-    def _model_name(cls, v):
-        if v and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}", v):
-            raise ValueError("an AzureML model name: letters, digits, '-', '_' and '.', starting with a letter or digit")
-        return v
-
-    @field_validator("key_vault_url")
-    @classmethod
-    def _vault_url(cls, v):
-        if v is not None and not re.fullmatch(r"https://[A-Za-z0-9.-]+(:[0-9]+)?/?", v):
-            raise ValueError("expected the vault's https URL, such as https://my-vault.vault.azure.net")
-        return v
-
-
-class ArgoSettings(_Settings):
-    # The defaults are what manifests/base creates (tests/test_manifests.py checks it).
-    namespace: str | None = "slm-pipeline"
-    service_account: str | None = "slm-pipeline"  # has the executor's RBAC; `default` does not
-    gpu_toleration: bool = True
-    cache_claim: str | None = CACHE_CLAIM  # the model-cache PVC mounted at /cache; null: none
-    # Where stage outputs go: a key of the `artifact-repositories` ConfigMap in the workflow's
-    # namespace (manifests/: MinIO in the dev overlay, S3 in prod); key null: the namespace's
-    # or the controller's default repository.
-    artifact_repository_configmap: str = "artifact-repositories"
-    artifact_repository_key: str | None = "slm-pipeline"
 
 
 def settings(cfg: Config, target: str) -> Any:

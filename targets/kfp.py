@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from components.common import promotion, registries
 from components.common.config import Config
@@ -26,10 +29,12 @@ from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec, Step
 from components.common.kfp_output import CONFUSION_SUFFIX, REPORT_SUFFIX
 
 from .compile_common import (
+    CACHE_CLAIM,
     CACHE_ENV,
     CACHE_MOUNT,
     GPU_RESOURCE,
     STAGE_ENV,
+    EngineSettings,
     check_names,
     image_for,
     kfp_cron,
@@ -566,17 +571,38 @@ def _run_status(dag: Pipeline, client, run, conn) -> "RunStatus":
                      url=f"{client._get_url_prefix()}/#/runs/details/{run.run_id}", message=message, seconds=seconds)
 
 
+class ModelRegistrySettings(BaseModel):
+    """A Kubeflow Model Registry the promoting task registers the INT4 model in. The client signs
+    in with the pod's service-account token (the `model-registry` package reads it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="the registry's REST address, such as https://model-registry-service.kubeflow.svc:8443")
+    model_name: str | None = Field(None, description="the registered model's name; default: the config's name")
+    author: str = "slm-pipeline"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v):
+        if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]+)?/?", v):
+            raise ValueError("expected http(s)://host[:port], such as https://model-registry-service.kubeflow.svc:8443")
+        return v.rstrip("/")
+
+
+class KfpSettings(EngineSettings):
+    enable_caching: bool = True
+    cache_claim: str | None = CACHE_CLAIM  # the model-cache PVC mounted at /cache; null: none
+    gpu_toleration: bool = True  # tolerate the usual nvidia.com/gpu taint on GPU tasks
+    model_registry: ModelRegistrySettings | None = None  # null: promotion is the metrics artifact's metadata only
+
+
 class KfpTarget(Target):
     name = "kfp"
     title = "Kubeflow Pipelines"
     default_out = "pipeline.yaml"
     host_hint = HOST_HINT
 
-    @property
-    def settings(self):
-        from .compile_common import KfpSettings
-
-        return KfpSettings
+    settings = KfpSettings
 
     def compile(self, dag, cfg, out):
         return compile_pipeline(dag, cfg, out)
