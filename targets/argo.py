@@ -20,11 +20,9 @@ schedule --target argo`` talk to an Argo Server through hera's ``WorkflowsServic
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from components.common.config import Config, encode
 from components.common.errors import UserError
@@ -47,6 +45,7 @@ from .compile_common import (
     run_parameters,
     settings,
 )
+from .validate import check_argo
 from .base import RunStatus, Target
 
 ENTRYPOINT = "main"
@@ -282,51 +281,6 @@ def compile_pipeline(dag: Pipeline, cfg: Config, out: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------
-# Reading a compiled file back: the command line each task runs.
-
-_TAG = re.compile(r"\{\{\s*([^}]+?)\s*\}\}")
-
-
-def task_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
-    """``{stage: argv}`` from a compiled Workflow, placeholders resolved against ``root``.
-
-    Input artifacts resolve through the task's ``from:`` (producer task and output name) to
-    ``<root>/<producer stage>/<output>``; outputs to ``<root>/<stage>/<output>``; parameters to
-    the task's argument, with ``{{workflow.parameters.x}}`` taken from the workflow arguments.
-    """
-    tree = yaml.safe_load(Path(path).read_text())
-    spec = tree["spec"]
-    wf_params = {p["name"]: p.get("value") for p in spec.get("arguments", {}).get("parameters", [])}
-    templates = {t["name"]: t for t in spec["templates"]}
-    dag_tasks = templates[spec["entrypoint"]]["dag"]["tasks"]
-    stage_of = {t["name"]: templates[t["template"]]["container"]["command"][2].split(".", 1)[1] for t in dag_tasks}
-    out: dict[str, list[str]] = {}
-    for task in dag_tasks:
-        tmpl = templates[task["template"]]
-        stage = stage_of[task["name"]]
-        args = task.get("arguments", {})
-        params = {p["name"]: _TAG.sub(lambda m: wf_params[m.group(1).split(".", 2)[2]], str(p["value"])) for p in args.get("parameters", [])}
-        arts = {}
-        for a in args.get("artifacts", []):
-            m = re.fullmatch(r"\{\{tasks\.([^.]+)\.outputs\.artifacts\.([^}]+)\}\}", a["from"])
-            arts[a["name"]] = f"{root}/{stage_of[m.group(1)]}/{m.group(2)}"
-
-        def sub(m):
-            parts = m.group(1).split(".")
-            if parts[:2] == ["inputs", "parameters"]:
-                return params[parts[2]]
-            if parts[:2] == ["inputs", "artifacts"] and parts[3] == "path":
-                return arts[parts[2]]
-            if parts[:2] == ["outputs", "artifacts"] and parts[3] == "path":
-                return f"{root}/{stage}/{parts[2]}"
-            raise KeyError(f"unresolved placeholder {m.group(0)} in task {task['name']}")
-
-        container = tmpl["container"]
-        out[stage] = [_TAG.sub(sub, a) for a in container.get("command", []) + container.get("args", [])]
-    return out
-
-
-# ---------------------------------------------------------------------------------------
 # On a cluster: submit, status, schedule through hera's WorkflowsService (the Argo Server API).
 
 HOST_HINT = "set --host or ARGO_SERVER (e.g. https://localhost:2746 after `kubectl -n argo port-forward svc/argo-server 2746`)"
@@ -422,13 +376,8 @@ class ArgoTarget(Target):
 
     settings = ArgoSettings
 
-    def compile(self, dag, cfg, out):
-        return compile_pipeline(dag, cfg, out)
-
-    def validate(self, path):
-        from .validate import check_argo
-
-        return check_argo(Path(path))
+    compile = staticmethod(compile_pipeline)
+    validate = staticmethod(check_argo)
 
     def recognizes(self, first_doc, path):
         return str(first_doc.get("apiVersion", "")).startswith("argoproj.io/")

@@ -35,6 +35,7 @@ from components.common.config import Config, describe, encode
 from components.common.errors import UserError
 from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec
 
+from .validate import check_azureml
 from .base import RunStatus, Target
 from .compile_common import STAGE_ENV, WORKDIR, EngineSettings, check_names, image_for, needs_hf_token, param_name, run_parameters, settings, value_kind
 
@@ -240,75 +241,6 @@ def _dump(entity) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
-# Reading a compiled folder back: the command line each node runs.
-
-_PLACEHOLDER = re.compile(r"\$\{\{(inputs|outputs)\.([A-Za-z0-9_]+)\}\}")
-_PARENT_OUTPUT = re.compile(r"^\$\{\{parent\.jobs\.([^.]+)\.outputs\.([^.}]+)\}\}$")
-_PARENT_INPUT = re.compile(r"^\$\{\{parent\.inputs\.([^.}]+)\}\}$")
-
-
-def load_component_tree(pipeline_path: Path, ref) -> dict:
-    if isinstance(ref, dict):
-        return ref
-    ref = str(ref)
-    if ref.startswith("file:"):
-        ref = ref[5:]
-    return yaml.safe_load((pipeline_path.parent / ref).read_text())
-
-
-def task_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
-    """``{stage: argv}`` from a compiled pipeline.yml, placeholders resolved against ``root``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "pipeline.yml"
-    tree = yaml.safe_load(path.read_text())
-    parent_inputs = tree.get("inputs", {})
-    out: dict[str, list[str]] = {}
-    for name, node in tree["jobs"].items():
-        comp = load_component_tree(path, node["component"])
-        bindings = node.get("inputs", {})
-
-        def value_of(inp: str) -> str:
-            decl = comp["inputs"][inp]
-            binding = bindings.get(inp)
-            if isinstance(binding, dict):
-                binding = binding.get("path", binding.get("value"))
-            if binding is None:
-                value = decl.get("default")
-            elif isinstance(binding, str) and _PARENT_OUTPUT.match(binding):
-                up, output = _PARENT_OUTPUT.match(binding).groups()
-                return f"{root}/{up}/{output}"
-            elif isinstance(binding, str) and _PARENT_INPUT.match(binding):
-                pv = parent_inputs[_PARENT_INPUT.match(binding).group(1)]
-                value = pv.get("value", pv.get("default")) if isinstance(pv, dict) else pv
-            else:
-                value = binding
-            return _render(value, decl["type"])
-
-        def sub(m):
-            kind, key = m.groups()
-            return value_of(key) if kind == "inputs" else f"{root}/{name}/{key}"
-
-        tokens = shlex.split(comp["command"])
-        if tokens[:3] == ["cd", WORKDIR, "&&"]:
-            tokens = tokens[3:]
-        if tokens[-2:-1] == ["--model-uri"]:  # AzureML's own plumbing for the model asset, not the stage's argv
-            tokens = tokens[:-2]
-        out[name] = [_PLACEHOLDER.sub(sub, tok) for tok in tokens]
-    return out
-
-
-def _render(value: Any, azure_type: str) -> str:
-    if azure_type == "integer":
-        return str(int(value))
-    if azure_type == "number":
-        return encode(float(value))
-    if azure_type == "boolean":
-        return "true" if (value is True or str(value).lower() == "true") else "false"
-    return str(value)
-
-
-# ---------------------------------------------------------------------------------------
 # On a workspace: submit, status, schedule through the real client (azure-ai-ml MLClient).
 
 HOST_HINT = ("set --subscription/--resource-group/--workspace, or AZURE_SUBSCRIPTION_ID/AZURE_RESOURCE_GROUP/"
@@ -436,13 +368,8 @@ class AzureMLTarget(Target):
 
     settings = AzureMLSettings
 
-    def compile(self, dag, cfg, out):
-        return compile_pipeline(dag, cfg, out)
-
-    def validate(self, path):
-        from .validate import check_azureml
-
-        return check_azureml(Path(path))
+    compile = staticmethod(compile_pipeline)
+    validate = staticmethod(check_azureml)
 
     def recognizes(self, first_doc, path):
         return Path(path).is_dir() or "jobs" in first_doc or first_doc.get("type") in ("pipeline", "command")

@@ -28,6 +28,7 @@ from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec, Step
 
 from components.common.kfp_output import CONFUSION_SUFFIX, REPORT_SUFFIX
 
+from .validate import check_kfp
 from .compile_common import (
     CACHE_CLAIM,
     CACHE_ENV,
@@ -310,114 +311,6 @@ def write_recurring_run(cfg: Config, pipeline_path: Path, s) -> Path:
 
 
 # ---------------------------------------------------------------------------------------
-# Reading a compiled file back: the command line each task runs.
-
-
-def task_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
-    """``{stage: argv}`` from a compiled KFP YAML, placeholders resolved against ``root``.
-
-    Artifact paths resolve through the YAML's own wiring (producer task and output key) to
-    ``<root>/<producer stage>/<output>``; parameters resolve to the task's constant, or the
-    pipeline parameter's default, or the component's default, rendered as the launcher would.
-    The metrics wrapper, if any, is stripped: what remains is what the stage itself runs.
-    """
-    import re
-
-    from components.common.config import encode
-
-    import yaml
-
-    docs = list(yaml.safe_load_all(Path(path).read_text()))
-    spec = docs[0]
-    root_params = spec["root"].get("inputDefinitions", {}).get("parameters", {})
-    stage_of: dict[str, str] = {}  # task key -> stage, over the root DAG and the condition's sub-DAG
-
-    def collect(tasks: dict) -> None:
-        for name, t in tasks.items():
-            comp = spec["components"][t["componentRef"]["name"]]
-            if "dag" in comp:
-                collect(comp["dag"]["tasks"])
-            else:
-                stage_of[name] = t["taskInfo"]["name"]
-
-    collect(spec["root"]["dag"]["tasks"])
-    out: dict[str, list[str]] = {}
-
-    def artifact_path(binding: dict, scope_artifacts: dict) -> str:
-        if "taskOutputArtifact" in binding:
-            src = binding["taskOutputArtifact"]
-            return f"{root}/{stage_of[src['producerTask']]}/{src['outputArtifactKey']}"
-        return scope_artifacts[binding["componentInputArtifact"]]
-
-    def param_value(binding: dict | None, pdef: dict, scope_params: dict) -> Any:
-        if binding is None:
-            return pdef.get("defaultValue")
-        if "runtimeValue" in binding:
-            return binding["runtimeValue"]["constant"]
-        if "componentInputParameter" in binding:
-            return scope_params.get(binding["componentInputParameter"])
-        return None  # another task's output parameter: known only at run time
-
-    def walk(tasks: dict, scope_params: dict, scope_artifacts: dict) -> None:
-        for task_name, task in tasks.items():
-            comp = spec["components"][task["componentRef"]["name"]]
-            bindings = task.get("inputs", {})
-            if "dag" in comp:  # a dsl.If group: its inputs become the scope of its tasks
-                defs = comp.get("inputDefinitions", {}).get("parameters", {})
-                walk(
-                    comp["dag"]["tasks"],
-                    {n: param_value(b, defs.get(n, {}), scope_params) for n, b in bindings.get("parameters", {}).items()},
-                    {n: artifact_path(b, scope_artifacts) for n, b in bindings.get("artifacts", {}).items()},
-                )
-                continue
-            container = spec["deploymentSpec"]["executors"][comp["executorLabel"]]["container"]
-            argv = list(container.get("command", [])) + list(container.get("args", []))
-            stage = stage_of[task_name]
-            defs = comp.get("inputDefinitions", {}).get("parameters", {})
-            values = {
-                pname: _render(param_value(bindings.get("parameters", {}).get(pname), pdef, scope_params),
-                               pdef["parameterType"], encode)
-                for pname, pdef in defs.items()
-            }
-            paths: dict[str, str] = {}
-            for aname, binding in bindings.get("artifacts", {}).items():
-                paths[f"inputs.artifacts['{aname}']"] = artifact_path(binding, scope_artifacts)
-            for aname in comp.get("outputDefinitions", {}).get("artifacts", {}):
-                paths[f"outputs.artifacts['{aname}']"] = f"{root}/{stage}/{aname}"
-
-            def sub(m, values=values, paths=paths, task_name=task_name, stage=stage):
-                expr = m.group(1)
-                pm = re.fullmatch(r"\$\.inputs\.parameters\['([^']+)'\]", expr)
-                if pm:
-                    return values[pm.group(1)]
-                am = re.fullmatch(r"\$\.((?:inputs|outputs)\.artifacts\['[^']+'\])\.path", expr)
-                if am:
-                    return paths[am.group(1)]
-                if expr == "$.outputs.output_file":
-                    return f"{root}/{stage}/executor_output.json"
-                raise KeyError(f"unresolved placeholder {{{{{expr}}}}} in task {task_name}")
-
-            if argv[-2:] == [EXECUTOR_INPUT_FLAG, "{{$}}"]:  # KFP's own plumbing, not the stage's argv
-                argv = argv[:-2]
-            out[stage] = [re.sub(r"\{\{(\$[^}]*)\}\}", sub, a) for a in argv]
-
-    walk(spec["root"]["dag"]["tasks"], {n: d.get("defaultValue") for n, d in root_params.items()}, {})
-    return out
-
-
-def _render(value: Any, parameter_type: str, encode) -> str:
-    if parameter_type == "STRING":
-        return value
-    if parameter_type == "NUMBER_INTEGER":
-        return str(int(value))
-    if parameter_type == "NUMBER_DOUBLE":
-        return encode(float(value))
-    if parameter_type == "BOOLEAN":
-        return "true" if value else "false"
-    return encode(value)
-
-
-# ---------------------------------------------------------------------------------------
 # On a cluster: submit, status, schedule through the real client (kfp.Client, API v2beta1).
 
 from .base import RunStatus, Target  # noqa: E402
@@ -604,13 +497,8 @@ class KfpTarget(Target):
 
     settings = KfpSettings
 
-    def compile(self, dag, cfg, out):
-        return compile_pipeline(dag, cfg, out)
-
-    def validate(self, path):
-        from .validate import check_kfp
-
-        return check_kfp(Path(path))
+    compile = staticmethod(compile_pipeline)
+    validate = staticmethod(check_kfp)
 
     def recognizes(self, first_doc, path):
         return "pipelineInfo" in first_doc or "deploymentSpec" in first_doc

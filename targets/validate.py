@@ -363,7 +363,6 @@ def _check_kfp_dag(owner: str, holder: dict, components: dict) -> list[str]:
 _AML_PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z0-9_]+)\s*\}\}")
 _AML_PARENT_OUT = re.compile(r"^\$\{\{\s*parent\.jobs\.([^.\s]+)\.outputs\.([^.\s}]+)\s*\}\}$")
 _AML_PARENT_IN = re.compile(r"^\$\{\{\s*parent\.inputs\.([^.\s}]+)\s*\}\}$")
-_AML_ANY_REF = re.compile(r"\$\{\{[^}]*\}\}")
 
 
 def check_azureml(path: Path) -> list[str]:
@@ -426,12 +425,9 @@ def check_azureml(path: Path) -> list[str]:
         comp = comps[name]
         decl_in = comp.get("inputs") or {}
         edges[name] = set()
-        if not node.get("compute") and not (tree.get("settings") or {}).get("default_compute"):
-            problems.append(f"jobs.{name}: no compute (and no settings.default_compute)")
+        # A missing compute, environment or required input: azure-ai-ml's own validation above says so.
         env = comp.get("environment")
-        if not env:
-            problems.append(f"jobs.{name}.component: no environment")
-        elif isinstance(env, dict) and "image" in env:
+        if isinstance(env, dict) and "image" in env:
             bad = image_problem(f"jobs.{name}.component.environment.image", env["image"])
             if bad:
                 problems.append(bad)
@@ -466,9 +462,6 @@ def check_azureml(path: Path) -> list[str]:
                     problems.append(f"{where}: {ref} names no pipeline input {m_in.group(1)!r}")
             else:
                 problems.append(f"{where}: unrecognised reference {ref!r}")
-        for iname, decl in decl_in.items():
-            if iname not in bindings and "default" not in decl and not decl.get("optional"):
-                problems.append(f"jobs.{name}: required input {iname!r} is not bound")
         for oname, obind in (node.get("outputs") or {}).items():
             if oname not in (comp.get("outputs") or {}):
                 problems.append(f"jobs.{name}.outputs.{oname}: component has no output {oname!r}")

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from compiled_argv import TASK_ARGVS
 from components.common.config import Config, load_config
 from components.common.errors import UserError
 from components.registry import STAGES, Pipeline, Port, Resources, StageSpec, Step
@@ -81,7 +82,7 @@ def test_compiled_file_validates(compiled, target, config):
 @pytest.mark.parametrize("target,config", CASES)
 def test_task_argv_equals_local_runner_argv(compiled, target, config):
     path, cfg = compiled[(target, config)]
-    got = TARGETS[target].task_argvs(path, ROOT)
+    got = TASK_ARGVS[target](path, ROOT)
     assert sorted(got) == sorted(s.name for s in DAG)
     for s in DAG:
         expected = stage_argv(s, cfg, ROOT)
@@ -127,7 +128,7 @@ def test_changing_a_run_parameter_changes_only_that_argument(compiled):
             text = yaml.safe_dump(tree)
         tree_path_copy = tree_path.with_name("edited-" + tree_path.name)
         tree_path_copy.write_text(text)
-        got = TARGETS[target].task_argvs(tree_path_copy, ROOT)
+        got = TASK_ARGVS[target](tree_path_copy, ROOT)
         assert got["train"] == stage_argv(DAG["train"], cfg, ROOT), target
         tree_path_copy.unlink()
 
@@ -551,7 +552,7 @@ def test_new_stage_and_new_parameter_reach_every_target(tmp_path):
     for target in TARGETS:
         path = _compile(target, cfg, tmp_path / target / OUT_NAME[target], dag)
         validate_file(path, target)
-        got = TARGETS[target].task_argvs(path, ROOT)
+        got = TASK_ARGVS[target](path, ROOT)
         assert sorted(got) == sorted(s.name for s in dag)
         for s in dag:
             assert got[s.name] == stage_argv(s, cfg, ROOT), f"{target}/{s.name}"
@@ -602,7 +603,7 @@ def test_cli_compile_writes_where_asked(tmp_path, capsys):
         assert main(["compile", "--target", target, "--config", str(REPO / CONFIGS[0]), "--out", str(out),
                      "--set", "train.max_steps=7"]) == 0
         assert validate_file(out, target) == target
-        got = TARGETS[target].task_argvs(out, ROOT)
+        got = TASK_ARGVS[target](out, ROOT)
         assert got["train"][got["train"].index("--train.max_steps") + 1] == "7"
 
 
