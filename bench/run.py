@@ -35,7 +35,7 @@ def bench_train_step(steps: int) -> None:
     rows = [{"prompt": tok.apply_chat_template([{"role": "user", "content": r["phrase"]}], tokenize=False,
                                                add_generation_prompt=True), "completion": r["tone"] + "<|im_end|>"}
             for r in read_jsonl(ROOT / "data" / "tone.jsonl")[:8]]
-    batch = collate(tokenize(rows, tok, 256), tok.pad_token_id, "cpu")
+    batch = collate(tokenize(rows, tok, 256), tok, "cpu")
     model = get_peft_model(load_model(base), LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
 
     def step(loss_fn) -> float:

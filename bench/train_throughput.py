@@ -215,7 +215,7 @@ def child(args) -> dict:
         def step_fn(micros):
             if fp.padding_free:
                 return stage.train_step(model, fast.pack_step(micros, cfg.train, pad), fp)
-            return stage.padded_step(model, micros, pad, where, fp)
+            return stage.padded_step(model, micros, tokenizer, where, fp)
     elif name == "unsloth":
         return unsloth_child(args, info)
     else:

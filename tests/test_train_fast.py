@@ -30,6 +30,13 @@ def lora_model():
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def tokenizer():
+    from components.common.models import TINY, load_tokenizer
+
+    return load_tokenizer(TINY)  # only its padding is used: any pad id gives the same loss
+
+
 def examples(n: int, seed: int = 1) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -44,14 +51,14 @@ def grads(model) -> list[torch.Tensor]:
     return [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
 
-def test_padding_free_equals_padded_micro_batches(lora_model):
+def test_padding_free_equals_padded_micro_batches(lora_model, tokenizer):
     tc = SimpleNamespace(batch_size=3, grad_accum=2, max_seq_len=64)
     ex = examples(6)
     micros = [ex[:3], ex[3:]]
     lora_model.zero_grad()
     ref = 0.0
     for m in micros:
-        loss = stage.completion_loss(lora_model, stage.collate(m, 0, "cpu")) / len(micros)
+        loss = stage.completion_loss(lora_model, stage.collate(m, tokenizer, "cpu")) / len(micros)
         loss.backward()
         ref += loss.item()
     ref_grads = grads(lora_model)

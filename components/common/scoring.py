@@ -1,6 +1,8 @@
 """Classification metrics, written once for every model we score."""
 from __future__ import annotations
 
+import numpy as np
+
 NONE = "(unparsed)"
 
 
@@ -16,7 +18,8 @@ def classification_report(truth: list[str], predicted: list[str | None], labels:
         precision = tp / predicted_as if predicted_as else 0.0
         recall = tp / actual if actual else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[label] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4), "support": actual}
+        per_class[label] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
+                            "support": actual}
         f1s.append(f1)
     correct = sum(1 for t, p in zip(truth, pred) if t == p)
     return {
@@ -29,9 +32,5 @@ def classification_report(truth: list[str], predicted: list[str | None], labels:
 
 
 def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+    """The q-quantile (0 <= q <= 1), linearly interpolated; 0.0 for no values."""
+    return float(np.percentile(values, q * 100)) if len(values) else 0.0

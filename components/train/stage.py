@@ -103,6 +103,7 @@ class LoRARecipe:
         if self.world > 1 and not self.fp.padding_free:
             raise UserError("train.gpus > 1 runs padding-free steps: leave train.padding_free at auto or on")
         self.tokenizer = load_tokenizer(self.cfg.model.base, self.cfg.model.trust_remote_code)
+        self.tokenizer.padding_side = "right"  # positions count from the first token (see collate)
         self._setup_data(dataset)
         self._setup_model()
         self.optimizer = torch.optim.AdamW(self.trainable, lr=tc.learning_rate, weight_decay=tc.weight_decay)
@@ -170,7 +171,7 @@ class LoRARecipe:
             passes = fast.pack_step(micros, tc, self.tokenizer.pad_token_id, self.rank, self.world)
             loss, tokens = train_step(self.model, passes, self.fp)
         else:
-            loss, tokens = padded_step(self.model, micros, self.tokenizer.pad_token_id, self.where, self.fp)
+            loss, tokens = padded_step(self.model, micros, self.tokenizer, self.where, self.fp)
         self.tokens += tokens
         if self.dist:
             self.dist.all_reduce_gradients(self.trainable)
@@ -301,11 +302,11 @@ def build(cfg, device: str, fp: fast.FastPath, where: str | None = None, longest
     return model, trainable, modules, fp
 
 
-def padded_step(model, micros: list[list[dict]], pad_id: int, where: str, fp: fast.FastPath) -> tuple[float, int]:
+def padded_step(model, micros: list[list[dict]], tokenizer, where: str, fp: fast.FastPath) -> tuple[float, int]:
     """The plain path: one padded forward and backward per micro-batch, mean loss / grad_accum each."""
     loss_sum, tokens = 0.0, 0
     for examples in micros:
-        batch = collate(examples, pad_id, where)
+        batch = collate(examples, tokenizer, where)
         tokens += int(batch["attention_mask"].sum())
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fp.autocast):
             loss = completion_loss(model, batch) / len(micros)
@@ -339,15 +340,16 @@ def check_rank(model, modules: list[str], r: int) -> None:
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
-    import random
+    from transformers import set_seed
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    set_seed(seed)  # random, numpy, torch
+    # Not set_seed(deterministic=True): that raises on an op with no deterministic kernel; this warns.
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to the peak, then linear decay to 0. Not transformers' get_linear_schedule_with_warmup:
+    its first step has lr 0 (step / warmup) where this one has 1 / (warmup + 1), so adapters would change."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
     return max(0.0, (total - step) / max(1, total - warmup))
@@ -401,17 +403,15 @@ def batch_examples(examples: list[dict], tc, step: int, micro: int) -> list[dict
     return [examples[i] for i in idx]
 
 
-def collate(batch: list[dict], pad_id: int, device: str) -> dict:
-    width = max(len(e["input_ids"]) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, e in enumerate(batch):
-        n = len(e["input_ids"])
-        ids[i, :n] = torch.tensor(e["input_ids"])
-        labels[i, :n] = torch.tensor(e["labels"])
-        mask[i, :n] = 1
-    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+def collate(batch: list[dict], tokenizer, device: str) -> dict:
+    """input_ids padded with the pad token, labels with -100, and the attention mask. Right padding only:
+    positions count from the first token, so left padding would shift every real token's position."""
+    from transformers import DataCollatorForSeq2Seq
+
+    if tokenizer.padding_side != "right":
+        raise ValueError("collate pads on the right: set tokenizer.padding_side = 'right'")
+    padded = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")(batch)
+    return {k: padded[k].to(device) for k in ("input_ids", "labels", "attention_mask")}
 
 
 def completion_loss(model, batch: dict) -> torch.Tensor:
