@@ -116,7 +116,7 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
     )
 
     from components.common import promotion
-    from components.common.harness import PARAMETERS_DIR_ENV
+    from components.common.artifacts import PARAMETERS_DIR_ENV
 
     from .docker import IMAGE_GID
 

@@ -22,7 +22,7 @@ from typing import Callable
 from components.common import artifacts, promotion
 from components.common.config import Config, to_yaml
 from components.common.errors import UserError
-from components.common.harness import cache_key
+from components.common.cache import cache_key
 from components.common.hashing import ROOT
 from components.registry import Pipeline, Step
 

@@ -30,6 +30,10 @@ from .hashing import MARKER, digest, tree_files
 
 log = logging.getLogger("slm")
 
+# Where an engine reads output parameters from files (Argo's ``valueFrom.path``): one file per
+# parameter, named after it. Set in the task's environment, so the command line stays the same.
+PARAMETERS_DIR_ENV = "SLM_OUTPUT_PARAMETERS_DIR"
+
 # A rename of (or onto) the final folder fails with these where the folder is a mount point
 # (EBUSY), on another file system (EXDEV), or on a mount without folder renames (blobfuse:
 # EPERM/ENOTSUP/EINVAL, depending on the driver). Then the output is committed in place.

@@ -23,50 +23,14 @@ from typing import Callable
 from . import artifacts, promotion, secrets, tracking
 from .config import Config, describe, parse_value, set_path, validate
 from .errors import UserError
-from .hashing import ROOT, code_hash, digest, file_hash, tree_hash
+from .artifacts import PARAMETERS_DIR_ENV
+from .cache import cache_key
 
 log = logging.getLogger("slm")
 
 
 class Interrupted(BaseException):
     """SIGTERM/SIGINT reached the stage: clean up and exit 143."""
-
-
-def source_fingerprint(value) -> str | None:
-    """What a path-like parameter points at, by content: so an in-place edit is a cache miss."""
-    if value is None:
-        return None
-    from .models import builtin_fingerprint
-
-    builtin = builtin_fingerprint(value)
-    if builtin:
-        return builtin
-    for path in (Path(value), ROOT / value):  # as data_prep finds it: the working folder, then the project
-        if path.is_file():
-            return file_hash(path)
-        if path.is_dir():
-            return tree_hash(path)
-    return f"name:{value}"  # a hub id (or nothing there: the stage says so): the revision param covers its version
-
-
-def cache_key(spec, params: dict, input_hashes: dict[str, str]) -> str:
-    """Code + parameters + input contents. A parameter naming a local file or folder enters by
-    content (and its suffix, which picks the reader), never by path: the same data moved
-    elsewhere keeps its key, and an in-place edit changes it."""
-    externals = {k: source_fingerprint(params.get(k)) for k in spec.external_keys(params)}
-    keyed = {
-        k: {"suffix": Path(str(v)).suffix.lower()} if externals.get(k) and not externals[k].startswith("name:") else v
-        for k, v in params.items()
-    }
-    return digest(
-        {
-            "stage": spec.name,
-            "code": code_hash(spec.name),
-            "params": keyed,
-            "inputs": input_hashes,
-            "external": externals,
-        }
-    )
 
 
 def _parser(spec) -> argparse.ArgumentParser:
@@ -211,11 +175,6 @@ def _kfp_input_uri(executor_input: str | None, port: str) -> str | None:
     artifacts_in = json.loads(executor_input).get("inputs", {}).get("artifacts", {})
     listed = (artifacts_in.get(port) or {}).get("artifacts") or [{}]
     return listed[0].get("uri")
-
-
-# Where an engine reads output parameters from files (Argo's ``valueFrom.path``): one file per
-# parameter, named after it. Set in the task's environment, so the command line stays the same.
-PARAMETERS_DIR_ENV = "SLM_OUTPUT_PARAMETERS_DIR"
 
 
 def _output_parameters(spec, values: dict) -> dict[str, str]:

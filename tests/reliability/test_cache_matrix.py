@@ -10,7 +10,7 @@ import pytest
 from helpers import ROOT, TINY, run_cli, summary
 
 from components.common.config import load_config
-from components.common.harness import cache_key as local_cache_key
+from components.common.cache import cache_key as local_cache_key
 from components.common.models import resolve
 from pipeline import DAG
 from targets.local import cached
