@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from components.common import tiny_models
 from components.common.config import Config, TrainConfig
 from components.train import fast, stage
 
@@ -15,12 +16,11 @@ from components.train import fast, stage
 @pytest.fixture(scope="module")
 def lora_model():
     from peft import LoraConfig, get_peft_model
-    from transformers import Phi3Config, Phi3ForCausalLM
+    from transformers import Phi3ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Phi3Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                     original_max_position_embeddings=256, pad_token_id=0)
+    cfg = tiny_models.phi3_config(300, hidden_size=64, intermediate_size=128, max_position_embeddings=256,
+                                  original_max_position_embeddings=256, pad_token_id=0)
     model = get_peft_model(Phi3ForCausalLM(cfg).float(),
                            LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["qkv_proj", "o_proj"]))
     with torch.no_grad():
@@ -32,9 +32,7 @@ def lora_model():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from components.common.models import TINY, load_tokenizer
-
-    return load_tokenizer(TINY)  # only its padding is used: any pad id gives the same loss
+    return tiny_models.tokenizer()  # only its padding is used: any pad id gives the same loss
 
 
 def examples(n: int, seed: int = 1) -> list[dict]:

