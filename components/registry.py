@@ -8,7 +8,7 @@ field reaches every target without touching an adapter.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .common.config import Config, encode, flatten
 
@@ -45,6 +45,16 @@ class Resources:
     gpu: int = 0
 
 
+class External(NamedTuple):
+    """A param naming a file or folder outside the run (data, a local base model): hashed by content
+    into the cache key, and mounted into containers. With ``when``, it counts only while
+    ``params[when] == equals`` (data_prep reads the base model only for its chat template)."""
+
+    key: str
+    when: str | None = None
+    equals: Any = None
+
+
 @dataclass(frozen=True)
 class StageSpec:
     name: str
@@ -55,9 +65,7 @@ class StageSpec:
     cpu: Resources
     gpu: Resources | None = None  # what the stage asks for when runtime.device is cuda
     gpu_count: str | None = None  # a param that multiplies the GPU request (train.gpus: data-parallel)
-    # Params naming files outside the run, hashed by content into the cache key. An entry
-    # (key, other, value) counts only when params[other] == value.
-    external: tuple = ()
+    external: tuple[External, ...] = ()
     # Output parameters: the stage sets ``context.output_parameters[name]`` (a string) for each.
     out_params: tuple[OutParam, ...] = ()
 
@@ -73,18 +81,16 @@ class StageSpec:
         return out
 
     def external_keys(self, params: dict[str, Any]) -> list[str]:
-        keys = []
-        for entry in self.external:
-            key, *when = (entry,) if isinstance(entry, str) else entry
-            if not when or params.get(when[0]) == when[1]:
-                keys.append(key)
-        return keys
+        """The external params that count for these params."""
+        return [e.key for e in self.external if e.when is None or params.get(e.when) == e.equals]
 
     def resources(self, cfg: Config) -> Resources:
         if not (self.gpu and cfg.runtime.device == "cuda"):
             return self.cpu
         n = int(self.params(cfg).get(self.gpu_count, 1)) if self.gpu_count else 1
-        return Resources(cpu=self.gpu.cpu * n, memory_gb=self.gpu.memory_gb * n, gpu=self.gpu.gpu * n) if n > 1 else self.gpu
+        if n <= 1:
+            return self.gpu
+        return Resources(cpu=self.gpu.cpu * n, memory_gb=self.gpu.memory_gb * n, gpu=self.gpu.gpu * n)
 
     def uses_gpu(self, cfg: Config) -> bool:
         return self.resources(cfg).gpu > 0
@@ -96,9 +102,16 @@ class StageSpec:
             args += [f"--{port.name}", inputs[port.name]]
         for port in self.outputs:
             args += [f"--{port.name}", outputs[port.name]]
+        unset = self.unset_params()
         for key, value in params.items():
+            if value is None and key in unset:
+                continue  # the stage's own default is null too: no `--model.revision null` flag
             args += [f"--{key}", value if _is_placeholder(value) else encode(value)]
         return args
+
+    def unset_params(self) -> frozenset[str]:
+        """The parameters whose default is null."""
+        return frozenset(k for k, v in self.params(Config()).items() if v is None)
 
 
 def _is_placeholder(value) -> bool:
@@ -115,8 +128,11 @@ STAGES: dict[str, StageSpec] = {
             outputs=(Port("dataset", "Dataset", "train.jsonl, eval.jsonl, stats.json"),),
             sections=("data", "model"),
             cpu=Resources(cpu=1, memory_gb=4),
-            # The base model matters to data_prep only through its chat template.
-            external=("data.path", "data.eval_path", ("model.base", "data.prompt_format", "chat_template")),
+            external=(
+                External("data.path"),
+                External("data.eval_path"),
+                External("model.base", when="data.prompt_format", equals="chat_template"),
+            ),
             out_params=(
                 OutParam("dataset_hash", "content hash of the dataset artifact (its seal's content_hash)"),
                 OutParam("changed", "'false' when dataset_hash equals data.promoted_dataset_hash, else 'true'"),
@@ -131,7 +147,7 @@ STAGES: dict[str, StageSpec] = {
             cpu=Resources(cpu=2, memory_gb=8),
             gpu=Resources(cpu=8, memory_gb=64, gpu=1),
             gpu_count="train.gpus",
-            external=("model.base",),
+            external=(External("model.base"),),
         ),
         StageSpec(
             name="merge",
@@ -143,7 +159,7 @@ STAGES: dict[str, StageSpec] = {
             cpu=Resources(cpu=2, memory_gb=16),
             # merge loads the base on runtime.device: with cuda and no GPU the harness stops it.
             gpu=Resources(cpu=8, memory_gb=64, gpu=1),
-            external=("model.base",),
+            external=(External("model.base"),),
         ),
         StageSpec(
             name="onnx_build",
@@ -232,7 +248,10 @@ class Pipeline:
         return iter(self.steps)
 
     def __getitem__(self, name: str) -> Step:
-        return next(s for s in self.steps if s.name == name)
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(f"no stage {name!r} in pipeline {self.name!r}; its stages: {', '.join(s.name for s in self)}")
 
     def gated(self) -> set[str]:
         """The steps that run only when the condition holds (all of them without one: none)."""

@@ -15,6 +15,20 @@ from components.common.config import encode
 from targets import azureml, kfp
 
 
+def without_nulls(argv: list[str]) -> list[str]:
+    """A compiled task passes every declared parameter, ``--key null`` included; the local runner
+    leaves those out (``StageSpec.argv``). The stage reads both the same way: its default."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i].startswith("--") and i + 1 < len(argv) and argv[i + 1] == "null":
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 # KFP
 
 
@@ -98,7 +112,7 @@ def kfp_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
 
             if argv[-2:] == [kfp.EXECUTOR_INPUT_FLAG, "{{$}}"]:  # KFP's own plumbing, not the stage's argv
                 argv = argv[:-2]
-            out[stage] = [re.sub(r"\{\{(\$[^}]*)\}\}", sub, a) for a in argv]
+            out[stage] = without_nulls([re.sub(r"\{\{(\$[^}]*)\}\}", sub, a) for a in argv])
 
     walk(spec["root"]["dag"]["tasks"], {n: d.get("defaultValue") for n, d in root_params.items()}, {})
     return out
@@ -170,7 +184,7 @@ def azureml_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
             tokens = tokens[3:]
         if tokens[-2:-1] == ["--model-uri"]:  # AzureML's own plumbing for the model asset, not the stage's argv
             tokens = tokens[:-2]
-        out[name] = [_PLACEHOLDER.sub(sub, tok) for tok in tokens]
+        out[name] = without_nulls([_PLACEHOLDER.sub(sub, tok) for tok in tokens])
     return out
 
 
@@ -224,7 +238,7 @@ def argo_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
             raise KeyError(f"unresolved placeholder {m.group(0)} in task {task['name']}")
 
         container = tmpl["container"]
-        out[stage] = [_TAG.sub(sub, a) for a in container.get("command", []) + container.get("args", [])]
+        out[stage] = without_nulls([_TAG.sub(sub, a) for a in container.get("command", []) + container.get("args", [])])
     return out
 
 
