@@ -52,35 +52,21 @@ LEVERS = {
     "noautocast": dict(autocast=False, keep_bf16=True, padding_free=True, liger=True),
 }
 
+def _rows(variants: str, data: str = "synthetic", batch: int = 4, seq: int = 1024, grad_accum: int = 1,
+          targets: tuple = PHI3_ALL) -> list[tuple]:
+    return [(v, data, batch, seq, grad_accum, targets) for v in variants.split()]
+
+
 SUITES = {
     # variant, data, batch, seq, grad_accum, targets
-    "main": [
-        ("naive", "synthetic", 4, 1024, 1, PHI3_ALL),
-        ("stage:before", "synthetic", 4, 1024, 1, PHI3_ALL),
-        ("stage:plain", "synthetic", 4, 1024, 1, PHI3_ALL),
-        ("stage:padfree", "synthetic", 4, 1024, 1, PHI3_ALL),
-        ("stage:liger", "synthetic", 4, 1024, 1, PHI3_ALL),
-        ("stage:default", "synthetic", 4, 1024, 1, PHI3_ALL),
-        ("stage:compile", "synthetic", 4, 1024, 1, PHI3_ALL),
-    ],
-    "more": [
-        ("naive", "synthetic", 4, 1024, 1, PHI3_ALL),
-        ("stage:liger+compile", "synthetic", 4, 1024, 1, PHI3_ALL),
-        ("naive", "synthetic", 4, 2048, 1, COOKBOOK),
-        ("stage:default", "synthetic", 4, 2048, 1, COOKBOOK),
-        ("stage:liger+gc", "synthetic", 4, 1024, 1, PHI3_ALL),
-        ("naive", "tone", 4, 1024, 4, PHI3_ALL),
-        ("stage:plain", "tone", 4, 1024, 4, PHI3_ALL),
-        ("stage:default", "tone", 4, 1024, 4, PHI3_ALL),
-        ("unsloth", "synthetic", 4, 1024, 1, PHI3_ALL),
-    ],
-    "smoke": [
-        ("naive", "synthetic", 2, 64, 1, PHI3_ALL),
-        ("stage:before", "synthetic", 2, 64, 1, PHI3_ALL),
-        ("stage:default", "synthetic", 2, 64, 1, PHI3_ALL),
-        ("naive", "tone", 2, 96, 2, PHI3_ALL),
-        ("stage:default", "tone", 2, 96, 2, PHI3_ALL),
-    ],
+    "main": _rows("naive stage:before stage:plain stage:padfree stage:liger stage:default stage:compile"),
+    "more": _rows("naive stage:liger+compile")
+    + _rows("naive stage:default", seq=2048, targets=COOKBOOK)
+    + _rows("stage:liger+gc")
+    + _rows("naive stage:plain stage:default", data="tone", grad_accum=4)
+    + _rows("unsloth"),
+    "smoke": _rows("naive stage:before stage:default", batch=2, seq=64)
+    + _rows("naive stage:default", data="tone", batch=2, seq=96, grad_accum=2),
 }
 
 

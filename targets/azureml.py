@@ -37,7 +37,7 @@ from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec
 
 from .validate import check_azureml
 from .base import RunStatus, Target
-from .compile_common import STAGE_ENV, WORKDIR, EngineSettings, check_names, image_for, needs_hf_token, param_name, run_parameters, settings, value_kind
+from .compile_common import STAGE_ENV, WORKDIR, EngineSettings, check_names, image_for, needs_hf_token, param_name, pipeline_signature, run_parameters, settings, value_kind
 
 logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
 
@@ -141,11 +141,7 @@ def build_pipeline(dag: Pipeline, cfg: Config):
     check_names(dag, cfg)
     run_params = run_parameters(dag, cfg)
     components = {step.name: make_component(step.spec, cfg) for step in dag}
-    P = inspect.Parameter
-    sig = [
-        P(param_name(k), P.POSITIONAL_OR_KEYWORD, annotation=_PY_TYPES[_KIND_TYPES[value_kind(v)]], default=azure_value(v))
-        for k, v in run_params.items()
-    ]
+    sig = pipeline_signature(run_params, lambda v: _PY_TYPES[_KIND_TYPES[value_kind(v)]], azure_value)
 
     def body(**pipeline_inputs):
         nodes: dict[str, Any] = {}

@@ -11,9 +11,10 @@ No adapter names a stage: they iterate ``for step in dag`` over the stage regist
 """
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -179,6 +180,14 @@ def run_parameters(dag: Pipeline, cfg: Config) -> dict[str, Any]:
     for step in dag:
         values.update(step.spec.params(cfg))
     return {k: values[k] for k in RUN_PARAMETERS}
+
+
+def pipeline_signature(run_params: dict[str, Any], annotation: Callable[[Any], Any],
+                       default: Callable[[Any], Any]) -> list[inspect.Parameter]:
+    """The pipeline function's parameters, one per run parameter: both SDKs (kfp, azure-ai-ml)
+    read a pipeline's inputs from its Python signature; the adapter gives the engine's types."""
+    return [inspect.Parameter(param_name(k), inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation(v),
+                              default=default(v)) for k, v in run_params.items()]
 
 
 def needs_hf_token(spec: StageSpec, cfg: Config) -> bool:

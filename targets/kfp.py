@@ -42,6 +42,7 @@ from .compile_common import (
     needs_hf_token,
     out_path,
     param_name,
+    pipeline_signature,
     run_parameters,
     settings,
     value_kind,
@@ -139,11 +140,7 @@ def build_pipeline(dag: Pipeline, cfg: Config):
     run_params = run_parameters(dag, cfg)
     components = {step.name: make_component(step.spec, cfg) for step in dag}
 
-    P = inspect.Parameter
-    sig = [
-        P(param_name(k), P.POSITIONAL_OR_KEYWORD, annotation=_KIND_TYPES[value_kind(v)], default=kfp_value(v))
-        for k, v in run_params.items()
-    ]
+    sig = pipeline_signature(run_params, lambda v: _KIND_TYPES[value_kind(v)], kfp_value)
     pipeline_param_names = [p.name for p in sig]
 
     gated = dag.gated()
