@@ -453,6 +453,18 @@ def _data_config(ref, key: str, r: _Reader, data_configs: dict, used: set) -> tu
     return key, r.obj(ref, key, optional=False)  # an inline data config
 
 
+def _unwrap_params(r, imp, dc: dict, key: str, why: str) -> tuple[str, dict]:
+    """An Olive ``*_config`` block: its ``params`` when it has them (the other keys name Olive's
+    own loader or function, listed as ignored), else the block itself."""
+    block = r.obj(dc.get(key.rsplit(".", 1)[1]), key)
+    if "params" not in block:
+        return key, block
+    for k in block:
+        if k != "params":
+            imp.skip(f"{key}.{k}", why)
+    return f"{key}.params", r.obj(block["params"], f"{key}.params")
+
+
 def _train_data(ref, key: str, r: _Reader, imp: OliveImport, data_configs: dict, used: set, folder: Path) -> None:
     dkey, dc = _data_config(ref, key, r, data_configs, used)
     imp.note(key, f"the training data ({dkey})")
@@ -479,22 +491,10 @@ def _train_data(ref, key: str, r: _Reader, imp: OliveImport, data_configs: dict,
             if k not in ("data_name", "data_files", "split", "component_kwargs", "data_dir"):
                 imp.skip(f"{load_key}.{k}", "a data option with no equivalent here")
     else:
-        load_key = f"{dkey}.load_dataset_config"
-        load = r.obj(dc.get("load_dataset_config"), load_key)
-        if "params" in load:
-            for k in load:
-                if k != "params":
-                    imp.skip(f"{load_key}.{k}", "a custom dataset loader: data_prep reads data_files itself")
-            load_key += ".params"
-            load = r.obj(load["params"], load_key)
-        pre_key = f"{dkey}.pre_process_data_config"
-        pre = r.obj(dc.get("pre_process_data_config"), pre_key)
-        if "params" in pre:
-            for k in pre:
-                if k != "params":
-                    imp.skip(f"{pre_key}.{k}", "a custom pre-processing function: data_prep renders the template itself")
-            pre_key += ".params"
-            pre = r.obj(pre["params"], pre_key)
+        load_key, load = _unwrap_params(r, imp, dc, f"{dkey}.load_dataset_config",
+                                        "a custom dataset loader: data_prep reads data_files itself")
+        pre_key, pre = _unwrap_params(r, imp, dc, f"{dkey}.pre_process_data_config",
+                                      "a custom pre-processing function: data_prep renders the template itself")
         for k in load:
             if k not in ("data_name", "data_files", "split", "data_dir"):
                 imp.skip(f"{load_key}.{k}", "a dataset-loading option with no equivalent here")

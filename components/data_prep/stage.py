@@ -323,13 +323,16 @@ def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
 _DECODE = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode  # one decoder: json.loads(**kw) builds one per call
 
 
-def _loads(text: str, where: str):
+def _loads(text: str, where: str, whole_file: bool = False):
+    """One JSON document; an error names ``where`` and the line (a whole file) or column (a line)."""
     try:
         return _DECODE(text)
     except _DuplicateKey as e:
         raise UserError(f"{where}: key {e.args[0]!r} appears twice in one object; keep one") from None
     except json.JSONDecodeError as e:
-        raise UserError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        at = f"{where} line {e.lineno}: not valid JSON ({e.msg})" if whole_file else \
+            f"{where}: not valid JSON ({e.msg} at column {e.colno})"
+        raise UserError(at) from None
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
@@ -339,13 +342,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
 
 
 def _json_array(path: Path) -> list:
-    text = "".join(line for _, line in _lines(path))
-    try:
-        return _DECODE(text)
-    except _DuplicateKey as e:
-        raise UserError(f"{path}: key {e.args[0]!r} appears twice in one object; keep one") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
+    return _loads("".join(line for _, line in _lines(path)), str(path), whole_file=True)
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
