@@ -54,6 +54,20 @@ collect() {
 }
 trap collect EXIT
 
+# Packed 1,024-token blocks, 1 GPU then 2 GPUs, after a 3-step run that fills Triton's kernel
+# cache (so the 1-GPU run does not pay for compiling what the 2-GPU run then finds cached).
+# packed_ddp WARMUP_DEADLINE DEADLINE STEPS OUT [--set ...]
+packed_ddp() {
+    local warm=$1 deadline=$2 steps=$3 out=$4; shift 4
+    [ -d /tmp/phi3-mini ] || CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/gpu/make_phi3_mini.py /tmp/phi3-mini
+    stamp "Triton cache warm-up (3 steps, 1 GPU)"
+    timeout $(left $warm) python3 bench/gpu/ddp_scaling.py --model /tmp/phi3-mini --gpus 2 --only 1 --steps 3 \
+        --workloads packed --skip 1 --out /tmp/warm >/dev/null
+    stamp "packed DDP $*: 1 GPU, then 2 GPUs"
+    timeout $(left $deadline) python3 bench/gpu/ddp_scaling.py --model /tmp/phi3-mini --gpus 2 --only both \
+        --steps $steps --skip 5 --workloads packed "$@" --out $out
+}
+
 case $PHASE in
 bench)
     nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader
@@ -124,22 +138,10 @@ ddp3)
     nvidia-smi topo -m
     timeout 120 python3 -m torch.distributed.run --standalone --nproc-per-node 2 bench/gpu/allreduce_probe.py \
         | tee /tmp/res/allreduce_probe.json
-    [ -d /tmp/phi3-mini ] || CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/gpu/make_phi3_mini.py /tmp/phi3-mini
-    stamp "Triton cache warm-up (3 steps, 1 GPU)"
-    timeout $(left 240) python3 bench/gpu/ddp_scaling.py --model /tmp/phi3-mini --gpus 2 --only 1 --steps 3 \
-        --workloads packed --skip 1 --out /tmp/warm >/dev/null
-    stamp "packed DDP: 1 GPU, then 2 GPUs"
-    timeout $(left ${2:-560}) python3 bench/gpu/ddp_scaling.py --model /tmp/phi3-mini --gpus 2 --only both \
-        --steps ${3:-60} --skip 5 --workloads packed --out /tmp/res/ddp_packed_warm
+    packed_ddp 240 ${2:-560} ${3:-60} /tmp/res/ddp_packed_warm
     ;;
 ddp4)
-    [ -d /tmp/phi3-mini ] || CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/gpu/make_phi3_mini.py /tmp/phi3-mini
-    stamp "Triton cache warm-up (3 steps, 1 GPU)"
-    timeout $(left 200) python3 bench/gpu/ddp_scaling.py --model /tmp/phi3-mini --gpus 2 --only 1 --steps 3 \
-        --workloads packed --skip 1 --out /tmp/warm >/dev/null
-    stamp "packed DDP, grad_accum 8: 1 GPU, then 2 GPUs"
-    timeout $(left ${2:-500}) python3 bench/gpu/ddp_scaling.py --model /tmp/phi3-mini --gpus 2 --only both \
-        --steps ${3:-30} --skip 5 --workloads packed --set train.grad_accum=8 --out /tmp/res/ddp_packed_ga8
+    packed_ddp 200 ${2:-500} ${3:-30} /tmp/res/ddp_packed_ga8 --set train.grad_accum=8
     ;;
 parts)
     grep -E "==>|DONE|Error|error" /tmp/e2e.log | tail -6

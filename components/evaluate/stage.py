@@ -39,11 +39,9 @@ def run(cfg, context, dataset: Path, model: Path, onnx_model: Path, metrics: Pat
     prompts, truth = [r["prompt"] for r in rows], [r["label"] for r in rows]
     if not (onnx_model / "genai_config.json").is_file():
         raise UserError(f"{onnx_model} has no genai_config.json; it is not an onnxruntime-genai model")
-    precision = read_json(onnx_model / "build_info.json", "onnx model").get("precision", "int4")
-    onnx_key = f"onnx_{precision}"
-
-    provider = read_json(onnx_model / "build_info.json", "onnx model").get("execution_provider", "cpu")
-    if provider == "cuda":
+    build_info = read_json(onnx_model / "build_info.json", "onnx model")
+    onnx_key = f"onnx_{build_info.get('precision', 'int4')}"
+    if build_info.get("execution_provider") == "cuda":
         import onnxruntime
 
         if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
@@ -178,7 +176,8 @@ class TorchGenerator:
 
 class OnnxGenerator:
     def __init__(self, path: Path, max_new_tokens: int):
-        _preload_cuda_libraries(path)
+        if read_json(Path(path) / "build_info.json", "onnx model").get("execution_provider") == "cuda":
+            _preload_cuda_libraries()
         import onnxruntime_genai as og
 
         self.og, self.path, self.max_new_tokens = og, path, max_new_tokens
@@ -213,15 +212,9 @@ class OnnxGenerator:
         return texts
 
 
-def _preload_cuda_libraries(path: Path) -> None:
+def _preload_cuda_libraries() -> None:
     """For a CUDA build: load the CUDA/cuDNN libraries of the nvidia-* wheels into this process
     (onnxruntime-gpu's ``preload_dlls``), so its CUDA provider finds them without LD_LIBRARY_PATH."""
-    try:
-        provider = read_json(Path(path) / "build_info.json", "onnx model").get("execution_provider")
-    except Exception:  # noqa: BLE001 - build_info is checked by the caller
-        return
-    if provider != "cuda":
-        return
     try:
         import onnxruntime
 

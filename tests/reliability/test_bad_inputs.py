@@ -151,13 +151,18 @@ def test_adapter_that_does_not_fit_the_base(tmp_path, tiny_run):
     assert not (out / "model").exists()
 
 
+def _evaluate(tiny_run, onnx, tmp_path):
+    """evaluate on the tiny run's dataset and merged model, with the given ONNX folder."""
+    out = tmp_path / "out"
+    return out, stage_cli("evaluate", "--dataset", str(tiny_run / "data_prep" / "dataset"), "--model",
+                          str(tiny_run / "merge" / "model"), "--onnx_model", str(onnx), "--metrics", str(out / "m"))
+
+
 def test_onnx_folder_without_genai_config_is_refused(tmp_path, tiny_run):
     onnx = tmp_path / "onnx"
     shutil.copytree(tiny_run / "onnx_build" / "onnx_model", onnx)
     (onnx / "genai_config.json").unlink()
-    out = tmp_path / "out"
-    proc = stage_cli("evaluate", "--dataset", str(tiny_run / "data_prep" / "dataset"), "--model",
-                     str(tiny_run / "merge" / "model"), "--onnx_model", str(onnx), "--metrics", str(out / "m"))
+    out, proc = _evaluate(tiny_run, onnx, tmp_path)
     # The marker no longer matches the files: refused before any model is loaded.
     assert_clean_failure(proc, "was modified after it was written (genai_config.json)", out)
 
@@ -169,9 +174,7 @@ def test_sealed_onnx_folder_without_genai_config_is_refused_by_evaluate(tmp_path
     shutil.copytree(tiny_run / "onnx_build" / "onnx_model", onnx)
     (onnx / "genai_config.json").unlink()
     reseal(onnx)
-    out = tmp_path / "out"
-    proc = stage_cli("evaluate", "--dataset", str(tiny_run / "data_prep" / "dataset"), "--model",
-                     str(tiny_run / "merge" / "model"), "--onnx_model", str(onnx), "--metrics", str(out / "m"))
+    out, proc = _evaluate(tiny_run, onnx, tmp_path)
     assert_clean_failure(proc, "has no genai_config.json; it is not an onnxruntime-genai model", out)
     assert not (out / "m").exists()
 

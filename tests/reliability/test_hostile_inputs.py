@@ -189,21 +189,18 @@ def test_csv_header_without_a_name_is_refused(tmp_path):
     refused(proc, f"{data} line 1: header column 2 has no name", out=out)
 
 
-def test_csv_symlinked_to_a_binary_file_is_refused(tmp_path):
-    binary = tmp_path / "weights.bin"
-    binary.write_bytes(bytes(range(256)) * 8)
+@pytest.mark.parametrize("target,error", [("weights.bin", "line 2: not UTF-8 text (byte 0x80"), ("real.jsonl", "line 2:")])
+def test_csv_symlinked_to_another_kind_of_file_is_refused(tmp_path, target, error):
+    """A .csv name over a binary file or over JSON Lines: read as CSV, refused at the first bad line."""
+    real = tmp_path / target
+    if target.endswith(".bin"):
+        real.write_bytes(bytes(range(256)) * 8)
+    else:
+        write(tmp_path, target, jsonl(GOOD))
     data = tmp_path / "d.csv"
-    data.symlink_to(binary)
+    data.symlink_to(real)
     out, proc = data_prep(tmp_path, data)
-    refused(proc, f"{data} line 2: not UTF-8 text (byte 0x80", out=out)
-
-
-def test_csv_symlinked_to_a_jsonl_file_is_refused(tmp_path):
-    target = write(tmp_path, "real.jsonl", jsonl(GOOD))
-    data = tmp_path / "d.csv"
-    data.symlink_to(target)
-    out, proc = data_prep(tmp_path, data)
-    refused(proc, f"{data} line 2:", out=out)
+    refused(proc, f"{data} {error}", out=out)
 
 
 def test_eval_path_equal_to_data_path_names_the_real_fix(tmp_path):
