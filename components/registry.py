@@ -8,6 +8,7 @@ field reaches every target without touching an adapter.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, NamedTuple
 
 from .common.config import Config, encode, flatten
@@ -111,7 +112,13 @@ class StageSpec:
 
     def unset_params(self) -> frozenset[str]:
         """The parameters whose default is null."""
-        return frozenset(k for k, v in self.params(Config()).items() if v is None)
+        return _null_defaults(self.sections)
+
+
+@cache
+def _null_defaults(sections: tuple[str, ...]) -> frozenset[str]:
+    defaults = Config()
+    return frozenset(k for s in sections for k, v in flatten(getattr(defaults, s), s + ".").items() if v is None)
 
 
 def _is_placeholder(value) -> bool:
