@@ -8,6 +8,7 @@ field reaches every target without touching an adapter.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, NamedTuple
 
 from .common.config import Config, encode, flatten
@@ -102,9 +103,22 @@ class StageSpec:
             args += [f"--{port.name}", inputs[port.name]]
         for port in self.outputs:
             args += [f"--{port.name}", outputs[port.name]]
+        unset = self.unset_params()
         for key, value in params.items():
+            if value is None and key in unset:
+                continue  # the stage's own default is null too: no `--model.revision null` flag
             args += [f"--{key}", value if _is_placeholder(value) else encode(value)]
         return args
+
+    def unset_params(self) -> frozenset[str]:
+        """The parameters whose default is null."""
+        return _null_defaults(self.sections)
+
+
+@cache
+def _null_defaults(sections: tuple[str, ...]) -> frozenset[str]:
+    defaults = Config()
+    return frozenset(k for s in sections for k, v in flatten(getattr(defaults, s), s + ".").items() if v is None)
 
 
 def _is_placeholder(value) -> bool:
