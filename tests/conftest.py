@@ -41,10 +41,10 @@ def docker_unavailable(reason: str):
 
 @pytest.fixture(scope="session")
 def client():
-    from targets import docker as dk
+    from targets import images as im
 
     try:
-        return dk.connect(timeout=30)
+        return im.connect(timeout=30)
     except Exception as e:  # noqa: BLE001 - UserError with the daemon's address, or no docker SDK
         docker_unavailable(str(e))
 
@@ -57,10 +57,10 @@ def images(client) -> dict[str, str]:
     from components.common.config import load_config
     from components.registry import STAGES
     from helpers import TINY
-    from targets import docker as dk
+    from targets import images as im
 
     cfg = load_config(TINY)
-    names = {s: dk.stage_image(s, cfg) for s in STAGES}
+    names = {s: im.stage_image(s, cfg) for s in STAGES}
     missing = []
     for name in names.values():
         try:
