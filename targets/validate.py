@@ -16,6 +16,7 @@ Kubernetes rules. Every problem found is listed in one ``UserError``.
 from __future__ import annotations
 
 import re
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any
 
@@ -65,29 +66,11 @@ def _load_yaml_docs(path: Path) -> list:
 
 
 def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
-    """A dependency cycle in ``{node: upstream nodes}``, or None."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(n: str) -> list[str] | None:
-        state[n] = 1
-        stack.append(n)
-        for up in sorted(edges.get(n, ())):
-            if state.get(up) == 1:
-                return stack[stack.index(up) :] + [up]
-            if up in edges and not state.get(up):
-                found = visit(up)
-                if found:
-                    return found
-        stack.pop()
-        state[n] = 2
-        return None
-
-    for n in sorted(edges):
-        if not state.get(n):
-            found = visit(n)
-            if found:
-                return found
+    """A dependency cycle in ``{node: upstream nodes}``, as [a, b, ..., a] where each depends on the next; or None."""
+    try:  # sorted: the same graph reports the same cycle whatever the order it was read in
+        TopologicalSorter({n: sorted(edges[n]) for n in sorted(edges)}).prepare()
+    except CycleError as e:
+        return e.args[1][::-1]  # graphlib lists each node before the one that depends on it
     return None
 
 

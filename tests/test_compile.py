@@ -482,6 +482,10 @@ ARGO_BROKEN = {
         "task 'data-prep' has no output artifact 'nope'",
     ),
     "dangling dependency": (lambda wf: _argo_task(wf, "train").update(dependencies=["nope"]), "no task 'nope'"),
+    "dependency cycle": (
+        lambda wf: _argo_task(wf, "data-prep").update(dependencies=["merge"]),
+        "dependency cycle data-prep -> merge -> train -> data-prep",
+    ),
     "wrong type": (lambda wf: _argo_task(wf, "train").update(dependencies="data-prep"), "'data-prep' is not of type 'array'"),
     "unknown key": (lambda wf: _argo_task(wf, "train").update(tempalte="train"), "unknown key"),
     "missing input artifact": (
