@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/default.yaml
 OUT    ?= runs/default
 
-.PHONY: setup lock run test test-local bench clean
+.PHONY: setup lock run test test-local lint format golden bench clean
 
 setup: $(VENV)/.installed
 
@@ -28,13 +28,24 @@ run: setup
 
 # The whole suite, containers included: starts a private dockerd, builds the base and stage
 # images, runs pytest, and stops the daemon on exit (.ci/docker.sh).
-test: setup
+test: setup lint
 	eval "$$(bash .ci/docker.sh start)"; trap 'bash .ci/docker.sh stop' EXIT; \
 	bash .ci/docker.sh images && SLM_REQUIRE_DOCKER=1 $(PY) -m pytest -q tests
 
 # Everything but the container tests, for a quick loop on a machine without Docker.
 test-local: setup
 	$(PY) -m pytest -q tests --ignore=tests/test_images.py --ignore=tests/test_kfp_local.py
+
+# ruff (pyproject.toml): pyflakes, pycodestyle at 120 columns, import order, and the formatter.
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+# Accept a reviewed change of the compiled default config (tests/golden/, tests/test_golden.py).
+golden: setup
+	SLM_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/test_golden.py
 
 bench: setup
 	$(PY) bench/run.py

@@ -25,6 +25,7 @@ options and examples; `run --help` lists every config key. Errors are one line a
 
 The engines are the registry of targets/base.py: one module per engine defines its Target.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ DAG = Pipeline(
     ),
     # The data-change trigger: with data.promoted_dataset_hash set to the promoted model's
     # dataset hash, an unchanged dataset ends the run after data_prep.
-    condition=Condition(step="data_prep", param="changed", equals="true",
-                        reason="dataset unchanged since the promoted model"),
+    condition=Condition(
+        step="data_prep", param="changed", equals="true", reason="dataset unchanged since the promoted model"
+    ),
 )
 
 
@@ -56,7 +58,8 @@ EXAMPLES = {
     "compile": """examples:
   python pipeline.py compile --target kfp --config configs/phi3-mini.yaml --out build/kfp/pipeline.yaml
   python pipeline.py compile --target azureml --config configs/phi3-mini.yaml --out build/azureml
-  python pipeline.py compile --target argo --config olive-config.json --set model.base=microsoft/Phi-3-mini-4k-instruct --out build/argo/workflow.yaml
+  python pipeline.py compile --target argo --config olive-config.json \
+      --set model.base=microsoft/Phi-3-mini-4k-instruct --out build/argo/workflow.yaml
 
 Each config key becomes a pipeline parameter (with its description) where the run may change it.""",
     "validate": """examples:
@@ -80,7 +83,7 @@ Each config key becomes a pipeline parameter (with its description) where the ru
     "import-olive": """examples:
   python pipeline.py import-olive olive-config.json --out configs/phi3-tone.yaml
   python pipeline.py run --config configs/phi3-tone.yaml --out runs/phi3-tone
-  python pipeline.py run --config olive-config.json --set model.base=tiny-random:phi3 --out runs/try   # no file written""",
+  python pipeline.py run --config olive-config.json --set model.base=tiny-random:phi3 --out runs/try  # no file""",
 }
 
 
@@ -88,12 +91,16 @@ def _run_epilog() -> str:
     """Examples, then every config key that --set takes, with its default and description."""
     from components.common.config import Config, describe, flatten
 
-    lines = ["examples:",
-             "  python pipeline.py run --out runs/default                          # the embedded default job",
-             "  python pipeline.py run --config configs/tiny-phi3.yaml --out runs/tiny --set train.max_steps=4",
-             "  python pipeline.py run --config my.yaml --out runs/x --set data.path=my.jsonl --set model.base=microsoft/Phi-3-mini-4k-instruct",
-             "  python pipeline.py run --config olive-config.json --out runs/olive --set model.base=tiny-random:phi3",
-             "", "config keys (--set KEY=VALUE; values are YAML: 8, true, [a, b]):"]
+    lines = [
+        "examples:",
+        "  python pipeline.py run --out runs/default                          # the embedded default job",
+        "  python pipeline.py run --config configs/tiny-phi3.yaml --out runs/tiny --set train.max_steps=4",
+        "  python pipeline.py run --config my.yaml --out runs/x --set data.path=my.jsonl --set "
+        "model.base=microsoft/Phi-3-mini-4k-instruct",
+        "  python pipeline.py run --config olive-config.json --out runs/olive --set model.base=tiny-random:phi3",
+        "",
+        "config keys (--set KEY=VALUE; values are YAML: 8, true, [a, b]):",
+    ]
     for key, default in flatten(Config()).items():
         if key == "targets":
             continue
@@ -105,26 +112,43 @@ def _run_epilog() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks (here and in the stages) instead of one-line errors")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks (here and in the stages) instead of one-line errors"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     # --debug also works after the command: `pipeline.py run --debug ...`
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     _add_parser = sub.add_parser
     sub.add_parser = lambda *a, parents=(), **k: _add_parser(
-        *a, parents=[debug, *parents], **{"formatter_class": argparse.RawDescriptionHelpFormatter,
-                                          **({"description": k["help"][0].upper() + k["help"][1:] + "."} if "help" in k else {}), **k})
-    config_help = "a YAML config (configs/*.yaml) or an Olive JSON config (imported as by import-olive); default: %(default)s"
+        *a,
+        parents=[debug, *parents],
+        **{
+            "formatter_class": argparse.RawDescriptionHelpFormatter,
+            **({"description": k["help"][0].upper() + k["help"][1:] + "."} if "help" in k else {}),
+            **k,
+        },
+    )
+    config_help = (
+        "a YAML config (configs/*.yaml) or an Olive JSON config (imported as by import-olive); default: %(default)s"
+    )
     set_help = "override one config key, e.g. --set train.lora.r=8 (repeatable; the keys: pipeline.py run --help)"
 
     run = sub.add_parser("run", help="run the DAG on this machine", epilog=_run_epilog())
     run.add_argument("--config", default="configs/default.yaml", help=config_help)
-    run.add_argument("--out", required=True, help="run folder; artifacts go to OUT/<stage>/<output>/, "
-                     "OUT/summary.json and OUT/evaluate/metrics/report.html")
+    run.add_argument(
+        "--out",
+        required=True,
+        help="run folder; artifacts go to OUT/<stage>/<output>/, OUT/summary.json and OUT/evaluate/metrics/report.html",
+    )
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    run.add_argument("--runner", choices=["subprocess", "docker", "kfp-local"], default="subprocess",
-                     help="subprocess: each stage as a local process; docker: each stage in its image; "
-                     "kfp-local: the compiled KFP pipeline under KFP's own local orchestrator (DockerRunner)")
+    run.add_argument(
+        "--runner",
+        choices=["subprocess", "docker", "kfp-local"],
+        default="subprocess",
+        help="subprocess: each stage as a local process; docker: each stage in its image; "
+        "kfp-local: the compiled KFP pipeline under KFP's own local orchestrator (DockerRunner)",
+    )
     run.add_argument("--no-cache", action="store_true", help="re-run every stage")
 
     from targets.base import names as target_names
@@ -133,10 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     comp = sub.add_parser("compile", help="compile the DAG for a cluster engine", epilog=EXAMPLES["compile"])
     comp.add_argument("--target", choices=engines, required=True, help="the engine")
     comp.add_argument("--config", default="configs/default.yaml", help=config_help)
-    comp.add_argument("--out", required=True, help="kfp/argo: a .yaml file; azureml: a folder (pipeline.yml + components/)")
+    comp.add_argument(
+        "--out", required=True, help="kfp/argo: a .yaml file; azureml: a folder (pipeline.yml + components/)"
+    )
     comp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
-    val = sub.add_parser("validate", help="check a compiled file strictly, references included", epilog=EXAMPLES["validate"])
+    val = sub.add_parser(
+        "validate", help="check a compiled file strictly, references included", epilog=EXAMPLES["validate"]
+    )
     val.add_argument("path", help="what compile wrote")
     val.add_argument("--target", choices=engines, help="default: guessed from the file")
 
@@ -144,43 +172,70 @@ def main(argv: list[str] | None = None) -> int:
     # credentials only from the environment, a kube context or the Azure identity.
     conn = argparse.ArgumentParser(add_help=False)
     conn.add_argument("--target", choices=engines, required=True)
-    conn.add_argument("--host", help="KFP: the API endpoint (else KF_PIPELINES_ENDPOINT, else the kube context); "
-                      "Argo: the Argo Server URL (else ARGO_SERVER)")
-    conn.add_argument("--namespace", help="Argo: the workflow namespace (else targets.argo.namespace, ARGO_NAMESPACE); "
-                      "KFP: the user namespace on multi-user installs")
-    conn.add_argument("--subscription", dest="subscription_id", help="AzureML (else AZURE_SUBSCRIPTION_ID or config.json)")
-    conn.add_argument("--resource-group", dest="resource_group", help="AzureML (else AZURE_RESOURCE_GROUP or config.json)")
+    conn.add_argument(
+        "--host",
+        help="KFP: the API endpoint (else KF_PIPELINES_ENDPOINT, else the kube context); "
+        "Argo: the Argo Server URL (else ARGO_SERVER)",
+    )
+    conn.add_argument(
+        "--namespace",
+        help="Argo: the workflow namespace (else targets.argo.namespace, ARGO_NAMESPACE); "
+        "KFP: the user namespace on multi-user installs",
+    )
+    conn.add_argument(
+        "--subscription", dest="subscription_id", help="AzureML (else AZURE_SUBSCRIPTION_ID or config.json)"
+    )
+    conn.add_argument(
+        "--resource-group", dest="resource_group", help="AzureML (else AZURE_RESOURCE_GROUP or config.json)"
+    )
     conn.add_argument("--workspace", help="AzureML (else AZUREML_WORKSPACE_NAME or config.json)")
     cfg_args = argparse.ArgumentParser(add_help=False)
     cfg_args.add_argument("--config", default="configs/default.yaml", help=config_help)
     cfg_args.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
-    subm = sub.add_parser("submit", parents=[conn, cfg_args], help="submit a run to a cluster engine", epilog=EXAMPLES["submit"])
-    subm.add_argument("--wait", action="store_true", help="follow the run to its end, one line per stage state "
-                      "change; exit non-zero if it failed")
-    stat = sub.add_parser("status", parents=[conn], help="the stage table of a submitted run", epilog=EXAMPLES["status"])
+    subm = sub.add_parser(
+        "submit", parents=[conn, cfg_args], help="submit a run to a cluster engine", epilog=EXAMPLES["submit"]
+    )
+    subm.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the run to its end, one line per stage state change; exit non-zero if it failed",
+    )
+    stat = sub.add_parser(
+        "status", parents=[conn], help="the stage table of a submitted run", epilog=EXAMPLES["status"]
+    )
     stat.add_argument("run_id", metavar="RUN_ID")
     stat.add_argument("--wait", action="store_true", help="follow the run to its end")
-    sched = sub.add_parser("schedule", parents=[conn, cfg_args], help="retrain on a cron schedule on a cluster engine",
-                           epilog=EXAMPLES["schedule"])
+    sched = sub.add_parser(
+        "schedule",
+        parents=[conn, cfg_args],
+        help="retrain on a cron schedule on a cluster engine",
+        epilog=EXAMPLES["schedule"],
+    )
     sched.add_argument("--cron", help='a 5-field cron, e.g. "0 3 * * 1" (default: targets.<target>.schedule)')
     sched.add_argument("--timezone", help="default: targets.<target>.schedule_timezone (UTC)")
 
-    imp = sub.add_parser("import-olive", help="convert a Microsoft Olive JSON config into a config of ours",
-                         description="Convert an Olive config (both generations of its keys: the Phi-3 CookBook's "
-                         "older PyTorchModel/params_config/lora_r keys and the current HfModel/load_dataset_config/r "
-                         "keys) into our YAML. The written file starts with a comment header listing every Olive key: "
-                         "what it was mapped to, and what was not imported and why. Relative data paths resolve "
-                         "against the Olive file's folder, as in Olive. `run --config olive.json` and "
-                         "`compile --config olive.json` use the same import.",
-                         epilog=EXAMPLES["import-olive"])
+    imp = sub.add_parser(
+        "import-olive",
+        help="convert a Microsoft Olive JSON config into a config of ours",
+        description="Convert an Olive config (both generations of its keys: the Phi-3 CookBook's "
+        "older PyTorchModel/params_config/lora_r keys and the current HfModel/load_dataset_config/r "
+        "keys) into our YAML. The written file starts with a comment header listing every Olive key: "
+        "what it was mapped to, and what was not imported and why. Relative data paths resolve "
+        "against the Olive file's folder, as in Olive. `run --config olive.json` and "
+        "`compile --config olive.json` use the same import.",
+        epilog=EXAMPLES["import-olive"],
+    )
     imp.add_argument("olive", metavar="OLIVE_JSON", help="the Olive config file")
     imp.add_argument("--out", required=True, help="the YAML config to write, e.g. configs/<name>.yaml")
 
-    sub.add_parser("stages", help="print the stage registry: inputs, outputs, parameters, resources",
-                   epilog=EXAMPLES["stages"])
+    sub.add_parser(
+        "stages", help="print the stage registry: inputs, outputs, parameters, resources", epilog=EXAMPLES["stages"]
+    )
 
-    runs = sub.add_parser("runs", help="list local runs: status, metrics, promotion (promoted.json)", epilog=EXAMPLES["runs"])
+    runs = sub.add_parser(
+        "runs", help="list local runs: status, metrics, promotion (promoted.json)", epilog=EXAMPLES["runs"]
+    )
     runs.add_argument("--root", default="runs", help="a run folder, or a folder of run folders (default: runs)")
 
     args = parser.parse_args(argv)
@@ -193,14 +248,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
-        print(f"hint: python pipeline.py {args.command} --help has the options and examples; --debug shows the traceback",
-              file=sys.stderr)
+        print(
+            f"hint: python pipeline.py {args.command} --help has the options and examples; --debug shows the traceback",
+            file=sys.stderr,
+        )
         return e.exit_code
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print("error: interrupted; the stage in flight was stopped and left no output (training keeps its last "
-              "checkpoint): re-run the same command to continue", file=sys.stderr)
+        print(
+            "error: interrupted; the stage in flight was stopped and left no output (training keeps its last "
+            "checkpoint): re-run the same command to continue",
+            file=sys.stderr,
+        )
         return 130
     except Exception as e:  # noqa: BLE001 - one line unless --debug
         if args.debug:
@@ -259,8 +319,13 @@ def _cluster(args, load_config) -> int:
     from targets.base import Connection, follow, get, print_status
 
     target = get(args.target)
-    conn = Connection(host=args.host, namespace=args.namespace, subscription_id=args.subscription_id,
-                      resource_group=args.resource_group, workspace=args.workspace)
+    conn = Connection(
+        host=args.host,
+        namespace=args.namespace,
+        subscription_id=args.subscription_id,
+        resource_group=args.resource_group,
+        workspace=args.workspace,
+    )
     if args.command == "schedule":
         cfg = load_config(args.config, args.overrides)
         s = target.settings.model_validate((cfg.targets or {}).get(args.target) or {})
@@ -310,7 +375,9 @@ def _import_olive(source: str, out: str) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(imp.yaml())
     load_config(target)  # what was written loads as it is
-    print(f"wrote {target}: {len(imp.mapped)} Olive keys mapped, {len(imp.ignored)} not imported (listed in its header)")
+    print(
+        f"wrote {target}: {len(imp.mapped)} Olive keys mapped, {len(imp.ignored)} not imported (listed in its header)"
+    )
     if imp.ignored:
         print(imp.warning(), file=sys.stderr)
     return 0
@@ -334,8 +401,10 @@ def _check_text_file(path: str) -> None:
     except UnicodeDecodeError as e:
         if e.reason == "unexpected end of data" and len(head) == 1 << 20:
             return
-        raise UserError(f"{path}: not a text file (byte {head[e.start]:#x} at offset {e.start}); "
-                        "validate takes a compiled pipeline YAML or JSON file") from None
+        raise UserError(
+            f"{path}: not a text file (byte {head[e.start]:#x} at offset {e.start}); "
+            "validate takes a compiled pipeline YAML or JSON file"
+        ) from None
 
 
 if __name__ == "__main__":

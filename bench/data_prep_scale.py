@@ -10,6 +10,7 @@ into a list. Each runs in its own process; peak memory is that process's max RSS
 
 Goal on the 2-core CI machine kind: <= 60 s and <= 2 GB for 1M rows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["joy", "surprise", "fear", "sadness"]
-WORDS = ("the a sunny morning walk surprised me quietly with news about old friends and their dogs "
-         "thunder rolled over the empty harbour while we waited for a late train home tonight").split()
+WORDS = (
+    "the a sunny morning walk surprised me quietly with news about old friends and their dogs "
+    "thunder rolled over the empty harbour while we waited for a late train home tonight"
+).split()
 
 BASELINE = """
 import json, sys
@@ -71,8 +74,19 @@ def main() -> int:
     base_s, base_mb, code, err = measure([sys.executable, "-c", BASELINE, str(data)])
     assert code == 0, err
     out = work / "dataset"
-    stage_s, stage_mb, code, err = measure([sys.executable, "-m", "components.data_prep", "--dataset", str(out),
-                                            "--data.path", str(data), "--data.eval_fraction", "0.1"])
+    stage_s, stage_mb, code, err = measure(
+        [
+            sys.executable,
+            "-m",
+            "components.data_prep",
+            "--dataset",
+            str(out),
+            "--data.path",
+            str(data),
+            "--data.eval_fraction",
+            "0.1",
+        ]
+    )
     if code != 0:
         print(err, file=sys.stderr)
         return code
@@ -83,7 +97,10 @@ def main() -> int:
     print(f"  {'baseline: json.loads every line':34} {base_s:8.1f} {base_mb:8.0f}")
     print(f"  {'data_prep stage (end to end)':34} {stage_s:8.1f} {stage_mb:8.0f}")
     print(f"  ratio stage/baseline: {stage_s / base_s:.2f}x time, {stage_mb / base_mb:.2f}x memory")
-    print(f"  train {stats['train']['rows']:,}, eval {stats['eval']['rows']:,}, duplicates removed {stats['duplicates_removed']:,}")
+    print(
+        f"  train {stats['train']['rows']:,}, eval {stats['eval']['rows']:,}, duplicates removed "
+        f"{stats['duplicates_removed']:,}"
+    )
     ok = stage_s <= 60 and stage_mb <= 2048
     print(f"  goal <= 60 s and <= 2048 MB: {'met' if ok else 'MISSED'}")
     return 0 if ok else 1

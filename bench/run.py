@@ -8,10 +8,10 @@
 
     .venv/bin/python bench/run.py [--run runs/default] [--steps 6]
 """
+
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -32,11 +32,19 @@ def bench_train_step(steps: int) -> None:
     torch.manual_seed(0)
     base = "embedded:smollm2-135m-instruct"
     tok = load_tokenizer(base)
-    rows = [{"prompt": tok.apply_chat_template([{"role": "user", "content": r["phrase"]}], tokenize=False,
-                                               add_generation_prompt=True), "completion": r["tone"] + "<|im_end|>"}
-            for r in read_jsonl(ROOT / "data" / "tone.jsonl")[:8]]
+    rows = [
+        {
+            "prompt": tok.apply_chat_template(
+                [{"role": "user", "content": r["phrase"]}], tokenize=False, add_generation_prompt=True
+            ),
+            "completion": r["tone"] + "<|im_end|>",
+        }
+        for r in read_jsonl(ROOT / "data" / "tone.jsonl")[:8]
+    ]
     batch = collate(tokenize(rows, tok, 256), tok, "cpu")
-    model = get_peft_model(load_model(base), LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    model = get_peft_model(
+        load_model(base), LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    )
 
     def step(loss_fn) -> float:
         start = time.perf_counter()
@@ -46,7 +54,10 @@ def bench_train_step(steps: int) -> None:
         return time.perf_counter() - start
 
     results = {}
-    for name, fn in (("full LM head (baseline)", lambda: model(**batch).loss), ("completion-only LM head", lambda: completion_loss(model, batch))):
+    for name, fn in (
+        ("full LM head (baseline)", lambda: model(**batch).loss),
+        ("completion-only LM head", lambda: completion_loss(model, batch)),
+    ):
         step(fn)  # warm-up
         results[name] = statistics.median(step(fn) for _ in range(steps))
     a, b = results.values()
@@ -57,16 +68,18 @@ def bench_train_step(steps: int) -> None:
 
 
 def bench_generation(run: Path) -> None:
-    from components.evaluate.stage import OnnxGenerator, TorchGenerator, timed_batches
     from components.common.io import read_jsonl
+    from components.evaluate.stage import OnnxGenerator, TorchGenerator, timed_batches
 
     if not (run / "evaluate").exists():
         print(f"\ngeneration: skipped, no finished run at {run} (run `make run` first)")
         return
     prompts = [r["prompt"] for r in read_jsonl(run / "data_prep" / "dataset" / "eval.jsonl")][:64]
     rows = {}
-    for name, gen in (("pytorch fp32 (baseline)", TorchGenerator(run / "merge" / "model", "cpu", 8)),
-                      ("onnx int4", OnnxGenerator(run / "onnx_build" / "onnx_model", 8))):
+    for name, gen in (
+        ("pytorch fp32 (baseline)", TorchGenerator(run / "merge" / "model", "cpu", 8)),
+        ("onnx int4", OnnxGenerator(run / "onnx_build" / "onnx_model", 8)),
+    ):
         for batch in (1, 16):
             gen.generated_tokens = 0
             _, speed = timed_batches(gen, prompts if batch > 1 else prompts[:16], batch)

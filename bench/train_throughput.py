@@ -23,6 +23,7 @@ loop of the same run.
     python bench/train_throughput.py --out OUT                     # the H200 suite (docs/benchmarks.md)
     python bench/train_throughput.py --tiny --device cpu --steps 2 --warmup 1   # a smoke test anywhere
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,15 @@ LEVERS = {
     "noautocast": dict(autocast=False, keep_bf16=True, padding_free=True, liger=True),
 }
 
-def _rows(variants: str, data: str = "synthetic", batch: int = 4, seq: int = 1024, grad_accum: int = 1,
-          targets: tuple = PHI3_ALL) -> list[tuple]:
+
+def _rows(
+    variants: str,
+    data: str = "synthetic",
+    batch: int = 4,
+    seq: int = 1024,
+    grad_accum: int = 1,
+    targets: tuple = PHI3_ALL,
+) -> list[tuple]:
     return [(v, data, batch, seq, grad_accum, targets) for v in variants.split()]
 
 
@@ -83,8 +91,14 @@ def save_random_phi3(folder: Path, tiny: bool, device: str) -> None:
     kw = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     cfg = Phi3Config(**kw)
     if tiny:
-        cfg = Phi3Config(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=4, **kw)
+        cfg = Phi3Config(
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            **kw,
+        )
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
@@ -98,14 +112,16 @@ def save_random_phi3(folder: Path, tiny: bool, device: str) -> None:
     save_tokenizer(tok, folder)
 
 
-def examples_for(data: str, batch: int, seq: int, accum: int, steps: int, tokenizer, vocab: int) -> list[list[list[dict]]]:
+def examples_for(
+    data: str, batch: int, seq: int, accum: int, steps: int, tokenizer, vocab: int
+) -> list[list[list[dict]]]:
     """Per step, the micro-batches of examples ({input_ids, labels})."""
     import torch
 
     if data == "synthetic":
         g = torch.Generator().manual_seed(1)
         ids = torch.randint(0, min(vocab, 32000), (accum * batch, seq), generator=g).tolist()
-        micros = [[{"input_ids": r, "labels": list(r)} for r in ids[m * batch:(m + 1) * batch]] for m in range(accum)]
+        micros = [[{"input_ids": r, "labels": list(r)} for r in ids[m * batch : (m + 1) * batch]] for m in range(accum)]
         return [micros] * steps
     from types import SimpleNamespace
 
@@ -136,12 +152,27 @@ def child(args) -> dict:
     """One variant, in this process."""
     import torch
 
-    name, data, batch, seq, accum, targets = args.variant, args.data, args.batch, args.seq, args.accum, args.targets.split(",")
+    name, data, batch, seq, accum, targets = (
+        args.variant,
+        args.data,
+        args.batch,
+        args.seq,
+        args.accum,
+        args.targets.split(","),
+    )
     cuda = args.device == "cuda"
     where = "cuda:0" if cuda else "cpu"
     steps = args.warmup + args.steps
-    info = {"variant": name, "data": data, "batch": batch, "seq": seq, "grad_accum": accum, "targets": targets,
-            "r": args.r, "dropout": args.dropout}
+    info = {
+        "variant": name,
+        "data": data,
+        "batch": batch,
+        "seq": seq,
+        "grad_accum": accum,
+        "targets": targets,
+        "r": args.r,
+        "dropout": args.dropout,
+    }
     from components.common.models import load_tokenizer
 
     tokenizer = load_tokenizer(args.model_dir)
@@ -151,12 +182,23 @@ def child(args) -> dict:
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
         model = AutoModelForCausalLM.from_pretrained(
-            args.model_dir, dtype=torch.bfloat16 if cuda else torch.float32, device_map={"": where},
-            quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                                   bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32))
+            args.model_dir,
+            dtype=torch.bfloat16 if cuda else torch.float32,
+            device_map={"": where},
+            quantization_config=BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32,
+            ),
+        )
         torch.manual_seed(0)
-        model = get_peft_model(model, LoraConfig(r=args.r, lora_alpha=args.r, lora_dropout=args.dropout,
-                                                 target_modules=targets, task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=args.r, lora_alpha=args.r, lora_dropout=args.dropout, target_modules=targets, task_type="CAUSAL_LM"
+            ),
+        )
         trainable = [p for p in model.parameters() if p.requires_grad]
         pad = tokenizer.pad_token_id
 
@@ -168,9 +210,9 @@ def child(args) -> dict:
                 labels = torch.full((len(m), width), -100)
                 mask = torch.zeros((len(m), width), dtype=torch.long)
                 for i, e in enumerate(m):
-                    ids[i, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
-                    labels[i, :len(e["labels"])] = torch.tensor(e["labels"])
-                    mask[i, :len(e["input_ids"])] = 1
+                    ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+                    labels[i, : len(e["labels"])] = torch.tensor(e["labels"])
+                    mask[i, : len(e["input_ids"])] = 1
                 out = model(input_ids=ids.to(where), attention_mask=mask.to(where), labels=labels.to(where))
                 (out.loss / len(micros)).backward()
                 total += out.loss.item() / len(micros)
@@ -183,13 +225,20 @@ def child(args) -> dict:
         lever = name.split(":", 1)[1]
         # A named lever set fixes checkpointing; "default" lets the stage choose it by memory.
         gc = "auto" if lever == "default" else ("on" if LEVERS[lever].get("gradient_checkpointing") else "off")
-        cfg = Config.model_validate({
-            "model": {"base": args.model_dir},
-            "train": {"quantization": "nf4", "batch_size": batch, "grad_accum": accum, "max_seq_len": seq,
-                      "gradient_checkpointing": gc,
-                      "lora": {"r": args.r, "alpha": args.r, "dropout": args.dropout, "target_modules": targets}},
-            "runtime": {"device": args.device},
-        })
+        cfg = Config.model_validate(
+            {
+                "model": {"base": args.model_dir},
+                "train": {
+                    "quantization": "nf4",
+                    "batch_size": batch,
+                    "grad_accum": accum,
+                    "max_seq_len": seq,
+                    "gradient_checkpointing": gc,
+                    "lora": {"r": args.r, "alpha": args.r, "dropout": args.dropout, "target_modules": targets},
+                },
+                "runtime": {"device": args.device},
+            }
+        )
         if lever == "default":
             fp = fast.resolve(cfg.train, args.device)
         else:
@@ -241,13 +290,15 @@ def timed_loop(args, info, model, trainable, step_fn, plan) -> dict:
             times.append(time.perf_counter() - t)
             tokens += n
     seconds = sum(times)
-    info.update({
-        "tokens_per_s": round(tokens / seconds, 1),
-        "ms_per_step": round(1000 * seconds / len(times), 1),
-        "tokens_per_step": tokens // len(times),
-        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-        "losses": losses,
-    })
+    info.update(
+        {
+            "tokens_per_s": round(tokens / seconds, 1),
+            "ms_per_step": round(1000 * seconds / len(times), 1),
+            "tokens_per_step": tokens // len(times),
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+            "losses": losses,
+        }
+    )
     return info
 
 
@@ -264,18 +315,50 @@ def unsloth_child(args, info) -> dict:
 
 
 def run_variant(args, variant, data, batch, seq, accum, targets) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--variant", variant, "--data", data, "--batch", str(batch),
-           "--seq", str(seq), "--accum", str(accum), "--targets", ",".join(targets), "--model-dir", args.model_dir,
-           "--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup), "--r", str(args.r),
-           "--dropout", str(args.dropout)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--variant",
+        variant,
+        "--data",
+        data,
+        "--batch",
+        str(batch),
+        "--seq",
+        str(seq),
+        "--accum",
+        str(accum),
+        "--targets",
+        ",".join(targets),
+        "--model-dir",
+        args.model_dir,
+        "--device",
+        args.device,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--r",
+        str(args.r),
+        "--dropout",
+        str(args.dropout),
+    ]
     t = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.variant_timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
-        return {"variant": variant, "data": data, "batch": batch, "seq": seq, "targets": targets,
-                "error": f"exit {proc.returncode}: " + " | ".join(tail)[-900:], "wall_s": round(time.time() - t, 1)}
-    row = json.loads(lines[-1][len("RESULT "):])
+        return {
+            "variant": variant,
+            "data": data,
+            "batch": batch,
+            "seq": seq,
+            "targets": targets,
+            "error": f"exit {proc.returncode}: " + " | ".join(tail)[-900:],
+            "wall_s": round(time.time() - t, 1),
+        }
+    row = json.loads(lines[-1][len("RESULT ") :])
     row["wall_s"] = round(time.time() - t, 1)
     return row
 
@@ -357,14 +440,19 @@ def versions(device: str) -> dict:
 
 
 def report(rows: list[dict], env: dict, args) -> str:
-    lines = [f"# Training throughput ({env.get('gpu', args.device)}, {env['date']})", "",
-             "torch {torch}, transformers {transformers}, peft {peft}, bitsandbytes {bitsandbytes}, liger-kernel "
-             "{liger-kernel}, triton {triton}".format(**env),
-             f"nf4 + double quant, bf16 compute; LoRA r={args.r} alpha={args.r} dropout={args.dropout}; AdamW; "
-             f"{args.steps} timed steps after {args.warmup} warm-up; ratio = tokens/s over the naive loop of the same "
-             "data, batch, seq and targets in this run.", "",
-             "| variant | data | batch x seq (x accum) | targets | tokens/s | ratio | ms/step | peak GiB | mem ratio | warm-up s | first → last loss |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Training throughput ({env.get('gpu', args.device)}, {env['date']})",
+        "",
+        "torch {torch}, transformers {transformers}, peft {peft}, bitsandbytes {bitsandbytes}, liger-kernel "
+        "{liger-kernel}, triton {triton}".format(**env),
+        f"nf4 + double quant, bf16 compute; LoRA r={args.r} alpha={args.r} dropout={args.dropout}; AdamW; "
+        f"{args.steps} timed steps after {args.warmup} warm-up; ratio = tokens/s over the naive loop of the same "
+        "data, batch, seq and targets in this run.",
+        "",
+        "| variant | data | batch x seq (x accum) | targets | tokens/s | ratio | ms/step | peak GiB | mem ratio | "
+        "warm-up s | first → last loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     base = {}
     for r in rows:
         if r["variant"] == "naive" and "error" not in r:
@@ -379,8 +467,10 @@ def report(rows: list[dict], env: dict, args) -> str:
         ratio = f"{r['tokens_per_s'] / b['tokens_per_s']:.2f}x" if b else "-"
         mem = f"{r['peak_gib'] / b['peak_gib']:.2f}x" if b and r["peak_gib"] and b["peak_gib"] else "-"
         loss = f"{r['losses'][0]} → {r['losses'][-1]}"
-        lines.append(f"| {r['variant']} | {r['data']} | {shape} | {tg} | {r['tokens_per_s']:.0f} | {ratio} | "
-                     f"{r['ms_per_step']} | {r['peak_gib']} | {mem} | {r.get('warmup_s', '-')} | {loss} |")
+        lines.append(
+            f"| {r['variant']} | {r['data']} | {shape} | {tg} | {r['tokens_per_s']:.0f} | {ratio} | "
+            f"{r['ms_per_step']} | {r['peak_gib']} | {mem} | {r.get('warmup_s', '-')} | {loss} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,7 @@ Argo) reads it; none of them names a stage. A stage's parameters are the fields 
 config sections it declares, flattened to ``--section.key value`` flags, so a new config
 field reaches every target without touching an adapter.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -160,8 +161,14 @@ STAGES: dict[str, StageSpec] = {
             name="merge",
             summary="Merge the adapter into the full-precision base and check logit parity.",
             inputs=(Port("adapter", "Model"),),
-            outputs=(Port("model", "Model", "merged Hugging Face model (safetensors) + tokenizer + the adapter's "
-                                         "train_log.jsonl (evaluate's loss curve)"),),
+            outputs=(
+                Port(
+                    "model",
+                    "Model",
+                    "merged Hugging Face model (safetensors) + tokenizer + the adapter's "
+                    "train_log.jsonl (evaluate's loss curve)",
+                ),
+            ),
             sections=("model", "merge", "runtime"),
             cpu=Resources(cpu=2, memory_gb=16),
             # merge loads the base on runtime.device: with cuda and no GPU the harness stops it.

@@ -18,16 +18,17 @@ Compiling needs no Argo server. With ``targets.argo.schedule`` the same spec is 
 as a CronWorkflow next to the Workflow (``<out>.cron.yaml``). ``pipeline.py submit|status|
 schedule --target argo`` talk to an Argo Server through hera's ``WorkflowsService``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-
 from components.common.config import Config, encode
 from components.common.errors import UserError
 from components.registry import Pipeline, Step
 
+from .base import RunStatus, Target
 from .compile_common import (
     CACHE_CLAIM,
     CACHE_ENV,
@@ -46,7 +47,6 @@ from .compile_common import (
     settings,
 )
 from .validate import check_argo
-from .base import RunStatus, Target
 
 ENTRYPOINT = "main"
 IN_DIR = "/tmp/artifacts/inputs"
@@ -71,7 +71,9 @@ def retry_expression() -> str:
     unknown. With ``retryPolicy: Always`` both the policy and this expression must hold.
     """
     codes = ", ".join(str(c) for c in DETERMINISTIC_EXIT_CODES)
-    return f"lastRetry.status == 'Error' or (lastRetry.status == 'Failed' and asInt(lastRetry.exitCode) not in [{codes}])"
+    return (
+        f"lastRetry.status == 'Error' or (lastRetry.status == 'Failed' and asInt(lastRetry.exitCode) not in [{codes}])"
+    )
 
 
 class _Ref:
@@ -132,7 +134,9 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
         if s.cache_claim:
             env += [Env(name=k, value=v) for k, v in CACHE_ENV.items()]
         if s.hf_token_secret and needs_hf_token(spec, cfg):
-            env.append(SecretEnv(name=s.hf_token_env, secret_name=s.hf_token_secret, secret_key=s.hf_token_key, optional=True))
+            env.append(
+                SecretEnv(name=s.hf_token_env, secret_name=s.hf_token_secret, secret_key=s.hf_token_key, optional=True)
+            )
         if spec.out_params:
             env.append(Env(name=PARAMETERS_DIR_ENV, value=PARAMS_DIR))
         promoting = promotion.promotes(spec)
@@ -151,8 +155,11 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
                 for p in spec.outputs
             ]
             + [Parameter(name=p.name, value_from=ValueFrom(path=f"{PARAMS_DIR}/{p.name}")) for p in spec.out_params]
-            + ([Artifact(name=PROMOTION_ARTIFACT, path=PROMOTION_PATH, archive=ArchiveStrategy(none=NoneStrategy()))]
-               if promoting else []),
+            + (
+                [Artifact(name=PROMOTION_ARTIFACT, path=PROMOTION_PATH, archive=ArchiveStrategy(none=NoneStrategy()))]
+                if promoting
+                else []
+            ),
             resources=Resources(
                 cpu_request=res.cpu,
                 cpu_limit=res.cpu,
@@ -182,7 +189,9 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
             arguments.append(Artifact(name=port_name, from_=f"{{{{tasks.{k8s_name(up)}.outputs.artifacts.{out}}}}}"))
         for key, value in step.spec.params(cfg).items():
             if key in run_params:
-                arguments.append(Parameter(name=param_name(key), value=f"{{{{workflow.parameters.{param_name(key)}}}}}"))
+                arguments.append(
+                    Parameter(name=param_name(key), value=f"{{{{workflow.parameters.{param_name(key)}}}}}")
+                )
             else:
                 if "{{" in encode(value):
                     raise UserError(f"{step.name}: {key} = {value!r}: Argo would read '{{{{' as a template tag")
@@ -213,10 +222,16 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
         entrypoint=ENTRYPOINT,
         namespace=s.namespace,
         service_account_name=s.service_account,
-        artifact_repository_ref=ArtifactRepositoryRef(config_map=s.artifact_repository_configmap, key=s.artifact_repository_key)
+        artifact_repository_ref=ArtifactRepositoryRef(
+            config_map=s.artifact_repository_configmap, key=s.artifact_repository_key
+        )
         if s.artifact_repository_key
         else None,
-        volumes=[Volume(name=CACHE_VOLUME, persistent_volume_claim=PersistentVolumeClaimVolumeSource(claim_name=s.cache_claim))]
+        volumes=[
+            Volume(
+                name=CACHE_VOLUME, persistent_volume_claim=PersistentVolumeClaimVolumeSource(claim_name=s.cache_claim)
+            )
+        ]
         if s.cache_claim
         else None,
         # The images run as 10001:10001; fsGroup makes the cache volume writable for them.
@@ -240,14 +255,22 @@ def _object_name(cfg: Config, name: str, limit: int, what: str) -> str:
     """Argo's name limits: a Workflow's name is a label value (63; generateName adds 5
     characters), a CronWorkflow's leaves room for the "-<unix time>" of its runs (52)."""
     if len(name) > limit:
-        raise UserError(f"config name {cfg.name!r}: {what} {name!r} has {len(name)} characters, Argo allows {limit}; set a shorter `name`")
+        raise UserError(
+            f"config name {cfg.name!r}: {what} {name!r} has {len(name)} characters, Argo allows {limit}; set a "
+            "shorter `name`"
+        )
     return name
 
 
 def build_workflow(dag: Pipeline, cfg: Config):
     from hera.workflows import Workflow
 
-    return _assemble(Workflow, dag, cfg, generate_name=_object_name(cfg, f"{k8s_name(cfg.name)}-", 63 - 5, "the Workflow's generateName"))
+    return _assemble(
+        Workflow,
+        dag,
+        cfg,
+        generate_name=_object_name(cfg, f"{k8s_name(cfg.name)}-", 63 - 5, "the Workflow's generateName"),
+    )
 
 
 def build_cron_workflow(dag: Pipeline, cfg: Config, cron: str | None = None, timezone: str | None = None):
@@ -283,9 +306,18 @@ def compile_pipeline(dag: Pipeline, cfg: Config, out: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------
 # On a cluster: submit, status, schedule through hera's WorkflowsService (the Argo Server API).
 
-HOST_HINT = "set --host or ARGO_SERVER (e.g. https://localhost:2746 after `kubectl -n argo port-forward svc/argo-server 2746`)"
-_PHASES = {"Pending": "pending", "Running": "running", "Succeeded": "succeeded", "Failed": "failed",
-           "Error": "failed", "Skipped": "skipped", "Omitted": "skipped"}
+HOST_HINT = (
+    "set --host or ARGO_SERVER (e.g. https://localhost:2746 after `kubectl -n argo port-forward svc/argo-server 2746`)"
+)
+_PHASES = {
+    "Pending": "pending",
+    "Running": "running",
+    "Succeeded": "succeeded",
+    "Failed": "failed",
+    "Error": "failed",
+    "Skipped": "skipped",
+    "Omitted": "skipped",
+}
 # The CronWorkflow's runs: no catch-up beyond this (a run missed by more is skipped).
 STARTING_DEADLINE_SECONDS = 600
 
@@ -309,7 +341,11 @@ def _service(conn):
 def _namespace(cfg_or_none, conn) -> str:
     import os
 
-    ns = conn.namespace or (settings(cfg_or_none, "argo").namespace if cfg_or_none is not None else None) or os.environ.get("ARGO_NAMESPACE")
+    ns = (
+        conn.namespace
+        or (settings(cfg_or_none, "argo").namespace if cfg_or_none is not None else None)
+        or os.environ.get("ARGO_NAMESPACE")
+    )
     return ns or "slm-pipeline"
 
 
@@ -351,8 +387,14 @@ def _status(dag: Pipeline, wf, host: str) -> RunStatus:
                     seconds[stage] = secs
     phase = (status.phase if status else None) or "Pending"
     name, ns = wf.metadata.name, wf.metadata.namespace
-    return RunStatus(run_id=name, state=_PHASES.get(phase, phase.lower()), stages=stages, seconds=seconds,
-                     url=f"{host.rstrip('/')}/workflows/{ns}/{name}", message=status.message if status else None)
+    return RunStatus(
+        run_id=name,
+        state=_PHASES.get(phase, phase.lower()),
+        stages=stages,
+        seconds=seconds,
+        url=f"{host.rstrip('/')}/workflows/{ns}/{name}",
+        message=status.message if status else None,
+    )
 
 
 class ArgoSettings(EngineSettings):
@@ -389,8 +431,11 @@ class ArgoTarget(Target):
         ns = _namespace(cfg, conn)
         wf = build_workflow(dag, cfg)
         wf.namespace = ns
-        created = _call(service, "create the workflow",
-                        lambda: service.create_workflow(WorkflowCreateRequest(workflow=wf.build()), namespace=ns))
+        created = _call(
+            service,
+            "create the workflow",
+            lambda: service.create_workflow(WorkflowCreateRequest(workflow=wf.build()), namespace=ns),
+        )
         return _status(dag, created, service.host)
 
     def status(self, dag, conn, run_id):
@@ -408,10 +453,15 @@ class ArgoTarget(Target):
         ns = _namespace(cfg, conn)
         cw = build_cron_workflow(dag, cfg, cron=cron, timezone=timezone)
         cw.namespace = ns
-        created = _call(service, "create the cron workflow",
-                        lambda: service.create_cron_workflow(CreateCronWorkflowRequest(cron_workflow=cw.build()), namespace=ns))
-        return (f"cron workflow {ns}/{created.metadata.name}: schedule {cron!r} ({timezone}), concurrencyPolicy Forbid, "
-                f"startingDeadlineSeconds {STARTING_DEADLINE_SECONDS}")
+        created = _call(
+            service,
+            "create the cron workflow",
+            lambda: service.create_cron_workflow(CreateCronWorkflowRequest(cron_workflow=cw.build()), namespace=ns),
+        )
+        return (
+            f"cron workflow {ns}/{created.metadata.name}: schedule {cron!r} ({timezone}), concurrencyPolicy Forbid, "
+            f"startingDeadlineSeconds {STARTING_DEADLINE_SECONDS}"
+        )
 
 
 TARGET = ArgoTarget()

@@ -25,6 +25,7 @@ stored as JSON in ``derived/`` with the SHA-256 of its source; a derived file wh
 does not match is ignored and the YAML parsed instead. Refresh them with
 ``python -m targets.argo_schema --refresh`` after replacing the upstream files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,7 +50,9 @@ QUANTITY_PATTERN = (
 
 _PATTERN_NAMES = {
     QUANTITY_PATTERN: "a Kubernetes quantity (e.g. 500m, 2, 4Gi)",
-    "^[a-zA-Z0-9][-a-zA-Z0-9]*$": "a valid Argo template/task name (letters, digits and '-', starting with a letter or digit)",
+    "^[a-zA-Z0-9][-a-zA-Z0-9]*$": (
+        "a valid Argo template/task name (letters, digits and '-', starting with a letter or digit)"
+    ),
     "^[-a-zA-Z0-9_]+$": "a valid Argo parameter name (letters, digits, '-' and '_')",
     "^[-a-zA-Z0-9_{}.]+$": "a valid Argo artifact name (letters, digits, '-' and '_')",
 }

@@ -18,6 +18,7 @@ image holds the repository at /app, so the output is portable. Nodes are named a
 stages and run on the GPU cluster when the stage uses a GPU, else on the CPU cluster
 (``targets.azureml.compute_*``).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -35,9 +36,21 @@ from components.common.config import Config, describe, encode
 from components.common.errors import UserError
 from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec
 
-from .validate import check_azureml
 from .base import RunStatus, Target
-from .compile_common import STAGE_ENV, WORKDIR, EngineSettings, check_names, image_for, needs_hf_token, param_name, pipeline_signature, run_parameters, settings, value_kind
+from .compile_common import (
+    STAGE_ENV,
+    WORKDIR,
+    EngineSettings,
+    check_names,
+    image_for,
+    needs_hf_token,
+    param_name,
+    pipeline_signature,
+    run_parameters,
+    settings,
+    value_kind,
+)
+from .validate import check_azureml
 
 logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
 
@@ -46,7 +59,15 @@ SCHEMAS = {
     "pipeline": "https://azuremlschemas.azureedge.net/latest/pipelineJob.schema.json",
     "schedule": "https://azuremlschemas.azureedge.net/latest/schedule.schema.json",
 }
-_KIND_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "list": "string", "dict": "string", "null": "string"}
+_KIND_TYPES = {
+    "int": "integer",
+    "float": "number",
+    "bool": "boolean",
+    "str": "string",
+    "list": "string",
+    "dict": "string",
+    "null": "string",
+}
 _PY_TYPES = {"integer": int, "number": float, "boolean": bool, "string": str}
 # The env vars that name the workspace Key Vault and the secret in it that holds the Hugging
 # Face token; components/common/secrets.py reads them in the stage (the job's managed identity).
@@ -91,7 +112,10 @@ class _Ref:
 def command_line(spec: StageSpec, cfg: Config) -> str:
     params = spec.params(cfg)
     argv = spec.argv(
-        {k: _Ref(f"${{{{inputs.{param_name(k)}}}}}", _KIND_TYPES[value_kind(v)] == "string") for k, v in params.items()},
+        {
+            k: _Ref(f"${{{{inputs.{param_name(k)}}}}}", _KIND_TYPES[value_kind(v)] == "string")
+            for k, v in params.items()
+        },
         {p.name: _Ref(f"${{{{inputs.{p.name}}}}}", False) for p in spec.inputs},
         {p.name: _Ref(f"${{{{outputs.{p.name}}}}}", False) for p in spec.outputs},
     )
@@ -106,21 +130,29 @@ def make_component(spec: StageSpec, cfg: Config):
     from azure.ai.ml import Input, Output
     from azure.ai.ml.entities import CommandComponent, Environment
 
-    inputs: dict[str, Any] = {p.name: Input(type=ARTIFACT_TYPES[p.type]["azureml"], description=p.description or None) for p in spec.inputs}
+    inputs: dict[str, Any] = {
+        p.name: Input(type=ARTIFACT_TYPES[p.type]["azureml"], description=p.description or None) for p in spec.inputs
+    }
     if registers_model(spec, cfg):
         port = next(p for p in spec.inputs if p.name == model_port(spec))
-        inputs[port.name + URI_SUFFIX] = Input(type=ARTIFACT_TYPES[port.type]["azureml"], mode="direct",
-                                               description=f"where {port.name} lies: the model asset points there")
+        inputs[port.name + URI_SUFFIX] = Input(
+            type=ARTIFACT_TYPES[port.type]["azureml"],
+            mode="direct",
+            description=f"where {port.name} lies: the model asset points there",
+        )
     for key, value in spec.params(cfg).items():
         if inputs.get(param_name(key)):
             raise UserError(f"{spec.name}: parameter {key!r} collides with an input port")
         v = azure_value(value)
         if isinstance(v, str) and "'" in v:
             raise UserError(f"{spec.name}: {key} = {v!r}: AzureML's command line cannot carry a single quote")
-        inputs[param_name(key)] = Input(type=_KIND_TYPES[value_kind(value)], default=v,
-                                        description=f"{describe(key)} (--{key})".lstrip())
-    outputs = {p.name: Output(type=ARTIFACT_TYPES[p.type]["azureml"], mode=OUTPUT_MODE, description=p.description or None)
-               for p in spec.outputs}
+        inputs[param_name(key)] = Input(
+            type=_KIND_TYPES[value_kind(value)], default=v, description=f"{describe(key)} (--{key})".lstrip()
+        )
+    outputs = {
+        p.name: Output(type=ARTIFACT_TYPES[p.type]["azureml"], mode=OUTPUT_MODE, description=p.description or None)
+        for p in spec.outputs
+    }
     return CommandComponent(
         name=spec.name,
         version=cfg.images.tag,
@@ -189,7 +221,9 @@ def compile_pipeline(dag: Pipeline, cfg: Config, out: str | Path) -> Path:
     """Write DIR/pipeline.yml and DIR/components/<stage>.yml (and DIR/schedule.yml)."""
     out = Path(out)
     if out.suffix in (".yml", ".yaml"):
-        raise UserError(f"--out {out}: the azureml target writes a folder (pipeline.yml + components/); give a directory")
+        raise UserError(
+            f"--out {out}: the azureml target writes a folder (pipeline.yml + components/); give a directory"
+        )
     job, components = build_pipeline(dag, cfg)
     (out / "components").mkdir(parents=True, exist_ok=True)
     for stale in (out / "components").glob("*.yml"):  # stages an earlier compile had
@@ -239,24 +273,37 @@ def _dump(entity) -> dict:
 # ---------------------------------------------------------------------------------------
 # On a workspace: submit, status, schedule through the real client (azure-ai-ml MLClient).
 
-HOST_HINT = ("set --subscription/--resource-group/--workspace, or AZURE_SUBSCRIPTION_ID/AZURE_RESOURCE_GROUP/"
-             "AZUREML_WORKSPACE_NAME, or put the workspace's config.json in this folder")
-_STATES = {"NotStarted": "pending", "Queued": "pending", "Preparing": "pending", "Provisioning": "pending",
-           "Starting": "pending", "Running": "running", "Finalizing": "running", "CancelRequested": "running",
-           "NotResponding": "running", "Paused": "pending", "Completed": "succeeded", "Failed": "failed",
-           "Canceled": "canceled", "Skipped": "skipped"}
+HOST_HINT = (
+    "set --subscription/--resource-group/--workspace, or AZURE_SUBSCRIPTION_ID/AZURE_RESOURCE_GROUP/"
+    "AZUREML_WORKSPACE_NAME, or put the workspace's config.json in this folder"
+)
+_STATES = {
+    "NotStarted": "pending",
+    "Queued": "pending",
+    "Preparing": "pending",
+    "Provisioning": "pending",
+    "Starting": "pending",
+    "Running": "running",
+    "Finalizing": "running",
+    "CancelRequested": "running",
+    "NotResponding": "running",
+    "Paused": "pending",
+    "Completed": "succeeded",
+    "Failed": "failed",
+    "Canceled": "canceled",
+    "Skipped": "skipped",
+}
 
 
 def _ml_client(conn):
     """``MLClient`` with ``DefaultAzureCredential`` (env service principal, workload or managed
     identity, the az CLI login): the workspace from the command line, the environment or a
     config.json; no credential is ever read from the config or the command line."""
+    import logging
     import os
 
     from azure.ai.ml import MLClient
     from azure.identity import DefaultAzureCredential
-
-    import logging
 
     if not os.environ.get("SLM_DEBUG"):  # the identity library lists every credential it tried, at WARNING
         logging.getLogger("azure.identity").setLevel(logging.ERROR)
@@ -280,8 +327,10 @@ def _call(ml, what: str, fn):
     from .base import one_line
 
     where = f"AzureML workspace {ml.workspace_name!r}"
-    no_credential = (f"{where}: no Azure credential: sign in with `az login`, or set a service principal "
-                     "(AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET), workload or managed identity in the environment")
+    no_credential = (
+        f"{where}: no Azure credential: sign in with `az login`, or set a service principal "
+        "(AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET), workload or managed identity in the environment"
+    )
     try:
         return fn()
     except UserError:
@@ -291,7 +340,9 @@ def _call(ml, what: str, fn):
     except ClientAuthenticationError:
         raise UserError(no_credential) from None
     except HttpResponseError as err:
-        raise UserError(one_line(Exception(f"{where} refused to {what}: HTTP {err.status_code}: {err.message}"))) from None
+        raise UserError(
+            one_line(Exception(f"{where} refused to {what}: HTTP {err.status_code}: {err.message}"))
+        ) from None
     except Exception as err:  # noqa: BLE001
         text = _sdk_message(err)
         if "DefaultAzureCredential failed" in text or "CredentialUnavailable" in text:
@@ -323,8 +374,12 @@ def _job_status(dag: Pipeline, ml, job) -> "RunStatus":
         name = child.display_name or child.name
         if name in stages and child.status:
             stages[name] = _STATES.get(child.status, child.status.lower())
-    return RunStatus(run_id=job.name, state=_STATES.get(job.status or "NotStarted", (job.status or "").lower()),
-                     stages=stages, url=job.studio_url)
+    return RunStatus(
+        run_id=job.name,
+        state=_STATES.get(job.status or "NotStarted", (job.status or "").lower()),
+        stages=stages,
+        url=job.studio_url,
+    )
 
 
 class AzureMLSettings(EngineSettings):
@@ -345,7 +400,9 @@ class AzureMLSettings(EngineSettings):
     @classmethod
     def _model_name(cls, v):
         if v and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}", v):
-            raise ValueError("an AzureML model name: letters, digits, '-', '_' and '.', starting with a letter or digit")
+            raise ValueError(
+                "an AzureML model name: letters, digits, '-', '_' and '.', starting with a letter or digit"
+            )
         return v
 
     @field_validator("key_vault_url")
@@ -374,12 +431,19 @@ class AzureMLTarget(Target):
         ml = _ml_client(conn)
         job, _ = build_pipeline(dag, cfg)
         s = settings(cfg, "azureml")
-        created = _call(ml, "create the pipeline job",
-                        lambda: ml.jobs.create_or_update(job, experiment_name=s.experiment_name or cfg.name))
+        created = _call(
+            ml,
+            "create the pipeline job",
+            lambda: ml.jobs.create_or_update(job, experiment_name=s.experiment_name or cfg.name),
+        )
         from .base import PENDING, RunStatus
 
-        return RunStatus(run_id=created.name, state=_STATES.get(created.status or "NotStarted", "pending"),
-                         stages={step.name: PENDING for step in dag}, url=created.studio_url)
+        return RunStatus(
+            run_id=created.name,
+            state=_STATES.get(created.status or "NotStarted", "pending"),
+            stages={step.name: PENDING for step in dag},
+            url=created.studio_url,
+        )
 
     def status(self, dag, conn, run_id):
         ml = _ml_client(conn)
@@ -394,12 +458,17 @@ class AzureMLTarget(Target):
 
         ml = _ml_client(conn)
         job, _ = build_pipeline(dag, cfg)
-        schedule = JobSchedule(name=f"{param_name(cfg.name).replace('-', '_')}_retrain",
-                               trigger=CronTrigger(expression=cron, time_zone=timezone), create_job=job,
-                               display_name=f"{cfg.name} retrain")
+        schedule = JobSchedule(
+            name=f"{param_name(cfg.name).replace('-', '_')}_retrain",
+            trigger=CronTrigger(expression=cron, time_zone=timezone),
+            create_job=job,
+            display_name=f"{cfg.name} retrain",
+        )
         created = _call(ml, "create the schedule", lambda: ml.schedules.begin_create_or_update(schedule).result())
-        return (f"schedule {created.name}: cron {cron!r} ({timezone}); AzureML offers no concurrency limit or "
-                "catch-up setting on schedules (a missed time is not backfilled)")
+        return (
+            f"schedule {created.name}: cron {cron!r} ({timezone}); AzureML offers no concurrency limit or "
+            "catch-up setting on schedules (a missed time is not backfilled)"
+        )
 
 
 TARGET = AzureMLTarget()

@@ -10,6 +10,7 @@ Discovery reads each module's source for the ``TARGET =`` line before importing 
 local runners (and their imports) are never loaded to find the engines, and no engine's
 client library is imported until that engine submits or compiles.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +27,14 @@ from pydantic import BaseModel
 from components.common.errors import UserError
 
 # States every engine's run and stage states are mapped to.
-PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED, CANCELED = "pending", "running", "succeeded", "failed", "skipped", "canceled"
+PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED, CANCELED = (
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "skipped",
+    "canceled",
+)
 FINAL = (SUCCEEDED, FAILED, CANCELED)
 
 
@@ -98,7 +106,11 @@ def registry() -> dict[str, Target]:
         found: dict[str, Target] = {}
         for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
             src = Path(__file__).with_name(f"{mod.name}.py")
-            if mod.name.startswith("_") or not src.is_file() or not _TARGET_LINE.search(src.read_text(encoding="utf-8")):
+            if (
+                mod.name.startswith("_")
+                or not src.is_file()
+                or not _TARGET_LINE.search(src.read_text(encoding="utf-8"))
+            ):
                 continue
             target = importlib.import_module(f"{__package__}.{mod.name}").TARGET
             if not isinstance(target, Target) or not target.name:
@@ -132,8 +144,12 @@ def poll_seconds() -> float:
     return float(os.environ.get("SLM_POLL_SECONDS", "10"))
 
 
-def follow(get_status: Callable[[], RunStatus], first: RunStatus | None = None, out=None,
-           sleep: Callable[[float], Any] = time.sleep) -> RunStatus:
+def follow(
+    get_status: Callable[[], RunStatus],
+    first: RunStatus | None = None,
+    out=None,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> RunStatus:
     """Poll until the run ends, printing one line per stage state change (and run state change)."""
     out = out or (lambda line: print(line, flush=True))
     seen: dict[str, str] = {}
@@ -146,7 +162,10 @@ def follow(get_status: Callable[[], RunStatus], first: RunStatus | None = None, 
                 out(f"[{stage}] {state}")
         if status.state != run_state:
             run_state = status.state
-            out(f"run {status.run_id}: {status.state}" + (f" ({status.message})" if status.message and status.done else ""))
+            out(
+                f"run {status.run_id}: {status.state}"
+                + (f" ({status.message})" if status.message and status.done else "")
+            )
         if status.done:
             return status
         sleep(poll_seconds())

@@ -9,6 +9,7 @@
 
 No adapter names a stage: they iterate ``for step in dag`` over the stage registry.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -108,7 +109,9 @@ def settings(cfg: Config, target: str) -> Any:
     try:
         return get(target).settings.model_validate(raw)
     except ValidationError as err:
-        raise UserError(format_validation_error(err, where="config").replace("config: ", f"config: targets.{target}.")) from None
+        raise UserError(
+            format_validation_error(err, where="config").replace("config: ", f"config: targets.{target}.")
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -118,9 +121,7 @@ def settings(cfg: Config, target: str) -> Any:
 def cron_fields(expr: str) -> list[str]:
     fields = expr.split()
     if len(fields) != 5:
-        raise ValueError(
-            f"schedule {expr!r}: expected a 5-field cron (minute hour day-of-month month day-of-week)"
-        )
+        raise ValueError(f"schedule {expr!r}: expected a 5-field cron (minute hour day-of-month month day-of-week)")
     return fields
 
 
@@ -182,12 +183,17 @@ def run_parameters(dag: Pipeline, cfg: Config) -> dict[str, Any]:
     return {k: values[k] for k in RUN_PARAMETERS}
 
 
-def pipeline_signature(run_params: dict[str, Any], annotation: Callable[[Any], Any],
-                       default: Callable[[Any], Any]) -> list[inspect.Parameter]:
+def pipeline_signature(
+    run_params: dict[str, Any], annotation: Callable[[Any], Any], default: Callable[[Any], Any]
+) -> list[inspect.Parameter]:
     """The pipeline function's parameters, one per run parameter: both SDKs (kfp, azure-ai-ml)
     read a pipeline's inputs from its Python signature; the adapter gives the engine's types."""
-    return [inspect.Parameter(param_name(k), inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation(v),
-                              default=default(v)) for k, v in run_params.items()]
+    return [
+        inspect.Parameter(
+            param_name(k), inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation(v), default=default(v)
+        )
+        for k, v in run_params.items()
+    ]
 
 
 def needs_hf_token(spec: StageSpec, cfg: Config) -> bool:

@@ -11,6 +11,7 @@ the metrics scalars and, for a stage with a Metrics output, an extra
 Per task: the stage's image, CPU/memory requests, ``nvidia.com/gpu`` where the stage uses a
 GPU, a retry policy, caching options and the Hugging Face token from a Kubernetes Secret.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -24,11 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from components.common import promotion, registries
 from components.common.config import Config
 from components.common.errors import UserError
+from components.common.kfp_output import CONFUSION_SUFFIX, REPORT_SUFFIX
 from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec, Step
 
-from components.common.kfp_output import CONFUSION_SUFFIX, REPORT_SUFFIX
-
-from .validate import check_kfp
 from .compile_common import (
     CACHE_CLAIM,
     CACHE_ENV,
@@ -47,6 +46,7 @@ from .compile_common import (
     settings,
     value_kind,
 )
+from .validate import check_kfp
 
 # The stage writes KFP's executor output itself (components/common/kfp_output.py) when given
 # the executor input: without it, KFP sees no outputs and the next task finds no inputs.
@@ -99,12 +99,18 @@ def make_component(spec: StageSpec, cfg: Config):
         sig.append(P(out_param.name, P.POSITIONAL_OR_KEYWORD, annotation=dsl.OutputPath(str)))
     for key, value in params.items():
         sig.append(
-            P(param_name(key), P.POSITIONAL_OR_KEYWORD, annotation=_KIND_TYPES[value_kind(value)], default=kfp_value(value))
+            P(
+                param_name(key),
+                P.POSITIONAL_OR_KEYWORD,
+                annotation=_KIND_TYPES[value_kind(value)],
+                default=kfp_value(value),
+            )
         )
     names = [p.name for p in sig]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise UserError(f"{spec.name}: KFP input/output names collide: {dup}")
+
     def container(*args):
         ns = dict(zip(names, args))
         argv = spec.argv(
@@ -260,9 +266,13 @@ def _configure_task(task, step: Step, cfg: Config, s, kubernetes) -> None:
         kubernetes.mount_pvc(task, pvc_name=s.cache_claim, mount_path=CACHE_MOUNT)
         env.update(CACHE_ENV)
     if s.model_registry and promotion.promotes(step.spec):  # components/common/registries.py
-        env.update({registries.REGISTRY_URL_ENV: s.model_registry.url,
-                    registries.REGISTRY_MODEL_ENV: s.model_registry.model_name or cfg.name,
-                    registries.REGISTRY_AUTHOR_ENV: s.model_registry.author})
+        env.update(
+            {
+                registries.REGISTRY_URL_ENV: s.model_registry.url,
+                registries.REGISTRY_MODEL_ENV: s.model_registry.model_name or cfg.name,
+                registries.REGISTRY_AUTHOR_ENV: s.model_registry.author,
+            }
+        )
     for name, value in env.items():
         task.set_env_variable(name, value)
     if s.hf_token_secret and needs_hf_token(step.spec, cfg):
@@ -312,9 +322,17 @@ def write_recurring_run(cfg: Config, pipeline_path: Path, s) -> Path:
 
 from .base import RunStatus, Target  # noqa: E402
 
-_STATES = {"PENDING": "pending", "RUNNING": "running", "SUCCEEDED": "succeeded", "SKIPPED": "skipped",
-           "FAILED": "failed", "CANCELING": "running", "CANCELED": "canceled", "PAUSED": "pending",
-           "CACHED": "succeeded"}
+_STATES = {
+    "PENDING": "pending",
+    "RUNNING": "running",
+    "SUCCEEDED": "succeeded",
+    "SKIPPED": "skipped",
+    "FAILED": "failed",
+    "CANCELING": "running",
+    "CANCELED": "canceled",
+    "PAUSED": "pending",
+    "CACHED": "succeeded",
+}
 HOST_HINT = "set --host or KF_PIPELINES_ENDPOINT (or a kube context where KFP is installed)"
 
 
@@ -389,11 +407,17 @@ class _calling:
 
         if isinstance(err, ApiException):
             body = " ".join(str(err.body or "").split())[:300]
-            raise UserError(one_line(Exception(f"KFP at {self.host} refused to {self.what}: HTTP {err.status} {err.reason}: {body}"))) from None
+            raise UserError(
+                one_line(
+                    Exception(f"KFP at {self.host} refused to {self.what}: HTTP {err.status} {err.reason}: {body}")
+                )
+            ) from None
         if isinstance(err, (HTTPError, OSError)):
             reason = getattr(err, "reason", None) or err
             raise UserError(one_line(Exception(f"cannot reach KFP at {self.host}: {reason}; {HOST_HINT}"))) from None
-        raise UserError(one_line(Exception(f"KFP at {self.host}: cannot {self.what}: {type(err).__name__}: {err}"))) from None
+        raise UserError(
+            one_line(Exception(f"KFP at {self.host}: cannot {self.what}: {type(err).__name__}: {err}"))
+        ) from None
 
 
 def _upload(client, dag: Pipeline, cfg: Config, conn) -> tuple[str, str]:
@@ -420,16 +444,21 @@ def _upload_file(client, cfg: Config, conn, tmp: Path) -> tuple[str, str]:
         pipeline_id = client.get_pipeline_id(cfg.name)
     if pipeline_id is None:
         with _calling("upload the pipeline", host):
-            pipeline = client.upload_pipeline(str(tmp), pipeline_name=cfg.name, description=f"slm-finetune config {cfg.name}")
+            pipeline = client.upload_pipeline(
+                str(tmp), pipeline_name=cfg.name, description=f"slm-finetune config {cfg.name}"
+            )
         with _calling("find the uploaded pipeline's version", host):  # a run names both ids
-            versions = client.list_pipeline_versions(pipeline.pipeline_id, page_size=1, sort_by="created_at desc").pipeline_versions
+            versions = client.list_pipeline_versions(
+                pipeline.pipeline_id, page_size=1, sort_by="created_at desc"
+            ).pipeline_versions
         if not versions:
             raise UserError(f"KFP at {host}: the uploaded pipeline {pipeline.pipeline_id} has no version")
         return pipeline.pipeline_id, versions[0].pipeline_version_id
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
     with _calling("upload a pipeline version", host):
-        version = client.upload_pipeline_version(str(tmp), f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{digest}",
-                                                 pipeline_id=pipeline_id)
+        version = client.upload_pipeline_version(
+            str(tmp), f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{digest}", pipeline_id=pipeline_id
+        )
     return pipeline_id, version.pipeline_version_id
 
 
@@ -457,8 +486,14 @@ def _run_status(dag: Pipeline, client, run, conn) -> "RunStatus":
                 seconds[task.display_name] = secs
     error = getattr(run, "error", None)
     message = getattr(error, "message", None) if error else None
-    return RunStatus(run_id=run.run_id, state=_STATES.get(run.state or "PENDING", "pending"), stages=stages,
-                     url=f"{client._get_url_prefix()}/#/runs/details/{run.run_id}", message=message, seconds=seconds)
+    return RunStatus(
+        run_id=run.run_id,
+        state=_STATES.get(run.state or "PENDING", "pending"),
+        stages=stages,
+        url=f"{client._get_url_prefix()}/#/runs/details/{run.run_id}",
+        message=message,
+        seconds=seconds,
+    )
 
 
 class ModelRegistrySettings(BaseModel):
@@ -467,7 +502,9 @@ class ModelRegistrySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(description="the registry's REST address, such as https://model-registry-service.kubeflow.svc:8443")
+    url: str = Field(
+        description="the registry's REST address, such as https://model-registry-service.kubeflow.svc:8443"
+    )
     model_name: str | None = Field(None, description="the registered model's name; default: the config's name")
     author: str = "slm-pipeline"
 
@@ -507,8 +544,13 @@ class KfpTarget(Target):
         import time
 
         with _calling("create the run", _host(conn)):
-            run = client.run_pipeline(experiment_id, f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                      params=run_arguments(dag, cfg), pipeline_id=pipeline_id, version_id=version_id)
+            run = client.run_pipeline(
+                experiment_id,
+                f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                params=run_arguments(dag, cfg),
+                pipeline_id=pipeline_id,
+                version_id=version_id,
+            )
         return _run_status(dag, client, run, conn)
 
     def status(self, dag, conn, run_id):
@@ -525,12 +567,28 @@ class KfpTarget(Target):
         experiment_id = _experiment(client, cfg, conn)
         with _calling("create the recurring run", _host(conn)):
             rec = client.create_recurring_run(
-                experiment_id, f"{cfg.name}-retrain", description=f"Retrain {cfg.name} on {cron!r} ({timezone})",
-                cron_expression=kfp_cron(cron), max_concurrency=1, no_catchup=True,
-                params=run_arguments(dag, cfg), pipeline_id=pipeline_id, version_id=version_id)
-        note = "" if timezone in ("UTC", "Etc/UTC") else (f"; KFP has no time zone setting: the cron is read in the "
-                                                         f"API server's zone (UTC on standard installs), not {timezone}")
-        return f"recurring run {rec.recurring_run_id}: cron {kfp_cron(cron)!r} (KFP's 6 fields), max_concurrency 1, no catch-up{note}"
+                experiment_id,
+                f"{cfg.name}-retrain",
+                description=f"Retrain {cfg.name} on {cron!r} ({timezone})",
+                cron_expression=kfp_cron(cron),
+                max_concurrency=1,
+                no_catchup=True,
+                params=run_arguments(dag, cfg),
+                pipeline_id=pipeline_id,
+                version_id=version_id,
+            )
+        note = (
+            ""
+            if timezone in ("UTC", "Etc/UTC")
+            else (
+                f"; KFP has no time zone setting: the cron is read in the "
+                f"API server's zone (UTC on standard installs), not {timezone}"
+            )
+        )
+        return (
+            f"recurring run {rec.recurring_run_id}: cron {kfp_cron(cron)!r} (KFP's 6 fields), "
+            f"max_concurrency 1, no catch-up{note}"
+        )
 
 
 TARGET = KfpTarget()

@@ -18,6 +18,7 @@ reads each task's executor output.
 - Containers run as the images' non-root user (10001) when this process is root, else as
   your uid; the pipeline root is made writable for that user. No network.
 """
+
 from __future__ import annotations
 
 import json
@@ -124,8 +125,13 @@ def run_pipeline(dag: Pipeline, cfg: Config, out: str | Path, env: dict[str, str
 def summarize(dag: Pipeline, kfp_run: Path | None, run_dir: Path, seconds: float) -> dict:
     """The subprocess runner's summary shape, read from what the KFP tasks left behind
     (``kfp_run`` None: the first task failed before it wrote anything)."""
-    summary: dict = {"pipeline": dag.name, "run_dir": str(run_dir), "kfp_run": str(kfp_run or ""), "stages": {},
-                     "metrics": {}}
+    summary: dict = {
+        "pipeline": dag.name,
+        "run_dir": str(run_dir),
+        "kfp_run": str(kfp_run or ""),
+        "stages": {},
+        "metrics": {},
+    }
     status = "ok"
     stopped = None  # the DAG's condition was false: KFP's dsl.If skipped the steps behind it
     promoted = False
@@ -134,15 +140,22 @@ def summarize(dag: Pipeline, kfp_run: Path | None, run_dir: Path, seconds: float
             summary["stages"][step.name] = {"status": "skipped", "cached": False, "seconds": 0.0}
             continue
         if kfp_run is None:
-            summary["stages"][step.name] = {"status": "failed" if i == 0 else "not run", "cached": False, "seconds": 0.0}
+            summary["stages"][step.name] = {
+                "status": "failed" if i == 0 else "not run",
+                "cached": False,
+                "seconds": 0.0,
+            }
             status = "failed"
             continue
         task = kfp_run / k8s_name(step.name)
         markers = [artifacts.read_marker(task / p.name) for p in step.spec.outputs]
         ok = (task / "executor_output.json").is_file() and all(markers)
-        entry = {"status": "ok" if ok else ("failed" if task.exists() else "not run"), "cached": False,
-                 "seconds": max((m or {}).get("seconds", 0.0) for m in markers) if ok else 0.0,
-                 "outputs": {p.name: str(task / p.name) for p in step.spec.outputs}}
+        entry = {
+            "status": "ok" if ok else ("failed" if task.exists() else "not run"),
+            "cached": False,
+            "seconds": max((m or {}).get("seconds", 0.0) for m in markers) if ok else 0.0,
+            "outputs": {p.name: str(task / p.name) for p in step.spec.outputs},
+        }
         summary["stages"][step.name] = entry
         if not ok:
             status = "failed"

@@ -5,6 +5,7 @@ cache key (code + parameters + input content + external files) matches its seale
 is skipped. The first failure stops the run; nothing half-written is left behind, because
 stages seal their outputs themselves (``components.common.artifacts``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,9 +21,9 @@ from pathlib import Path
 from typing import Callable
 
 from components.common import artifacts, promotion
+from components.common.cache import cache_key
 from components.common.config import Config, to_yaml
 from components.common.errors import UserError
-from components.common.cache import cache_key
 from components.common.hashing import ROOT
 from components.registry import Pipeline, Step
 
@@ -125,8 +126,9 @@ def run_lock(run_dir: Path, out) -> None:
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "?"
-            raise UserError(f"--out {out} is in use by another run (pid {holder}); wait for it to finish, "
-                            "or choose another --out") from None
+            raise UserError(
+                f"--out {out} is in use by another run (pid {holder}); wait for it to finish, or choose another --out"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
@@ -134,8 +136,9 @@ def run_lock(run_dir: Path, out) -> None:
         yield
 
 
-def _run_locked(dag: Pipeline, cfg: Config, run_dir: Path, use_cache: bool, execute: Executor, root: str | None,
-                summary: dict) -> int:
+def _run_locked(
+    dag: Pipeline, cfg: Config, run_dir: Path, use_cache: bool, execute: Executor, root: str | None, summary: dict
+) -> int:
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     # promoted.json describes the run whose artifacts lie beside it: gone until this one passes.
     (run_dir / promotion.PROMOTED).unlink(missing_ok=True)
@@ -217,7 +220,10 @@ def _content_hashes(step: Step, run_dir: Path) -> dict | None:
 
 def _say_stopped(stopped: str | None, step: Step, dag: Pipeline) -> None:
     if stopped:
-        print(f"==> {step.name}: {stopped}; skipping {', '.join(s.name for s in dag if s.name in dag.gated())}", flush=True)
+        print(
+            f"==> {step.name}: {stopped}; skipping {', '.join(s.name for s in dag if s.name in dag.gated())}",
+            flush=True,
+        )
 
 
 def condition_unmet(dag: Pipeline, step: Step, run_dir: Path) -> str | None:
@@ -238,7 +244,9 @@ def condition_unmet(dag: Pipeline, step: Step, run_dir: Path) -> str | None:
 def promote(dag: Pipeline, cfg: Config, run_dir: Path, metrics: dict) -> dict | None:
     """Every stage passed, the quality gate included: write ``RUN_DIR/promoted.json`` with the
     INT4 model's path and seal, the metrics and the lineage (``components/common/promotion.py``)."""
-    seals = {(s.name, p.name): (p, artifacts.read_marker(run_dir / s.name / p.name)) for s in dag for p in s.spec.outputs}
+    seals = {
+        (s.name, p.name): (p, artifacts.read_marker(run_dir / s.name / p.name)) for s in dag for p in s.spec.outputs
+    }
     model = next(((k, seal) for k, (p, seal) in seals.items() if p.type == "OnnxModel" and seal), None)
     metrics_seal = next((seal for p, seal in seals.values() if p.type == "Metrics" and seal), None)
     if model is None or metrics_seal is None:
@@ -246,11 +254,20 @@ def promote(dag: Pipeline, cfg: Config, run_dir: Path, metrics: dict) -> dict | 
     dataset = next((seal for p, seal in seals.values() if p.type == "Dataset" and seal), None) or {}
     chain = metrics_seal.get("lineage_params") or {s.name: s.spec.params(cfg) for s in dag}
     (stage, port), model_seal = model
-    record = promotion.record(run_dir / stage / port, model_seal, metrics,
-                              promotion.lineage(chain, dataset.get("content_hash")), run_dir, cfg.name)
+    record = promotion.record(
+        run_dir / stage / port,
+        model_seal,
+        metrics,
+        promotion.lineage(chain, dataset.get("content_hash")),
+        run_dir,
+        cfg.name,
+    )
     promotion.write(run_dir / promotion.PROMOTED, record)
-    print(f"==> promoted: {run_dir / stage / port} (dataset {str(dataset.get('content_hash'))[:12]}); "
-          f"{run_dir / promotion.PROMOTED}", flush=True)
+    print(
+        f"==> promoted: {run_dir / stage / port} (dataset {str(dataset.get('content_hash'))[:12]}); "
+        f"{run_dir / promotion.PROMOTED}",
+        flush=True,
+    )
     return record
 
 
@@ -269,17 +286,21 @@ def list_runs(root: Path) -> list[dict]:
             rows.append({"run": str(run), "status": "unreadable"})
             continue
         promoted = promotion.read(run)
-        onnx = next((v for k, v in summary.get("metrics", {}).items() if k.startswith("onnx") and isinstance(v, dict)), {})
-        rows.append({
-            "run": str(run),
-            "status": summary.get("status", "?"),
-            "reason": summary.get("reason"),
-            "accuracy": onnx.get("accuracy"),
-            "macro_f1": onnx.get("macro_f1"),
-            # promoted.json (local runners), or the summary's flag (kfp-local: KFP's metadata)
-            "promoted": bool(promoted) or summary.get("promoted") is True,
-            "dataset_hash": (promoted or {}).get("lineage", {}).get("dataset_hash"),
-        })
+        onnx = next(
+            (v for k, v in summary.get("metrics", {}).items() if k.startswith("onnx") and isinstance(v, dict)), {}
+        )
+        rows.append(
+            {
+                "run": str(run),
+                "status": summary.get("status", "?"),
+                "reason": summary.get("reason"),
+                "accuracy": onnx.get("accuracy"),
+                "macro_f1": onnx.get("macro_f1"),
+                # promoted.json (local runners), or the summary's flag (kfp-local: KFP's metadata)
+                "promoted": bool(promoted) or summary.get("promoted") is True,
+                "dataset_hash": (promoted or {}).get("lineage", {}).get("dataset_hash"),
+            }
+        )
     return rows
 
 
@@ -292,8 +313,11 @@ def print_runs(rows: list[dict]) -> None:
     for r in rows:
         acc = f"{r['accuracy']:.3f}" if isinstance(r.get("accuracy"), (int, float)) else "-"
         f1 = f"{r['macro_f1']:.3f}" if isinstance(r.get("macro_f1"), (int, float)) else "-"
-        promoted = f"yes (dataset {r['dataset_hash'][:12]})" if r.get("promoted") and r.get("dataset_hash") else \
-            ("yes" if r.get("promoted") else "no")
+        promoted = (
+            f"yes (dataset {r['dataset_hash'][:12]})"
+            if r.get("promoted") and r.get("dataset_hash")
+            else ("yes" if r.get("promoted") else "no")
+        )
         line = f"{r['run']:<{width}}  {r['status']:<8} {acc:>8} {f1:>8}  {promoted}"
         if r.get("reason"):
             line += f"  ({r['reason'][:60]})"
@@ -319,5 +343,7 @@ def print_stages(dag: Pipeline) -> None:
         spec = s.spec
         ins = ", ".join(f"{p.name}:{p.type}<-{s.wires[p.name]}" for p in spec.inputs) or "-"
         outs = ", ".join(f"{p.name}:{p.type}" for p in spec.outputs)
-        print(f"{spec.name:<11} in [{ins}] out [{outs}] params {len(spec.params(cfg))} "
-              f"cpu {spec.cpu.cpu} mem {spec.cpu.memory_gb}G gpu(cuda) {spec.gpu.gpu if spec.gpu else 0}")
+        print(
+            f"{spec.name:<11} in [{ins}] out [{outs}] params {len(spec.params(cfg))} "
+            f"cpu {spec.cpu.cpu} mem {spec.cpu.memory_gb}G gpu(cuda) {spec.gpu.gpu if spec.gpu else 0}"
+        )

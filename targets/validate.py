@@ -13,6 +13,7 @@ checks is checked here too: every image is a valid image reference, KFP's CPU an
 are Kubernetes quantities, and an Argo object's name, namespace and labels follow the
 Kubernetes rules. Every problem found is listed in one ``UserError``.
 """
+
 from __future__ import annotations
 
 import re
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from components.common.errors import UserError
+
 
 def validate_file(path: str | Path, target: str | None = None) -> str:
     """Validate ``path`` (guessing the target when None); return the target. Raises UserError.
@@ -132,7 +134,9 @@ def k8s_metadata_problems(where: str, meta: Any, max_name: int = 253) -> list[st
     if name is None and prefix is None:
         problems.append(f"{where}: needs metadata.name or metadata.generateName")
     if name is not None and (not isinstance(name, str) or not _DNS1123_SUBDOMAIN.match(name) or len(name) > max_name):
-        problems.append(f"{where}.name: {name!r} is not a DNS-1123 name of at most {max_name} characters (a-z, 0-9, '-', '.')")
+        problems.append(
+            f"{where}.name: {name!r} is not a DNS-1123 name of at most {max_name} characters (a-z, 0-9, '-', '.')"
+        )
     # A generateName gets 5 random characters appended; the API server checks it with its trailing '-' masked.
     if prefix is not None:
         masked = prefix[:-1] + "a" if isinstance(prefix, str) and prefix.endswith("-") else prefix
@@ -144,10 +148,18 @@ def k8s_metadata_problems(where: str, meta: Any, max_name: int = 253) -> list[st
     for field in ("labels", "annotations"):
         for key, value in (meta.get(field) or {}).items():
             pre, _, nm = str(key).rpartition("/")
-            if (pre and (not _DNS1123_SUBDOMAIN.match(pre) or len(pre) > 253)) or not _LABEL_NAME.match(nm) or len(nm) > 63:
+            if (
+                (pre and (not _DNS1123_SUBDOMAIN.match(pre) or len(pre) > 253))
+                or not _LABEL_NAME.match(nm)
+                or len(nm) > 63
+            ):
                 problems.append(f"{where}.{field}: key {key!r} is not a valid Kubernetes key ([prefix/]name)")
-            if field == "labels" and (not isinstance(value, str) or (value and (not _LABEL_NAME.match(value) or len(value) > 63))):
-                problems.append(f"{where}.labels.{key}: {value!r} is not a valid label value (at most 63 of A-Z a-z 0-9 - _ .)")
+            if field == "labels" and (
+                not isinstance(value, str) or (value and (not _LABEL_NAME.match(value) or len(value) > 63))
+            ):
+                problems.append(
+                    f"{where}.labels.{key}: {value!r} is not a valid label value (at most 63 of A-Z a-z 0-9 - _ .)"
+                )
     return problems
 
 
@@ -234,7 +246,8 @@ def check_kfp(path: Path) -> list[str]:
                 declared = comp.get(f"{'input' if io == 'inputs' else 'output'}Definitions", {}).get(kind, {})
                 if name not in declared:
                     problems.append(
-                        f"deploymentSpec.executors.{label}: placeholder {io}.{kind}['{name}'] is not declared by {comp_name}"
+                        f"deploymentSpec.executors.{label}: placeholder {io}.{kind}['{name}'] is not declared by "
+                        f"{comp_name}"
                     )
     for label in executors:
         if label not in users:
@@ -251,7 +264,9 @@ def check_kfp(path: Path) -> list[str]:
             if label not in executors:
                 problems.append(f"platform spec: executor {label!r} is not in deploymentSpec.executors")
             for j, sec in enumerate(conf.get("secretAsEnv", [])):
-                name = sec.get("secretName") or sec.get("secretNameParameter", {}).get("runtimeValue", {}).get("constant")
+                name = sec.get("secretName") or sec.get("secretNameParameter", {}).get("runtimeValue", {}).get(
+                    "constant"
+                )
                 if not name or not sec.get("keyToEnv"):
                     problems.append(f"platform spec: {label}.secretAsEnv[{j}]: needs a secret name and keyToEnv")
     return problems
@@ -323,7 +338,9 @@ def _check_kfp_dag(owner: str, holder: dict, components: dict) -> list[str]:
             elif "runtimeValue" in binding:
                 value = binding["runtimeValue"].get("constant")
                 if not _kfp_type_ok(value, decl.get("parameterType")):
-                    problems.append(f"{where}.inputs.parameters.{pname}: {value!r} is not a {decl.get('parameterType')}")
+                    problems.append(
+                        f"{where}.inputs.parameters.{pname}: {value!r} is not a {decl.get('parameterType')}"
+                    )
             elif "taskOutputParameter" in binding:
                 prod = binding["taskOutputParameter"].get("producerTask")
                 if prod not in tasks:
@@ -536,7 +553,11 @@ def _check_argo_spec(kind: str, spec: dict) -> list[str]:
                 text += " " + str(env.get("value", ""))
             for expr in _ARGO_TAG.findall(text):
                 parts = expr.split(".")
-                if len(parts) >= 3 and (parts[0], parts[1]) in declared and parts[2] not in declared[(parts[0], parts[1])]:
+                if (
+                    len(parts) >= 3
+                    and (parts[0], parts[1]) in declared
+                    and parts[2] not in declared[(parts[0], parts[1])]
+                ):
                     problems.append(f"templates.{tname}: {{{{{expr}}}}} names an undeclared {parts[0]} {parts[1][:-1]}")
                 elif parts[0] == "workflow" and parts[1:2] == ["parameters"] and parts[2] not in wf_params:
                     problems.append(f"templates.{tname}: {{{{{expr}}}}} names no workflow parameter")
@@ -557,7 +578,16 @@ def _check_argo_spec(kind: str, spec: dict) -> list[str]:
                 continue
             deps = set(task.get("dependencies") or []) if isinstance(task.get("dependencies"), list) else set()
             for dep in re.findall(r"[A-Za-z0-9][-A-Za-z0-9_]*", str(task.get("depends") or "")):
-                if dep.lower() not in ("succeeded", "failed", "errored", "skipped", "omitted", "daemoned", "anysucceeded", "allfailed"):
+                if dep.lower() not in (
+                    "succeeded",
+                    "failed",
+                    "errored",
+                    "skipped",
+                    "omitted",
+                    "daemoned",
+                    "anysucceeded",
+                    "allfailed",
+                ):
                     deps.add(dep)
             for d in sorted(deps - set(tasks)):
                 problems.append(f"{where}.dependencies: no task {d!r}")
@@ -584,7 +614,9 @@ def _check_argo_spec(kind: str, spec: dict) -> list[str]:
                     continue
                 up_tmpl = templates.get(tasks[up].get("template"), {})
                 if output not in {a.get("name") for a in (up_tmpl.get("outputs") or {}).get("artifacts") or []}:
-                    problems.append(f"{where}.arguments.artifacts.{aname}: task {up!r} has no output artifact {output!r}")
+                    problems.append(
+                        f"{where}.arguments.artifacts.{aname}: task {up!r} has no output artifact {output!r}"
+                    )
                 if up not in deps:
                     problems.append(f"{where}: uses {up}'s output but does not depend on {up!r}")
                 edges[name].add(up)
@@ -597,9 +629,16 @@ def _check_argo_spec(kind: str, spec: dict) -> list[str]:
                 for expr in _ARGO_TAG.findall(str(par.get("value", ""))):
                     parts = expr.split(".")
                     if parts[:2] == ["workflow", "parameters"] and parts[2] not in wf_params:
-                        problems.append(f"{where}.arguments.parameters.{pname}: {{{{{expr}}}}} names no workflow parameter")
+                        problems.append(
+                            f"{where}.arguments.parameters.{pname}: {{{{{expr}}}}} names no workflow parameter"
+                        )
             for pname, decl in in_pars.items():
-                if pname not in given_pars and "value" not in decl and "default" not in decl and "valueFrom" not in decl:
+                if (
+                    pname not in given_pars
+                    and "value" not in decl
+                    and "default" not in decl
+                    and "valueFrom" not in decl
+                ):
                     problems.append(f"{where}: input parameter {pname!r} of template {ref!r} is not given")
         cycle = _cycle(edges)
         if cycle:

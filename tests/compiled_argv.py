@@ -2,6 +2,7 @@
 with every placeholder resolved as the engine would resolve it against a root folder; so a
 test can compare it with the local runner's argv. Test-only: no target needs it at run time.
 """
+
 from __future__ import annotations
 
 import re
@@ -79,7 +80,10 @@ def kfp_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
                 defs = comp.get("inputDefinitions", {}).get("parameters", {})
                 walk(
                     comp["dag"]["tasks"],
-                    {n: param_value(b, defs.get(n, {}), scope_params) for n, b in bindings.get("parameters", {}).items()},
+                    {
+                        n: param_value(b, defs.get(n, {}), scope_params)
+                        for n, b in bindings.get("parameters", {}).items()
+                    },
                     {n: artifact_path(b, scope_artifacts) for n, b in bindings.get("artifacts", {}).items()},
                 )
                 continue
@@ -88,8 +92,11 @@ def kfp_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
             stage = stage_of[task_name]
             defs = comp.get("inputDefinitions", {}).get("parameters", {})
             values = {
-                pname: _kfp_render(param_value(bindings.get("parameters", {}).get(pname), pdef, scope_params),
-                               pdef["parameterType"], encode)
+                pname: _kfp_render(
+                    param_value(bindings.get("parameters", {}).get(pname), pdef, scope_params),
+                    pdef["parameterType"],
+                    encode,
+                )
                 for pname, pdef in defs.items()
             }
             paths: dict[str, str] = {}
@@ -221,7 +228,10 @@ def argo_argvs(path: str | Path, root: str) -> dict[str, list[str]]:
         tmpl = templates[task["template"]]
         stage = stage_of[task["name"]]
         args = task.get("arguments", {})
-        params = {p["name"]: _TAG.sub(lambda m: wf_params[m.group(1).split(".", 2)[2]], str(p["value"])) for p in args.get("parameters", [])}
+        params = {
+            p["name"]: _TAG.sub(lambda m: wf_params[m.group(1).split(".", 2)[2]], str(p["value"]))
+            for p in args.get("parameters", [])
+        }
         arts = {}
         for a in args.get("artifacts", []):
             m = re.fullmatch(r"\{\{tasks\.([^.]+)\.outputs\.artifacts\.([^}]+)\}\}", a["from"])

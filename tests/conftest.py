@@ -1,4 +1,5 @@
 """Shared fixtures: one full pipeline run on the tiny Phi-3, reused by many tests."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,14 @@ def tiny_run(tmp_path_factory) -> Path:
     # With an MLflow file store, as AzureML's MLFLOW_TRACKING_URI would: tests/test_mlflow.py reads it back.
     store = out.parent / "mlruns"
     # (MLflow 3 keeps its file store behind MLFLOW_ALLOW_FILE_STORE; its sqlite store needs SQLAlchemy.)
-    proc = run_pipeline(out, env={"MLFLOW_TRACKING_URI": store.as_uri(), "MLFLOW_EXPERIMENT_NAME": "tiny-run",
-                                  "MLFLOW_ALLOW_FILE_STORE": "true"})
+    proc = run_pipeline(
+        out,
+        env={
+            "MLFLOW_TRACKING_URI": store.as_uri(),
+            "MLFLOW_EXPERIMENT_NAME": "tiny-run",
+            "MLFLOW_ALLOW_FILE_STORE": "true",
+        },
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -28,14 +35,17 @@ def tiny_run(tmp_path_factory) -> Path:
 # The container tests need a Docker daemon (DOCKER_HOST, as `.ci/docker.sh start` exports it)
 # and the CPU stage images. With CI, DOCKER_HOST or SLM_REQUIRE_DOCKER set (as `make test`
 # does), a missing daemon or image FAILS them: they are never silently skipped there.
-REQUIRED = any(os.environ.get(k, "").lower() not in ("", "0", "false", "no") for k in ("CI", "DOCKER_HOST", "SLM_REQUIRE_DOCKER"))
+REQUIRED = any(
+    os.environ.get(k, "").lower() not in ("", "0", "false", "no") for k in ("CI", "DOCKER_HOST", "SLM_REQUIRE_DOCKER")
+)
 
 
 def docker_unavailable(reason: str):
     how = 'set up with `eval "$(bash .ci/docker.sh start)" && bash .ci/docker.sh images`'
     if REQUIRED:
-        pytest.fail(f"container tests required here (CI/DOCKER_HOST/SLM_REQUIRE_DOCKER) but {reason}; {how}",
-                    pytrace=False)
+        pytest.fail(
+            f"container tests required here (CI/DOCKER_HOST/SLM_REQUIRE_DOCKER) but {reason}; {how}", pytrace=False
+        )
     pytest.skip(f"{reason}; {how}")
 
 
@@ -53,10 +63,10 @@ def client():
 def images(client) -> dict[str, str]:
     """The tiny config's stage images, built from this checkout."""
     import docker
+    from helpers import TINY
 
     from components.common.config import load_config
     from components.registry import STAGES
-    from helpers import TINY
     from targets import images as im
 
     cfg = load_config(TINY)

@@ -1,4 +1,5 @@
 """Helpers shared by the test suites: run the CLI and the stages as a user would."""
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-phi3.yaml"
 
 
-def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None = None, **popen) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None = None, **popen
+) -> subprocess.CompletedProcess:
     """Run a command the way a user would: a fresh interpreter, output captured."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=full_env, **popen)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env, **popen
+    )
 
 
 def run_pipeline(out: Path, *overrides: str, config: Path = TINY, **kw) -> subprocess.CompletedProcess:
@@ -29,5 +33,3 @@ def stage_cli(stage: str, *args: str, **kw) -> subprocess.CompletedProcess:
 
 def summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
-
-

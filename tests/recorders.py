@@ -19,6 +19,7 @@ headers and body. Nothing of the clients is replaced; these servers are the only
 Runs progress through ``progression`` (a list of answers to successive GETs of a run; the
 last repeats), so ``--wait`` sees stage state changes and the final state.
 """
+
 from __future__ import annotations
 
 import base64
@@ -75,8 +76,13 @@ class Recorder:
                 url = urllib.parse.urlsplit(self.path)
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
-                req = Request(self.command, url.path, dict(urllib.parse.parse_qsl(url.query)),
-                              {k.lower(): v for k, v in self.headers.items()}, body)
+                req = Request(
+                    self.command,
+                    url.path,
+                    dict(urllib.parse.parse_qsl(url.query)),
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                )
                 recorder.requests.append(req)
                 for method, pattern, fn in recorder.routes:
                     m = re.fullmatch(pattern, url.path)
@@ -84,7 +90,10 @@ class Recorder:
                         code, answer = fn(req, m)
                         break
                 else:
-                    code, answer = 404, {"error": f"no route for {self.command} {url.path}", "code": 5, "message": "not found"}
+                    code, answer = (
+                        404,
+                        {"error": f"no route for {self.command} {url.path}", "code": 5, "message": "not found"},
+                    )
                 data = json.dumps(answer).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -170,30 +179,73 @@ def kfp_routes(run_states: list[dict], existing_pipeline: str | None = None, pre
         return 200, {}
 
     def run_json(state: dict) -> dict:
-        return {"run_id": "run-1", "display_name": "run", "experiment_id": "exp-1", "state": state["state"],
-                "run_details": {"task_details": [{"task_id": f"t-{n}", "display_name": n, "state": s, **_times(s)}
-                                                 for n, s in state.get("tasks", {}).items()]},
-                **({"error": {"message": state["error"]}} if state.get("error") else {})}
+        return {
+            "run_id": "run-1",
+            "display_name": "run",
+            "experiment_id": "exp-1",
+            "state": state["state"],
+            "run_details": {
+                "task_details": [
+                    {"task_id": f"t-{n}", "display_name": n, "state": s, **_times(s)}
+                    for n, s in state.get("tasks", {}).items()
+                ]
+            },
+            **({"error": {"message": state["error"]}} if state.get("error") else {}),
+        }
 
-    return [(method, prefix + pattern, fn) for method, pattern, fn in [
-        ("GET", r"/apis/v2beta1/healthz", lambda r, m: (200, {"multi_user": False})),
-        ("GET", r"/apis/v2beta1/pipelines", pipelines),
-        ("POST", r"/apis/v2beta1/pipelines/upload",
-         lambda r, m: (200, {"pipeline_id": "pipe-1", "display_name": r.query.get("name")})),
-        ("POST", r"/apis/v2beta1/pipelines/upload_version",
-         lambda r, m: (200, {"pipeline_id": r.query.get("pipelineid"), "pipeline_version_id": "ver-2",
-                             "display_name": r.query.get("name")})),
-        ("GET", r"/apis/v2beta1/pipelines/([^/]+)/versions",
-         lambda r, m: (200, {"pipeline_versions": [{"pipeline_id": m.group(1), "pipeline_version_id": "ver-1"}], "total_size": 1})),
-        ("GET", r"/apis/v2beta1/experiments", lambda r, m: (200, {})),
-        ("POST", r"/apis/v2beta1/experiments",
-         lambda r, m: (200, {"experiment_id": "exp-1", "display_name": r.json["display_name"]})),
-        ("POST", r"/apis/v2beta1/runs", lambda r, m: (200, {**r.json, "run_id": "run-1", "state": "PENDING"})),
-        ("GET", r"/apis/v2beta1/runs/run-1", lambda r, m: (200, run_json(runs()))),
-        ("GET", r"/apis/v2beta1/runs/([^/]+)", lambda r, m: (404, {"code": 5, "message": f"run {m.group(1)} not found"})),
-        ("POST", r"/apis/v2beta1/recurringruns",
-         lambda r, m: (200, {**r.json, "recurring_run_id": "rr-1", "status": "ENABLED"})),
-    ]]
+    return [
+        (method, prefix + pattern, fn)
+        for method, pattern, fn in [
+            ("GET", r"/apis/v2beta1/healthz", lambda r, m: (200, {"multi_user": False})),
+            ("GET", r"/apis/v2beta1/pipelines", pipelines),
+            (
+                "POST",
+                r"/apis/v2beta1/pipelines/upload",
+                lambda r, m: (200, {"pipeline_id": "pipe-1", "display_name": r.query.get("name")}),
+            ),
+            (
+                "POST",
+                r"/apis/v2beta1/pipelines/upload_version",
+                lambda r, m: (
+                    200,
+                    {
+                        "pipeline_id": r.query.get("pipelineid"),
+                        "pipeline_version_id": "ver-2",
+                        "display_name": r.query.get("name"),
+                    },
+                ),
+            ),
+            (
+                "GET",
+                r"/apis/v2beta1/pipelines/([^/]+)/versions",
+                lambda r, m: (
+                    200,
+                    {
+                        "pipeline_versions": [{"pipeline_id": m.group(1), "pipeline_version_id": "ver-1"}],
+                        "total_size": 1,
+                    },
+                ),
+            ),
+            ("GET", r"/apis/v2beta1/experiments", lambda r, m: (200, {})),
+            (
+                "POST",
+                r"/apis/v2beta1/experiments",
+                lambda r, m: (200, {"experiment_id": "exp-1", "display_name": r.json["display_name"]}),
+            ),
+            ("POST", r"/apis/v2beta1/runs", lambda r, m: (200, {**r.json, "run_id": "run-1", "state": "PENDING"})),
+            ("GET", r"/apis/v2beta1/runs/run-1", lambda r, m: (200, run_json(runs()))),
+            (
+                "GET",
+                r"/apis/v2beta1/runs/([^/]+)",
+                lambda r, m: (404, {"code": 5, "message": f"run {m.group(1)} not found"}),
+            ),
+            (
+                "POST",
+                r"/apis/v2beta1/recurringruns",
+                lambda r, m: (200, {**r.json, "recurring_run_id": "rr-1", "status": "ENABLED"}),
+            ),
+        ]
+    ]
 
 
 # ------------------------------------------------------------------------------------------
@@ -201,7 +253,8 @@ def kfp_routes(run_states: list[dict], existing_pipeline: str | None = None, pre
 
 
 def argo_routes(run_states: list[dict]) -> list:
-    """``run_states``: successive ``GET /workflows/{ns}/{name}`` answers (``{"phase": ..., "tasks": {task: phase}}``)."""
+    """``run_states``: successive ``GET /workflows/{ns}/{name}`` answers
+    (``{"phase": ..., "tasks": {task: phase}}``)."""
     runs = progression(run_states)
     created: dict[str, Any] = {}
 
@@ -215,13 +268,27 @@ def argo_routes(run_states: list[dict]) -> list:
         if m.group(2) != created.get("wf", {}).get("metadata", {}).get("name"):
             return 404, {"code": 5, "message": f'workflows.argoproj.io "{m.group(2)}" not found'}
         state = runs()
-        wf = dict(created.get("wf") or {"metadata": {}, "spec": {"entrypoint": "main", "templates": [{"name": "main"}]}})
+        wf = dict(
+            created.get("wf") or {"metadata": {}, "spec": {"entrypoint": "main", "templates": [{"name": "main"}]}}
+        )
         wf["metadata"] = {"name": m.group(2), "namespace": m.group(1)}
-        nodes = {f"{m.group(2)}-{i}": {"id": f"{m.group(2)}-{i}", "name": f"{m.group(2)}.{t}", "displayName": t,
-                                       "type": "Pod", "phase": p, "templateName": t,
-                                       **{{"start_time": "startedAt", "end_time": "finishedAt"}[k]: v for k, v in _times(p).items()}}
-                 for i, (t, p) in enumerate(state.get("tasks", {}).items())}
-        wf["status"] = {"phase": state["phase"], "nodes": nodes, **({"message": state["message"]} if state.get("message") else {})}
+        nodes = {
+            f"{m.group(2)}-{i}": {
+                "id": f"{m.group(2)}-{i}",
+                "name": f"{m.group(2)}.{t}",
+                "displayName": t,
+                "type": "Pod",
+                "phase": p,
+                "templateName": t,
+                **{{"start_time": "startedAt", "end_time": "finishedAt"}[k]: v for k, v in _times(p).items()},
+            }
+            for i, (t, p) in enumerate(state.get("tasks", {}).items())
+        }
+        wf["status"] = {
+            "phase": state["phase"],
+            "nodes": nodes,
+            **({"message": state["message"]} if state.get("message") else {}),
+        }
         return 200, wf
 
     def cron(req, m):
@@ -255,10 +322,22 @@ def msi_routes(secret: str) -> list:
             return 401, {"error": "unauthorized"}
         resource = req.query.get("resource", "https://ml.azure.com")
         now = int(time.time())
-        claims = {"aud": resource.rstrip("/") if "ml.azure.com" in resource else resource, "iss": "https://sts.windows.net/t/",
-                  "iat": now, "nbf": now, "exp": now + 3600, "oid": "00000000-0000-0000-0000-000000000001",
-                  "tid": "00000000-0000-0000-0000-0000000000aa", "appid": "loopback"}
-        return 200, {"access_token": jwt(claims), "expires_on": str(now + 3600), "resource": resource, "token_type": "Bearer"}
+        claims = {
+            "aud": resource.rstrip("/") if "ml.azure.com" in resource else resource,
+            "iss": "https://sts.windows.net/t/",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+            "oid": "00000000-0000-0000-0000-000000000001",
+            "tid": "00000000-0000-0000-0000-0000000000aa",
+            "appid": "loopback",
+        }
+        return 200, {
+            "access_token": jwt(claims),
+            "expires_on": str(now + 3600),
+            "resource": resource,
+            "token_type": "Bearer",
+        }
 
     return [("GET", r"/msi/token", token)]
 
@@ -280,29 +359,53 @@ def make_tls(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "slm-pipeline loopback CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     paths = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return paths
 
 
@@ -322,29 +425,64 @@ def azureml_routes(job_states: list[dict]) -> list:
     def echo(req, m, **props):
         body = req.json or {}
         name = req.path.rstrip("/").rsplit("/", 1)[-1]
-        return 200, {"id": req.path, "name": name, "type": "x", **body,
-                     "properties": {**(body.get("properties") or {}), **props}}
+        return 200, {
+            "id": req.path,
+            "name": name,
+            "type": "x",
+            **body,
+            "properties": {**(body.get("properties") or {}), **props},
+        }
 
     def compute(req, m):
-        return 200, {"id": req.path, "name": m.group(4), "location": "westeurope",
-                     "properties": {"computeType": "AmlCompute", "provisioningState": "Succeeded",
-                                    "properties": {"vmSize": "STANDARD_DS3_V2", "scaleSettings": {"maxNodeCount": 4, "minNodeCount": 0}}}}
+        return 200, {
+            "id": req.path,
+            "name": m.group(4),
+            "location": "westeurope",
+            "properties": {
+                "computeType": "AmlCompute",
+                "provisioningState": "Succeeded",
+                "properties": {"vmSize": "STANDARD_DS3_V2", "scaleSettings": {"maxNodeCount": 4, "minNodeCount": 0}},
+            },
+        }
 
     def workspace(req, m):  # its discovery URL points the run-history client back here
-        return 200, {"id": req.path, "name": m.group(3), "location": "westeurope",
-                     "properties": {"discoveryUrl": f"https://{req.headers['host']}/discovery",
-                                    "mlFlowTrackingUri": f"azureml://westeurope.api.azureml.ms/mlflow/v1.0{req.path}",
-                                    "workspaceId": "11111111-2222-3333-4444-555555555555"}}
+        return 200, {
+            "id": req.path,
+            "name": m.group(3),
+            "location": "westeurope",
+            "properties": {
+                "discoveryUrl": f"https://{req.headers['host']}/discovery",
+                "mlFlowTrackingUri": f"azureml://westeurope.api.azureml.ms/mlflow/v1.0{req.path}",
+                "workspaceId": "11111111-2222-3333-4444-555555555555",
+            },
+        }
 
     def discovery(req, m):
         here = f"https://{req.headers['host']}"
-        return 200, {k: here for k in ("api", "catalog", "experimentation", "gallery", "history", "hyperdrive",
-                                        "labeling", "modelmanagement", "pipelines", "studiotrace")}
+        return 200, {
+            k: here
+            for k in (
+                "api",
+                "catalog",
+                "experimentation",
+                "gallery",
+                "history",
+                "hyperdrive",
+                "labeling",
+                "modelmanagement",
+                "pipelines",
+                "studiotrace",
+            )
+        }
 
     def put_job(req, m):
         name = m.group(4)
-        code, body = echo(req, m, status="NotStarted",
-                          services={"Studio": {"endpoint": f"https://ml.azure.com/runs/{name}?wsid=/subscriptions/{m.group(1)}"}})
+        code, body = echo(
+            req,
+            m,
+            status="NotStarted",
+            services={"Studio": {"endpoint": f"https://ml.azure.com/runs/{name}?wsid=/subscriptions/{m.group(1)}"}},
+        )
         jobs[name] = body
         return code, body
 
@@ -353,11 +491,22 @@ def azureml_routes(job_states: list[dict]) -> list:
         props = dict(base["properties"])
         props.update(status=status)
         if parent:
-            props = {"jobType": "Command", "status": status, "displayName": display, "experimentName": "x",
-                     "command": "echo", "environmentId": "azureml:env:1", "computeId": "cpu-cluster",
-                     "properties": {"azureml.parentrunid": parent}}
-        return {"id": base.get("id") or f"/jobs/{name}", "name": name, "type": "Microsoft.MachineLearningServices/workspaces/jobs",
-                "properties": props}
+            props = {
+                "jobType": "Command",
+                "status": status,
+                "displayName": display,
+                "experimentName": "x",
+                "command": "echo",
+                "environmentId": "azureml:env:1",
+                "computeId": "cpu-cluster",
+                "properties": {"azureml.parentrunid": parent},
+            }
+        return {
+            "id": base.get("id") or f"/jobs/{name}",
+            "name": name,
+            "type": "Microsoft.MachineLearningServices/workspaces/jobs",
+            "properties": props,
+        }
 
     def get_job(req, m):
         name = m.group(4)
@@ -369,9 +518,19 @@ def azureml_routes(job_states: list[dict]) -> list:
         parent = m.group(4)
         steps = state().get("steps", {})
         polls["i"] += 1
-        return 200, {"value": [{"runId": f"{parent}_{stage}", "parentRunId": parent, "displayName": stage,
-                                "status": status, "experimentId": "x"}
-                               for stage, status in steps.items()], "nextLink": None}
+        return 200, {
+            "value": [
+                {
+                    "runId": f"{parent}_{stage}",
+                    "parentRunId": parent,
+                    "displayName": stage,
+                    "status": status,
+                    "experimentId": "x",
+                }
+                for stage, status in steps.items()
+            ],
+            "nextLink": None,
+        }
 
     models: dict[str, list[dict]] = {}  # model assets: name -> versions
 
@@ -392,7 +551,11 @@ def azureml_routes(job_states: list[dict]) -> list:
         ("GET", WS, workspace),
         ("PUT", WS + r"/environments/([^/]+)/versions/([^/]+)", lambda r, m: echo(r, m)),
         ("PUT", WS + r"/components/([^/]+)/versions/([^/]+)", lambda r, m: echo(r, m)),
-        ("GET", WS + r"/components/([^/]+)/versions/([^/]+)", lambda r, m: (404, {"error": {"code": "NotFound", "message": "no"}})),
+        (
+            "GET",
+            WS + r"/components/([^/]+)/versions/([^/]+)",
+            lambda r, m: (404, {"error": {"code": "NotFound", "message": "no"}}),
+        ),
         ("PUT", WS + r"/jobs/([^/]+)", put_job),
         ("GET", WS + r"/jobs/([^/]+)", get_job),
         ("GET", r"/history/v1\.0" + WS + r"/runs/([^/]+)/children", children),
@@ -410,12 +573,18 @@ def model_registry_routes() -> list:
 
     def create(kind: str, extra: dict | None = None):
         def handler(req, m):
-            body = {**req.json, **(extra or {}), "id": str(next(ids)), "createTimeSinceEpoch": "1",
-                    "lastUpdateTimeSinceEpoch": "1"}
+            body = {
+                **req.json,
+                **(extra or {}),
+                "id": str(next(ids)),
+                "createTimeSinceEpoch": "1",
+                "lastUpdateTimeSinceEpoch": "1",
+            }
             if m.groups():
                 body["modelVersionId"] = m.group(1)
             store[kind][body["id"]] = body
             return 201, body
+
         return handler
 
     def find(kind: str, **match):
@@ -424,12 +593,17 @@ def model_registry_routes() -> list:
                 if all(item.get(field) == req.query.get(q) for field, q in match.items()):
                     return 200, item
             return 404, {"code": "404", "message": f"no {kind} matches {req.query}"}
+
         return handler
 
     def listing(req, m):
         items = list(store["registered_models"].values())
-        return 200, {"items": items, "size": len(items), "pageSize": int(req.query.get("pageSize", 100)),
-                     "nextPageToken": ""}
+        return 200, {
+            "items": items,
+            "size": len(items),
+            "pageSize": int(req.query.get("pageSize", 100)),
+            "nextPageToken": "",
+        }
 
     api = re.escape(MODEL_REGISTRY_API)
     return [
@@ -448,26 +622,49 @@ def azureml_mlflow_routes(run_id: str, experiment_id: str) -> list:
     mlflow_api = r"/mlflow/v2\.0" + WS + r"/api/2\.0/mlflow"
 
     def get_run(req, m):
-        here = f"azureml://{req.headers['host']}/mlflow/v2.0/subscriptions/{m.group(1)}/resourceGroups/{m.group(2)}" \
-               f"/providers/Microsoft.MachineLearningServices/workspaces/{m.group(3)}"
-        return 200, {"run": {"info": {"run_id": run_id, "experiment_id": experiment_id, "status": "RUNNING",
-                                      "start_time": 1, "lifecycle_stage": "active",
-                                      "artifact_uri": f"{here}/experiments/{experiment_id}/runs/{run_id}/artifacts"},
-                             "data": {"params": [], "metrics": [], "tags": []}}}
+        here = (
+            f"azureml://{req.headers['host']}/mlflow/v2.0/subscriptions/{m.group(1)}/resourceGroups/{m.group(2)}"
+            f"/providers/Microsoft.MachineLearningServices/workspaces/{m.group(3)}"
+        )
+        return 200, {
+            "run": {
+                "info": {
+                    "run_id": run_id,
+                    "experiment_id": experiment_id,
+                    "status": "RUNNING",
+                    "start_time": 1,
+                    "lifecycle_stage": "active",
+                    "artifact_uri": f"{here}/experiments/{experiment_id}/runs/{run_id}/artifacts",
+                },
+                "data": {"params": [], "metrics": [], "tags": []},
+            }
+        }
 
     def empty_artifacts(req, m):
         paths = [p["path"] for p in req.json["paths"]]
         blob = f"https://{req.headers['host']}/devstoreaccount1/azureml/ExperimentRun/dcid.{run_id}"
-        return 200, {"artifacts": {p: {"path": p, "origin": "ExperimentRun", "container": f"dcid.{run_id}"} for p in paths},
-                     "artifactContentInformation": {
-                         p: {"contentUri": f"{blob}/{p}?sv=2021-08-06&sig=sas-CANARY", "origin": "ExperimentRun",
-                             "container": f"dcid.{run_id}", "path": p} for p in paths}}
+        return 200, {
+            "artifacts": {p: {"path": p, "origin": "ExperimentRun", "container": f"dcid.{run_id}"} for p in paths},
+            "artifactContentInformation": {
+                p: {
+                    "contentUri": f"{blob}/{p}?sv=2021-08-06&sig=sas-CANARY",
+                    "origin": "ExperimentRun",
+                    "container": f"dcid.{run_id}",
+                    "path": p,
+                }
+                for p in paths
+            },
+        }
 
     experiment = {"experiment": {"experiment_id": experiment_id, "name": "slm", "lifecycle_stage": "active"}}
     return [
         ("GET", mlflow_api + r"/runs/get", get_run),
         ("GET", mlflow_api + r"/experiments/get", lambda r, m: (200, experiment)),
         ("POST", mlflow_api + r"/runs/(update|log-batch)", lambda r, m: (200, {})),
-        ("POST", r"/history/v1\.0" + WS + r"/experiments/([^/]+)/runs/([^/]+)/artifacts/batch/metadata", empty_artifacts),
+        (
+            "POST",
+            r"/history/v1\.0" + WS + r"/experiments/([^/]+)/runs/([^/]+)/artifacts/batch/metadata",
+            empty_artifacts,
+        ),
         ("PUT", r"/devstoreaccount1/azureml/ExperimentRun/.+", lambda r, m: (201, {})),
     ]

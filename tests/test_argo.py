@@ -6,6 +6,7 @@ model-cache volume, the service account, retries that skip deterministic failure
 The compiled-file basics (argv equivalence, wiring checks, broken references) are in
 tests/test_compile.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -82,8 +83,14 @@ def test_every_stage_mounts_the_model_cache(workflows, config):
 
 
 def test_cache_claim_and_artifact_repository_are_settings(tmp_path):
-    cfg = load_config(REPO / CONFIGS[0], ["targets.argo.cache_claim=team-cache", "targets.argo.artifact_repository_key=gcs-v2",
-                                          "targets.argo.artifact_repository_configmap=repos"])
+    cfg = load_config(
+        REPO / CONFIGS[0],
+        [
+            "targets.argo.cache_claim=team-cache",
+            "targets.argo.artifact_repository_key=gcs-v2",
+            "targets.argo.artifact_repository_configmap=repos",
+        ],
+    )
     wf = yaml.safe_load(argo.compile_pipeline(DAG, cfg, tmp_path / "a.yaml").read_text())
     assert wf["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "team-cache"
     assert wf["spec"]["artifactRepositoryRef"] == {"configMap": "repos", "key": "gcs-v2"}
@@ -126,14 +133,17 @@ class _ExprScope(dict):
         raise NameError(f"the retry expression uses {key!r}, which Argo does not offer")
 
 
-@pytest.mark.parametrize("status,code,retried", [
-    ("Failed", "1", True),      # a crash
-    ("Failed", "137", True),    # OOM-killed
-    ("Failed", "143", True),    # SIGTERM: preempted / spot node reclaimed
-    ("Error", "-1", True),      # pod deleted, node lost: no exit code
-    ("Failed", "2", False),     # bad input or config: the same again
-    ("Failed", "3", False),     # the quality gate failed: the same again
-])
+@pytest.mark.parametrize(
+    "status,code,retried",
+    [
+        ("Failed", "1", True),  # a crash
+        ("Failed", "137", True),  # OOM-killed
+        ("Failed", "143", True),  # SIGTERM: preempted / spot node reclaimed
+        ("Error", "-1", True),  # pod deleted, node lost: no exit code
+        ("Failed", "2", False),  # bad input or config: the same again
+        ("Failed", "3", False),  # the quality gate failed: the same again
+    ],
+)
 def test_retry_expression_skips_deterministic_exit_codes(status, code, retried):
     """The expression uses only `or`, `and`, `==`, `not in`, list literals and Argo's asInt, whose
     meaning is the same in Argo's expression language and in Python, so Python evaluates it here;
@@ -159,7 +169,10 @@ def test_shipped_schemas_are_the_upstream_files_and_derived_is_current():
     assert "Apache License" in (argo_schema.SCHEMA_DIR / "LICENSE").read_text()[:500]
     for kind in argo_schema.KINDS:
         doc = json.loads(argo_schema.derived_path(kind).read_text())
-        assert doc["sha256"] == hashlib.sha256((argo_schema.SCHEMA_DIR / argo_schema.CRD_FILES[kind]).read_bytes()).hexdigest()
+        assert (
+            doc["sha256"]
+            == hashlib.sha256((argo_schema.SCHEMA_DIR / argo_schema.CRD_FILES[kind]).read_bytes()).hexdigest()
+        )
         assert doc["openAPIV3Schema"] == argo_schema._derive(kind), f"derived/ is stale for {kind}: --refresh"
 
 
@@ -176,30 +189,80 @@ def test_accepts_argo_documented_shapes_of_the_features_we_use(tmp_path):
     emit (string retry limit, expression, backoff cap, PVC volume, artifactRepositoryRef,
     archive none, depends, secret env, GPU resources, tolerations) validates."""
     wf = {
-        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
-        "metadata": {"generateName": "docs-shape-", "namespace": "slm-pipeline", "labels": {"app.kubernetes.io/name": "x"}},
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {
+            "generateName": "docs-shape-",
+            "namespace": "slm-pipeline",
+            "labels": {"app.kubernetes.io/name": "x"},
+        },
         "spec": {
-            "entrypoint": "main", "serviceAccountName": "slm-pipeline",
+            "entrypoint": "main",
+            "serviceAccountName": "slm-pipeline",
             "artifactRepositoryRef": {"configMap": "artifact-repositories", "key": "slm-pipeline"},
             "volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": "slm-model-cache"}}],
             "arguments": {"parameters": [{"name": "steps", "value": "10"}]},
             "templates": [
-                {"name": "main", "dag": {"tasks": [
-                    {"name": "produce", "template": "produce", "arguments": {"parameters": [{"name": "steps", "value": "{{workflow.parameters.steps}}"}]}},
-                    {"name": "consume", "template": "consume", "depends": "produce",
-                     "arguments": {"artifacts": [{"name": "model", "from": "{{tasks.produce.outputs.artifacts.model}}"}]}},
-                ]}},
-                {"name": "produce", "inputs": {"parameters": [{"name": "steps"}]},
-                 "retryStrategy": {"limit": "10", "retryPolicy": "Always", "expression": "asInt(lastRetry.exitCode) > 1",
-                                   "backoff": {"duration": "1m", "factor": "2", "cap": "10m"}},
-                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                 "container": {"image": "python:3.11", "command": ["python", "-c"], "args": ["print({{inputs.parameters.steps}})"],
-                               "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": True}}}],
-                               "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"nvidia.com/gpu": "1", "memory": "1.5Gi"}},
-                               "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]},
-                 "outputs": {"artifacts": [{"name": "model", "path": "/tmp/model", "archive": {"none": {}}}]}},
-                {"name": "consume", "inputs": {"artifacts": [{"name": "model", "path": "/tmp/model"}]},
-                 "container": {"image": "registry.example.com:5000/team/consume@sha256:" + "0" * 64, "command": ["ls", "/tmp/model"]}},
+                {
+                    "name": "main",
+                    "dag": {
+                        "tasks": [
+                            {
+                                "name": "produce",
+                                "template": "produce",
+                                "arguments": {
+                                    "parameters": [{"name": "steps", "value": "{{workflow.parameters.steps}}"}]
+                                },
+                            },
+                            {
+                                "name": "consume",
+                                "template": "consume",
+                                "depends": "produce",
+                                "arguments": {
+                                    "artifacts": [
+                                        {"name": "model", "from": "{{tasks.produce.outputs.artifacts.model}}"}
+                                    ]
+                                },
+                            },
+                        ]
+                    },
+                },
+                {
+                    "name": "produce",
+                    "inputs": {"parameters": [{"name": "steps"}]},
+                    "retryStrategy": {
+                        "limit": "10",
+                        "retryPolicy": "Always",
+                        "expression": "asInt(lastRetry.exitCode) > 1",
+                        "backoff": {"duration": "1m", "factor": "2", "cap": "10m"},
+                    },
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    "container": {
+                        "image": "python:3.11",
+                        "command": ["python", "-c"],
+                        "args": ["print({{inputs.parameters.steps}})"],
+                        "env": [
+                            {
+                                "name": "HF_TOKEN",
+                                "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": True}},
+                            }
+                        ],
+                        "resources": {
+                            "requests": {"cpu": "500m", "memory": "1Gi"},
+                            "limits": {"nvidia.com/gpu": "1", "memory": "1.5Gi"},
+                        },
+                        "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+                    },
+                    "outputs": {"artifacts": [{"name": "model", "path": "/tmp/model", "archive": {"none": {}}}]},
+                },
+                {
+                    "name": "consume",
+                    "inputs": {"artifacts": [{"name": "model", "path": "/tmp/model"}]},
+                    "container": {
+                        "image": "registry.example.com:5000/team/consume@sha256:" + "0" * 64,
+                        "command": ["ls", "/tmp/model"],
+                    },
+                },
             ],
         },
     }
@@ -224,29 +287,57 @@ def _rename_train_template(wf):
 
 ARGO_BAD = {
     "template name": (_rename_train_template, "'Train_Stage!' is not a valid Argo template/task name"),
-    "memory quantity": (lambda wf: _argo_template(wf, "train")["container"]["resources"]["limits"].update(memory="lots"),
-                        "'lots' is not a Kubernetes quantity"),
-    "image reference": (lambda wf: _argo_template(wf, "merge")["container"].update(image="not a valid image ref"),
-                        "'not a valid image ref' is not a valid image reference"),
-    "integer retry limit": (lambda wf: _argo_template(wf, "merge")["retryStrategy"].update(limit=2),
-                            "retryStrategy.limit: 2 is not of type 'string' [Argo JSON schema]"),
-    "integer backoff factor": (lambda wf: _argo_template(wf, "merge")["retryStrategy"]["backoff"].update(factor=2),
-                               "backoff.factor: 2 is not of type 'string' [Argo JSON schema]"),
-    "unknown container key": (lambda wf: _argo_template(wf, "merge")["container"].update(imagePullPolicyy="Always"),
-                              "container: unknown key 'imagePullPolicyy' [Argo CRD + JSON schema]"),
-    "unknown spec key": (lambda wf: wf["spec"].update(artifactRepository={"configMap": "x"}),
-                         "spec: unknown key 'artifactRepository'"),
-    "two template types (CEL rule)": (lambda wf: _argo_template(wf, "merge").update(script={"image": "python:3.11", "source": "1"}),
-                                      "spec.templates: template must have at most one template type [Argo CRD rule]"),
+    "memory quantity": (
+        lambda wf: _argo_template(wf, "train")["container"]["resources"]["limits"].update(memory="lots"),
+        "'lots' is not a Kubernetes quantity",
+    ),
+    "image reference": (
+        lambda wf: _argo_template(wf, "merge")["container"].update(image="not a valid image ref"),
+        "'not a valid image ref' is not a valid image reference",
+    ),
+    "integer retry limit": (
+        lambda wf: _argo_template(wf, "merge")["retryStrategy"].update(limit=2),
+        "retryStrategy.limit: 2 is not of type 'string' [Argo JSON schema]",
+    ),
+    "integer backoff factor": (
+        lambda wf: _argo_template(wf, "merge")["retryStrategy"]["backoff"].update(factor=2),
+        "backoff.factor: 2 is not of type 'string' [Argo JSON schema]",
+    ),
+    "unknown container key": (
+        lambda wf: _argo_template(wf, "merge")["container"].update(imagePullPolicyy="Always"),
+        "container: unknown key 'imagePullPolicyy' [Argo CRD + JSON schema]",
+    ),
+    "unknown spec key": (
+        lambda wf: wf["spec"].update(artifactRepository={"configMap": "x"}),
+        "spec: unknown key 'artifactRepository'",
+    ),
+    "two template types (CEL rule)": (
+        lambda wf: _argo_template(wf, "merge").update(script={"image": "python:3.11", "source": "1"}),
+        "spec.templates: template must have at most one template type [Argo CRD rule]",
+    ),
     "depends and dependencies (CEL rule)": (
-        lambda wf: next(t for t in _argo_template(wf, "main")["dag"]["tasks"] if t["name"] == "merge").update(depends="train"),
-        "cannot use both 'depends' and 'dependencies' [Argo CRD rule]"),
-    "artifact name": (lambda wf: _argo_template(wf, "train")["outputs"]["artifacts"][0].update(name="my adapter"),
-                      "'my adapter' is not a valid Argo artifact name"),
-    "generateName": (lambda wf: wf["metadata"].update(generateName="Phi3_Mini-"), "metadata.generateName: 'Phi3_Mini-'"),
+        lambda wf: next(t for t in _argo_template(wf, "main")["dag"]["tasks"] if t["name"] == "merge").update(
+            depends="train"
+        ),
+        "cannot use both 'depends' and 'dependencies' [Argo CRD rule]",
+    ),
+    "artifact name": (
+        lambda wf: _argo_template(wf, "train")["outputs"]["artifacts"][0].update(name="my adapter"),
+        "'my adapter' is not a valid Argo artifact name",
+    ),
+    "generateName": (
+        lambda wf: wf["metadata"].update(generateName="Phi3_Mini-"),
+        "metadata.generateName: 'Phi3_Mini-'",
+    ),
     "namespace": (lambda wf: wf["metadata"].update(namespace="SLM Pipeline"), "metadata.namespace: 'SLM Pipeline'"),
-    "label value": (lambda wf: wf["metadata"]["labels"].update({"slm-pipeline/config": "a b"}), "is not a valid label value"),
-    "kind": (lambda wf: wf.update(kind="WorkflowTemplate"), "kind 'WorkflowTemplate' is not one of Workflow, CronWorkflow"),
+    "label value": (
+        lambda wf: wf["metadata"]["labels"].update({"slm-pipeline/config": "a b"}),
+        "is not a valid label value",
+    ),
+    "kind": (
+        lambda wf: wf.update(kind="WorkflowTemplate"),
+        "kind 'WorkflowTemplate' is not one of Workflow, CronWorkflow",
+    ),
 }
 
 
@@ -312,17 +403,20 @@ def test_validate_cli_rejects_bad_azureml_image(tmp_path, capsys):
     assert "environment.image: 'not a valid image ref' is not a valid image reference" in err, err
 
 
-@pytest.mark.parametrize("image,ok", [
-    ("ghcr.io/example/slm-pipeline/data_prep:0.1.0", True),
-    ("localhost/slm-pipeline/train:0.1.0-cuda", True),
-    ("python:3.11", True),
-    ("registry.example.com:5000/a/b@sha256:" + "a" * 64, True),
-    ("not a valid image ref", False),
-    ("Upper/case", False),
-    ("a//b:1", False),
-    ("name:bad tag", False),
-    ("repo@sha256:short", False),
-])
+@pytest.mark.parametrize(
+    "image,ok",
+    [
+        ("ghcr.io/example/slm-pipeline/data_prep:0.1.0", True),
+        ("localhost/slm-pipeline/train:0.1.0-cuda", True),
+        ("python:3.11", True),
+        ("registry.example.com:5000/a/b@sha256:" + "a" * 64, True),
+        ("not a valid image ref", False),
+        ("Upper/case", False),
+        ("a//b:1", False),
+        ("name:bad tag", False),
+        ("repo@sha256:short", False),
+    ],
+)
 def test_image_reference_grammar(image, ok):
     from targets.validate import image_problem
 

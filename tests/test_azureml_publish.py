@@ -7,6 +7,7 @@ atomically. These tests give real stages a real mount point (a tmpfs, so they ne
 CI has) and check that the output is sealed, verifies and feeds the next stage, and that a
 stage killed part-way leaves no valid marker.
 """
+
 from __future__ import annotations
 
 import errno
@@ -41,8 +42,9 @@ def mount(tmp_path):
 
     def make(path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(path)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(path)], capture_output=True, text=True
+        )
         assert proc.returncode == 0, f"mount -t tmpfs {path}: {proc.stderr.strip()}"
         made.append(path)
         assert os.path.ismount(path)
@@ -59,8 +61,9 @@ def _stage(stage: str, run: Path, *extra: str) -> list[str]:
 
 
 def _run(stage: str, run: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(_stage(stage, run, *extra), env={**ENV, **(env or {})}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        _stage(stage, run, *extra), env={**ENV, **(env or {})}, cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 def _assert_sealed_in_place(folder: Path, artifact_type: str) -> dict:
@@ -69,7 +72,8 @@ def _assert_sealed_in_place(folder: Path, artifact_type: str) -> dict:
     assert not (folder / (MARKER + ".part")).exists()
     assert not list(folder.parent.glob(f".{folder.name}.*")), "nothing may be left beside the mount point"
     assert sorted(marker["files"]) == sorted(
-        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
+        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MARKER
+    )
     return marker
 
 
@@ -142,8 +146,14 @@ def test_interrupted_stage_empties_its_mounted_output(tmp_path, mount):
     artifacts.verify(adapter, "Model")
 
     ckpt = tmp_path / "ckpt"
-    proc = subprocess.Popen(_stage("train", run, "--train.max_steps", "400"), env={**ENV, "SLM_CHECKPOINT_DIR": str(ckpt)},
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _stage("train", run, "--train.max_steps", "400"),
+        env={**ENV, "SLM_CHECKPOINT_DIR": str(ckpt)},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
         if list(ckpt.glob("*/latest/meta.json")):  # training is under way

@@ -1,5 +1,6 @@
 """components/train/checkpoints.py: a restore loads exactly the saved trainable parameters, or refuses
 with the names that do not fit (never a partial copy)."""
+
 from __future__ import annotations
 
 import pytest
@@ -40,11 +41,15 @@ def test_restore_round_trip_ignores_frozen_parameters(saved):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("layers, expected", [
-    ({"x": (3, 2), "y": (2, 2)}, "missing y.bias, y.weight"),
-    ({"z": (3, 2)}, "missing z.bias, z.weight; unexpected x.bias, x.weight"),
-    ({"x": (4, 2)}, "with another shape x.weight"),
-], ids=["missing", "unexpected", "shape"])
+@pytest.mark.parametrize(
+    "layers, expected",
+    [
+        ({"x": (3, 2), "y": (2, 2)}, "missing y.bias, y.weight"),
+        ({"z": (3, 2)}, "missing z.bias, z.weight; unexpected x.bias, x.weight"),
+        ({"x": (4, 2)}, "with another shape x.weight"),
+    ],
+    ids=["missing", "unexpected", "shape"],
+)
 def test_restore_refuses_keys_that_do_not_fit(saved, layers, expected):
     m = model(**layers)
     before = [p.clone() for p in m.parameters()]

@@ -1,13 +1,14 @@
 """The CLI's help and errors, and the config fields' descriptions where users meet them:
 --help, the stages' own --help, and the compiled KFP and AzureML parameters."""
+
 from __future__ import annotations
 
 import pytest
 import yaml
+from helpers import TINY, stage_cli
 
 import pipeline
 from components.common.config import Config, describe, flatten
-from helpers import TINY, stage_cli
 from pipeline import DAG
 
 VERBS = ["run", "compile", "validate", "submit", "status", "schedule", "import-olive", "stages", "runs"]
@@ -50,8 +51,10 @@ def test_stage_help_shows_descriptions():
 def test_an_error_is_one_line_and_a_hint(tmp_path, capsys):
     assert pipeline.main(["run", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: config file not found: {tmp_path / 'nope.yaml'}",
-                   "hint: python pipeline.py run --help has the options and examples; --debug shows the traceback"]
+    assert err == [
+        f"error: config file not found: {tmp_path / 'nope.yaml'}",
+        "hint: python pipeline.py run --help has the options and examples; --debug shows the traceback",
+    ]
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -72,8 +75,12 @@ def test_compiled_parameters_carry_the_descriptions(tmp_path):
     assert train["train_lora_r"]["description"] == "LoRA rank. (--train.lora.r)"
     root = ir["root"]["inputDefinitions"]["parameters"]
     assert root["data_path"]["description"].startswith(describe("data.path"))
-    assert ir["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]["metrics_report"]["artifactType"]["schemaTitle"] \
+    assert (
+        ir["components"]["comp-evaluate"]["outputDefinitions"]["artifacts"]["metrics_report"]["artifactType"][
+            "schemaTitle"
+        ]
         == "system.HTML"
+    )
 
     azureml.compile_pipeline(DAG, cfg, tmp_path / "az")
     comp = yaml.safe_load((tmp_path / "az" / "components" / "train.yml").read_text())

@@ -7,6 +7,7 @@ the pipeline spec sent, the run parameters, the cron in each engine's dialect; a
 canary secret set in the environment appears in a compiled file, a log line or a request
 body (the Authorization header carries the engine's token, as it must).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,9 @@ import re
 from pathlib import Path
 
 import pytest
+import recorders
 import yaml
 
-import recorders
 from components.common.config import load_config
 from components.common.errors import UserError
 from pipeline import DAG, main
@@ -43,8 +44,16 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 def canaries(monkeypatch):
     for k, v in CANARIES.items():
         monkeypatch.setenv(k, v)
-    for k in ("KF_PIPELINES_ENDPOINT", "ARGO_SERVER", "ARGO_NAMESPACE", "AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP",
-              "AZUREML_WORKSPACE_NAME", "AZURE_CLIENT_ID", "AZURE_TENANT_ID"):
+    for k in (
+        "KF_PIPELINES_ENDPOINT",
+        "ARGO_SERVER",
+        "ARGO_NAMESPACE",
+        "AZURE_SUBSCRIPTION_ID",
+        "AZURE_RESOURCE_GROUP",
+        "AZUREML_WORKSPACE_NAME",
+        "AZURE_CLIENT_ID",
+        "AZURE_TENANT_ID",
+    ):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("SLM_POLL_SECONDS", "0")
     monkeypatch.setenv("HOME", str(REPO / "tests" / "data"))  # no kfp CLI context or kube config of the host's
@@ -93,10 +102,23 @@ def test_the_registry_is_the_one_list_of_engines():
         assert target.name == name and target.settings.model_fields  # typed settings per engine
 
 
-@pytest.mark.parametrize("command", [["compile", "--out", "/nonexistent/x"], ["submit"], ["schedule", "--cron", "0 3 * * 1"]])
+@pytest.mark.parametrize(
+    "command", [["compile", "--out", "/nonexistent/x"], ["submit"], ["schedule", "--cron", "0 3 * * 1"]]
+)
 def test_a_typo_in_target_settings_fails_every_command(capsys, caplog, command):
-    code, out = cli(capsys, caplog, command[0], "--target", "kfp", "--config", CONFIG,
-                    "--set", "targets.kfp.shedule=0 3 * * 1", *command[1:], *(["--host", "http://127.0.0.1:9"] if command[0] != "compile" else []))
+    code, out = cli(
+        capsys,
+        caplog,
+        command[0],
+        "--target",
+        "kfp",
+        "--config",
+        CONFIG,
+        "--set",
+        "targets.kfp.shedule=0 3 * * 1",
+        *command[1:],
+        *(["--host", "http://127.0.0.1:9"] if command[0] != "compile" else []),
+    )
     assert code == 2 and "targets.kfp.shedule: unknown key" in out and "Traceback" not in out
     with pytest.raises(UserError, match=r"targets\.argo\.namespce: unknown key"):
         load_config(CONFIG, ["targets.argo.namespce=x"])
@@ -110,8 +132,19 @@ def test_a_typo_in_target_settings_fails_every_command(capsys, caplog, command):
 
 def test_kfp_submit_uploads_the_pipeline_and_starts_a_run_with_the_run_parameters(capsys, caplog, tmp_path):
     with recorders.Recorder(recorders.kfp_routes([{"state": "PENDING"}])) as rec:
-        code, out = cli(capsys, caplog, "submit", "--target", "kfp", "--host", rec.url, "--config", CONFIG,
-                        "--set", "train.lora.r=32")
+        code, out = cli(
+            capsys,
+            caplog,
+            "submit",
+            "--target",
+            "kfp",
+            "--host",
+            rec.url,
+            "--config",
+            CONFIG,
+            "--set",
+            "train.lora.r=32",
+        )
     assert code == 0, out
     assert "submitted Kubeflow Pipelines run run-1" in out
     assert rec.calls() == [
@@ -147,32 +180,55 @@ def test_kfp_submit_of_a_known_pipeline_uploads_a_new_version(capsys, caplog):
     with recorders.Recorder(recorders.kfp_routes([{"state": "PENDING"}], existing_pipeline=NAME)) as rec:
         code, out = cli(capsys, caplog, "submit", "--target", "kfp", "--host", rec.url, "--config", CONFIG)
     assert code == 0, out
-    assert rec.calls()[:3] == [("GET", "/apis/v2beta1/healthz"), ("GET", "/apis/v2beta1/pipelines"),
-                               ("POST", "/apis/v2beta1/pipelines/upload_version")]
+    assert rec.calls()[:3] == [
+        ("GET", "/apis/v2beta1/healthz"),
+        ("GET", "/apis/v2beta1/pipelines"),
+        ("POST", "/apis/v2beta1/pipelines/upload_version"),
+    ]
     assert rec.requests[2].query["pipelineid"] == "pipe-1"
     assert rec.requests[2].query["name"].startswith(NAME + "-")
     assert yaml.safe_load_all(recorders.multipart_file(rec.requests[2])).__next__()["pipelineInfo"]["name"] == NAME
-    assert rec.find("POST", "/apis/v2beta1/runs")[0].json["pipeline_version_reference"] == {"pipeline_id": "pipe-1", "pipeline_version_id": "ver-2"}
+    assert rec.find("POST", "/apis/v2beta1/runs")[0].json["pipeline_version_reference"] == {
+        "pipeline_id": "pipe-1",
+        "pipeline_version_id": "ver-2",
+    }
 
 
 def test_kfp_submit_wait_follows_the_run_to_success(capsys, caplog):
-    states = [{"state": "RUNNING", "tasks": {"data_prep": "RUNNING"}},
-              {"state": "RUNNING", "tasks": RUNNING},
-              {"state": "SUCCEEDED", "tasks": {s: "SUCCEEDED" for s in STAGES}}]
+    states = [
+        {"state": "RUNNING", "tasks": {"data_prep": "RUNNING"}},
+        {"state": "RUNNING", "tasks": RUNNING},
+        {"state": "SUCCEEDED", "tasks": {s: "SUCCEEDED" for s in STAGES}},
+    ]
     with recorders.Recorder(recorders.kfp_routes(states)) as rec:
         code, out = cli(capsys, caplog, "submit", "--target", "kfp", "--host", rec.url, "--config", CONFIG, "--wait")
     assert code == 0, out
     lines = [ln for ln in out.splitlines() if ln.startswith("[") and ln.split(" ")[0].strip("[]") in STAGES]
-    assert lines == ["[data_prep] pending", "[train] pending", "[merge] pending", "[onnx_build] pending", "[evaluate] pending",
-                     "[data_prep] running", "[data_prep] succeeded", "[train] running", "[train] succeeded",
-                     "[merge] succeeded", "[onnx_build] succeeded", "[evaluate] succeeded"]
+    assert lines == [
+        "[data_prep] pending",
+        "[train] pending",
+        "[merge] pending",
+        "[onnx_build] pending",
+        "[evaluate] pending",
+        "[data_prep] running",
+        "[data_prep] succeeded",
+        "[train] running",
+        "[train] succeeded",
+        "[merge] succeeded",
+        "[onnx_build] succeeded",
+        "[evaluate] succeeded",
+    ]
     assert "run run-1: succeeded" in out
-    assert [c for c in rec.calls() if c[0] == "GET" and c[1].startswith("/apis/v2beta1/runs/")] == [("GET", "/apis/v2beta1/runs/run-1")] * 3
+    assert [c for c in rec.calls() if c[0] == "GET" and c[1].startswith("/apis/v2beta1/runs/")] == [
+        ("GET", "/apis/v2beta1/runs/run-1")
+    ] * 3
 
 
 def test_kfp_wait_exits_non_zero_when_the_run_fails(capsys, caplog):
-    states = [{"state": "RUNNING", "tasks": RUNNING},
-              {"state": "FAILED", "tasks": {"data_prep": "SUCCEEDED", "train": "FAILED"}, "error": "train: exit 1"}]
+    states = [
+        {"state": "RUNNING", "tasks": RUNNING},
+        {"state": "FAILED", "tasks": {"data_prep": "SUCCEEDED", "train": "FAILED"}, "error": "train: exit 1"},
+    ]
     with recorders.Recorder(recorders.kfp_routes(states)) as rec:
         code, out = cli(capsys, caplog, "submit", "--target", "kfp", "--host", rec.url, "--config", CONFIG, "--wait")
     assert code == 1
@@ -186,8 +242,14 @@ def test_kfp_status_prints_the_stage_table(capsys, caplog, monkeypatch):
         assert code == 0, out
         assert rec.calls() == [("GET", "/apis/v2beta1/healthz"), ("GET", "/apis/v2beta1/runs/run-1")]
         table = [ln.split() for ln in out.splitlines() if ln.split() and ln.split()[0] in STAGES + ["stage"]]
-        assert table == [["stage", "status", "seconds"], ["data_prep", "succeeded", "42.0"], ["train", "running", "-"],
-                         ["merge", "pending", "-"], ["onnx_build", "pending", "-"], ["evaluate", "pending", "-"]]
+        assert table == [
+            ["stage", "status", "seconds"],
+            ["data_prep", "succeeded", "42.0"],
+            ["train", "running", "-"],
+            ["merge", "pending", "-"],
+            ["onnx_build", "pending", "-"],
+            ["evaluate", "pending", "-"],
+        ]
         code, out = cli(capsys, caplog, "status", "--target", "kfp", "run-404")
     assert code == 2 and "KFP at http://127.0.0.1" in out and "HTTP 404" in out and "run run-404 not found" in out
 
@@ -197,14 +259,22 @@ def test_kfp_without_a_host_goes_through_the_kube_context(capsys, caplog, tmp_pa
     server (its service proxy), with the context's credentials."""
     kube_token = "kube-CANARY-token-0e77"
     proxy = r"/api/v1/namespaces/kubeflow/services/ml-pipeline:http/proxy/*"
-    with recorders.Recorder(recorders.kfp_routes([{"state": "SUCCEEDED", "tasks": {s: "SUCCEEDED" for s in STAGES}}],
-                                                 prefix=proxy)) as rec:
+    with recorders.Recorder(
+        recorders.kfp_routes([{"state": "SUCCEEDED", "tasks": {s: "SUCCEEDED" for s in STAGES}}], prefix=proxy)
+    ) as rec:
         kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "loopback",
-            "clusters": [{"name": "loopback", "cluster": {"server": rec.url}}],
-            "users": [{"name": "me", "user": {"token": kube_token}}],
-            "contexts": [{"name": "loopback", "context": {"cluster": "loopback", "user": "me"}}]}))
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "loopback",
+                    "clusters": [{"name": "loopback", "cluster": {"server": rec.url}}],
+                    "users": [{"name": "me", "user": {"token": kube_token}}],
+                    "contexts": [{"name": "loopback", "context": {"cluster": "loopback", "user": "me"}}],
+                }
+            )
+        )
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         monkeypatch.delenv("KF_PIPELINES_TOKEN")
         code, out = cli(capsys, caplog, "status", "--target", "kfp", "run-1")
@@ -212,7 +282,11 @@ def test_kfp_without_a_host_goes_through_the_kube_context(capsys, caplog, tmp_pa
     assert [c for c in rec.calls() if c[1].endswith("/runs/run-1")]
     assert all(re.fullmatch(proxy + r"/apis/v2beta1/.*", p) for _, p in rec.calls())
     assert all(r.headers["authorization"] == f"Bearer {kube_token}" for r in rec.requests)
-    assert kube_token not in out and "[evaluate]" not in out and ["evaluate", "succeeded", "42.0"] in [ln.split() for ln in out.splitlines()]
+    assert (
+        kube_token not in out
+        and "[evaluate]" not in out
+        and ["evaluate", "succeeded", "42.0"] in [ln.split() for ln in out.splitlines()]
+    )
 
 
 def test_kfp_without_any_host_says_how_to_give_one(capsys, caplog, tmp_path, monkeypatch):
@@ -223,8 +297,9 @@ def test_kfp_without_any_host_says_how_to_give_one(capsys, caplog, tmp_path, mon
 
 def test_kfp_schedule_creates_a_recurring_run_in_kfp_cron(capsys, caplog):
     with recorders.Recorder(recorders.kfp_routes([])) as rec:
-        code, out = cli(capsys, caplog, "schedule", "--target", "kfp", "--host", rec.url, "--config", CONFIG,
-                        "--cron", "0 3 * * 1")
+        code, out = cli(
+            capsys, caplog, "schedule", "--target", "kfp", "--host", rec.url, "--config", CONFIG, "--cron", "0 3 * * 1"
+        )
     assert code == 0, out
     assert rec.calls()[-1] == ("POST", "/apis/v2beta1/recurringruns")
     body = rec.requests[-1].json
@@ -239,8 +314,19 @@ def test_kfp_schedule_creates_a_recurring_run_in_kfp_cron(capsys, caplog):
 
 def test_kfp_schedule_reads_the_cron_from_the_config(capsys, caplog):
     with recorders.Recorder(recorders.kfp_routes([])) as rec:
-        code, out = cli(capsys, caplog, "schedule", "--target", "kfp", "--host", rec.url, "--config", CONFIG,
-                        "--set", "targets.kfp.schedule=30 2 * * 0")
+        code, out = cli(
+            capsys,
+            caplog,
+            "schedule",
+            "--target",
+            "kfp",
+            "--host",
+            rec.url,
+            "--config",
+            CONFIG,
+            "--set",
+            "targets.kfp.schedule=30 2 * * 0",
+        )
     assert code == 0, out
     assert rec.requests[-1].json["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * 0"
 
@@ -249,7 +335,11 @@ def test_unreachable_kfp_is_one_line(capsys, caplog):
     code, out = cli(capsys, caplog, "submit", "--target", "kfp", "--host", "http://127.0.0.1:9", "--config", CONFIG)
     assert code == 2
     err = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert err and err[0].startswith("error: cannot reach KFP at http://127.0.0.1:9: ") and "set --host or KF_PIPELINES_ENDPOINT" in err[0]
+    assert (
+        err
+        and err[0].startswith("error: cannot reach KFP at http://127.0.0.1:9: ")
+        and "set --host or KF_PIPELINES_ENDPOINT" in err[0]
+    )
     assert "Traceback" not in out
     assert_no_secret(out)
 
@@ -260,8 +350,19 @@ def test_unreachable_kfp_is_one_line(capsys, caplog):
 
 def test_argo_submit_creates_the_workflow(capsys, caplog):
     with recorders.Recorder(recorders.argo_routes([{"phase": "Pending"}])) as rec:
-        code, out = cli(capsys, caplog, "submit", "--target", "argo", "--host", rec.url, "--config", CONFIG,
-                        "--set", "train.max_steps=7")
+        code, out = cli(
+            capsys,
+            caplog,
+            "submit",
+            "--target",
+            "argo",
+            "--host",
+            rec.url,
+            "--config",
+            CONFIG,
+            "--set",
+            "train.max_steps=7",
+        )
     assert code == 0, out
     assert rec.calls() == [("POST", "/api/v1/workflows/slm-pipeline")]
     wf = rec.requests[0].json["workflow"]
@@ -277,19 +378,28 @@ def test_argo_submit_creates_the_workflow(capsys, caplog):
 
 
 def test_argo_submit_wait_and_status(capsys, caplog, monkeypatch):
-    states = [{"phase": "Running", "tasks": {"data-prep": "Running"}},
-              {"phase": "Failed", "tasks": {"data-prep": "Succeeded", "train": "Failed"}, "message": "child 'train' failed"}]
+    states = [
+        {"phase": "Running", "tasks": {"data-prep": "Running"}},
+        {"phase": "Failed", "tasks": {"data-prep": "Succeeded", "train": "Failed"}, "message": "child 'train' failed"},
+    ]
     with recorders.Recorder(recorders.argo_routes(states)) as rec:
         monkeypatch.setenv("ARGO_SERVER", rec.url)  # the host from the environment
         code, out = cli(capsys, caplog, "submit", "--target", "argo", "--config", CONFIG, "--wait")
         assert code == 1
         assert "[data_prep] running" in out and "[data_prep] succeeded" in out and "[train] failed" in out
         assert f"run {RUN}: failed (child 'train' failed)" in out
-        assert rec.calls() == [("POST", "/api/v1/workflows/slm-pipeline")] + [("GET", f"/api/v1/workflows/slm-pipeline/{RUN}")] * 2
+        assert (
+            rec.calls()
+            == [("POST", "/api/v1/workflows/slm-pipeline")] + [("GET", f"/api/v1/workflows/slm-pipeline/{RUN}")] * 2
+        )
         code, out = cli(capsys, caplog, "status", "--target", "argo", RUN, "--wait")  # already over: one look
         assert code == 1  # the run failed
         rows = [ln.split() for ln in out.splitlines()]
-        assert ["data_prep", "succeeded", "42.0"] in rows and ["train", "failed", "42.0"] in rows and ["merge", "pending", "-"] in rows
+        assert (
+            ["data_prep", "succeeded", "42.0"] in rows
+            and ["train", "failed", "42.0"] in rows
+            and ["merge", "pending", "-"] in rows
+        )
         assert rec.calls()[-1] == ("GET", f"/api/v1/workflows/slm-pipeline/{RUN}")
         code, out = cli(capsys, caplog, "status", "--target", "argo", "--namespace", "other", "nope")
         assert code == 2 and "Argo at http://127.0.0.1" in out and "not found" in out
@@ -298,8 +408,21 @@ def test_argo_submit_wait_and_status(capsys, caplog, monkeypatch):
 
 def test_argo_schedule_creates_a_cron_workflow(capsys, caplog):
     with recorders.Recorder(recorders.argo_routes([])) as rec:
-        code, out = cli(capsys, caplog, "schedule", "--target", "argo", "--host", rec.url, "--config", CONFIG,
-                        "--cron", "0 3 * * 1", "--timezone", "Europe/Berlin")
+        code, out = cli(
+            capsys,
+            caplog,
+            "schedule",
+            "--target",
+            "argo",
+            "--host",
+            rec.url,
+            "--config",
+            CONFIG,
+            "--cron",
+            "0 3 * * 1",
+            "--timezone",
+            "Europe/Berlin",
+        )
     assert code == 0, out
     assert rec.calls() == [("POST", "/api/v1/cron-workflows/slm-pipeline")]
     cw = rec.requests[0].json["cronWorkflow"]
@@ -307,7 +430,9 @@ def test_argo_schedule_creates_a_cron_workflow(capsys, caplog):
     spec = cw["spec"]
     assert spec["schedules"] == ["0 3 * * 1"] and spec["timezone"] == "Europe/Berlin"  # Argo takes the 5-field cron
     assert spec["concurrencyPolicy"] == "Forbid" and spec["startingDeadlineSeconds"] > 0
-    assert {p["name"] for p in spec["workflowSpec"]["arguments"]["parameters"]} == {param_name(k) for k in RUN_PARAMETERS}
+    assert {p["name"] for p in spec["workflowSpec"]["arguments"]["parameters"]} == {
+        param_name(k) for k in RUN_PARAMETERS
+    }
     assert_bodies_clean(rec)
 
 
@@ -325,8 +450,19 @@ def test_argo_needs_a_server(capsys, caplog):
 @pytest.mark.parametrize("target", ["kfp", "argo", "azureml"])
 def test_no_secret_in_compiled_files(capsys, caplog, tmp_path, target):
     out_path = tmp_path / base.get(target).default_out
-    code, out = cli(capsys, caplog, "compile", "--target", target, "--config", CONFIG, "--out", str(out_path),
-                    "--set", f"targets.{target}.schedule=0 3 * * 1")
+    code, out = cli(
+        capsys,
+        caplog,
+        "compile",
+        "--target",
+        target,
+        "--config",
+        CONFIG,
+        "--out",
+        str(out_path),
+        "--set",
+        f"targets.{target}.schedule=0 3 * * 1",
+    )
     assert code == 0, out
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert files
@@ -380,8 +516,19 @@ def _ws_calls(rec) -> list[tuple[str, str]]:
 
 def test_azureml_submit_creates_the_pipeline_job(azure, capsys, caplog):
     msi, mfe = azure([{"status": "NotStarted"}])
-    code, out = cli(capsys, caplog, "submit", "--target", "azureml", "--workspace", WSNAME, "--config", CONFIG,
-                    "--set", "train.max_steps=9")
+    code, out = cli(
+        capsys,
+        caplog,
+        "submit",
+        "--target",
+        "azureml",
+        "--workspace",
+        WSNAME,
+        "--config",
+        CONFIG,
+        "--set",
+        "train.max_steps=9",
+    )
     assert code == 0, out
     calls = _ws_calls(mfe)
     job_put = mfe.find("PUT", WS_PATH + r"/jobs/[a-z0-9_]+")
@@ -413,17 +560,21 @@ def test_azureml_submit_creates_the_pipeline_job(azure, capsys, caplog):
 
 
 def test_azureml_submit_wait_and_status(azure, capsys, caplog):
-    states = [{"status": "Running", "steps": {"data_prep": "Running"}},
-              {"status": "Running", "steps": {"data_prep": "Completed", "train": "Running"}},
-              {"status": "Failed", "steps": {"data_prep": "Completed", "train": "Failed"}}]
+    states = [
+        {"status": "Running", "steps": {"data_prep": "Running"}},
+        {"status": "Running", "steps": {"data_prep": "Completed", "train": "Running"}},
+        {"status": "Failed", "steps": {"data_prep": "Completed", "train": "Failed"}},
+    ]
     msi, mfe = azure(states)
-    code, out = cli(capsys, caplog, "submit", "--target", "azureml", "--workspace", WSNAME, "--config", CONFIG, "--wait")
+    code, out = cli(
+        capsys, caplog, "submit", "--target", "azureml", "--workspace", WSNAME, "--config", CONFIG, "--wait"
+    )
     assert code == 1, out
     job_name = mfe.find("PUT", WS_PATH + r"/jobs/[a-z0-9_]+")[0].path.rsplit("/", 1)[1]
     lines = [ln for ln in out.splitlines() if ln.startswith("[") and ln.split(" ")[0].strip("[]") in STAGES]
     assert lines[5:] == ["[data_prep] running", "[data_prep] succeeded", "[train] running", "[train] failed"]
     assert f"run {job_name}: failed" in out
-    after = _ws_calls(mfe)[_ws_calls(mfe).index(("PUT", f"{{ws}}/jobs/{job_name}")) + 1:]
+    after = _ws_calls(mfe)[_ws_calls(mfe).index(("PUT", f"{{ws}}/jobs/{job_name}")) + 1 :]
     job, steps = ("GET", f"{{ws}}/jobs/{job_name}"), ("GET", f"/history/v1.0{{ws}}/runs/{job_name}/children")
     # each poll: the job (ours, then the SDK's before listing children, each with the workspace's
     # location), then its steps from run history, found through the workspace's discovery URL
@@ -439,10 +590,23 @@ def test_azureml_schedule_creates_a_job_schedule(azure, capsys, caplog, tmp_path
     # the workspace from the config.json the portal hands out, in the working folder
     for k in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP"):
         monkeypatch.delenv(k)
-    (tmp_path / "config.json").write_text(json.dumps({"subscription_id": SUB, "resource_group": RG, "workspace_name": WSNAME}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"subscription_id": SUB, "resource_group": RG, "workspace_name": WSNAME})
+    )
     monkeypatch.chdir(tmp_path)
-    code, out = cli(capsys, caplog, "schedule", "--target", "azureml", "--config", CONFIG,
-                    "--cron", "0 3 * * 1", "--timezone", "W. Europe Standard Time")
+    code, out = cli(
+        capsys,
+        caplog,
+        "schedule",
+        "--target",
+        "azureml",
+        "--config",
+        CONFIG,
+        "--cron",
+        "0 3 * * 1",
+        "--timezone",
+        "W. Europe Standard Time",
+    )
     assert code == 0, out
     assert all(p.startswith((WS_PATH, "/history/v1.0" + WS_PATH, "/discovery")) for _, p in mfe.calls())
     assert _ws_calls(mfe)[-1] == ("PUT", f"{{ws}}/schedules/{param_name(NAME).replace('-', '_')}_retrain")
@@ -466,8 +630,9 @@ def test_a_secret_echoed_by_a_server_is_masked_in_the_error(capsys, caplog):
     def refuse(req, m):  # a proxy that quotes the request's Authorization header back
         return 401, {"code": 16, "message": f"token {req.headers.get('authorization')} rejected"}
 
-    with recorders.Recorder([("GET", r"/apis/v2beta1/runs/([^/]+)", refuse),
-                             ("GET", r"/apis/v2beta1/healthz", lambda r, m: (200, {}))]) as rec:
+    with recorders.Recorder(
+        [("GET", r"/apis/v2beta1/runs/([^/]+)", refuse), ("GET", r"/apis/v2beta1/healthz", lambda r, m: (200, {}))]
+    ) as rec:
         code, out = cli(capsys, caplog, "status", "--target", "kfp", "--host", rec.url, "run-1")
     assert code == 2 and "HTTP 401" in out and "token Bearer *** rejected" in out
     assert_no_secret(out)
@@ -477,7 +642,7 @@ def test_a_secret_echoed_by_a_server_is_masked_in_the_error(capsys, caplog):
 # A fourth engine is one new file
 
 
-TOY = '''
+TOY = """
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -510,7 +675,7 @@ class ToyTarget(Target):
 
 
 TARGET = ToyTarget()
-'''
+"""
 
 
 def test_a_fourth_engine_is_one_new_file(tmp_path):
@@ -520,18 +685,45 @@ def test_a_fourth_engine_is_one_new_file(tmp_path):
 
     for item in ("pipeline.py", "components", "targets", "configs"):
         src = REPO / item
-        (shutil.copytree(src, tmp_path / item, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
-         else shutil.copy(src, tmp_path / item))
+        (
+            shutil.copytree(src, tmp_path / item, ignore=shutil.ignore_patterns("__pycache__"))
+            if src.is_dir()
+            else shutil.copy(src, tmp_path / item)
+        )
     (tmp_path / "targets" / "toy.py").write_text(TOY)
     env = {"PYTHONPATH": str(tmp_path)}
-    r = run_cli("pipeline.py", "compile", "--target", "toy", "--config", "configs/default.yaml", "--out", "out.txt",
-                cwd=tmp_path, env=env, timeout=300)
+    r = run_cli(
+        "pipeline.py",
+        "compile",
+        "--target",
+        "toy",
+        "--config",
+        "configs/default.yaml",
+        "--out",
+        "out.txt",
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out.txt").read_text() == "hello data_prep -> train -> merge -> onnx_build -> evaluate\n"
     r = run_cli("pipeline.py", "validate", "out.txt", cwd=tmp_path, env=env, timeout=300)  # guessed: the toy's
     assert r.returncode == 0 and "out.txt: valid" in r.stdout, r.stderr
-    r = run_cli("pipeline.py", "compile", "--target", "toy", "--config", "configs/default.yaml", "--out", "o.txt",
-                "--set", "targets.toy.greting=hi", cwd=tmp_path, env=env, timeout=300)
+    r = run_cli(
+        "pipeline.py",
+        "compile",
+        "--target",
+        "toy",
+        "--config",
+        "configs/default.yaml",
+        "--out",
+        "o.txt",
+        "--set",
+        "targets.toy.greting=hi",
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 2 and "targets.toy.greting: unknown key" in r.stderr
     r = run_cli("pipeline.py", "submit", "--help", cwd=tmp_path, env=env, timeout=300)
     assert "{argo,azureml,kfp,toy}" in r.stdout

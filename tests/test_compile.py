@@ -7,19 +7,18 @@
 - no adapter names a stage: a new stage or a new stage parameter reaches all three;
 - secrets appear only by reference.
 """
+
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
 from compiled_argv import TASK_ARGVS
+
 from components.common.config import Config, load_config
 from components.common.errors import UserError
 from components.registry import STAGES, Pipeline, Port, Resources, StageSpec, Step
@@ -170,8 +169,15 @@ def test_kfp_tasks_carry_image_resources_retry_caching(compiled, config):
         # Artifacts are typed: Dataset / Model / Metrics, and ClassificationMetrics next to Metrics.
         for port in s.spec.outputs:
             title = comp["outputDefinitions"]["artifacts"][port.name]["artifactType"]["schemaTitle"]
-            assert title == {"Dataset": "system.Dataset", "Model": "system.Model", "OnnxModel": "system.Model",
-                             "Metrics": "system.Metrics"}[port.type]
+            assert (
+                title
+                == {
+                    "Dataset": "system.Dataset",
+                    "Model": "system.Model",
+                    "OnnxModel": "system.Model",
+                    "Metrics": "system.Metrics",
+                }[port.type]
+            )
             if port.type == "Metrics":
                 cm = comp["outputDefinitions"]["artifacts"][port.name + "_confusion"]
                 assert cm["artifactType"]["schemaTitle"] == "system.ClassificationMetrics"
@@ -183,22 +189,33 @@ def test_kfp_runs_the_rest_of_the_dag_only_when_the_dataset_changed(compiled):
     path, _ = compiled[("kfp", CONFIGS[0])]
     ir, _ = _kfp_docs(path)
     assert ir["components"]["comp-data-prep"]["outputDefinitions"]["parameters"] == {
-        "changed": {"parameterType": "STRING"}, "dataset_hash": {"parameterType": "STRING"}}
+        "changed": {"parameterType": "STRING"},
+        "dataset_hash": {"parameterType": "STRING"},
+    }
     root = ir["root"]["dag"]["tasks"]
     assert sorted(root) == ["data-prep", kfp.CONDITION_NAME]
     # A nested pipeline takes data_prep's `changed` as its input and holds one dsl.If on it.
     nested = root[kfp.CONDITION_NAME]
     assert nested["inputs"]["parameters"]["changed"]["taskOutputParameter"] == {
-        "outputParameterKey": "changed", "producerTask": "data-prep"}
+        "outputParameterKey": "changed",
+        "producerTask": "data-prep",
+    }
     assert nested["inputs"]["artifacts"]["data_prep_dataset"]["taskOutputArtifact"] == {
-        "outputArtifactKey": "dataset", "producerTask": "data-prep"}
+        "outputArtifactKey": "dataset",
+        "producerTask": "data-prep",
+    }
     (group,) = ir["components"][nested["componentRef"]["name"]]["dag"]["tasks"].values()
     assert group["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--changed'] == 'true'"
     inner = ir["components"][group["componentRef"]["name"]]["dag"]["tasks"]
-    assert sorted(t["taskInfo"]["name"] for t in inner.values()) == sorted(DAG.gated()) == ["evaluate", "merge", "onnx_build", "train"]
+    assert (
+        sorted(t["taskInfo"]["name"] for t in inner.values())
+        == sorted(DAG.gated())
+        == ["evaluate", "merge", "onnx_build", "train"]
+    )
     assert ir["root"]["inputDefinitions"]["parameters"]["data_promoted_dataset_hash"]["defaultValue"] == "null"
     assert root["data-prep"]["inputs"]["parameters"]["data_promoted_dataset_hash"] == {
-        "componentInputParameter": "data_promoted_dataset_hash"}
+        "componentInputParameter": "data_promoted_dataset_hash"
+    }
 
 
 def test_argo_gates_every_later_task_with_when(compiled):
@@ -218,15 +235,27 @@ def test_argo_gates_every_later_task_with_when(compiled):
     # The promoting stage's record is an output artifact, beside the run's other outputs.
     evaluate = templates["evaluate"]
     assert {"name": "SLM_PROMOTION_FILE", "value": argo.PROMOTION_PATH} in evaluate["container"]["env"]
-    assert {"name": "promoted", "path": argo.PROMOTION_PATH, "archive": {"none": {}}} in evaluate["outputs"]["artifacts"]
-    assert all("SLM_PROMOTION_FILE" not in str(t.get("container", {}).get("env")) for n, t in templates.items() if n != "evaluate")
+    assert {"name": "promoted", "path": argo.PROMOTION_PATH, "archive": {"none": {}}} in evaluate["outputs"][
+        "artifacts"
+    ]
+    assert all(
+        "SLM_PROMOTION_FILE" not in str(t.get("container", {}).get("env"))
+        for n, t in templates.items()
+        if n != "evaluate"
+    )
 
 
 def test_data_prep_writes_its_output_parameters_where_argo_reads_them(tmp_path):
     from helpers import stage_cli
 
-    proc = stage_cli("data_prep", "--dataset", str(tmp_path / "dataset"), "--data.max_rows", "300",
-                     env={"SLM_OUTPUT_PARAMETERS_DIR": str(tmp_path / "params")})
+    proc = stage_cli(
+        "data_prep",
+        "--dataset",
+        str(tmp_path / "dataset"),
+        "--data.max_rows",
+        "300",
+        env={"SLM_OUTPUT_PARAMETERS_DIR": str(tmp_path / "params")},
+    )
     assert proc.returncode == 0, proc.stderr
     seal = json.loads((tmp_path / "dataset" / "_artifact.json").read_text())
     assert (tmp_path / "params" / "dataset_hash").read_text() == seal["content_hash"]
@@ -270,8 +299,15 @@ def test_azureml_is_portable_and_named_by_stage(compiled):
         assert "code" not in comp
         assert comp["environment"]["image"] == image_for(s.spec, cfg)
         for port in s.spec.outputs:
-            assert comp["outputs"][port.name]["type"] == {"Dataset": "uri_folder", "Model": "custom_model",
-                                                          "OnnxModel": "custom_model", "Metrics": "uri_folder"}[port.type]
+            assert (
+                comp["outputs"][port.name]["type"]
+                == {
+                    "Dataset": "uri_folder",
+                    "Model": "custom_model",
+                    "OnnxModel": "custom_model",
+                    "Metrics": "uri_folder",
+                }[port.type]
+            )
     for f in _files(path):
         assert str(REPO) not in f.read_text(), f"{f} holds an absolute path of this machine"
 
@@ -303,7 +339,10 @@ def test_azureml_nodes_name_the_key_vault_and_secret(tmp_path):
 
     url = "https://slm-kv.vault.azure.net"
     cases = {
-        "with vault": ([f"targets.azureml.key_vault_url={url}"], {secrets.URL_ENV: url, secrets.SECRET_ENV: "hf-token"}),
+        "with vault": (
+            [f"targets.azureml.key_vault_url={url}"],
+            {secrets.URL_ENV: url, secrets.SECRET_ENV: "hf-token"},
+        ),
         "no vault": ([], {secrets.SECRET_ENV: "hf-token"}),
         "no secret": ([f"targets.azureml.key_vault_url={url}", "targets.azureml.hf_token_secret=null"], {}),
     }
@@ -317,8 +356,9 @@ def test_azureml_nodes_name_the_key_vault_and_secret(tmp_path):
             got = {k: v for k, v in env.items() if k.startswith("HF_TOKEN")}
             assert got == (want if "model.base" in s.spec.params(cfg) else {}), f"{case}: {s.name}"
     with pytest.raises(UserError, match=r"targets\.azureml\.key_vault_url: .*https URL"):
-        azureml.compile_pipeline(DAG, load_config(REPO / CONFIGS[0], ["targets.azureml.key_vault_url=kv.vault.azure.net"]),
-                                 tmp_path / "bad")
+        azureml.compile_pipeline(
+            DAG, load_config(REPO / CONFIGS[0], ["targets.azureml.key_vault_url=kv.vault.azure.net"]), tmp_path / "bad"
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -361,13 +401,23 @@ def _kfp_task(ir, name):
 
 KFP_BROKEN = {
     "dangling producer task": (
-        lambda ir: _kfp_task(ir, "merge")["inputs"]["artifacts"]["adapter"]["taskOutputArtifact"].update(producerTask="nope"),
+        lambda ir: _kfp_task(ir, "merge")["inputs"]["artifacts"]["adapter"]["taskOutputArtifact"].update(
+            producerTask="nope"
+        ),
         "producer task 'nope' does not exist",
     ),
-    "dangling componentRef": (lambda ir: _kfp_task(ir, "merge")["componentRef"].update(name="comp-nope"), "no component 'comp-nope'"),
-    "dangling executorLabel": (lambda ir: ir["components"]["comp-train"].update(executorLabel="exec-nope"), "no executor 'exec-nope'"),
+    "dangling componentRef": (
+        lambda ir: _kfp_task(ir, "merge")["componentRef"].update(name="comp-nope"),
+        "no component 'comp-nope'",
+    ),
+    "dangling executorLabel": (
+        lambda ir: ir["components"]["comp-train"].update(executorLabel="exec-nope"),
+        "no executor 'exec-nope'",
+    ),
     "dangling output key": (
-        lambda ir: _kfp_task(ir, "merge")["inputs"]["artifacts"]["adapter"]["taskOutputArtifact"].update(outputArtifactKey="nope"),
+        lambda ir: _kfp_task(ir, "merge")["inputs"]["artifacts"]["adapter"]["taskOutputArtifact"].update(
+            outputArtifactKey="nope"
+        ),
         "has no output artifact 'nope'",
     ),
     "wrong artifact type": (
@@ -380,10 +430,18 @@ KFP_BROKEN = {
         lambda ir: ir["root"]["inputDefinitions"]["parameters"]["train_lora_r"].update(parameterType="STRING"),
         "expects NUMBER_INTEGER",
     ),
-    "bad proto field": (lambda ir: _kfp_task(ir, "train").update(retryPolicy={"maxRetryCount": "many"}), "PipelineSpec"),
-    "missing input": (lambda ir: _kfp_task(ir, "train")["inputs"]["artifacts"].pop("dataset"), "required input artifact 'dataset'"),
+    "bad proto field": (
+        lambda ir: _kfp_task(ir, "train").update(retryPolicy={"maxRetryCount": "many"}),
+        "PipelineSpec",
+    ),
+    "missing input": (
+        lambda ir: _kfp_task(ir, "train")["inputs"]["artifacts"].pop("dataset"),
+        "required input artifact 'dataset'",
+    ),
     "undeclared placeholder": (
-        lambda ir: ir["deploymentSpec"]["executors"]["exec-train"]["container"]["args"].append("{{$.inputs.parameters['nope']}}"),
+        lambda ir: ir["deploymentSpec"]["executors"]["exec-train"]["container"]["args"].append(
+            "{{$.inputs.parameters['nope']}}"
+        ),
         "placeholder inputs.parameters['nope']",
     ),
 }
@@ -486,7 +544,10 @@ ARGO_BROKEN = {
         lambda wf: _argo_task(wf, "data-prep").update(dependencies=["merge"]),
         "dependency cycle data-prep -> merge -> train -> data-prep",
     ),
-    "wrong type": (lambda wf: _argo_task(wf, "train").update(dependencies="data-prep"), "'data-prep' is not of type 'array'"),
+    "wrong type": (
+        lambda wf: _argo_task(wf, "train").update(dependencies="data-prep"),
+        "'data-prep' is not of type 'array'",
+    ),
     "unknown key": (lambda wf: _argo_task(wf, "train").update(tempalte="train"), "unknown key"),
     "missing input artifact": (
         lambda wf: _argo_task(wf, "train")["arguments"].pop("artifacts"),
@@ -604,8 +665,22 @@ def test_schedules_are_native_objects(tmp_path):
 def test_cli_compile_writes_where_asked(tmp_path, capsys):
     for target, name in OUT_NAME.items():
         out = tmp_path / name
-        assert main(["compile", "--target", target, "--config", str(REPO / CONFIGS[0]), "--out", str(out),
-                     "--set", "train.max_steps=7"]) == 0
+        assert (
+            main(
+                [
+                    "compile",
+                    "--target",
+                    target,
+                    "--config",
+                    str(REPO / CONFIGS[0]),
+                    "--out",
+                    str(out),
+                    "--set",
+                    "train.max_steps=7",
+                ]
+            )
+            == 0
+        )
         assert validate_file(out, target) == target
         got = TASK_ARGVS[target](out, ROOT)
         assert got["train"][got["train"].index("--train.max_steps") + 1] == "7"

@@ -1,4 +1,5 @@
 """The one config schema: defaults that run, precise errors, overrides, Olive import."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,7 +46,11 @@ def test_template_must_contain_the_label():
 def test_olive_config_is_imported():
     cfg = load_config(ROOT / "tests" / "data" / "olive-phi3.json")
     assert cfg.model.base == "microsoft/Phi-3-mini-4k-instruct"
-    assert cfg.train.quantization == "nf4" and cfg.train.lora.r == 64 and cfg.train.lora.target_modules == ["o_proj", "qkv_proj"]
+    assert (
+        cfg.train.quantization == "nf4"
+        and cfg.train.lora.r == 64
+        and cfg.train.lora.target_modules == ["o_proj", "qkv_proj"]
+    )
     assert cfg.train.packing is True and cfg.train.max_seq_len == 1024 and cfg.train.grad_accum == 4
     assert cfg.data.label_col == "tone" and cfg.data.eval_fraction == 0.3
     assert cfg.onnx.precision == "int4" and cfg.onnx.execution_provider == "cuda"

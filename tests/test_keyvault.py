@@ -12,6 +12,7 @@ Nothing of the SDK is replaced. Loopback servers stand in for Azure:
   server, so the client keeps its default check that the challenge's resource
   (vault.azure.net) matches the vault's host.
 """
+
 from __future__ import annotations
 
 import http.server
@@ -87,8 +88,15 @@ def _handler(fake: FakeAzure, server: str):
         def do_GET(self):
             url = urllib.parse.urlsplit(self.path)
             query = dict(urllib.parse.parse_qsl(url.query))
-            fake.record(server=server, method="GET", path=url.path, query=query, host=self.headers.get("Host"),
-                        authorization=self.headers.get("Authorization"), secret=self.headers.get("secret"))
+            fake.record(
+                server=server,
+                method="GET",
+                path=url.path,
+                query=query,
+                host=self.headers.get("Host"),
+                authorization=self.headers.get("Authorization"),
+                secret=self.headers.get("secret"),
+            )
             if server == "msi":
                 return self._msi(query)
             return self._vault(url.path)
@@ -98,30 +106,78 @@ def _handler(fake: FakeAzure, server: str):
             if self.headers.get("secret") != MSI_SECRET:
                 return self._send(401, {"error": "unauthorized"})
             if fake.msi_mode == "no-identity":
-                return self._send(400, {"error": "invalid_request",
-                                        "error_description": "No managed identity is assigned to this compute"})
-            return self._send(200, {"access_token": MI_TOKEN, "expires_on": str(int(time.time()) + 3600),
-                                    "resource": query.get("resource"), "token_type": "Bearer"})
+                return self._send(
+                    400,
+                    {
+                        "error": "invalid_request",
+                        "error_description": "No managed identity is assigned to this compute",
+                    },
+                )
+            return self._send(
+                200,
+                {
+                    "access_token": MI_TOKEN,
+                    "expires_on": str(int(time.time()) + 3600),
+                    "resource": query.get("resource"),
+                    "token_type": "Bearer",
+                },
+            )
 
         def _vault(self, path):
             auth = self.headers.get("Authorization")
             if not auth:  # Key Vault's challenge: say which tenant and resource to get a token for
                 challenge = f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", resource="https://vault.azure.net"'
-                return self._send(401, {"error": {"code": "Unauthorized", "message": "AKV10000: Request is missing a Bearer or PoP token."}},
-                                  {"WWW-Authenticate": challenge})
+                return self._send(
+                    401,
+                    {
+                        "error": {
+                            "code": "Unauthorized",
+                            "message": "AKV10000: Request is missing a Bearer or PoP token.",
+                        }
+                    },
+                    {"WWW-Authenticate": challenge},
+                )
             if auth != f"Bearer {MI_TOKEN}":
                 return self._send(401, {"error": {"code": "Unauthorized", "message": "AKV10032: Invalid issuer."}})
             if fake.vault_mode == "forbidden":
-                return self._send(403, {"error": {"code": "Forbidden", "message": (
-                    "Caller is not authorized to perform action on resource. Action: "
-                    "'Microsoft.KeyVault/vaults/secrets/getSecret/action'"), "innererror": {"code": "ForbiddenByRbac"}}})
+                return self._send(
+                    403,
+                    {
+                        "error": {
+                            "code": "Forbidden",
+                            "message": (
+                                "Caller is not authorized to perform action on resource. Action: "
+                                "'Microsoft.KeyVault/vaults/secrets/getSecret/action'"
+                            ),
+                            "innererror": {"code": "ForbiddenByRbac"},
+                        }
+                    },
+                )
             name = path.split("/")[2] if path.startswith("/secrets/") else None
             if fake.vault_mode == "missing" or name != "hf-token":
-                return self._send(404, {"error": {"code": "SecretNotFound", "message": (
-                    f"A secret with (name/id) {name} was not found in this key vault.")}})
-            return self._send(200, {"value": HF_VALUE, "id": f"{VAULT_URL}/secrets/hf-token/0f1e2d3c4b5a69788796a5b4c3d2e1f0",
-                                    "attributes": {"enabled": True, "created": 1760000000, "updated": 1760000000,
-                                                   "recoveryLevel": "Recoverable+Purgeable"}, "tags": {}})
+                return self._send(
+                    404,
+                    {
+                        "error": {
+                            "code": "SecretNotFound",
+                            "message": (f"A secret with (name/id) {name} was not found in this key vault."),
+                        }
+                    },
+                )
+            return self._send(
+                200,
+                {
+                    "value": HF_VALUE,
+                    "id": f"{VAULT_URL}/secrets/hf-token/0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+                    "attributes": {
+                        "enabled": True,
+                        "created": 1760000000,
+                        "updated": 1760000000,
+                        "recoveryLevel": "Recoverable+Purgeable",
+                    },
+                    "tags": {},
+                },
+            )
 
     return Handler
 
@@ -200,8 +256,17 @@ def azure(tmp_path, monkeypatch):
         "no_proxy": "127.0.0.1,localhost",
         "REQUESTS_CA_BUNDLE": str(ca),
     }
-    for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "AZURE_CLIENT_ID",
-              "DEFAULT_IDENTITY_CLIENT_ID", "AZURE_FEDERATED_TOKEN_FILE", "http_proxy", "HTTP_PROXY"):
+    for k in (
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "IDENTITY_ENDPOINT",
+        "IDENTITY_HEADER",
+        "AZURE_CLIENT_ID",
+        "DEFAULT_IDENTITY_CLIENT_ID",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "http_proxy",
+        "HTTP_PROXY",
+    ):
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -225,7 +290,9 @@ def test_reads_the_secret_with_the_managed_identity(azure):
     assert msi["query"]["resource"] == "https://vault.azure.net" and msi["query"]["api-version"] == "2017-09-01"
     # Key Vault: the challenge round trip, then the authenticated GET of the secret.
     first, second = azure.vault_gets()
-    assert first["path"].rstrip("/") == second["path"].rstrip("/") == "/secrets/hf-token"  # GET /secrets/{name}/{version=""}
+    assert (
+        first["path"].rstrip("/") == second["path"].rstrip("/") == "/secrets/hf-token"
+    )  # GET /secrets/{name}/{version=""}
     assert first["authorization"] is None
     assert second["authorization"] == f"Bearer {MI_TOKEN}"
     assert second["host"] == VAULT_HOST and "api-version" in second["query"]
@@ -253,7 +320,11 @@ def test_a_user_assigned_identity_is_picked_by_client_id(azure, monkeypatch):
 
 FAILURES = {
     "forbidden": ("vault_mode", "forbidden", "403 Forbidden"),
-    "missing secret": ("vault_mode", "missing", "404, no such secret (az keyvault secret set --vault-name slm-test --name hf-token"),
+    "missing secret": (
+        "vault_mode",
+        "missing",
+        "404, no such secret (az keyvault secret set --vault-name slm-test --name hf-token",
+    ),
     "no identity": ("msi_mode", "no-identity", "no usable managed identity"),
 }
 
@@ -290,8 +361,14 @@ def test_an_unreachable_vault_is_worth_a_retry(azure, monkeypatch):
 def _data_prep(tmp_path: Path, env: dict) -> subprocess.CompletedProcess:
     full = {**os.environ, **env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     full.pop("HF_TOKEN", None)
-    return subprocess.run([sys.executable, "-m", "components.data_prep", "--dataset", str(tmp_path / "ds"),
-                           "--data.max_rows", "40"], cwd=ROOT, env=full, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "components.data_prep", "--dataset", str(tmp_path / "ds"), "--data.max_rows", "40"],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_the_stage_reads_the_token_at_start(azure, tmp_path):
@@ -310,6 +387,8 @@ def test_the_stage_fails_in_one_line_when_the_vault_refuses(azure, tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith(f"error: [data_prep] cannot read the Hugging Face token from Key Vault {VAULT_URL}, "
-                               "secret 'hf-token': 403 Forbidden")
+    assert lines[0].startswith(
+        f"error: [data_prep] cannot read the Hugging Face token from Key Vault {VAULT_URL}, "
+        "secret 'hf-token': 403 Forbidden"
+    )
     assert MI_TOKEN not in proc.stderr and not (tmp_path / "ds").exists()

@@ -13,6 +13,7 @@ output parameter and the compiled ``dsl.If`` gates the rest. The first run (no p
 trains and is promoted; a second run given the first one's dataset hash as
 ``data.promoted_dataset_hash`` runs data_prep only and ends as ``skipped``.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,11 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
+from helpers import ROOT, TINY, run_cli, summary
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.common import artifacts
 from components.registry import STAGES
-from helpers import ROOT, TINY, run_cli, summary
 from targets.compile_common import k8s_name
 
 pytestmark = pytest.mark.usefixtures("images")
@@ -37,8 +38,16 @@ def kfp_run(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("kfp") / "run"
     once = out / "pipeline_root" / ".cache" / "train-killed-once"
     proc = run_cli(
-        str(ROOT / "pipeline.py"), "run", "--runner", "kfp-local", "--config", str(TINY), "--out", str(out),
-        "--set", "targets.kfp.retry_backoff_seconds=1",
+        str(ROOT / "pipeline.py"),
+        "run",
+        "--runner",
+        "kfp-local",
+        "--config",
+        str(TINY),
+        "--out",
+        str(out),
+        "--set",
+        "targets.kfp.retry_backoff_seconds=1",
         env={"SLM_FAULT": "train.after_checkpoint", "SLM_FAULT_ONCE": str(once)},
         timeout=1500,
     )
@@ -71,15 +80,20 @@ def test_killed_train_task_is_retried_by_kfp_and_resumes_bit_identical(kfp_run, 
     out, log = kfp_run
     log = re.sub(r"\x1b\[[0-9;]*m", "", log)  # kfp.local colours its status words
     # kfp.local's retry loop, driven by the compiled retryPolicy: a failed attempt, then the resumed one
-    failed, resumed_at = log.index("Task 'train' finished with status FAILURE"), log.index("resumed from the checkpoint at step 4")
+    failed, resumed_at = (
+        log.index("Task 'train' finished with status FAILURE"),
+        log.index("resumed from the checkpoint at step 4"),
+    )
     assert failed < resumed_at < log.index("Task 'train' finished with status SUCCESS")
     resumed_dir, uninterrupted_dir = _task_dir(out, "train") / "adapter", tiny_run / "train" / "adapter"
     resumed, uninterrupted = artifacts.verify(resumed_dir)["files"], artifacts.verify(uninterrupted_dir)["files"]
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert resumed[name] == uninterrupted[name], name
     # The same loss at every step both logs hold (the resumed attempt also logs its first step).
-    losses = [{r["step"]: r["loss"] for r in map(json.loads, (d / "train_log.jsonl").read_text().splitlines())}
-              for d in (resumed_dir, uninterrupted_dir)]
+    losses = [
+        {r["step"]: r["loss"] for r in map(json.loads, (d / "train_log.jsonl").read_text().splitlines())}
+        for d in (resumed_dir, uninterrupted_dir)
+    ]
     assert set(losses[1]) <= set(losses[0]) and all(losses[0][k] == v for k, v in losses[1].items())
     assert json.loads((resumed_dir / "metrics.json").read_text())["resumed_from_step"] == 4
 
@@ -111,7 +125,9 @@ def test_metrics_and_confusion_matrix_reach_kfp(kfp_run):
     names = [a["displayName"] for a in cm["annotationSpecs"]]
     assert names == metrics["onnx_int4"]["confusion_matrix"]["columns"]
     assert all(len(r["row"]) == len(names) for r in cm["rows"]) and len(cm["rows"]) == len(names)
-    assert sum(map(sum, (r["row"] for r in cm["rows"]))) == sum(map(sum, metrics["onnx_int4"]["confusion_matrix"]["counts"]))
+    assert sum(map(sum, (r["row"] for r in cm["rows"]))) == sum(
+        map(sum, metrics["onnx_int4"]["confusion_matrix"]["counts"])
+    )
 
 
 def test_tasks_ran_as_the_images_non_root_user(kfp_run):
@@ -138,8 +154,17 @@ def kfp_unchanged(kfp_run, tmp_path_factory) -> tuple[Path, str, str]:
     promoted = _executor_output(first, "data_prep")["parameterValues"]["dataset_hash"]
     out = tmp_path_factory.mktemp("kfp-unchanged") / "run"
     proc = run_cli(
-        str(ROOT / "pipeline.py"), "run", "--runner", "kfp-local", "--config", str(TINY), "--out", str(out),
-        "--set", f"data.promoted_dataset_hash={promoted}", timeout=900,
+        str(ROOT / "pipeline.py"),
+        "run",
+        "--runner",
+        "kfp-local",
+        "--config",
+        str(TINY),
+        "--out",
+        str(out),
+        "--set",
+        f"data.promoted_dataset_hash={promoted}",
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     return out, promoted, proc.stdout + proc.stderr
@@ -148,7 +173,10 @@ def kfp_unchanged(kfp_run, tmp_path_factory) -> tuple[Path, str, str]:
 def test_changed_dataset_runs_train_and_is_promoted_in_kfp_metadata(kfp_run):
     out, _ = kfp_run
     dataset = artifacts.verify(_task_dir(out, "data_prep") / "dataset", "Dataset")
-    assert _executor_output(out, "data_prep")["parameterValues"] == {"dataset_hash": dataset["content_hash"], "changed": "true"}
+    assert _executor_output(out, "data_prep")["parameterValues"] == {
+        "dataset_hash": dataset["content_hash"],
+        "changed": "true",
+    }
     s = summary(out)
     assert s["stages"]["train"]["status"] == "ok" and s["promoted"] is True
     meta = _executor_output(out, "evaluate")["artifacts"]["metrics"]["artifacts"][0]["metadata"]
@@ -167,7 +195,9 @@ def test_unchanged_dataset_skips_train_under_kfp_local(kfp_unchanged):
     assert s["status"] == "skipped" and s["promoted"] is False
     assert "dataset unchanged since the promoted model" in s["reason"] and promoted in s["reason"]
     assert {n: st["status"] for n, st in s["stages"].items()} == {
-        "data_prep": "ok", **{n: "skipped" for n in STAGES if n != "data_prep"}}
+        "data_prep": "ok",
+        **{n: "skipped" for n in STAGES if n != "data_prep"},
+    }
     assert _executor_output(out, "data_prep")["parameterValues"]["changed"] == "false"
     run = Path(s["kfp_run"])
     assert sorted(p.name for p in run.iterdir()) == ["data-prep"]  # KFP started no other task

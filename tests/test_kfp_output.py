@@ -5,6 +5,7 @@ compiled evaluate component, the metrics from a real run of the tiny pipeline, a
 result goes through ``kfp.local``'s own reader (the one that failed with "task not found"
 when no stage wrote an executor output).
 """
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,12 @@ from pathlib import Path
 
 import yaml
 from google.protobuf import json_format
+from helpers import TINY
 from kfp.local import executor_input_utils, executor_output_utils
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.common import artifacts, kfp_output
 from components.common.config import load_config
-from helpers import TINY
 from pipeline import DAG
 from targets import kfp
 
@@ -65,8 +66,9 @@ def test_model_outputs_carry_the_seal(tmp_path, tiny_run):
     executor_input = executor_input_utils.construct_executor_input(spec, {}, str(task_root), block_input_artifact=False)
     adapter = tiny_run / "train" / "adapter"
     marker = artifacts.verify(adapter, "Model")
-    kfp_output.write(executor_input_utils.executor_input_to_dict(executor_input, spec), {"adapter": marker}, [],
-                     {"adapter": adapter})
+    kfp_output.write(
+        executor_input_utils.executor_input_to_dict(executor_input, spec), {"adapter": marker}, [], {"adapter": adapter}
+    )
     outputs = executor_output_utils.get_outputs_for_task(executor_input, spec)
     assert outputs["adapter"].metadata["cache_key"] == marker["cache_key"]
     assert outputs["adapter"].metadata["files"] == len(marker["files"])
@@ -107,17 +109,27 @@ def test_promotion_metadata_carries_the_lineage(tmp_path, tiny_run):
     from components.common import promotion
 
     spec = _component_spec(tmp_path, "evaluate")
-    executor_input = executor_input_utils.construct_executor_input(spec, {}, str(tmp_path / "task"), block_input_artifact=False)
+    executor_input = executor_input_utils.construct_executor_input(
+        spec, {}, str(tmp_path / "task"), block_input_artifact=False
+    )
     as_dict = executor_input_utils.executor_input_to_dict(executor_input, spec)
     as_dict["inputs"]["artifacts"] = {"onnx_model": {"artifacts": [{"uri": "minio://bucket/onnx_model"}]}}
-    seals = {"dataset": artifacts.verify(tiny_run / "data_prep" / "dataset"),
-             "model": artifacts.verify(tiny_run / "merge" / "model"),
-             "onnx_model": artifacts.verify(tiny_run / "onnx_build" / "onnx_model")}
+    seals = {
+        "dataset": artifacts.verify(tiny_run / "data_prep" / "dataset"),
+        "model": artifacts.verify(tiny_run / "merge" / "model"),
+        "onnx_model": artifacts.verify(tiny_run / "onnx_build" / "onnx_model"),
+    }
     metrics_dir = tiny_run / "evaluate" / "metrics"
     params = artifacts.verify(metrics_dir)["params"]
     _, lineage = promotion.lineage_from_seals("evaluate", params, seals)
-    kfp_output.write(as_dict, {"metrics": artifacts.verify(metrics_dir)}, ["metrics"], {"metrics": metrics_dir}, None,
-                     {"model_input": "onnx_model", "model_seal": seals["onnx_model"], "lineage": lineage})
+    kfp_output.write(
+        as_dict,
+        {"metrics": artifacts.verify(metrics_dir)},
+        ["metrics"],
+        {"metrics": metrics_dir},
+        None,
+        {"model_input": "onnx_model", "model_seal": seals["onnx_model"], "lineage": lineage},
+    )
     meta = executor_output_utils.get_outputs_for_task(executor_input, spec)["metrics"].metadata
     assert meta["promoted"] is True and meta["model_uri"] == "minio://bucket/onnx_model"
     assert meta["dataset_hash"] == seals["dataset"]["content_hash"]

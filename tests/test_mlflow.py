@@ -2,13 +2,14 @@
 back with the MLflow client from the tiny run's file store (tests/conftest.py); and with
 AzureML's own ``azureml://`` tracking URI, the ``azureml-mlflow`` plugin carries the same
 values to the workspace (a loopback HTTPS recorder, tests/recorders.py)."""
+
 from __future__ import annotations
 
 import json
 
+import recorders
 from mlflow.tracking import MlflowClient
 
-import recorders
 from components.common import artifacts, tracking
 
 
@@ -23,9 +24,12 @@ def test_stages_log_params_loss_metrics_and_report(tiny_run, monkeypatch):
     train = runs["train"]
     assert train.data.params["train.lora.r"] == "8" and train.data.params["model.base"] == "tiny-random:phi3"
     losses = client.get_metric_history(train.info.run_id, "train_loss")
-    logged = [json.loads(line) for line in (tiny_run / "train" / "adapter" / "train_log.jsonl").read_text().splitlines()]
-    assert [(m.step, round(m.value, 6)) for m in sorted(losses, key=lambda m: m.step)] == \
-        [(h["step"], round(h["loss"], 6)) for h in logged]
+    logged = [
+        json.loads(line) for line in (tiny_run / "train" / "adapter" / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert [(m.step, round(m.value, 6)) for m in sorted(losses, key=lambda m: m.step)] == [
+        (h["step"], round(h["loss"], 6)) for h in logged
+    ]
 
     evaluate = runs["evaluate"]
     summary = json.loads((tiny_run / "evaluate" / "metrics" / "metrics.json").read_text())["summary"]
@@ -46,28 +50,47 @@ def test_azureml_tracking_uri_sends_params_loss_metrics_and_report(tiny_run, tmp
     token = recorders.jwt({"aud": "https://ml.azure.com", "exp": 4102444800, "tok": "CANARY"})
     with recorders.Recorder(recorders.azureml_mlflow_routes("job-run-7", "exp-3"), tls=(cert, key)) as portal:
         host = portal.url.split("://", 1)[1]
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"azureml://{host}/mlflow/v1.0/subscriptions/{sub}/resourceGroups/{rg}"
-                                                  f"/providers/Microsoft.MachineLearningServices/workspaces/{ws}")
-        for name, value in {"MLFLOW_TRACKING_TOKEN": token, "MLFLOW_RUN_ID": "job-run-7", "MLFLOW_EXPERIMENT_ID": "exp-3",
-                            "REQUESTS_CA_BUNDLE": str(ca)}.items():
+        monkeypatch.setenv(
+            "MLFLOW_TRACKING_URI",
+            f"azureml://{host}/mlflow/v1.0/subscriptions/{sub}/resourceGroups/{rg}"
+            f"/providers/Microsoft.MachineLearningServices/workspaces/{ws}",
+        )
+        for name, value in {
+            "MLFLOW_TRACKING_TOKEN": token,
+            "MLFLOW_RUN_ID": "job-run-7",
+            "MLFLOW_EXPERIMENT_ID": "exp-3",
+            "REQUESTS_CA_BUNDLE": str(ca),
+        }.items():
             monkeypatch.setenv(name, value)
         params = artifacts.verify(tiny_run / "train" / "adapter")["params"]
         assert tracking.log_stage("train", params, {"adapter": tiny_run / "train" / "adapter"}) == "job-run-7"
         monkeypatch.setenv("MLFLOW_RUN_ID", "job-run-7")  # each AzureML job is a process; MLflow pops it at the end
-        assert tracking.log_stage("evaluate", {"evaluate.max_int4_drop": 1.0},
-                                  {"metrics": tiny_run / "evaluate" / "metrics"}) == "job-run-7"
+        assert (
+            tracking.log_stage(
+                "evaluate", {"evaluate.max_int4_drop": 1.0}, {"metrics": tiny_run / "evaluate" / "metrics"}
+            )
+            == "job-run-7"
+        )
 
     batches = [r.json for r in portal.requests if r.path.endswith("/runs/log-batch")]
     assert all("/mlflow/v2.0/subscriptions/" + sub in r.path for r in portal.requests if "/mlflow/" in r.path)
     metrics = [m for b in batches for m in b.get("metrics", [])]
-    logged = [json.loads(line) for line in (tiny_run / "train" / "adapter" / "train_log.jsonl").read_text().splitlines()]
-    assert [(m["step"], round(m["value"], 6)) for m in metrics if m["key"] == "train_loss"] == \
-        [(h["step"], round(h["loss"], 6)) for h in logged]
+    logged = [
+        json.loads(line) for line in (tiny_run / "train" / "adapter" / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert [(m["step"], round(m["value"], 6)) for m in metrics if m["key"] == "train_loss"] == [
+        (h["step"], round(h["loss"], 6)) for h in logged
+    ]
     summary = json.loads((tiny_run / "evaluate" / "metrics" / "metrics.json").read_text())["summary"]
     final = {m["key"]: m["value"] for m in metrics if m["step"] == 0 and m["key"] != "train_loss"}
-    assert final["onnx_int4_accuracy"] == summary["onnx_int4"]["accuracy"] and final["agreement"] == summary["agreement"]
+    assert (
+        final["onnx_int4_accuracy"] == summary["onnx_int4"]["accuracy"] and final["agreement"] == summary["agreement"]
+    )
     params_sent = {p["key"]: p["value"] for b in batches for p in b.get("params", [])}
     assert params_sent["evaluate.max_int4_drop"] == "1.0" and "train.lora.r" in params_sent
     (upload,) = [r for r in portal.requests if r.method == "PUT"]
-    assert upload.path.endswith("/report.html") and upload.body == (tiny_run / "evaluate" / "metrics" / "report.html").read_bytes()
+    assert (
+        upload.path.endswith("/report.html")
+        and upload.body == (tiny_run / "evaluate" / "metrics" / "report.html").read_bytes()
+    )
     assert all(r.headers.get("authorization") == f"Bearer {token}" for r in portal.requests if "/mlflow/" in r.path)

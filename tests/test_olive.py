@@ -1,5 +1,6 @@
 """Olive config import, both generations of Olive's keys: every key mapped or listed, one-line
 errors for malformed files, `pipeline.py import-olive`, and a CookBook config run end to end."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, run_cli, summary
 
 import pipeline
 from components.common.config import load_config
 from components.common.errors import UserError
 from components.common.olive import _leaves, import_olive_config
-from helpers import ROOT, run_cli, summary
 
 COOKBOOK = ROOT / "tests" / "data" / "olive-cookbook" / "olive-config.json"  # older keys (Phi-3 CookBook)
 CURRENT = ROOT / "tests" / "data" / "olive-current.json"  # current keys (HfModel, load_dataset_config, r/alpha)
@@ -31,8 +32,11 @@ def cookbook(tmp_path) -> Path:
 
 def accounted(imp, olive: dict) -> list[str]:
     keys = set(imp.mapped) | set(imp.ignored)
-    return [leaf for leaf in _leaves(olive, "")
-            if not any(leaf == k or leaf.startswith(k + ".") or leaf.startswith(k + "[") for k in keys)]
+    return [
+        leaf
+        for leaf in _leaves(olive, "")
+        if not any(leaf == k or leaf.startswith(k + ".") or leaf.startswith(k + "[") for k in keys)
+    ]
 
 
 def test_older_generation_maps_base_model_dataset_and_every_key(cookbook):
@@ -57,10 +61,13 @@ def test_older_generation_maps_base_model_dataset_and_every_key(cookbook):
     assert imp.mapped["data_configs[0].params_config.data_files"] == "data.path"
     assert imp.mapped["passes.merge.type"] == "merge stage" and imp.mapped["passes.mb.type"] == "onnx_build stage"
     assert set(imp.ignored) == {
-        "$schema", "engine.cache_dir", "engine.output_dir",
+        "$schema",
+        "engine.cache_dir",
+        "engine.output_dir",
         "data_configs[0].params_config.component_kwargs.pre_process_data.pad_to_max_len",
         "data_configs[0].params_config.component_kwargs.pre_process_data.use_attention_mask",
-        "passes.lora.config.training_args.evaluation_strategy", "passes.lora.config.training_args.adam_beta2",
+        "passes.lora.config.training_args.evaluation_strategy",
+        "passes.lora.config.training_args.adam_beta2",
         "passes.lora.config.training_args.max_grad_norm",
     }
 
@@ -116,38 +123,84 @@ def test_compile_takes_an_olive_config(tmp_path, capsys):
 
 
 MALFORMED = [
-    ("eval_dataset_size", lambda o: o["passes"]["lora"]["config"].update(eval_dataset_size="thirty percent"),
-     "passes.lora.config.eval_dataset_size: expected a number"),
+    (
+        "eval_dataset_size",
+        lambda o: o["passes"]["lora"]["config"].update(eval_dataset_size="thirty percent"),
+        "passes.lora.config.eval_dataset_size: expected a number",
+    ),
     ("passes list of numbers", lambda o: o.update(passes=[1, 2]), "passes[0]: expected an object"),
-    ("string input_model", lambda o: o.update(input_model="microsoft/Phi-3-mini-4k-instruct"), "input_model: expected an object"),
+    (
+        "string input_model",
+        lambda o: o.update(input_model="microsoft/Phi-3-mini-4k-instruct"),
+        "input_model: expected an object",
+    ),
     ("passes a string", lambda o: o.update(passes="lora"), "passes: expected an object"),
-    ("lora_r a string", lambda o: o["passes"]["lora"]["config"].update(lora_r="sixty-four"),
-     "passes.lora.config.lora_r: expected an integer"),
-    ("lora_r negative", lambda o: o["passes"]["lora"]["config"].update(lora_r=-4),
-     "passes.lora.config.lora_r (-> train.lora.r): Input should be greater than 0"),
-    ("unknown data config", lambda o: o["passes"]["lora"]["config"].update(train_data_config="nope"),
-     "passes.lora.config.train_data_config: names 'nope'"),
+    (
+        "lora_r a string",
+        lambda o: o["passes"]["lora"]["config"].update(lora_r="sixty-four"),
+        "passes.lora.config.lora_r: expected an integer",
+    ),
+    (
+        "lora_r negative",
+        lambda o: o["passes"]["lora"]["config"].update(lora_r=-4),
+        "passes.lora.config.lora_r (-> train.lora.r): Input should be greater than 0",
+    ),
+    (
+        "unknown data config",
+        lambda o: o["passes"]["lora"]["config"].update(train_data_config="nope"),
+        "passes.lora.config.train_data_config: names 'nope'",
+    ),
     ("data_configs an object of strings", lambda o: o.update(data_configs="dataset"), "data_configs: expected a list"),
-    ("data_files a number", lambda o: o["data_configs"][0]["params_config"].update(data_files=3),
-     "data_configs[0].params_config.data_files: expected a string or a non-empty list"),
-    ("training_args a list", lambda o: o["passes"]["lora"]["config"].update(training_args=[1]),
-     "passes.lora.config.training_args: expected an object"),
-    ("max_steps a float", lambda o: o["passes"]["lora"]["config"]["training_args"].update(max_steps=1.5),
-     "passes.lora.config.training_args.max_steps: expected an integer"),
-    ("hf_config missing model_name", lambda o: o["input_model"]["config"]["hf_config"].pop("model_name"),
-     "input_model.config.hf_config.model_name: missing"),
-    ("unknown model type", lambda o: o["input_model"].update(type="ONNXModel"), "input_model.type: 'ONNXModel' is not imported"),
+    (
+        "data_files a number",
+        lambda o: o["data_configs"][0]["params_config"].update(data_files=3),
+        "data_configs[0].params_config.data_files: expected a string or a non-empty list",
+    ),
+    (
+        "training_args a list",
+        lambda o: o["passes"]["lora"]["config"].update(training_args=[1]),
+        "passes.lora.config.training_args: expected an object",
+    ),
+    (
+        "max_steps a float",
+        lambda o: o["passes"]["lora"]["config"]["training_args"].update(max_steps=1.5),
+        "passes.lora.config.training_args.max_steps: expected an integer",
+    ),
+    (
+        "hf_config missing model_name",
+        lambda o: o["input_model"]["config"]["hf_config"].pop("model_name"),
+        "input_model.config.hf_config.model_name: missing",
+    ),
+    (
+        "unknown model type",
+        lambda o: o["input_model"].update(type="ONNXModel"),
+        "input_model.type: 'ONNXModel' is not imported",
+    ),
     ("target names no system", lambda o: o["engine"].update(target="cloud"), "engine.target: names system 'cloud'"),
-    ("hub dataset", lambda o: o["data_configs"][0]["params_config"].update(data_name="nampdn-ai/tiny-codes"),
-     "params_config.data_name: 'nampdn-ai/tiny-codes': a Hugging Face hub dataset"),
+    (
+        "hub dataset",
+        lambda o: o["data_configs"][0]["params_config"].update(data_name="nampdn-ai/tiny-codes"),
+        "params_config.data_name: 'nampdn-ai/tiny-codes': a Hugging Face hub dataset",
+    ),
     ("precision", lambda o: o["passes"]["mb"]["config"].update(precision="int2"), "passes.mb.config.precision: 'int2'"),
-    ("accelerators an object", lambda o: o["systems"]["local_system"]["config"].update(accelerators={"device": "gpu"}),
-     "systems.local_system.config.accelerators: expected a list"),
-    ("trust_remote_code a string", lambda o: o["input_model"]["config"]["hf_config"]["from_pretrained_args"].update(trust_remote_code="yes"),
-     "from_pretrained_args.trust_remote_code: expected true or false"),
+    (
+        "accelerators an object",
+        lambda o: o["systems"]["local_system"]["config"].update(accelerators={"device": "gpu"}),
+        "systems.local_system.config.accelerators: expected a list",
+    ),
+    (
+        "trust_remote_code a string",
+        lambda o: o["input_model"]["config"]["hf_config"]["from_pretrained_args"].update(trust_remote_code="yes"),
+        "from_pretrained_args.trust_remote_code: expected true or false",
+    ),
     ("no LoRA pass", lambda o: o["passes"].pop("lora"), "passes: no LoRA or QLoRA pass"),
-    ("strategy", lambda o: o["data_configs"][0]["params_config"]["component_kwargs"]["pre_process_data"].update(corpus_strategy="zip"),
-     "pre_process_data.corpus_strategy: 'zip'"),
+    (
+        "strategy",
+        lambda o: o["data_configs"][0]["params_config"]["component_kwargs"]["pre_process_data"].update(
+            corpus_strategy="zip"
+        ),
+        "pre_process_data.corpus_strategy: 'zip'",
+    ),
 ]
 
 
@@ -168,9 +221,11 @@ def test_malformed_olive_config_on_the_cli_is_one_line_without_traceback(tmp_pat
     olive["passes"] = [1, 2]
     path = tmp_path / "olive.json"
     path.write_text(json.dumps(olive))
-    args = {"run": ["run", "--config", str(path), "--out", str(tmp_path / "r")],
-            "compile": ["compile", "--target", "argo", "--config", str(path), "--out", str(tmp_path / "w.yaml")],
-            "import-olive": ["import-olive", str(path), "--out", str(tmp_path / "c.yaml")]}[verb]
+    args = {
+        "run": ["run", "--config", str(path), "--out", str(tmp_path / "r")],
+        "compile": ["compile", "--target", "argo", "--config", str(path), "--out", str(tmp_path / "w.yaml")],
+        "import-olive": ["import-olive", str(path), "--out", str(tmp_path / "c.yaml")],
+    }[verb]
     assert pipeline.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "passes[0]: expected an object" in err
@@ -182,11 +237,26 @@ def test_cookbook_config_runs_with_the_model_substituted(cookbook, tmp_path):
     """The done-criterion: the CookBook's config, its data beside it, runs on this machine with
     `--set model.base=tiny-random:phi3` (and CPU, few steps)."""
     out = tmp_path / "run"
-    sets = ["model.base=tiny-random:phi3", "runtime.device=cpu", "onnx.execution_provider=cpu", "runtime.threads=1",
-            "train.max_steps=2", "data.max_rows=120", "evaluate.max_samples=8", "evaluate.max_new_tokens=4",
-            "merge.parity_prompts=1"]
-    proc = run_cli(str(ROOT / "pipeline.py"), "run", "--config", str(cookbook), "--out", str(out),
-                   *[x for s in sets for x in ("--set", s)])
+    sets = [
+        "model.base=tiny-random:phi3",
+        "runtime.device=cpu",
+        "onnx.execution_provider=cpu",
+        "runtime.threads=1",
+        "train.max_steps=2",
+        "data.max_rows=120",
+        "evaluate.max_samples=8",
+        "evaluate.max_new_tokens=4",
+        "merge.parity_prompts=1",
+    ]
+    proc = run_cli(
+        str(ROOT / "pipeline.py"),
+        "run",
+        "--config",
+        str(cookbook),
+        "--out",
+        str(out),
+        *[x for s in sets for x in ("--set", s)],
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "passes.lora.config.training_args.adam_beta2" in proc.stderr  # the warning, on the terminal
     assert f"report: {out / 'evaluate' / 'metrics' / 'report.html'}" in proc.stdout
@@ -194,7 +264,11 @@ def test_cookbook_config_runs_with_the_model_substituted(cookbook, tmp_path):
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["data"]["path"] == str(cookbook.parent / "dataset" / "dataset-classification.json")
     adapter = json.loads((out / "train" / "adapter" / "adapter_config.json").read_text())
-    assert adapter["r"] == 64 and adapter["lora_alpha"] == 64 and sorted(adapter["target_modules"]) == ["o_proj", "qkv_proj"]
+    assert (
+        adapter["r"] == 64
+        and adapter["lora_alpha"] == 64
+        and sorted(adapter["target_modules"]) == ["o_proj", "qkv_proj"]
+    )
     stats = json.loads((out / "data_prep" / "dataset" / "stats.json").read_text())
     assert sorted(stats["labels"]) == ["fear", "joy", "sadness", "surprise"]
 
@@ -206,12 +280,23 @@ def test_eval_data_config_params_blocks_and_named_data_configs(tmp_path):
     olive = {
         "input_model": {"type": "HfModel", "model_path": "microsoft/Phi-3-mini-4k-instruct"},
         "data_configs": {
-            "train": {"type": "HuggingfaceContainer",
-                      "load_dataset_config": {"params": {"data_name": "json", "data_files": "d/train.jsonl", "split": "train"}},
-                      "pre_process_data_config": {"params": {"corpus_strategy": "join", "source_max_len": 64,
-                                                             "text_template": "Q: {phrase}\nA: {tone}"}}},
-            "held_out": {"type": "HuggingfaceContainer",
-                         "load_dataset_config": {"data_name": "json", "data_files": "d/eval.jsonl"}},
+            "train": {
+                "type": "HuggingfaceContainer",
+                "load_dataset_config": {
+                    "params": {"data_name": "json", "data_files": "d/train.jsonl", "split": "train"}
+                },
+                "pre_process_data_config": {
+                    "params": {
+                        "corpus_strategy": "join",
+                        "source_max_len": 64,
+                        "text_template": "Q: {phrase}\nA: {tone}",
+                    }
+                },
+            },
+            "held_out": {
+                "type": "HuggingfaceContainer",
+                "load_dataset_config": {"data_name": "json", "data_files": "d/eval.jsonl"},
+            },
             "unused": {"type": "HuggingfaceContainer", "load_dataset_config": {"data_files": "x.json"}},
         },
         "passes": {"lora": {"type": "LoRA", "r": 4, "train_data_config": "train", "eval_data_config": "held_out"}},
@@ -219,6 +304,9 @@ def test_eval_data_config_params_blocks_and_named_data_configs(tmp_path):
     imp = import_olive_config(olive, tmp_path / "olive.json")
     assert accounted(imp, olive) == []
     data = imp.tree["data"]
-    assert Path(data["path"]) == tmp_path / "d" / "train.jsonl" and Path(data["eval_path"]) == tmp_path / "d" / "eval.jsonl"
+    assert (
+        Path(data["path"]) == tmp_path / "d" / "train.jsonl"
+        and Path(data["eval_path"]) == tmp_path / "d" / "eval.jsonl"
+    )
     assert data["text_template"] == "Q: {phrase}\nA: {tone}" and imp.tree["train"]["packing"] is True
     assert imp.tree["train"]["max_seq_len"] == 64 and "data_configs.unused" in imp.ignored

@@ -1,8 +1,8 @@
 """The whole DAG on the tiny Phi-3: summary, cache hits and misses, resume after a kill."""
+
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -21,8 +21,13 @@ def test_full_run_writes_summary_and_metrics(tiny_run):
     for model in ("pytorch", "onnx_int4"):
         assert 0.0 <= s["metrics"][model]["accuracy"] <= 1.0
         assert 0.0 <= s["metrics"][model]["macro_f1"] <= 1.0
-    for stage, output in (("data_prep", "dataset"), ("train", "adapter"), ("merge", "model"),
-                          ("onnx_build", "onnx_model"), ("evaluate", "metrics")):
+    for stage, output in (
+        ("data_prep", "dataset"),
+        ("train", "adapter"),
+        ("merge", "model"),
+        ("onnx_build", "onnx_model"),
+        ("evaluate", "metrics"),
+    ):
         marker = json.loads((tiny_run / stage / output / "_artifact.json").read_text())
         assert marker["stage"] == stage and len(marker["content_hash"]) == 64
 
@@ -53,8 +58,13 @@ def test_resume_after_sigterm_gives_the_same_adapter(tmp_path):
     args = [sys.executable, str(ROOT / "pipeline.py"), "run", "--config", str(TINY), "--out", str(killed)]
     for s in sets:
         args += ["--set", s]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"},
+    )
     ckpt = killed / "train" / "adapter.checkpoints" / "latest" / "meta.json"
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:

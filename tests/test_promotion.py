@@ -9,6 +9,7 @@
 
 Each scenario copies the session's tiny run, so only the stages whose inputs change re-run.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, run_cli, run_pipeline, summary
 
 from components.common import artifacts
 from components.common.hashing import code_hash, digest
 from components.registry import STAGES
-from helpers import ROOT, run_cli, run_pipeline, summary
 
 GATED = ["train", "merge", "onnx_build", "evaluate"]
 
@@ -53,8 +54,11 @@ def test_passing_run_is_promoted_with_lineage(tiny_run):
     s = summary(tiny_run)
     assert s["status"] == "ok" and s["promoted"] is True
     model = tiny_run / "onnx_build" / "onnx_model"
-    assert record["model"] == {"path": str(model), "type": "OnnxModel",
-                               "content_hash": artifacts.verify(model, "OnnxModel")["content_hash"]}
+    assert record["model"] == {
+        "path": str(model),
+        "type": "OnnxModel",
+        "content_hash": artifacts.verify(model, "OnnxModel")["content_hash"],
+    }
     assert record["metrics"] == s["metrics"] and record["metrics"]["onnx_int4"]["accuracy"] >= 0
     lineage = record["lineage"]
     assert lineage["dataset_hash"] == _dataset_seal(tiny_run)["content_hash"]
@@ -63,8 +67,9 @@ def test_passing_run_is_promoted_with_lineage(tiny_run):
     chain = artifacts.verify(tiny_run / "evaluate" / "metrics", "Metrics")["lineage_params"]
     assert sorted(chain) == sorted(STAGES)
     assert chain["train"]["train.max_steps"] == 12
-    assert lineage["config_hash"] == digest({st: {k: v for k, v in p.items() if k != "data.promoted_dataset_hash"}
-                                             for st, p in chain.items()})
+    assert lineage["config_hash"] == digest(
+        {st: {k: v for k, v in p.items() if k != "data.promoted_dataset_hash"} for st, p in chain.items()}
+    )
     assert lineage["code_version"]["code_hash"] == digest({st: code_hash(st) for st in sorted(STAGES)})
     assert re.search(r"yes \(dataset [0-9a-f]{12}\)", _runs(tiny_run))
 
@@ -97,7 +102,9 @@ def test_changed_dataset_trains(tiny_run, tmp_path):
     assert s["status"] == "ok" and s["promoted"] is True
     assert [n for n, st in s["stages"].items() if not st["cached"]] == ["data_prep"]
     assert _dataset_seal(out)["parameters"]["changed"] == "true"
-    assert json.loads((out / "promoted.json").read_text())["lineage"]["dataset_hash"] == _dataset_seal(out)["content_hash"]
+    assert (
+        json.loads((out / "promoted.json").read_text())["lineage"]["dataset_hash"] == _dataset_seal(out)["content_hash"]
+    )
 
 
 def test_failed_gate_promotes_nothing(tiny_run, tmp_path):
@@ -142,8 +149,9 @@ def test_promoted_dataset_hash_is_checked(tmp_path, bad):
 def test_evaluate_writes_its_promotion_record_where_argo_collects_it(tiny_run, tmp_path, min_accuracy, promoted):
     """On Argo the promoting stage writes the record to $SLM_PROMOTION_FILE (the task's output
     artifact `promoted`); a failed gate writes none."""
-    from components.common.config import load_config
     from helpers import TINY, stage_cli
+
+    from components.common.config import load_config
     from pipeline import DAG
 
     step = DAG["evaluate"]

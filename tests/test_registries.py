@@ -12,6 +12,7 @@ request (``tests/recorders.py``):
 
 A failed quality gate registers nothing anywhere.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,19 +20,21 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
-
 import recorders
+import yaml
+from helpers import TINY, stage_cli
+
 from components.common import artifacts, registries
 from components.common.config import load_config
-from helpers import TINY, stage_cli
 from pipeline import DAG
 from targets import azureml, kfp
 
 SUB, RG, WSNAME = "00000000-0000-0000-0000-0000000000ee", "slm-rg", "slm-ws"
 MSI_SECRET = "msi-CANARY-secret-77d0"
-MODEL_URI = (f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{WSNAME}/datastores/workspaceblobstore"
-             "/paths/azureml/3f1c9a/onnx_model/")
+MODEL_URI = (
+    f"azureml://subscriptions/{SUB}/resourcegroups/{RG}/workspaces/{WSNAME}/datastores/workspaceblobstore"
+    "/paths/azureml/3f1c9a/onnx_model/"
+)
 KFP_URI = "minio://mlpipeline/v2/artifacts/slm/3f1c9a/onnx-build/onnx_model"
 
 
@@ -51,11 +54,19 @@ def _summary(tiny_run: Path) -> dict:
 def workspace(tmp_path):
     """A loopback AzureML workspace and identity endpoint; yields (env for the job, recorder)."""
     ca, cert, key = recorders.make_tls(tmp_path)
-    with recorders.Recorder(recorders.msi_routes(MSI_SECRET)) as msi, \
-            recorders.Recorder(recorders.azureml_routes([{"status": "Running"}]), tls=(cert, key)) as mfe:
-        env = {"AZUREML_DEV_URL_MFE": mfe.url, "REQUESTS_CA_BUNDLE": str(ca), "MSI_ENDPOINT": msi.url + "/msi/token",
-               "MSI_SECRET": MSI_SECRET, "AZUREML_ARM_SUBSCRIPTION": SUB, "AZUREML_ARM_RESOURCEGROUP": RG,
-               "AZUREML_ARM_WORKSPACE_NAME": WSNAME}
+    with (
+        recorders.Recorder(recorders.msi_routes(MSI_SECRET)) as msi,
+        recorders.Recorder(recorders.azureml_routes([{"status": "Running"}]), tls=(cert, key)) as mfe,
+    ):
+        env = {
+            "AZUREML_DEV_URL_MFE": mfe.url,
+            "REQUESTS_CA_BUNDLE": str(ca),
+            "MSI_ENDPOINT": msi.url + "/msi/token",
+            "MSI_SECRET": MSI_SECRET,
+            "AZUREML_ARM_SUBSCRIPTION": SUB,
+            "AZUREML_ARM_RESOURCEGROUP": RG,
+            "AZUREML_ARM_WORKSPACE_NAME": WSNAME,
+        }
         yield env, mfe
 
 
@@ -70,12 +81,15 @@ def _azureml_node(cfg, tmp_path: Path) -> tuple[dict, dict]:
 @pytest.mark.parametrize("min_accuracy,promoted", [(0.0, True), (1.0, False)])
 def test_azureml_registers_the_promoted_model_asset(tiny_run, tmp_path, workspace, min_accuracy, promoted):
     env, mfe = workspace
-    argv, cfg = _evaluate_argv(tiny_run, tmp_path, f"evaluate.min_accuracy={min_accuracy}",
-                               "targets.azureml.model_name=tone-int4")
+    argv, cfg = _evaluate_argv(
+        tiny_run, tmp_path, f"evaluate.min_accuracy={min_accuracy}", "targets.azureml.model_name=tone-int4"
+    )
     node, component = _azureml_node(cfg, tmp_path)
     # The compiled node: the model input once more, as its azureml:// URI, and the asset's name.
-    assert node["inputs"]["onnx_model_uri"] == {"path": "${{parent.jobs.onnx_build.outputs.onnx_model}}",
-                                                "mode": "direct"}
+    assert node["inputs"]["onnx_model_uri"] == {
+        "path": "${{parent.jobs.onnx_build.outputs.onnx_model}}",
+        "mode": "direct",
+    }
     assert component["inputs"]["onnx_model_uri"]["mode"] == "direct"
     assert "--model-uri ${{inputs.onnx_model_uri}}" in component["command"]
     job_env = node["environment_variables"]
@@ -131,8 +145,9 @@ def _kfp_task(cfg, tmp_path: Path) -> tuple[dict, dict]:
     container = ir["deploymentSpec"]["executors"]["exec-evaluate"]["container"]
     env = {e["name"]: e["value"] for e in container.get("env", [])}
     spec = json_format.ParseDict(ir["components"]["comp-evaluate"], pipeline_spec_pb2.ComponentSpec())
-    executor_input = executor_input_utils.construct_executor_input(spec, {}, str(tmp_path / "task"),
-                                                                   block_input_artifact=False)
+    executor_input = executor_input_utils.construct_executor_input(
+        spec, {}, str(tmp_path / "task"), block_input_artifact=False
+    )
     as_dict = executor_input_utils.executor_input_to_dict(executor_input, spec)
     as_dict["inputs"]["artifacts"] = {"onnx_model": {"artifacts": [{"uri": KFP_URI, "name": "onnx_model"}]}}
     return env, as_dict
@@ -141,13 +156,23 @@ def _kfp_task(cfg, tmp_path: Path) -> tuple[dict, dict]:
 @pytest.mark.parametrize("min_accuracy,promoted", [(0.0, True), (1.0, False)])
 def test_kfp_registers_the_promoted_model_in_the_model_registry(tiny_run, tmp_path, min_accuracy, promoted):
     with recorders.Recorder(recorders.model_registry_routes()) as registry:
-        argv, cfg = _evaluate_argv(tiny_run, tmp_path, f"evaluate.min_accuracy={min_accuracy}",
-                                   f'targets.kfp.model_registry={{"url": "{registry.url}", "model_name": "tone-int4"}}')
+        argv, cfg = _evaluate_argv(
+            tiny_run,
+            tmp_path,
+            f"evaluate.min_accuracy={min_accuracy}",
+            f'targets.kfp.model_registry={{"url": "{registry.url}", "model_name": "tone-int4"}}',
+        )
         task_env, executor_input = _kfp_task(cfg, tmp_path)
         assert task_env[registries.REGISTRY_URL_ENV] == registry.url
         assert task_env[registries.REGISTRY_MODEL_ENV] == "tone-int4"
-        proc = stage_cli("evaluate", *argv, "--kfp-executor-input", json.dumps(executor_input),
-                         env={**task_env, "KF_PIPELINES_SA_TOKEN_PATH": str(_token(tmp_path))}, timeout=600)
+        proc = stage_cli(
+            "evaluate",
+            *argv,
+            "--kfp-executor-input",
+            json.dumps(executor_input),
+            env={**task_env, "KF_PIPELINES_SA_TOKEN_PATH": str(_token(tmp_path))},
+            timeout=600,
+        )
         api = recorders.MODEL_REGISTRY_API
         posts = {r.path.replace(api, ""): r.json for r in registry.requests if r.method == "POST"}
         if not promoted:
@@ -160,10 +185,15 @@ def test_kfp_registers_the_promoted_model_in_the_model_registry(tiny_run, tmp_pa
         assert posts["/registered_models"]["name"] == "tone-int4"
         mv = posts["/model_versions"]
         assert mv["name"] == version and mv["author"] == "slm-pipeline"
-        props = {k: next(x for key, x in v.items() if key.endswith("_value")) for k, v in mv["customProperties"].items()}
+        props = {
+            k: next(x for key, x in v.items() if key.endswith("_value")) for k, v in mv["customProperties"].items()
+        }
         summary = _summary(tiny_run)
         assert props["onnx_int4.accuracy"] == summary["onnx_int4"]["accuracy"]
-        assert props["lineage.dataset_hash"] == json.loads((tiny_run / "promoted.json").read_text())["lineage"]["dataset_hash"]
+        assert (
+            props["lineage.dataset_hash"]
+            == json.loads((tiny_run / "promoted.json").read_text())["lineage"]["dataset_hash"]
+        )
         (art_path,) = [p for p in posts if p.endswith("/artifacts")]
         assert posts[art_path]["uri"] == KFP_URI and posts[art_path]["modelFormatName"] == "onnx"
         assert all(r.headers.get("authorization") == "Bearer sa-CANARY-token" for r in registry.requests)

@@ -1,4 +1,5 @@
 """The stage registry's lookups: a clear error for an unknown stage, and which external files count."""
+
 from __future__ import annotations
 
 import pytest

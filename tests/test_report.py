@@ -1,4 +1,5 @@
 """evaluate's report.html: self-contained, rendered by headless Chromium, every section in the DOM."""
+
 from __future__ import annotations
 
 import json
@@ -18,18 +19,37 @@ def chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.fail("headless Chromium is needed to render report.html and is not installed: "
-                "apt-get install -y chromium (.ci/run installs it)", pytrace=False)
+    pytest.fail(
+        "headless Chromium is needed to render report.html and is not installed: "
+        "apt-get install -y chromium (.ci/run installs it)",
+        pytrace=False,
+    )
 
 
 def render(page: Path, tmp: Path) -> tuple[str, Path]:
     """The DOM after load and a screenshot, from headless Chromium with no network use."""
     shot = tmp / "report.png"
     proc = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp / 'profile'}",
-         "--window-size=1200,2400", "--virtual-time-budget=5000", f"--screenshot={shot}", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp / 'profile'}",
+            "--window-size=1200,2400",
+            "--virtual-time-budget=5000",
+            f"--screenshot={shot}",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout, shot
 
@@ -63,8 +83,13 @@ def test_report_is_self_contained_and_renders_in_chromium(tiny_run, tmp_path):
 
     # A copy with a probe that records, after load, each image's decoded width into the DOM.
     probe = tmp_path / "report.html"
-    probe.write_text(text.replace("</body>", "<script>window.addEventListener('load',()=>document.querySelectorAll"
-                                  "('img').forEach(i=>i.setAttribute('data-w',i.naturalWidth)))</script></body>"))
+    probe.write_text(
+        text.replace(
+            "</body>",
+            "<script>window.addEventListener('load',()=>document.querySelectorAll"
+            "('img').forEach(i=>i.setAttribute('data-w',i.naturalWidth)))</script></body>",
+        )
+    )
     dom, shot = render(probe, tmp_path)
     seen = Ids()
     seen.feed(dom)
@@ -82,7 +107,9 @@ def test_report_is_self_contained_and_renders_in_chromium(tiny_run, tmp_path):
     metrics = json.loads((tiny_run / "evaluate" / "metrics" / "metrics.json").read_text())
     seal = json.loads((tiny_run / "data_prep" / "dataset" / "_artifact.json").read_text())
     assert seal["content_hash"] in dom and "tiny-random:phi3" in dom and "transformers" in dom
-    history = [json.loads(line) for line in (tiny_run / "train" / "adapter" / "train_log.jsonl").read_text().splitlines()]
+    history = [
+        json.loads(line) for line in (tiny_run / "train" / "adapter" / "train_log.jsonl").read_text().splitlines()
+    ]
     loss = re.search(r'<section id="loss">.*?</section>', dom, re.S).group(0)
     assert "<img" in loss and f"{history[-1]['loss']:.4f}" in loss
     gate = re.search(r'<section id="gate">.*?</section>', dom, re.S).group(0)

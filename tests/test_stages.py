@@ -1,4 +1,5 @@
 """Each stage on the tiny Phi-3, checked on what it wrote."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,10 @@ def test_data_prep_split_is_seeded(tmp_path):
     outs = []
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         out = tmp_path / name
-        assert stage_cli("data_prep", "--dataset", str(out), "--data.seed", str(seed), "--data.max_rows", "200").returncode == 0
+        assert (
+            stage_cli("data_prep", "--dataset", str(out), "--data.seed", str(seed), "--data.max_rows", "200").returncode
+            == 0
+        )
         outs.append((out / "eval.jsonl").read_text())
     assert outs[0] == outs[1] and outs[0] != outs[2]
 

@@ -1,6 +1,7 @@
 """The train stage's padding-free steps (components/train/fast.py) on CPU: the same loss and gradients as
 the padded micro-batches, for one rank and split over ranks; and the CPU plan stays the plain path.
 The CUDA levers themselves are measured by bench/train_throughput.py on a GPU (docs/benchmarks.md)."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -19,10 +20,18 @@ def lora_model():
     from transformers import Phi3ForCausalLM
 
     torch.manual_seed(0)
-    cfg = tiny_models.phi3_config(300, hidden_size=64, intermediate_size=128, max_position_embeddings=256,
-                                  original_max_position_embeddings=256, pad_token_id=0)
-    model = get_peft_model(Phi3ForCausalLM(cfg).float(),
-                           LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["qkv_proj", "o_proj"]))
+    cfg = tiny_models.phi3_config(
+        300,
+        hidden_size=64,
+        intermediate_size=128,
+        max_position_embeddings=256,
+        original_max_position_embeddings=256,
+        pad_token_id=0,
+    )
+    model = get_peft_model(
+        Phi3ForCausalLM(cfg).float(),
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["qkv_proj", "o_proj"]),
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -89,8 +98,14 @@ def test_pack_step_keeps_examples_apart():
 
 def test_cpu_plan_is_the_plain_path():
     plan = fast.resolve(Config().train, "cpu")
-    assert not (plan.padding_free or plan.liger or plan.autocast or plan.keep_bf16 or plan.gradient_checkpointing
-                or plan.compile)
+    assert not (
+        plan.padding_free
+        or plan.liger
+        or plan.autocast
+        or plan.keep_bf16
+        or plan.gradient_checkpointing
+        or plan.compile
+    )
     assert fast.resolve(TrainConfig(padding_free="on"), "cpu").padding_free
 
 

@@ -5,6 +5,7 @@ on fp32 tensors shaped like Phi-3-mini's LoRA (r 64 on qkv_proj, o_proj, gate_up
 
     torchrun --standalone --nproc-per-node 2 bench/gpu/allreduce_probe.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,19 @@ def main() -> int:
         times.append(time.perf_counter() - t)
     if dist.get_rank() == 0:
         best, mid = min(times), sorted(times)[len(times) // 2]
-        print(json.dumps({"parameters": n, "bytes": 4 * n, "world": dist.get_world_size(), "best_ms": round(best * 1e3, 2),
-                          "median_ms": round(mid * 1e3, 2), "algbw_GBps": round(4 * n / mid / 1e9, 1)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "parameters": n,
+                    "bytes": 4 * n,
+                    "world": dist.get_world_size(),
+                    "best_ms": round(best * 1e3, 2),
+                    "median_ms": round(mid * 1e3, 2),
+                    "algbw_GBps": round(4 * n / mid / 1e9, 1),
+                }
+            ),
+            flush=True,
+        )
     dist.destroy_process_group()
     return 0
 

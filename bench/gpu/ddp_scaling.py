@@ -17,6 +17,7 @@ checkpoint excluded). Each run's log is kept as ``OUT/NAME.log.gz``.
 
     python bench/gpu/ddp_scaling.py --model /tmp/phi3-mini --gpus 2 --steps 30 --out OUT
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ def timed_stage(name: str, cfg, inputs: dict, outputs: dict, log_path: Path) -> 
     spec = STAGES[name]
     argv = spec.argv(spec.params(cfg), inputs, outputs)
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, *argv[1:]], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        [sys.executable, *argv[1:]], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
     steps, tail = {}, []
     with gzip.open(log_path, "wt") as log:
         for line in proc.stdout:
@@ -62,8 +64,9 @@ def timed_stage(name: str, cfg, inputs: dict, outputs: dict, log_path: Path) -> 
 
 
 def main() -> int:
-    from components.common.config import Config, load_config  # noqa: F401
     from loss_curve import stage
+
+    from components.common.config import Config, load_config  # noqa: F401
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/phi3-mini.yaml")
@@ -76,8 +79,13 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--out", default=".")
     args = ap.parse_args()
-    base = [f"model.base={args.model}", f"train.max_steps={args.steps}", "train.log_every=1",
-            f"train.checkpoint_every={args.steps}", "runtime.device=cuda"] + args.set
+    base = [
+        f"model.base={args.model}",
+        f"train.max_steps={args.steps}",
+        "train.log_every=1",
+        f"train.checkpoint_every={args.steps}",
+        "runtime.device=cuda",
+    ] + args.set
     work = Path(tempfile.mkdtemp(prefix="ddp-"))
     cfg = load_config(ROOT / args.config, base)
     stage("data_prep", cfg, {}, {"dataset": str(work / "dataset")})
@@ -90,20 +98,31 @@ def main() -> int:
         for n in counts:
             name = f"{w}-{n}gpu"
             vcfg = load_config(ROOT / args.config, base + WORKLOADS[w] + [f"train.gpus={n}"])
-            wall, times = timed_stage("train", vcfg, {"dataset": str(work / "dataset")}, {"adapter": str(work / name)},
-                                      out / f"{name}.log.gz")
+            wall, times = timed_stage(
+                "train", vcfg, {"dataset": str(work / "dataset")}, {"adapter": str(work / name)}, out / f"{name}.log.gz"
+            )
             m = json.loads((work / name / "metrics.json").read_text())
             log = [json.loads(line)["loss"] for line in (work / name / "train_log.jsonl").read_text().splitlines()]
-            results[name] = {"wall_s": round(wall, 1), "tokens_per_second": m["tokens_per_second"],
-                             "seconds_loop": m["seconds_this_run"], "tokens": m["tokens_this_run"],
-                             "train_sequences": m.get("train_sequences"),
-                             "peak_gpu_memory_gib": m.get("peak_gpu_memory_gib"), "losses": log}
+            results[name] = {
+                "wall_s": round(wall, 1),
+                "tokens_per_second": m["tokens_per_second"],
+                "seconds_loop": m["seconds_this_run"],
+                "tokens": m["tokens_this_run"],
+                "train_sequences": m.get("train_sequences"),
+                "peak_gpu_memory_gib": m.get("peak_gpu_memory_gib"),
+                "losses": log,
+            }
             last = max(times, default=0)
             if args.skip in times and last > args.skip:
                 per_step = m["tokens_this_run"] / m["steps"]  # packed blocks: ~the same tokens every step
                 span = times[last] - times[args.skip]
-                results[name].update({"steady_steps": f"{args.skip + 1}-{last}", "steady_s_per_step": round(span / (last - args.skip), 4),
-                                      "steady_tokens_per_second": round(per_step * (last - args.skip) / span, 1)})
+                results[name].update(
+                    {
+                        "steady_steps": f"{args.skip + 1}-{last}",
+                        "steady_s_per_step": round(span / (last - args.skip), 4),
+                        "steady_tokens_per_second": round(per_step * (last - args.skip) / span, 1),
+                    }
+                )
             print(name, json.dumps({k: v for k, v in results[name].items() if k != "losses"}), flush=True)
             result_path.write_text(json.dumps({"sets": base, "results": results}, indent=1))
         one, many = results.get(f"{w}-1gpu"), results.get(f"{w}-{args.gpus}gpu")
@@ -112,8 +131,12 @@ def main() -> int:
             steady = ""
             if one.get("steady_tokens_per_second") and many.get("steady_tokens_per_second"):
                 steady = f" (steady: {many['steady_tokens_per_second'] / one['steady_tokens_per_second']:.2f}x)"
-            print(f"{w}: scaling {many['tokens_per_second'] / one['tokens_per_second']:.2f}x on {args.gpus} GPUs{steady}; "
-                  f"loss max |diff| {max(diffs):.4f}, mean {sum(diffs) / len(diffs):.4f}", flush=True)
+            print(
+                f"{w}: scaling {many['tokens_per_second'] / one['tokens_per_second']:.2f}x on {args.gpus} "
+                f"GPUs{steady}; "
+                f"loss max |diff| {max(diffs):.4f}, mean {sum(diffs) / len(diffs):.4f}",
+                flush=True,
+            )
     return 0
 
 

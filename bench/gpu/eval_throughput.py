@@ -12,6 +12,7 @@ Also the seconds for all rows (``--rows``, tone prompts repeated as needed).
 
     python bench/gpu/eval_throughput.py --model RUN/onnx_build/onnx_model --rows 350 --batches 1,8,32 --out OUT
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,10 @@ def main() -> int:
         n = len(prompts) if batch > 1 else min(len(prompts), 64)  # batch 1: a sample (per-row latency bound)
         sample = prompts[:n]
         raw_loop(og, model, tokenizer, sample[: batch * 2], batch, args.max_new)  # warm-up
-        best_raw = min((raw_loop(og, model, tokenizer, sample, batch, args.max_new) for _ in range(args.repeat)),
-                       key=lambda r: r[0])
+        best_raw = min(
+            (raw_loop(og, model, tokenizer, sample, batch, args.max_new) for _ in range(args.repeat)),
+            key=lambda r: r[0],
+        )
         stage_gen.generate(sample[:batch])
         best_stage = None
         for _ in range(args.repeat):
@@ -85,10 +88,16 @@ def main() -> int:
                 best_stage = (speed["seconds"], stage_gen.decode_positions, speed)
         raw_tps = best_raw[1] / best_raw[0]
         st_tps = best_stage[1] / best_stage[0]
-        row = {"batch": batch, "rows": n, "raw_s": round(best_raw[0], 3), "raw_tokens_per_s": round(raw_tps, 1),
-               "stage_s": round(best_stage[0], 3), "stage_tokens_per_s": round(st_tps, 1),
-               "stage_over_raw": round(st_tps / raw_tps, 3),
-               "stage_tokens_per_s_until_eos": best_stage[2]["tokens_per_second"]}
+        row = {
+            "batch": batch,
+            "rows": n,
+            "raw_s": round(best_raw[0], 3),
+            "raw_tokens_per_s": round(raw_tps, 1),
+            "stage_s": round(best_stage[0], 3),
+            "stage_tokens_per_s": round(st_tps, 1),
+            "stage_over_raw": round(st_tps / raw_tps, 3),
+            "stage_tokens_per_s_until_eos": best_stage[2]["tokens_per_second"],
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     out = Path(args.out)

@@ -7,9 +7,11 @@ each variant with the first one. Two runs of the same variant give the noise flo
 are not deterministic), so compare the fast/plain gap to the plain/plain gap.
 
     python bench/gpu/loss_curve.py --config configs/tiny-phi3.yaml --steps 50 --out OUT \
-        --variant plain:train.padding_free=off,train.kernels=none --variant plain2:train.padding_free=off,train.kernels=none \
+        --variant plain:train.padding_free=off,train.kernels=none \
+        --variant plain2:train.padding_free=off,train.kernels=none \
         --variant fast: --set runtime.device=cuda
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,16 +60,25 @@ def main() -> int:
         seconds = stage("train", vcfg, {"dataset": str(work / "dataset")}, {"adapter": str(work / name)})
         log = [json.loads(line) for line in (work / name / "train_log.jsonl").read_text().splitlines()]
         curves[name] = [h["loss"] for h in log]
-        meta[name] = {"overrides": over, "wall_s": round(seconds, 1),
-                      **json.loads((work / name / "metrics.json").read_text())}
+        meta[name] = {
+            "overrides": over,
+            "wall_s": round(seconds, 1),
+            **json.loads((work / name / "metrics.json").read_text()),
+        }
     names = list(curves)
     ref = curves[names[0]]
     summary = {}
     for n in names[1:]:
         c = curves[n]
         diffs = [abs(a - b) for a, b in zip(ref, c)]
-        summary[f"{n} vs {names[0]}"] = {"max_abs_diff": round(max(diffs), 5), "mean_abs_diff": round(sum(diffs) / len(diffs), 5),
-                                         "first": c[0], "last": c[-1], "ref_first": ref[0], "ref_last": ref[-1]}
+        summary[f"{n} vs {names[0]}"] = {
+            "max_abs_diff": round(max(diffs), 5),
+            "mean_abs_diff": round(sum(diffs) / len(diffs), 5),
+            "first": c[0],
+            "last": c[-1],
+            "ref_first": ref[0],
+            "ref_last": ref[-1],
+        }
     result = {"config": args.config, "sets": base, "curves": curves, "meta": meta, "summary": summary}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +86,13 @@ def main() -> int:
     print(json.dumps(summary, indent=1))
     for n in names:
         m = meta[n]
-        print(n, {k: m.get(k) for k in ("wall_s", "tokens_per_second", "peak_gpu_memory_gib", "fast_path", "first_loss", "final_loss")})
+        print(
+            n,
+            {
+                k: m.get(k)
+                for k in ("wall_s", "tokens_per_second", "peak_gpu_memory_gib", "fast_path", "first_loss", "final_loss")
+            },
+        )
     return 0
 
 

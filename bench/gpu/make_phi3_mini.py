@@ -8,6 +8,7 @@ and memory do not depend on the weights' values; accuracy is meaningless (random
 
     python bench/gpu/make_phi3_mini.py /tmp/phi3-mini-random [--tiny] [--device cuda]
 """
+
 from __future__ import annotations
 
 import argparse

@@ -8,6 +8,7 @@ caching allocator's reserve included).
 
     python bench/gpu/stage_peaks.py e2e.log gpumem.csv[.gz]
 """
+
 from __future__ import annotations
 
 import datetime

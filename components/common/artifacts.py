@@ -14,6 +14,7 @@ the folder (a file rename, which those mounts support). A folder without a valid
 unfinished whatever else it holds, so a consumer never takes a half-written output: a
 stage killed before the marker leaves none, and ``abort`` clears the folder.
 """
+
 from __future__ import annotations
 
 import errno
@@ -71,9 +72,7 @@ def verify(path: Path, expected_type: str | None = None, deep: bool = True) -> d
     if deep:
         files = tree_files(path)
         if digest(files) != marker.get("content_hash"):
-            changed = sorted(
-                set(files.items()).symmetric_difference(marker.get("files", {}).items())
-            )
+            changed = sorted(set(files.items()).symmetric_difference(marker.get("files", {}).items()))
             names = sorted({name for name, _ in changed})[:3]
             raise UserError(f"{path} was modified after it was written ({', '.join(names)}); re-run the stage")
     return marker

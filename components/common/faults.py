@@ -7,6 +7,7 @@
 SIGKILL gives the stage no chance to clean up: what is left behind is exactly what a node
 failure or the OOM killer would leave.
 """
+
 from __future__ import annotations
 
 import os

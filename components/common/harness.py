@@ -4,6 +4,7 @@
 is the same command line on every target. The harness checks the input markers, gives the
 stage temporary output folders, and seals them only when ``run`` returns.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,10 @@ from types import SimpleNamespace
 from typing import Callable
 
 from . import artifacts, promotion, secrets, tracking
-from .config import Config, describe, parse_value, set_path, validate
-from .errors import UserError
 from .artifacts import PARAMETERS_DIR_ENV
 from .cache import cache_key
+from .config import Config, describe, parse_value, set_path, validate
+from .errors import UserError
 
 log = logging.getLogger("slm")
 
@@ -41,10 +42,18 @@ def _parser(spec) -> argparse.ArgumentParser:
         p.add_argument(f"--{port.name}", required=True, metavar="DIR", help=f"output {port.type} artifact")
     for key, default in spec.params(Config()).items():
         p.add_argument(f"--{key}", dest=key, metavar="VALUE", help=f"{describe(key)} (default: {default!r})".lstrip())
-    p.add_argument("--model-uri", metavar="URI", help="the promoted model's location as the engine names it (AzureML: "
-                   "the azureml:// URI of the ONNX model input), for the model registry (components/common/registries.py)")
-    p.add_argument("--kfp-executor-input", metavar="JSON", help="on Kubeflow Pipelines: the task's executor input "
-                   "({{$}}); the stage then also writes KFP's executor output (components/common/kfp_output.py)")
+    p.add_argument(
+        "--model-uri",
+        metavar="URI",
+        help="the promoted model's location as the engine names it (AzureML: "
+        "the azureml:// URI of the ONNX model input), for the model registry (components/common/registries.py)",
+    )
+    p.add_argument(
+        "--kfp-executor-input",
+        metavar="JSON",
+        help="on Kubeflow Pipelines: the task's executor input "
+        "({{$}}); the stage then also writes KFP's executor output (components/common/kfp_output.py)",
+    )
     return p
 
 
@@ -97,8 +106,9 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
             # Named before it exists: a SIGTERM inside begin(), right after the mkdir, still cleans it up.
             tmps[name] = artifacts.tmp_path(path)
             tmps[name] = artifacts.begin(path)
-        context = SimpleNamespace(cache_key=key, finals=finals, spec=spec, after_commit=[], output_parameters={},
-                                  lineage=lineage, chain=chain)
+        context = SimpleNamespace(
+            cache_key=key, finals=finals, spec=spec, after_commit=[], output_parameters={}, lineage=lineage, chain=chain
+        )
         run(view, context=context, **inputs, **tmps)
         out_params = _output_parameters(spec, context.output_parameters)
         markers_out = {}
@@ -129,10 +139,14 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
             # A stage that scores an ONNX model and returns has passed its gate: the metrics
             # artifact says so, with the lineage and the promoted model's URI.
             model_input = next((p.name for p in spec.inputs if p.type == "OnnxModel"), None)
-            promoted = {"model_input": model_input, "model_seal": markers[model_input], "lineage": lineage} \
-                if (model_input and metrics_ports) else None
-            kfp_output.write(json.loads(args["kfp_executor_input"]), markers_out, metrics_ports, finals, out_params,
-                             promoted)
+            promoted = (
+                {"model_input": model_input, "model_seal": markers[model_input], "lineage": lineage}
+                if (model_input and metrics_ports)
+                else None
+            )
+            kfp_output.write(
+                json.loads(args["kfp_executor_input"]), markers_out, metrics_ports, finals, out_params, promoted
+            )
         _write_parameter_files(out_params)
         if promotion.promotes(spec):
             model_input = next(p.name for p in spec.inputs if p.type == "OnnxModel")
@@ -152,19 +166,30 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
         sys.exit(143)
     except MemoryError:
         _abort(tmps)
-        print(f"error: [{stage_name}] out of memory; lower the batch size or give the stage more memory", file=sys.stderr)
+        print(
+            f"error: [{stage_name}] out of memory; lower the batch size or give the stage more memory", file=sys.stderr
+        )
         sys.exit(137)
     except Exception as e:
         _abort(tmps)
         if _is_disk_full(e):
-            print(f"error: [{stage_name}] disk full while writing ({e}); free space and re-run. No output was written", file=sys.stderr)
+            print(
+                f"error: [{stage_name}] disk full while writing ({e}); free space and re-run. No output was written",
+                file=sys.stderr,
+            )
             sys.exit(2)
         if os.environ.get("SLM_DEBUG"):
             traceback.print_exc()
-            print(f"error: [{stage_name}] failed unexpectedly (traceback above); no output was written", file=sys.stderr)
+            print(
+                f"error: [{stage_name}] failed unexpectedly (traceback above); no output was written", file=sys.stderr
+            )
         else:
-            print(f"error: [{stage_name}] failed unexpectedly: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                  " (re-run with --debug for the traceback); no output was written", file=sys.stderr)
+            print(
+                f"error: [{stage_name}] failed unexpectedly: {type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}"
+                " (re-run with --debug for the traceback); no output was written",
+                file=sys.stderr,
+            )
         sys.exit(1)
 
 

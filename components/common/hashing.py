@@ -1,4 +1,5 @@
 """Content hashes: of files, folders, code and the pinned library set."""
+
 from __future__ import annotations
 
 import hashlib

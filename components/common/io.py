@@ -1,4 +1,5 @@
 """Small file helpers shared by stages."""
+
 from __future__ import annotations
 
 import json

@@ -21,6 +21,7 @@ outputs. It registers
 
 Nothing here imports KFP: the stage images do not carry it.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,7 @@ _URI_PREFIXES = {"gs://": "/gcs/", "minio://": "/minio/", "s3://": "/s3/"}
 def local_path(uri: str) -> Path:
     for prefix, mount in _URI_PREFIXES.items():
         if uri.startswith(prefix):
-            return Path(mount + uri[len(prefix):])
+            return Path(mount + uri[len(prefix) :])
     return Path(uri)
 
 
@@ -93,7 +94,9 @@ def _seal_metadata(marker: dict) -> dict:
 def promotion_metadata(executor_input: dict, promoted: dict) -> dict:
     """``promoted`` and the lineage, flat (what the KFP UI shows), with the promoted model's URI."""
     lin = promoted["lineage"]
-    listed = executor_input.get("inputs", {}).get("artifacts", {}).get(promoted["model_input"], {}).get("artifacts") or [{}]
+    listed = executor_input.get("inputs", {}).get("artifacts", {}).get(promoted["model_input"], {}).get(
+        "artifacts"
+    ) or [{}]
     meta = {
         "promoted": True,
         "model_uri": listed[0].get("uri", ""),
@@ -104,8 +107,14 @@ def promotion_metadata(executor_input: dict, promoted: dict) -> dict:
     return meta
 
 
-def write(executor_input: dict, markers: dict[str, dict], metrics_ports: list[str], outputs: dict[str, Path],
-          parameters: dict[str, str] | None = None, promoted: dict | None = None) -> dict:
+def write(
+    executor_input: dict,
+    markers: dict[str, dict],
+    metrics_ports: list[str],
+    outputs: dict[str, Path],
+    parameters: dict[str, str] | None = None,
+    promoted: dict | None = None,
+) -> dict:
     """Write the executor output file for the sealed ``outputs`` and the stage's output
     ``parameters`` (``parameterValues``, what ``dsl.If`` tests); return what was written.
     ``promoted`` (a stage that passed its gate): the metrics artifacts also carry

@@ -9,6 +9,7 @@ A base model is named by one string:
 
 Weights load only from safetensors unless ``model.allow_pickle`` is set.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -220,8 +221,9 @@ def target_modules(model, requested: list[str] | None) -> list[str]:
     if requested:
         missing = sorted(set(requested) - linear)
         if missing:
-            raise UserError(f"train.lora.target_modules {missing} are not Linear layers of this model; "
-                            f"it has {sorted(linear)}")
+            raise UserError(
+                f"train.lora.target_modules {missing} are not Linear layers of this model; it has {sorted(linear)}"
+            )
         return requested
     known = TARGET_MODULES.get(model.config.model_type)
     if known and set(known) <= linear:

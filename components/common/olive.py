@@ -20,6 +20,7 @@ key of ours) or *not imported* (and why). Nothing is dropped silently. Relative 
 resolve against the Olive config's folder, as Olive resolves them. A malformed Olive config
 is a :class:`UserError` naming the key, never a traceback.
 """
+
 from __future__ import annotations
 
 import logging
@@ -98,9 +99,11 @@ class OliveImport:
 
     def warning(self) -> str:
         """One block, a line per key not imported (what the terminal shows)."""
-        return (f"warning: {self.source}: {len(self.ignored)} Olive key(s) not imported "
-                "(`pipeline.py import-olive` writes them into the config's header):\n"
-                + "\n".join(f"  {k}: {v}" for k, v in self.ignored.items()))
+        return (
+            f"warning: {self.source}: {len(self.ignored)} Olive key(s) not imported "
+            "(`pipeline.py import-olive` writes them into the config's header):\n"
+            + "\n".join(f"  {k}: {v}" for k, v in self.ignored.items())
+        )
 
     def yaml(self) -> str:
         """The config file ``pipeline.py import-olive`` writes: the header, then our YAML."""
@@ -113,13 +116,18 @@ class OliveImport:
             return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"' if "\n" in value else None)
 
         Dumper.add_representer(str, text)
-        return self.header() + "\n" + yaml.dump(self.tree, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=1000)
+        return (
+            self.header() + "\n" + yaml.dump(self.tree, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=1000)
+        )
 
     def header(self) -> str:
         """The comment block at the top of a config written by ``pipeline.py import-olive``."""
-        lines = [f"Imported from the Olive config {self.source} by `pipeline.py import-olive`.",
-                 "Relative data paths were resolved against the Olive config's folder.", "",
-                 "Mapped (Olive key -> ours):"]
+        lines = [
+            f"Imported from the Olive config {self.source} by `pipeline.py import-olive`.",
+            "Relative data paths were resolved against the Olive config's folder.",
+            "",
+            "Mapped (Olive key -> ours):",
+        ]
         lines += [f"  {k} -> {v}" for k, v in self.mapped.items()] or ["  (nothing)"]
         lines += ["", "NOT imported (Olive key: why):"]
         lines += [f"  {k}: {v}" for k, v in self.ignored.items()] or ["  (nothing)"]
@@ -240,8 +248,10 @@ def import_olive_config(olive: dict, source: Path | str = "olive config") -> Oli
             imp.note(f"{key}.type", "onnx_build stage")
             _builder(conf, opt_key, r, imp)
         else:
-            imp.skip(key, f"pass type {ptype!r} has no stage here "
-                          "(the DAG is LoRA/QLoRA -> MergeAdapterWeights -> ModelBuilder)")
+            imp.skip(
+                key,
+                f"pass type {ptype!r} has no stage here (the DAG is LoRA/QLoRA -> MergeAdapterWeights -> ModelBuilder)",
+            )
     if passes and not lora_seen:
         r.fail("passes", "no LoRA or QLoRA pass: this pipeline fine-tunes; there is nothing to import as training")
     _systems(olive, r, imp)
@@ -297,20 +307,32 @@ def _input_model(olive: dict, r: _Reader, imp: OliveImport, folder: Path) -> Non
         conf = r.obj(model.get("config"), "input_model.config")
         hf = r.obj(conf.get("hf_config"), "input_model.config.hf_config")
         if "model_name" not in hf:
-            r.fail("input_model.config.hf_config.model_name",
-                   "missing: a PyTorchModel is imported through its hf_config (model_path/model_script models are not)")
+            r.fail(
+                "input_model.config.hf_config.model_name",
+                "missing: a PyTorchModel is imported through its hf_config (model_path/model_script models are not)",
+            )
         name = r.string(hf["model_name"], "input_model.config.hf_config.model_name")
         local = folder / name
-        imp.set("model.base", _resolve_path(name, folder) if local.exists() else name, "input_model.config.hf_config.model_name")
+        imp.set(
+            "model.base",
+            _resolve_path(name, folder) if local.exists() else name,
+            "input_model.config.hf_config.model_name",
+        )
         if "task" in hf:
             _task(hf["task"], "input_model.config.hf_config.task", r, imp)
         args = r.obj(hf.get("from_pretrained_args"), "input_model.config.hf_config.from_pretrained_args")
         _load_kwargs(args, "input_model.config.hf_config.from_pretrained_args", r, imp)
         for k in ("model_script", "io_config", "dummy_inputs_func", "script_dir"):
             if k in conf:
-                imp.skip(f"input_model.config.{k}", "Olive's ONNX-export hooks; the onnxruntime-genai model builder needs none")
+                imp.skip(
+                    f"input_model.config.{k}",
+                    "Olive's ONNX-export hooks; the onnxruntime-genai model builder needs none",
+                )
     else:
-        r.fail("input_model.type", f"{mtype!r} is not imported; use HfModel (model_path) or PyTorchModel (config.hf_config)")
+        r.fail(
+            "input_model.type",
+            f"{mtype!r} is not imported; use HfModel (model_path) or PyTorchModel (config.hf_config)",
+        )
 
 
 def _task(value, key: str, r: _Reader, imp: OliveImport) -> None:
@@ -328,7 +350,10 @@ def _load_kwargs(load: dict, key: str, r: _Reader, imp: OliveImport) -> None:
         elif k == "revision":
             imp.set("model.revision", r.string(v, f"{key}.{k}"), f"{key}.{k}")
         elif k in ("torch_dtype", "dtype"):
-            imp.skip(f"{key}.{k}", "the train stage picks the dtype per device (bf16 on GPU, fp32 on CPU); merge.dtype for merging")
+            imp.skip(
+                f"{key}.{k}",
+                "the train stage picks the dtype per device (bf16 on GPU, fp32 on CPU); merge.dtype for merging",
+            )
         else:
             imp.skip(f"{key}.{k}", "no loading option like it here")
 
@@ -393,8 +418,15 @@ def _passes(olive: dict, r: _Reader) -> list[tuple[str, str, dict, str]]:
     return out
 
 
-def _lora(conf: dict, key: str, kind: str, r: _Reader, imp: OliveImport, data_configs: dict, used: set, folder: Path) -> None:
-    names = {"lora_r": "train.lora.r", "r": "train.lora.r", "lora_alpha": "train.lora.alpha", "alpha": "train.lora.alpha"}
+def _lora(
+    conf: dict, key: str, kind: str, r: _Reader, imp: OliveImport, data_configs: dict, used: set, folder: Path
+) -> None:
+    names = {
+        "lora_r": "train.lora.r",
+        "r": "train.lora.r",
+        "lora_alpha": "train.lora.alpha",
+        "alpha": "train.lora.alpha",
+    }
     for k, v in conf.items():
         k_key = f"{key}.{k}"
         if k in names:
@@ -403,7 +435,9 @@ def _lora(conf: dict, key: str, kind: str, r: _Reader, imp: OliveImport, data_co
             imp.set("train.lora.dropout", r.number(v, k_key), k_key)
         elif k in ("target_modules", "modules_to_save"):
             if v is None:
-                imp.note(k_key, f"train.lora.{k} unset ({'inferred per architecture' if k == 'target_modules' else 'none'})")
+                imp.note(
+                    k_key, f"train.lora.{k} unset ({'inferred per architecture' if k == 'target_modules' else 'none'})"
+                )
             else:
                 imp.set(f"train.lora.{k}", r.strings(v, k_key), k_key)
         elif k == "train_data_config":
@@ -415,7 +449,9 @@ def _lora(conf: dict, key: str, kind: str, r: _Reader, imp: OliveImport, data_co
             if 0 < size < 1:
                 imp.set("data.eval_fraction", size, k_key)
             elif size >= 1:
-                imp.skip(k_key, f"an absolute count ({v}); the held-out split here is a fraction: set data.eval_fraction")
+                imp.skip(
+                    k_key, f"an absolute count ({v}); the held-out split here is a fraction: set data.eval_fraction"
+                )
             else:
                 r.fail(k_key, f"{v} must be a fraction between 0 and 1 or a positive count")
         elif k == "training_args":
@@ -438,8 +474,14 @@ def _lora(conf: dict, key: str, kind: str, r: _Reader, imp: OliveImport, data_co
         elif kind == "qlora" and k in ("quant_type", "double_quant", "compute_dtype"):
             if k == "quant_type" and str(v).lower() != "nf4":
                 r.fail(k_key, f"{v!r}: only nf4 4-bit quantization is supported")
-            imp.note(k_key, {"quant_type": "nf4 (train.quantization)", "double_quant": "double quantization is always on with nf4",
-                             "compute_dtype": "bf16 compute on GPU, fp32 on CPU"}[k])
+            imp.note(
+                k_key,
+                {
+                    "quant_type": "nf4 (train.quantization)",
+                    "double_quant": "double quantization is always on with nf4",
+                    "compute_dtype": "bf16 compute on GPU, fp32 on CPU",
+                }[k],
+            )
         else:
             imp.skip(k_key, f"a {kind} pass option with no equivalent here")
 
@@ -486,15 +528,23 @@ def _train_data(ref, key: str, r: _Reader, imp: OliveImport, data_configs: dict,
         pre = r.obj(ck.get("pre_process_data"), pre_key)
         for k in ck:
             if k != "pre_process_data":
-                imp.skip(f"{dkey}.params_config.component_kwargs.{k}", "a data component option with no equivalent here")
+                imp.skip(
+                    f"{dkey}.params_config.component_kwargs.{k}", "a data component option with no equivalent here"
+                )
         for k in pc:
             if k not in ("data_name", "data_files", "split", "component_kwargs", "data_dir"):
                 imp.skip(f"{load_key}.{k}", "a data option with no equivalent here")
     else:
-        load_key, load = _unwrap_params(r, imp, dc, f"{dkey}.load_dataset_config",
-                                        "a custom dataset loader: data_prep reads data_files itself")
-        pre_key, pre = _unwrap_params(r, imp, dc, f"{dkey}.pre_process_data_config",
-                                      "a custom pre-processing function: data_prep renders the template itself")
+        load_key, load = _unwrap_params(
+            r, imp, dc, f"{dkey}.load_dataset_config", "a custom dataset loader: data_prep reads data_files itself"
+        )
+        pre_key, pre = _unwrap_params(
+            r,
+            imp,
+            dc,
+            f"{dkey}.pre_process_data_config",
+            "a custom pre-processing function: data_prep renders the template itself",
+        )
         for k in load:
             if k not in ("data_name", "data_files", "split", "data_dir"):
                 imp.skip(f"{load_key}.{k}", "a dataset-loading option with no equivalent here")
@@ -507,8 +557,11 @@ def _load(load: dict, key: str, r: _Reader, imp: OliveImport, folder: Path, ours
     if name is not None:
         name = r.string(name, f"{key}.data_name")
         if name.lower() not in DATA_FORMATS:
-            r.fail(f"{key}.data_name", f"{name!r}: a Hugging Face hub dataset is not downloaded here; "
-                   "save it as JSON Lines or CSV and give data_files (data_name json or csv)")
+            r.fail(
+                f"{key}.data_name",
+                f"{name!r}: a Hugging Face hub dataset is not downloaded here; "
+                "save it as JSON Lines or CSV and give data_files (data_name json or csv)",
+            )
         if ours == "data.path":
             imp.set("data.format", DATA_FORMATS[name.lower()], f"{key}.data_name")
         else:
@@ -520,7 +573,11 @@ def _load(load: dict, key: str, r: _Reader, imp: OliveImport, folder: Path, ours
     if "data_files" not in load:
         r.fail(f"{key}.data_files", "missing: the data file to train on")
     files = r.strings(load["data_files"], f"{key}.data_files")
-    imp.set(ours, _resolve_path(files[0], base), f"{key}.data_files" if isinstance(load["data_files"], str) else f"{key}.data_files[0]")
+    imp.set(
+        ours,
+        _resolve_path(files[0], base),
+        f"{key}.data_files" if isinstance(load["data_files"], str) else f"{key}.data_files[0]",
+    )
     if isinstance(load["data_files"], list):
         imp.note(f"{key}.data_files", ours)
         for i in range(1, len(files)):
@@ -584,7 +641,14 @@ def _eval_data(ref, key: str, r: _Reader, imp: OliveImport, data_configs: dict, 
         if "params" in load:
             load_key += ".params"
             load = r.obj(load["params"], load_key)
-    _load({k: v for k, v in load.items() if k in ("data_name", "data_files", "split", "data_dir")}, load_key, r, imp, folder, "data.eval_path")
+    _load(
+        {k: v for k, v in load.items() if k in ("data_name", "data_files", "split", "data_dir")},
+        load_key,
+        r,
+        imp,
+        folder,
+        "data.eval_path",
+    )
 
 
 def _data_configs_unused(data_configs: dict, used: set, imp: OliveImport) -> None:
@@ -622,8 +686,15 @@ def _systems(olive: dict, r: _Reader, imp: OliveImport) -> None:
         if isinstance(value, str):
             if value not in systems:
                 r.fail(key, f"names system {value!r}, which is not in systems ({', '.join(systems) or 'none'})")
-            imp.note(key, f"system {value!r}" + (": runtime.device, onnx.execution_provider" if key == target_key else
-                                                 " runs the workflow; stages run where the runner puts them"))
+            imp.note(
+                key,
+                f"system {value!r}"
+                + (
+                    ": runtime.device, onnx.execution_provider"
+                    if key == target_key
+                    else " runs the workflow; stages run where the runner puts them"
+                ),
+            )
         else:
             r.obj(value, key)
             imp.skip(key, "an inline system: name one in systems")
@@ -655,15 +726,28 @@ def _systems(olive: dict, r: _Reader, imp: OliveImport) -> None:
                 device = r.string(acc["device"], f"{akey}.device").lower()
                 if device not in ("gpu", "cpu"):
                     r.fail(f"{akey}.device", f"{acc['device']!r}: expected gpu or cpu")
-            providers = r.strings(acc.get("execution_providers", []) or [], f"{akey}.execution_providers") \
-                if acc.get("execution_providers") else []
+            providers = (
+                r.strings(acc.get("execution_providers", []) or [], f"{akey}.execution_providers")
+                if acc.get("execution_providers")
+                else []
+            )
             unknown = [p for p in providers if p not in _GPU_PROVIDERS | _CPU_PROVIDERS]
             for j, p in enumerate(providers):
                 if p in unknown:
-                    imp.skip(f"{akey}.execution_providers[{j}]" if isinstance(acc["execution_providers"], list) else f"{akey}.execution_providers",
-                             f"{p}: models are built for cpu or cuda")
+                    imp.skip(
+                        f"{akey}.execution_providers[{j}]"
+                        if isinstance(acc["execution_providers"], list)
+                        else f"{akey}.execution_providers",
+                        f"{p}: models are built for cpu or cuda",
+                    )
             if device is None:
-                device = "gpu" if any(p in _GPU_PROVIDERS for p in providers) else "cpu" if providers and not unknown else None
+                device = (
+                    "gpu"
+                    if any(p in _GPU_PROVIDERS for p in providers)
+                    else "cpu"
+                    if providers and not unknown
+                    else None
+                )
             if name != chosen or device is None:
                 if name != chosen:
                     imp.skip(akey, f"system {name!r} is not the target")
@@ -716,8 +800,13 @@ def _check_values(imp: OliveImport, r: _Reader) -> None:
         lines = []
         for e in err.errors():
             ours = ".".join(str(p) for p in e["loc"])
-            olive_key = imp.origin.get(ours) or next((v for k, v in imp.origin.items() if ours.startswith(k) or k.startswith(ours)), None)
+            olive_key = imp.origin.get(ours) or next(
+                (v for k, v in imp.origin.items() if ours.startswith(k) or k.startswith(ours)), None
+            )
             msg = e["msg"].removeprefix("Value error, ")
             where = f"{olive_key} (-> {ours})" if olive_key else ours
-            lines.append(f"{r.source}: {where}: {msg}" + (f" (got {e['input']!r})" if not isinstance(e.get("input"), dict) else ""))
+            lines.append(
+                f"{r.source}: {where}: {msg}"
+                + (f" (got {e['input']!r})" if not isinstance(e.get("input"), dict) else "")
+            )
         raise UserError("\n".join(lines)) from None

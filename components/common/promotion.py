@@ -19,6 +19,7 @@ task's environment names, from inside the stage once its gate passed.
 
 A failed gate fails the evaluate stage, so nothing is promoted then.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,14 +41,17 @@ PROMOTION_FILE_ENV = "SLM_PROMOTION_FILE"
 def promotes(spec) -> bool:
     """A stage that scores an ONNX model into metrics: when it returns, its gate passed."""
     return any(p.type == "OnnxModel" for p in spec.inputs) and any(p.type == "Metrics" for p in spec.outputs)
+
+
 # Config keys that are not part of what a model is made from.
 NOT_LINEAGE = frozenset({"data.promoted_dataset_hash"})
 
 
 def config_hash(stage_params: dict[str, dict]) -> str:
     """``{stage: {key: value}}`` -> one hash; the same on every engine for the same config."""
-    return digest({stage: {k: v for k, v in params.items() if k not in NOT_LINEAGE}
-                   for stage, params in stage_params.items()})
+    return digest(
+        {stage: {k: v for k, v in params.items() if k not in NOT_LINEAGE} for stage, params in stage_params.items()}
+    )
 
 
 def code_version(stages) -> dict:
@@ -55,8 +59,9 @@ def code_version(stages) -> dict:
     hash of the code every stage runs (the one the cache keys use)."""
     out = {"code_hash": digest({s: code_hash(s) for s in sorted(stages)})}
     try:
-        proc = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=10)
+        proc = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        )
         if proc.returncode == 0 and proc.stdout.strip():
             out["git"] = proc.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -94,14 +99,19 @@ def write(path: Path, record: dict) -> None:
     os.replace(part, path)
 
 
-def record(model_path: Path, model_seal: dict, metrics: dict, lin: dict, run_dir: Path | None,
-           config_name: str | None) -> dict:
+def record(
+    model_path: Path, model_seal: dict, metrics: dict, lin: dict, run_dir: Path | None, config_name: str | None
+) -> dict:
     return {
         "promoted": True,
         "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **({"config": config_name} if config_name else {}),
         **({"run_dir": str(run_dir)} if run_dir else {}),
-        "model": {"path": str(model_path), "type": model_seal.get("type"), "content_hash": model_seal.get("content_hash")},
+        "model": {
+            "path": str(model_path),
+            "type": model_seal.get("type"),
+            "content_hash": model_seal.get("content_hash"),
+        },
         "metrics": metrics,
         "lineage": lin,
     }
@@ -114,14 +124,17 @@ def read(run_dir: Path) -> dict | None:
         return None
 
 
-def publish(stage: str, model_path: Path, model_seal: dict, metrics_dir: Path, lin: dict, model_uri: str | None,
-            environ=None) -> None:
+def publish(
+    stage: str, model_path: Path, model_seal: dict, metrics_dir: Path, lin: dict, model_uri: str | None, environ=None
+) -> None:
     """From inside a promoting stage whose gate passed: the record where the engine collects it
     (Argo) and the model in every registry the task's environment names."""
     from . import registries
 
     env = os.environ if environ is None else environ
-    if not (env.get(PROMOTION_FILE_ENV) or env.get(registries.AZUREML_MODEL_ENV) or env.get(registries.REGISTRY_URL_ENV)):
+    if not (
+        env.get(PROMOTION_FILE_ENV) or env.get(registries.AZUREML_MODEL_ENV) or env.get(registries.REGISTRY_URL_ENV)
+    ):
         return
     metrics_file = Path(metrics_dir) / "metrics.json"
     summary = json.loads(metrics_file.read_text()).get("summary", {}) if metrics_file.is_file() else {}

@@ -3,6 +3,7 @@
 A row becomes ``(prompt, completion)``. Training puts the loss on the completion only;
 evaluation feeds the prompt and parses the generated text back into a label.
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,13 +42,17 @@ def render(row: dict, data_cfg, tokenizer=None) -> tuple[str, str]:
         # format(v, "") is str(v) for every JSON, CSV and datasets value type: no copy of the row needed.
         return head.format_map(row), tail.format_map(row)
     user = "\n".join(str(row[c]) for c in data_cfg.text_cols if c != data_cfg.label_col)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+    )
     full = tokenizer.apply_chat_template(
         [{"role": "user", "content": user}, {"role": "assistant", "content": label}], tokenize=False
     )
     if not full.startswith(prompt):
-        raise UserError("the tokenizer's chat template does not extend the prompt with the answer; use prompt_format: template")
-    return prompt, full[len(prompt):].rstrip("\n")
+        raise UserError(
+            "the tokenizer's chat template does not extend the prompt with the answer; use prompt_format: template"
+        )
+    return prompt, full[len(prompt) :].rstrip("\n")
 
 
 def parse_label(generated: str, labels: list[str]) -> str | None:

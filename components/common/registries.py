@@ -15,6 +15,7 @@ the same everywhere:
 Metrics become tags (AzureML) or version metadata (Model Registry); the lineage becomes
 properties. Only a stage whose gate passed gets here (``promotion.publish``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,8 +50,15 @@ def register(record: dict, model_uri: str | None, env: Mapping[str, str]) -> lis
     if env.get(AZUREML_MODEL_ENV):
         done.append(azureml_model(env[AZUREML_MODEL_ENV], model_uri, record, env))
     if env.get(REGISTRY_URL_ENV):
-        done.append(kubeflow_model(env[REGISTRY_URL_ENV], env.get(REGISTRY_MODEL_ENV) or "slm-model", model_uri,
-                                   record, env.get(REGISTRY_AUTHOR_ENV) or "slm-pipeline"))
+        done.append(
+            kubeflow_model(
+                env[REGISTRY_URL_ENV],
+                env.get(REGISTRY_MODEL_ENV) or "slm-model",
+                model_uri,
+                record,
+                env.get(REGISTRY_AUTHOR_ENV) or "slm-pipeline",
+            )
+        )
     return done
 
 
@@ -62,8 +70,10 @@ def azureml_model(name: str, uri: str | None, record: dict, env: Mapping[str, st
         missing = [k for k in AZUREML_WORKSPACE_ENVS if not env.get(k)]
         raise UserError(f"cannot register {where}: not inside an AzureML job ({', '.join(missing)} unset)")
     if not uri or not uri.startswith("azureml:"):
-        raise UserError(f"cannot register {where}: no azureml:// URI for the model (got {uri!r}); "
-                        "recompile the pipeline with this version (`pipeline.py compile --target azureml`)")
+        raise UserError(
+            f"cannot register {where}: no azureml:// URI for the model (got {uri!r}); "
+            "recompile the pipeline with this version (`pipeline.py compile --target azureml`)"
+        )
     from azure.ai.ml import MLClient
     from azure.ai.ml.entities import Model
     from azure.identity import ManagedIdentityCredential
@@ -73,15 +83,21 @@ def azureml_model(name: str, uri: str | None, record: dict, env: Mapping[str, st
     credential = ManagedIdentityCredential(client_id=client_id)
     try:
         ml = MLClient(credential, *workspace)
-        created = ml.models.create_or_update(Model(
-            name=name, path=uri, type="custom_model",
-            description=_description(record),
-            tags={k: str(v) for k, v in flat(record["metrics"]).items()},
-            properties={k: str(v) for k, v in flat(record["lineage"]).items()},
-        ))
+        created = ml.models.create_or_update(
+            Model(
+                name=name,
+                path=uri,
+                type="custom_model",
+                description=_description(record),
+                tags={k: str(v) for k, v in flat(record["metrics"]).items()},
+                properties={k: str(v) for k, v in flat(record["lineage"]).items()},
+            )
+        )
     except Exception as e:  # noqa: BLE001 - one line, whatever the SDK raised
-        raise UserError(f"cannot register {where} in workspace {workspace[2]!r}: {first_line(e, with_type=True)} (the job's "
-                        "identity needs write access to the workspace's models, e.g. 'AzureML Data Scientist')") from None
+        raise UserError(
+            f"cannot register {where} in workspace {workspace[2]!r}: {first_line(e, with_type=True)} (the job's "
+            "identity needs write access to the workspace's models, e.g. 'AzureML Data Scientist')"
+        ) from None
     finally:
         credential.close()
     return f"AzureML model {created.name}:{created.version} -> {uri}"
@@ -96,19 +112,29 @@ def kubeflow_model(url: str, name: str, uri: str | None, record: dict, author: s
     import warnings
 
     from model_registry import ModelRegistry
+
     model = record["model"]
     version = (model.get("content_hash") or "")[:16] or record["promoted_at"]
-    metadata = {**flat(record["metrics"]), **{f"lineage.{k}": v for k, v in flat(record["lineage"]).items()},
-                "promoted_at": record["promoted_at"]}
+    metadata = {
+        **flat(record["metrics"]),
+        **{f"lineage.{k}": v for k, v in flat(record["lineage"]).items()},
+        "promoted_at": record["promoted_at"],
+    }
     try:
         with warnings.catch_warnings():  # "User access token is missing": an in-cluster http registry needs none
             warnings.simplefilter("ignore")
             registry = ModelRegistry(url, author=author, is_secure=url.startswith("https://"), log_level=logging.ERROR)
         if registry.get_registered_model(name) and registry.get_model_version(name, version):
             return f"Kubeflow Model Registry {name} version {version} (already registered) -> {uri}"
-        registry.register_model(name, uri, version=version, model_format_name="onnx",
-                                model_format_version="int4",
-                                version_description=_description(record), metadata=metadata)
+        registry.register_model(
+            name,
+            uri,
+            version=version,
+            model_format_name="onnx",
+            model_format_version="int4",
+            version_description=_description(record),
+            metadata=metadata,
+        )
     except Exception as e:  # noqa: BLE001
         raise UserError(f"cannot register in {where}: {first_line(e, with_type=True)}") from None
     return f"Kubeflow Model Registry {name} version {version} -> {uri}"
@@ -116,8 +142,10 @@ def kubeflow_model(url: str, name: str, uri: str | None, record: dict, author: s
 
 def _description(record: dict) -> str:
     lineage = record["lineage"]
-    return (f"INT4 ONNX model of {lineage.get('base_model')}, promoted by the quality gate; "
-            f"dataset {str(lineage.get('dataset_hash'))[:12]}")
+    return (
+        f"INT4 ONNX model of {lineage.get('base_model')}, promoted by the quality gate; "
+        f"dataset {str(lineage.get('dataset_hash'))[:12]}"
+    )
 
 
 def _quiet(*loggers: str) -> None:

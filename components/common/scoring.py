@@ -1,4 +1,5 @@
 """Classification metrics, written once for every model we score."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,12 @@ def classification_report(truth: list[str], predicted: list[str | None], labels:
         precision = tp / predicted_as if predicted_as else 0.0
         recall = tp / actual if actual else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[label] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
-                            "support": actual}
+        per_class[label] = {
+            "precision": round(precision, 4),
+            "recall": round(recall, 4),
+            "f1": round(f1, 4),
+            "support": actual,
+        }
         f1s.append(f1)
     correct = sum(1 for t, p in zip(truth, pred) if t == p)
     return {

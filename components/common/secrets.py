@@ -16,6 +16,7 @@ the variables are absent and nothing happens.
 A failure is one line naming the vault and the secret and saying what to fix; the token
 itself is never logged, printed or put in an error.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,16 +46,22 @@ def hf_token_from_key_vault(environ: MutableMapping[str, str] | None = None) -> 
     if not name or env.get(TOKEN_ENV):
         return False
     if not url:
-        log.info("%s=%s but no %s (targets.azureml.key_vault_url): no Hugging Face token; public models only",
-                 SECRET_ENV, name, URL_ENV)
+        log.info(
+            "%s=%s but no %s (targets.azureml.key_vault_url): no Hugging Face token; public models only",
+            SECRET_ENV,
+            name,
+            URL_ENV,
+        )
         return False
     where = f"Key Vault {url}, secret {name!r}"
     try:
         from azure.identity import ManagedIdentityCredential
         from azure.keyvault.secrets import SecretClient
     except ImportError as e:
-        raise UserError(f"reading the Hugging Face token from {where} needs azure-identity and "
-                        f"azure-keyvault-secrets in the image ({e.name} is missing)") from None
+        raise UserError(
+            f"reading the Hugging Face token from {where} needs azure-identity and "
+            f"azure-keyvault-secrets in the image ({e.name} is missing)"
+        ) from None
     for noisy in ("azure", "msal"):  # request logs and multi-line warnings: the error below says it once
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     client_id = next((env[k] for k in CLIENT_ID_ENVS if env.get(k)), None)
@@ -82,24 +89,34 @@ def _set_command(url: str, name: str) -> str:
 
 def _explain(e: Exception, where: str, set_command: str) -> UserError:
     """One line for a failed read; never the token (the read failed, so there is none to leak)."""
-    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError, ServiceResponseError
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
 
     detail = first_line(e)
     status = getattr(e, "status_code", None)
     if isinstance(e, ClientAuthenticationError) and status is None:
-        return UserError(f"cannot read the Hugging Face token from {where}: the job has no usable managed "
-                         f"identity (give the compute a managed identity that may read the secret): {detail}")
+        return UserError(
+            f"cannot read the Hugging Face token from {where}: the job has no usable managed "
+            f"identity (give the compute a managed identity that may read the secret): {detail}"
+        )
     if status == 403:
-        return UserError(f"cannot read the Hugging Face token from {where}: 403 Forbidden, the job's identity may "
-                         f"not read secrets there (grant it 'Key Vault Secrets User' or a 'get' access policy): {detail}")
+        return UserError(
+            f"cannot read the Hugging Face token from {where}: 403 Forbidden, the job's identity may "
+            f"not read secrets there (grant it 'Key Vault Secrets User' or a 'get' access policy): {detail}"
+        )
     if status == 404:
         return UserError(f"cannot read the Hugging Face token from {where}: 404, no such secret ({set_command})")
     if status == 401:
-        return UserError(f"cannot read the Hugging Face token from {where}: 401, the vault refused the identity's "
-                         f"token (wrong tenant?): {detail}")
+        return UserError(
+            f"cannot read the Hugging Face token from {where}: 401, the vault refused the identity's "
+            f"token (wrong tenant?): {detail}"
+        )
     if isinstance(e, (ServiceRequestError, ServiceResponseError)) or (status or 0) >= 500:
         return SecretUnreachable(f"cannot read the Hugging Face token from {where}: the vault did not answer: {detail}")
     if isinstance(e, HttpResponseError):
         return UserError(f"cannot read the Hugging Face token from {where}: HTTP {status}: {detail}")
     return UserError(f"cannot read the Hugging Face token from {where}: {type(e).__name__}: {detail}")
-

@@ -5,6 +5,7 @@ deterministically in seconds, so the Phi-3 code paths (fused qkv/gate_up project
 builder's phi3 path) run on CI. models.py resolves the source into the cache with :func:`build`;
 tests and benches make their own small models and tokenizers with :func:`phi3_config` and :func:`tokenizer`.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,12 +33,17 @@ def tokenizer(vocab_size: int = 1000):
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(sorted(corpus), trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|end|>", pad_token="<|endoftext|>",
+        tokenizer_object=bpe,
+        bos_token="<|endoftext|>",
+        eos_token="<|end|>",
+        pad_token="<|endoftext|>",
         unk_token="<|endoftext|>",
     )
 
@@ -47,8 +53,13 @@ def phi3_config(vocab_size: int, **overrides):
     from transformers import Phi3Config
 
     fields = {
-        "vocab_size": vocab_size, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 512,
+        "vocab_size": vocab_size,
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 512,
         # equal, as in Phi-3-mini-4k: the ONNX builder's phi3 (not LongRoPE) path
         "original_max_position_embeddings": 512,
         "tie_word_embeddings": False,
@@ -68,8 +79,9 @@ def build(out: Path) -> None:
     # The builder takes any Linear as wide as the vocab for the LM head: keep the vocab
     # clear of hidden, 3*hidden and 2*intermediate (docs/field-notes.md).
     assert vocab not in (128, 384, 512)
-    cfg = phi3_config(vocab, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    cfg = phi3_config(
+        vocab, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
     torch.manual_seed(0)
     Phi3ForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
     save_tokenizer(tok, out)

@@ -14,6 +14,7 @@ tagged ``slm.stage``, in ``MLFLOW_EXPERIMENT_NAME`` (else MLflow's default exper
 ``mlflow`` (the ``mlflow-skinny`` package) is imported only when tracking is on. A tracking
 server that fails does not fail a stage whose outputs are already sealed: it is a warning.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,12 @@ def log_stage(stage: str, params: dict, outputs: dict[str, Path]) -> str | None:
     try:
         return _log(stage, params, outputs)
     except Exception as e:  # noqa: BLE001 - the outputs are sealed; say so, do not fail the stage
-        log.warning("MLflow logging to %s failed: %s: %s", os.environ.get(URI_ENV), type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        log.warning(
+            "MLflow logging to %s failed: %s: %s",
+            os.environ.get(URI_ENV),
+            type(e).__name__,
+            str(e).splitlines()[0] if str(e) else "",
+        )
         return None
 
 

@@ -22,6 +22,7 @@ Labels lose surrounding spaces, with a warning that counts them.
 Outputs (Dataset artifact): ``train.jsonl``, ``eval.jsonl`` (``prompt``, ``completion``,
 ``label`` per line) and ``stats.json``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -64,7 +65,8 @@ def run(cfg, context, dataset: Path) -> None:
         if source.resolve() == eval_source.resolve():
             raise UserError(
                 f"data.eval_path is the same file as data.path ({data.path}): every eval prompt would be removed "
-                "from training; give a separate eval file, or unset data.eval_path to split data.path by data.eval_fraction"
+                "from training; give a separate eval file, or unset data.eval_path to split data.path by "
+                "data.eval_fraction"
             )
 
     reader = Reader(data, tokenizer)
@@ -83,8 +85,10 @@ def run(cfg, context, dataset: Path) -> None:
         train = [e for e in examples if e["prompt"] not in eval_prompts]
         leaked = len(examples) - len(train)
         if not train:
-            raise UserError(f"every prompt of data.path ({data.path}) also occurs in data.eval_path ({data.eval_path}); "
-                            "nothing is left to train on")
+            raise UserError(
+                f"every prompt of data.path ({data.path}) also occurs in data.eval_path ({data.eval_path}); "
+                "nothing is left to train on"
+            )
     check_sizes(train, evals, data, reader)
 
     write_jsonl(dataset / "train.jsonl", train)
@@ -99,8 +103,11 @@ def run(cfg, context, dataset: Path) -> None:
         "eval": {"rows": len(evals), "labels": dict(sorted(Counter(e["label"] for e in evals).items()))},
         "prompt_format": data.prompt_format,
         # Keyed by the config key, not the path: the same data at another path is the same dataset.
-        "input_hashes": {key: tree_hash(p) if p.is_dir() else file_hash(p)
-                         for key, p in (("data.path", source), ("data.eval_path", eval_source)) if p is not None},
+        "input_hashes": {
+            key: tree_hash(p) if p.is_dir() else file_hash(p)
+            for key, p in (("data.path", source), ("data.eval_path", eval_source))
+            if p is not None
+        },
     }
     write_json(dataset / "stats.json", stats)
     log.info("train %d, eval %d, %d duplicates removed, labels %s", len(train), len(evals), dupes, labels)
@@ -116,9 +123,13 @@ def publish_change(context, dataset: Path, promoted: str | None) -> None:
     if not promoted:
         log.info("dataset %s; no promoted dataset hash given: the pipeline trains", content_hash[:12])
     elif changed:
-        log.info("dataset %s differs from the promoted model's %s: the pipeline trains", content_hash[:12], promoted[:12])
+        log.info(
+            "dataset %s differs from the promoted model's %s: the pipeline trains", content_hash[:12], promoted[:12]
+        )
     else:
-        log.info("dataset %s is the promoted model's: nothing new to train on, the pipeline stops here", content_hash[:12])
+        log.info(
+            "dataset %s is the promoted model's: nothing new to train on, the pipeline stops here", content_hash[:12]
+        )
 
 
 def find_input(path: str, key: str) -> Path:
@@ -126,8 +137,10 @@ def find_input(path: str, key: str) -> Path:
     for candidate in (Path(path), ROOT / path):
         if candidate.exists():
             if not (candidate.is_file() or candidate.is_dir()):
-                raise UserError(f"{key}: {candidate} is not a regular file (a FIFO, socket or device); "
-                                "give a data file or a dataset folder")
+                raise UserError(
+                    f"{key}: {candidate} is not a regular file (a FIFO, socket or device); "
+                    "give a data file or a dataset folder"
+                )
             return candidate
     raise UserError(f"{key}: {path} not found (looked in {Path.cwd()} and {ROOT})")
 
@@ -160,7 +173,9 @@ class Reader:
         n = count = 0
         for n, row in rows:
             if type(row) is not dict:
-                raise UserError(f"{path} {unit} {n}: expected an object with fields {data.text_cols}, got {_json_type(row)}")
+                raise UserError(
+                    f"{path} {unit} {n}: expected an object with fields {data.text_cols}, got {_json_type(row)}"
+                )
             if not self.rows_read:
                 self._check_columns(row, path)
             self._check_row(row, path, unit, n)
@@ -175,8 +190,10 @@ class Reader:
             prompt, completion = render(row, data, self.tokenizer)
             seen = self.prompts.setdefault(prompt, (label, src, n))
             if seen[0] != label:
-                raise UserError(f"{path} {unit} {n}: this prompt has label {label!r}, but {self.where(prompt)} "
-                                f"gives it {seen[0]!r}; one prompt must have one label")
+                raise UserError(
+                    f"{path} {unit} {n}: this prompt has label {label!r}, but {self.where(prompt)} "
+                    f"gives it {seen[0]!r}; one prompt must have one label"
+                )
             count += 1
             previous = here.get(prompt)
             if previous is not None and (previous == completion or (prompt, completion) in extra):
@@ -203,8 +220,10 @@ class Reader:
         """The first row names the columns: a template field outside text_cols that it lacks is a config error."""
         lacking = [f for f in self.template if f not in row and f not in self.data.text_cols]
         if lacking:
-            raise UserError(f"data.text_template names column(s) {lacking} that the data lacks; "
-                            f"{path} has columns {sorted(map(str, row))}")
+            raise UserError(
+                f"data.text_template names column(s) {lacking} that the data lacks; "
+                f"{path} has columns {sorted(map(str, row))}"
+            )
 
     def _check_row(self, row: dict, path: Path, unit: str, n: int) -> None:
         data = self.data
@@ -217,11 +236,15 @@ class Reader:
                 raise UserError(f"{path} {unit} {n}: field {col!r} is missing or empty")
             if not isinstance(value, str):
                 shown = f" {json.dumps(value)}" if isinstance(value, (bool, int, float)) else ""
-                raise UserError(f"{path} {unit} {n}: field {col!r} must be text, got {_json_type(value)}{shown}; "
-                                "quote it in the file if it is meant as text")
+                raise UserError(
+                    f"{path} {unit} {n}: field {col!r} must be text, got {_json_type(value)}{shown}; "
+                    "quote it in the file if it is meant as text"
+                )
             if len(value) > data.max_text_chars:
-                raise UserError(f"{path} {unit} {n}: field {col!r} has {len(value)} characters, "
-                                f"over data.max_text_chars={data.max_text_chars}")
+                raise UserError(
+                    f"{path} {unit} {n}: field {col!r} has {len(value)} characters, "
+                    f"over data.max_text_chars={data.max_text_chars}"
+                )
 
     def check_labels(self, labels: list[str]) -> None:
         if self.stripped:
@@ -231,10 +254,14 @@ class Reader:
         for label, at in self.first_seen.items():
             other = by_fold.setdefault(label.casefold(), label)
             if other != label:
-                raise UserError(f"{at}: label {label!r} differs only in case from {other!r} "
-                                f"({self.first_seen[other]}); labels are case-sensitive: spell them one way")
+                raise UserError(
+                    f"{at}: label {label!r} differs only in case from {other!r} "
+                    f"({self.first_seen[other]}); labels are case-sensitive: spell them one way"
+                )
             if label not in allowed:
-                hint = next((f" (labels are case-sensitive: {a!r}?)" for a in labels if a.casefold() == label.casefold()), "")
+                hint = next(
+                    (f" (labels are case-sensitive: {a!r}?)" for a in labels if a.casefold() == label.casefold()), ""
+                )
                 raise UserError(f"{at}: label {label!r} is not in data.labels {labels}{hint}")
         if len(self.first_seen) < 2:
             raise UserError(f"the data has only one label ({sorted(self.first_seen)}); a classifier needs at least two")
@@ -245,12 +272,15 @@ def check_sizes(train: list[dict], evals: list[dict], data, reader: Reader) -> N
     trained = Counter(e["label"] for e in train)
     for e in evals:
         if e["label"] not in trained:
-            raise UserError(f"{reader.where(e['prompt'])}: eval label {e['label']!r} never occurs in the training data "
-                            f"({data.path}); the model could never predict it")
+            raise UserError(
+                f"{reader.where(e['prompt'])}: eval label {e['label']!r} never occurs in the training data "
+                f"({data.path}); the model could never predict it"
+            )
     for label, count in sorted(trained.items()):
         if count < MIN_TRAIN_PER_LABEL:
             raise UserError(
-                f"label {label!r} has {count} training example(s) after the split (first at {reader.first_seen[label]}); "
+                f"label {label!r} has {count} training example(s) after the split (first at "
+                f"{reader.first_seen[label]}); "
                 f"data_prep needs at least {MIN_TRAIN_PER_LABEL} per label: add rows for it"
             )
     if len(evals) < MIN_EVAL_ROWS:
@@ -304,8 +334,10 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 yield n, raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise UserError(f"{path} line {n}: not UTF-8 text (byte {raw[e.start]:#x} at column {e.start + 1}); "
-                                "re-save the file as UTF-8") from None
+                raise UserError(
+                    f"{path} line {n}: not UTF-8 text (byte {raw[e.start]:#x} at column {e.start + 1}); "
+                    "re-save the file as UTF-8"
+                ) from None
 
 
 class _DuplicateKey(ValueError):
@@ -320,7 +352,9 @@ def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
     return out
 
 
-_DECODE = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys).decode  # one decoder: json.loads(**kw) builds one per call
+_DECODE = json.JSONDecoder(
+    object_pairs_hook=_no_duplicate_keys
+).decode  # one decoder: json.loads(**kw) builds one per call
 
 
 def _loads(text: str, where: str, whole_file: bool = False):
@@ -330,8 +364,11 @@ def _loads(text: str, where: str, whole_file: bool = False):
     except _DuplicateKey as e:
         raise UserError(f"{where}: key {e.args[0]!r} appears twice in one object; keep one") from None
     except json.JSONDecodeError as e:
-        at = f"{where} line {e.lineno}: not valid JSON ({e.msg})" if whole_file else \
-            f"{where}: not valid JSON ({e.msg} at column {e.colno})"
+        at = (
+            f"{where} line {e.lineno}: not valid JSON ({e.msg})"
+            if whole_file
+            else f"{where}: not valid JSON ({e.msg} at column {e.colno})"
+        )
         raise UserError(at) from None
 
 
@@ -369,8 +406,10 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
                     raise UserError(f"{path} line {start}: header names {repeated} more than once")
                 continue
             if len(fields) != len(header):
-                raise UserError(f"{path} line {start}: {len(fields)} field(s), but the header has {len(header)} "
-                                f"({', '.join(header)}); quote fields that contain a comma")
+                raise UserError(
+                    f"{path} line {start}: {len(fields)} field(s), but the header has {len(header)} "
+                    f"({', '.join(header)}); quote fields that contain a comma"
+                )
             yield start, dict(zip(header, fields))
     except csv.Error as e:
         raise UserError(f"{path} line {reader.line_num}: not valid CSV ({e})") from None

@@ -8,6 +8,7 @@ training loss curve), ``#confusion`` (PyTorch and INT4 confusion matrices side b
 where they disagree), ``#size-latency`` (size and latency bars) and ``#gate`` (the verdict).
 Rendered with matplotlib's Agg backend: no display needed.
 """
+
 from __future__ import annotations
 
 import base64
@@ -108,14 +109,25 @@ def size_latency_figure(report: dict, models: list[str]):
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:.9em;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#f4f4f4}.pass{color:#17692b;font-weight:bold}.fail{color:#b00020;font-weight:bold}
-img{max-width:100%}code{background:#f4f4f4;padding:0 .2em}td.mono,.mono td{font-family:ui-monospace,monospace;white-space:pre-wrap}
+img{max-width:100%}code{background:#f4f4f4;padding:0 .2em}
+td.mono,.mono td{font-family:ui-monospace,monospace;white-space:pre-wrap}
 """
 
 
-def render(report: dict, onnx_key: str, rows: list[dict], predictions: dict[str, list], lineage: dict,
-           config: dict, versions: dict, history: list[dict] | None, verdict: dict) -> str:
+def render(
+    report: dict,
+    onnx_key: str,
+    rows: list[dict],
+    predictions: dict[str, list],
+    lineage: dict,
+    config: dict,
+    versions: dict,
+    history: list[dict] | None,
+    verdict: dict,
+) -> str:
     """The page, as one string. ``rows``: the eval rows (prompt, label); ``predictions``: per model,
     the parsed label of each row; ``config``: ``{stage: {key: value}}`` (the chain's parameters)."""
     import matplotlib
@@ -124,61 +136,118 @@ def render(report: dict, onnx_key: str, rows: list[dict], predictions: dict[str,
     models = ["pytorch", onnx_key]
     labels = report["labels"]
     esc = html.escape
-    parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>slm-pipeline report</title>"
-             f"<style>{CSS}</style></head><body>",
-             f"<h1>Evaluation report: {esc(str(lineage.get('base_model')))} fine-tuned</h1>"]
+    parts = [
+        f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>slm-pipeline report</title>"
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>Evaluation report: {esc(str(lineage.get('base_model')))} fine-tuned</h1>",
+    ]
     cls = "pass" if verdict["passed"] else "fail"
-    parts.append(f'<p>Verdict: <span class="{cls}">{"PASSED" if verdict["passed"] else "FAILED"}</span> · '
-                 f"{onnx_key} accuracy {report[onnx_key]['accuracy']:.1%} · PyTorch {report['pytorch']['accuracy']:.1%} · "
-                 f"agreement {report['agreement']:.1%} · {report['samples']} held-out rows</p>")
+    parts.append(
+        f'<p>Verdict: <span class="{cls}">{"PASSED" if verdict["passed"] else "FAILED"}</span> · '
+        f"{onnx_key} accuracy {report[onnx_key]['accuracy']:.1%} · PyTorch {report['pytorch']['accuracy']:.1%} · "
+        f"agreement {report['agreement']:.1%} · {report['samples']} held-out rows</p>"
+    )
 
     # config and lineage
-    lin_rows = [["dataset hash", lineage.get("dataset_hash")], ["base model", lineage.get("base_model")],
-                ["base revision", lineage.get("base_revision") or "(default)"], ["config hash", lineage.get("config_hash")]]
+    lin_rows = [
+        ["dataset hash", lineage.get("dataset_hash")],
+        ["base model", lineage.get("base_model")],
+        ["base revision", lineage.get("base_revision") or "(default)"],
+        ["config hash", lineage.get("config_hash")],
+    ]
     lin_rows += [[f"code {k}", v] for k, v in (lineage.get("code_version") or {}).items()]
     cfg_rows = [[stage, key, json.dumps(value)] for stage, params in config.items() for key, value in params.items()]
-    parts.append('<section id="config"><h2>Config and lineage</h2>' + _table(["", "value"], lin_rows, "mono")
-                 + "<h3>Package versions</h3>" + _table(["package", "version"], sorted(versions.items()))
-                 + "<details><summary>Every stage's parameters</summary>"
-                 + _table(["stage", "key", "value"], cfg_rows, "mono") + "</details></section>")
+    parts.append(
+        '<section id="config"><h2>Config and lineage</h2>'
+        + _table(["", "value"], lin_rows, "mono")
+        + "<h3>Package versions</h3>"
+        + _table(["package", "version"], sorted(versions.items()))
+        + "<details><summary>Every stage's parameters</summary>"
+        + _table(["stage", "key", "value"], cfg_rows, "mono")
+        + "</details></section>"
+    )
 
     # training loss
     if history:
-        loss = (_png(loss_figure(history)) + f"<p>{len(history)} logged steps; loss {history[0]['loss']:.4f} at step "
-                f"{history[0]['step']} → {history[-1]['loss']:.4f} at step {history[-1]['step']}.</p>")
+        loss = (
+            _png(loss_figure(history)) + f"<p>{len(history)} logged steps; loss {history[0]['loss']:.4f} at step "
+            f"{history[0]['step']} → {history[-1]['loss']:.4f} at step {history[-1]['step']}.</p>"
+        )
     else:
         loss = "<p>No training log came with the merged model (it was not made by this pipeline's merge stage).</p>"
     parts.append(f'<section id="loss"><h2>Training loss</h2>{loss}</section>')
 
-    parts.append('<section id="confusion"><h2>Confusion matrices: PyTorch and INT4</h2>'
-                 + _png(confusion_figure(report, models)) + "</section>")
+    parts.append(
+        '<section id="confusion"><h2>Confusion matrices: PyTorch and INT4</h2>'
+        + _png(confusion_figure(report, models))
+        + "</section>"
+    )
 
-    pc_rows = [[label] + [f"{report[m]['per_class'][label][k]:.3f}" for m in models for k in ("precision", "recall")]
-               + [report["pytorch"]["per_class"][label]["support"]] for label in labels]
-    parts.append('<section id="per-class"><h2>Per-class precision and recall</h2>'
-                 + _png(per_class_figure(report, models, labels))
-                 + _table(["class"] + [f"{m} {k}" for m in models for k in ("precision", "recall")] + ["support"], pc_rows)
-                 + "</section>")
+    pc_rows = [
+        [label]
+        + [f"{report[m]['per_class'][label][k]:.3f}" for m in models for k in ("precision", "recall")]
+        + [report["pytorch"]["per_class"][label]["support"]]
+        for label in labels
+    ]
+    parts.append(
+        '<section id="per-class"><h2>Per-class precision and recall</h2>'
+        + _png(per_class_figure(report, models, labels))
+        + _table(["class"] + [f"{m} {k}" for m in models for k in ("precision", "recall")] + ["support"], pc_rows)
+        + "</section>"
+    )
 
     differ = [i for i, (a, b) in enumerate(zip(predictions["pytorch"], predictions[onnx_key])) if a != b]
-    dis_rows = [[i, rows[i]["prompt"][-160:], rows[i]["label"], predictions["pytorch"][i] or "(unparsed)",
-                 predictions[onnx_key][i] or "(unparsed)"] for i in differ[:MAX_DISAGREEMENTS]]
+    dis_rows = [
+        [
+            i,
+            rows[i]["prompt"][-160:],
+            rows[i]["label"],
+            predictions["pytorch"][i] or "(unparsed)",
+            predictions[onnx_key][i] or "(unparsed)",
+        ]
+        for i in differ[:MAX_DISAGREEMENTS]
+    ]
     more = f"<p>… and {len(differ) - MAX_DISAGREEMENTS} more.</p>" if len(differ) > MAX_DISAGREEMENTS else ""
-    parts.append(f'<section id="agreement"><h2>PyTorch vs {onnx_key} agreement</h2>'
-                 f"<p>The two models give the same label on {report['agreement']:.1%} of the {report['samples']} rows; "
-                 f"they disagree on {len(differ)}.</p>"
-                 + (_table(["row", "prompt (end)", "true", "pytorch", onnx_key], dis_rows, "mono disagreements") if differ
-                    else "<p>No disagreements.</p>") + more + "</section>")
+    parts.append(
+        f'<section id="agreement"><h2>PyTorch vs {onnx_key} agreement</h2>'
+        f"<p>The two models give the same label on {report['agreement']:.1%} of the {report['samples']} rows; "
+        f"they disagree on {len(differ)}.</p>"
+        + (
+            _table(["row", "prompt (end)", "true", "pytorch", onnx_key], dis_rows, "mono disagreements")
+            if differ
+            else "<p>No disagreements.</p>"
+        )
+        + more
+        + "</section>"
+    )
 
-    sl_rows = [[m, f"{report[m]['size_bytes'] / 1e6:.1f} MB", report[m]["latency_ms_p50"], report[m]["latency_ms_p95"],
-                report[m]["tokens_per_second"]] for m in models]
-    parts.append('<section id="size-latency"><h2>Size and latency</h2>' + _png(size_latency_figure(report, models))
-                 + _table(["model", "size", "latency p50 ms", "latency p95 ms", "tokens/s"], sl_rows) + "</section>")
+    sl_rows = [
+        [
+            m,
+            f"{report[m]['size_bytes'] / 1e6:.1f} MB",
+            report[m]["latency_ms_p50"],
+            report[m]["latency_ms_p95"],
+            report[m]["tokens_per_second"],
+        ]
+        for m in models
+    ]
+    parts.append(
+        '<section id="size-latency"><h2>Size and latency</h2>'
+        + _png(size_latency_figure(report, models))
+        + _table(["model", "size", "latency p50 ms", "latency p95 ms", "tokens/s"], sl_rows)
+        + "</section>"
+    )
 
     checks = [[c["check"], c["value"], c["threshold"], "pass" if c["ok"] else "FAIL"] for c in verdict["checks"]]
-    parts.append(f'<section id="gate"><h2>Quality gate</h2><p class="{cls}">'
-                 f'{"PASSED: the INT4 model may be promoted" if verdict["passed"] else "FAILED: " + esc("; ".join(verdict["failures"]))}'
-                 "</p>" + _table(["check", "value", "threshold", "result"], checks) + "</section>")
+    said = (
+        "PASSED: the INT4 model may be promoted"
+        if verdict["passed"]
+        else "FAILED: " + esc("; ".join(verdict["failures"]))
+    )
+    parts.append(
+        f'<section id="gate"><h2>Quality gate</h2><p class="{cls}">{said}'
+        "</p>" + _table(["check", "value", "threshold", "result"], checks) + "</section>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -12,6 +12,7 @@ page with the lineage, loss curve, confusion matrices, agreement and the gate's 
 (``{"pytorch": {"accuracy", "macro_f1"}, "onnx_int4": {...}, "agreement": ...}``) and the
 full reports: per-class precision/recall, confusion matrices, tokens/s, latency, sizes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,10 +67,18 @@ def run(cfg, context, dataset: Path, model: Path, onnx_model: Path, metrics: Pat
             "latency_ms_p50": round(percentile(latencies, 0.5) * 1000, 2),
             "latency_ms_p95": round(percentile(latencies, 0.95) * 1000, 2),
             "size_bytes": folder_bytes(gen.path),
-            "examples": [{"prompt": p[-80:], "generated": t, "label": y} for p, t, y in list(zip(prompts, texts, truth))[:5]],
+            "examples": [
+                {"prompt": p[-80:], "generated": t, "label": y} for p, t, y in list(zip(prompts, texts, truth))[:5]
+            ],
         }
         predictions[name] = predicted
-        log.info("%s: accuracy %.3f, macro-F1 %.3f, %.0f tokens/s", name, report[name]["accuracy"], report[name]["macro_f1"], speed["tokens_per_second"])
+        log.info(
+            "%s: accuracy %.3f, macro-F1 %.3f, %.0f tokens/s",
+            name,
+            report[name]["accuracy"],
+            report[name]["macro_f1"],
+            speed["tokens_per_second"],
+        )
 
     agreement = sum(a == b for a, b in zip(predictions["pytorch"], predictions[onnx_key])) / len(rows)
     drop = report["pytorch"]["accuracy"] - report[onnx_key]["accuracy"]
@@ -85,22 +94,38 @@ def run(cfg, context, dataset: Path, model: Path, onnx_model: Path, metrics: Pat
 
     failures = []
     if report[onnx_key]["accuracy"] < ec.min_accuracy:
-        failures.append(f"{onnx_key} accuracy {report[onnx_key]['accuracy']:.3f} < evaluate.min_accuracy {ec.min_accuracy}")
+        failures.append(
+            f"{onnx_key} accuracy {report[onnx_key]['accuracy']:.3f} < evaluate.min_accuracy {ec.min_accuracy}"
+        )
     if drop > ec.max_int4_drop:
         failures.append(f"{onnx_key} is {drop:.3f} below PyTorch, over evaluate.max_int4_drop {ec.max_int4_drop}")
-    verdict = {"passed": not failures, "failures": failures, "checks": [
-        {"check": f"{onnx_key} accuracy ≥ evaluate.min_accuracy", "value": report[onnx_key]["accuracy"],
-         "threshold": ec.min_accuracy, "ok": report[onnx_key]["accuracy"] >= ec.min_accuracy},
-        {"check": f"PyTorch − {onnx_key} accuracy ≤ evaluate.max_int4_drop", "value": round(drop, 4),
-         "threshold": ec.max_int4_drop, "ok": drop <= ec.max_int4_drop},
-    ]}
+    verdict = {
+        "passed": not failures,
+        "failures": failures,
+        "checks": [
+            {
+                "check": f"{onnx_key} accuracy ≥ evaluate.min_accuracy",
+                "value": report[onnx_key]["accuracy"],
+                "threshold": ec.min_accuracy,
+                "ok": report[onnx_key]["accuracy"] >= ec.min_accuracy,
+            },
+            {
+                "check": f"PyTorch − {onnx_key} accuracy ≤ evaluate.max_int4_drop",
+                "value": round(drop, 4),
+                "threshold": ec.max_int4_drop,
+                "ok": drop <= ec.max_int4_drop,
+            },
+        ],
+    }
     page = write_report(report, onnx_key, rows, predictions, model, context, verdict, metrics / "report.html")
     if failures:
         rejected = Path(str(context.finals["metrics"]) + ".rejected.json")
         write_json(rejected, report)
         shutil.copyfile(page, rejected.with_suffix(".html"))
-        raise QualityGateError("quality gate failed: " + "; ".join(failures) + f" (full report: {rejected}, "
-                               f"{rejected.with_suffix('.html')})")
+        raise QualityGateError(
+            "quality gate failed: " + "; ".join(failures) + f" (full report: {rejected}, "
+            f"{rejected.with_suffix('.html')})"
+        )
 
 
 def write_report(report, onnx_key, rows, predictions, model: Path, context, verdict, path: Path) -> Path:
@@ -119,9 +144,18 @@ def write_report(report, onnx_key, rows, predictions, model: Path, context, verd
             versions.setdefault(name, version(name))
         except Exception:  # noqa: BLE001 - not installed: not listed
             pass
-    html_report.write(path, report=report, onnx_key=onnx_key, rows=rows, predictions=predictions,
-                      lineage=getattr(context, "lineage", {}) or {}, config=getattr(context, "chain", {}) or {},
-                      versions=versions, history=history, verdict=verdict)
+    html_report.write(
+        path,
+        report=report,
+        onnx_key=onnx_key,
+        rows=rows,
+        predictions=predictions,
+        lineage=getattr(context, "lineage", {}) or {},
+        config=getattr(context, "chain", {}) or {},
+        versions=versions,
+        history=history,
+        verdict=verdict,
+    )
     log.info("report: %s", context.finals["metrics"] / "report.html")
     return path
 
@@ -138,7 +172,10 @@ def timed_batches(gen, prompts: list[str], batch_size: int) -> tuple[list[str], 
         out, dt = timed(gen, prompts[i : i + batch_size])
         texts += out
         seconds += dt
-    return texts, {"seconds": round(seconds, 3), "tokens_per_second": round(gen.generated_tokens / max(seconds, 1e-9), 1)}
+    return texts, {
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(gen.generated_tokens / max(seconds, 1e-9), 1),
+    }
 
 
 def folder_bytes(path: Path) -> int:
@@ -166,11 +203,16 @@ class TorchGenerator:
     def generate(self, prompts: list[str]) -> list[str]:
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         out = self.model.generate(
-            **batch, max_new_tokens=self.max_new_tokens, do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            **batch,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
         )
-        new = out[:, batch["input_ids"].shape[1]:].tolist()
-        self.generated_tokens += sum(until_eos(seq, {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}) for seq in new)
+        new = out[:, batch["input_ids"].shape[1] :].tolist()
+        self.generated_tokens += sum(
+            until_eos(seq, {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}) for seq in new
+        )
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
 

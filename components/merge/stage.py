@@ -9,6 +9,7 @@ reaches the ONNX build.
 Output (Model artifact): safetensors weights, a config readable by transformers 4.x and
 5.x, the tokenizer as ``PreTrainedTokenizerFast`` and ``parity.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ def run(cfg, context, adapter: Path, model: Path) -> None:
     device = device_for(cfg.runtime)
     adapter_cfg = read_json(adapter / "adapter_config.json", "adapter")
     if adapter_cfg.get("base_model_name_or_path") not in (None, cfg.model.base):
-        log.warning("the adapter was trained on %s, merging into %s", adapter_cfg["base_model_name_or_path"], cfg.model.base)
+        log.warning(
+            "the adapter was trained on %s, merging into %s", adapter_cfg["base_model_name_or_path"], cfg.model.base
+        )
     tokenizer = load_tokenizer(cfg.model.base, cfg.model.trust_remote_code)
     base = load_model(
         cfg.model.base,
@@ -45,7 +48,9 @@ def run(cfg, context, adapter: Path, model: Path) -> None:
     try:
         peft_model = PeftModel.from_pretrained(base, adapter, is_trainable=False)
     except Exception as e:  # noqa: BLE001 - shape mismatches, missing keys, corrupt files
-        raise UserError(f"the adapter in {adapter} does not fit {cfg.model.base}: {str(e).splitlines()[0][:300]}") from None
+        raise UserError(
+            f"the adapter in {adapter} does not fit {cfg.model.base}: {str(e).splitlines()[0][:300]}"
+        ) from None
     peft_model.eval()
 
     prompts = json.loads((adapter / "sample_prompts.json").read_text())[: cfg.merge.parity_prompts]
@@ -58,9 +63,16 @@ def run(cfg, context, adapter: Path, model: Path) -> None:
     diff = (logits - reference).abs()[mask].max().item()
     scale = reference.abs()[mask].max().item()
     relative = diff / max(scale, 1e-6)
-    parity = {"max_abs_diff": diff, "max_abs_logit": scale, "relative_diff": relative,
-              "tolerance": cfg.merge.parity_tolerance, "prompts": len(prompts)}
-    log.info("parity: max |logit diff| %.2e (relative %.2e, tolerance %.0e)", diff, relative, cfg.merge.parity_tolerance)
+    parity = {
+        "max_abs_diff": diff,
+        "max_abs_logit": scale,
+        "relative_diff": relative,
+        "tolerance": cfg.merge.parity_tolerance,
+        "prompts": len(prompts),
+    }
+    log.info(
+        "parity: max |logit diff| %.2e (relative %.2e, tolerance %.0e)", diff, relative, cfg.merge.parity_tolerance
+    )
     if not (math.isfinite(diff) and math.isfinite(scale)):
         raise UserError(
             "the merged or base+adapter logits are not finite (NaN or inf): the adapter holds a corrupt weight; "

@@ -12,6 +12,7 @@ int8 (``k_quant_mixed``), block size 16 (docs/field-notes.md: the builder's own 
 25 points on SmolLM2-135M). The builder's scratch cache is a fresh temporary folder each
 run, so no stale cache can leak into an export.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,21 @@ def builder_command(model: Path, out: Path, cache: Path, oc) -> list[str]:
             "accuracy_level": str(oc.int4_accuracy_level),
             **options,
         }
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model), "-o", str(out),
-           "-p", oc.precision, "-e", oc.execution_provider, "-c", str(cache)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "onnxruntime_genai.models.builder",
+        "-i",
+        str(model),
+        "-o",
+        str(out),
+        "-p",
+        oc.precision,
+        "-e",
+        oc.execution_provider,
+        "-c",
+        str(cache),
+    ]
     if options:
         cmd += ["--extra_options", *(f"{k}={v}" for k, v in options.items())]
     return cmd
@@ -78,7 +92,7 @@ def run(cfg, context, model: Path, onnx_model: Path) -> None:
         {
             "precision": oc.precision,
             "execution_provider": oc.execution_provider,
-            "options": cmd[cmd.index("--extra_options") + 1:] if "--extra_options" in cmd else [],
+            "options": cmd[cmd.index("--extra_options") + 1 :] if "--extra_options" in cmd else [],
             "model_type": genai["model"]["type"],
             "bytes": sum(p.stat().st_size for p in onnx_model.iterdir() if p.is_file() and p.name != "build.log"),
         },

@@ -5,6 +5,7 @@ any instant leaves either the previous or the new one. A checkpoint is valid onl
 was made with: other inputs or parameters discard it. On restore the saved weights must name exactly the
 model's trainable parameters, with the same shapes; anything else is an error, never a partial copy.
 """
+
 from __future__ import annotations
 
 import json
@@ -110,10 +111,15 @@ def check_keys(saved: dict[str, torch.Tensor], trainable: dict[str, torch.Tensor
     reshaped = sorted(n for n in set(saved) & set(trainable) if saved[n].shape != trainable[n].shape)
     if not (missing or unexpected or reshaped):
         return
-    problems = [f"{what} {_some(names)}" for what, names in
-                (("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped)) if names]
-    raise UserError(f"the checkpoint in {where} does not fit the model's trainable parameters: "
-                    f"{'; '.join(problems)}. Delete {where.parent} to start the training over")
+    problems = [
+        f"{what} {_some(names)}"
+        for what, names in (("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped))
+        if names
+    ]
+    raise UserError(
+        f"the checkpoint in {where} does not fit the model's trainable parameters: "
+        f"{'; '.join(problems)}. Delete {where.parent} to start the training over"
+    )
 
 
 def _some(names: list[str], shown: int = 5) -> str:

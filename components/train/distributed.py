@@ -14,6 +14,7 @@ writes the outputs into the stage's (temporary) output folder. Semantics are the
 - checkpoints are rank 0's and every rank resumes from them; a SIGTERM on any rank stops all
   ranks at the same step (the flag is all-reduced with the loss), after rank 0's checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,10 +43,27 @@ def launch(cfg, ckpt, dataset: Path, adapter: Path, world: int) -> None:
         raise UserError(f"train.gpus={world} but this machine has {available} GPU(s)")
     with tempfile.TemporaryDirectory(prefix="train-ddp-") as tmp:
         spec = Path(tmp) / "spec.json"
-        spec.write_text(json.dumps({"config": {k: v.model_dump(mode="json") for k, v in vars(cfg).items()}, "dataset": str(dataset),
-                                    "adapter": str(adapter), "ckpt_root": str(ckpt.root), "cache_key": ckpt.key}))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
-               "-m", "components.train.distributed", str(spec)]
+        spec.write_text(
+            json.dumps(
+                {
+                    "config": {k: v.model_dump(mode="json") for k, v in vars(cfg).items()},
+                    "dataset": str(dataset),
+                    "adapter": str(adapter),
+                    "ckpt_root": str(ckpt.root),
+                    "cache_key": ckpt.key,
+                }
+            )
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={world}",
+            "-m",
+            "components.train.distributed",
+            str(spec),
+        ]
         log.info("data-parallel over %d GPUs: %s", world, " ".join(cmd[1:]))
         # Keep NVLink multicast (NVLS) off unless the caller set it: some shared hosts forbid it.
         root = str(Path(__file__).resolve().parents[2])
@@ -88,7 +106,9 @@ def all_reduce_gradients(params, bucket: int = 2**26) -> None:
     i = 0
     while i < len(grads):
         group, size = [], 0
-        while i < len(grads) and (not group or (size + grads[i].numel() <= bucket and grads[i].dtype == group[0].dtype)):
+        while i < len(grads) and (
+            not group or (size + grads[i].numel() <= bucket and grads[i].dtype == group[0].dtype)
+        ):
             group.append(grads[i])
             size += grads[i].numel()
             i += 1
@@ -115,6 +135,7 @@ def total(value: float) -> float:
 
 def main(spec_path: str) -> int:
     from components.common.config import Config
+
     from .stage import Checkpoints, train
 
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
@@ -127,8 +148,14 @@ def main(spec_path: str) -> int:
     if rank:
         logging.getLogger("slm").setLevel(logging.WARNING)
     try:
-        train(cfg, Checkpoints(Path(spec["ckpt_root"]), spec["cache_key"]), Path(spec["dataset"]),
-              Path(spec["adapter"]), rank=rank, world=world)
+        train(
+            cfg,
+            Checkpoints(Path(spec["ckpt_root"]), spec["cache_key"]),
+            Path(spec["dataset"]),
+            Path(spec["adapter"]),
+            rank=rank,
+            world=world,
+        )
     except Interrupted as e:
         log.warning("rank %d stopped: %s", rank, e)
         return 143

@@ -20,6 +20,7 @@ resume) unless ``train.padding_free: on`` is asked for. On CUDA, by default:
 
 The bench (bench/train_throughput.py) builds a :class:`FastPath` directly to time each lever.
 """
+
 from __future__ import annotations
 
 import logging
@@ -70,8 +71,10 @@ def resolve(tc, device: str) -> FastPath:
     if cuda and tc.compile and liger:
         # Measured on the H200 (torch 2.11, liger-kernel 0.8.5): dynamo fails on LigerRMSNormFunction.
         if tc.kernels == "liger":
-            raise UserError("train.compile and train.kernels=liger do not work together (torch.compile fails on "
-                            "liger's RMSNorm); choose one")
+            raise UserError(
+                "train.compile and train.kernels=liger do not work together (torch.compile fails on "
+                "liger's RMSNorm); choose one"
+            )
         liger = False
         notes.append("train.compile: liger kernels off (torch.compile cannot trace them)")
     return FastPath(
@@ -108,8 +111,13 @@ def choose_checkpointing(fp: FastPath, tc, model_config, tokens_per_pass: int) -
     free, _total = torch.cuda.mem_get_info()
     need = activation_bytes(model_config, tokens_per_pass, tokens_per_pass)
     on = need > 0.8 * free
-    log.info("gradient checkpointing %s: ~%.1f GiB of activations for %d tokens a pass, %.1f GiB free",
-             "on" if on else "off", need / 2**30, tokens_per_pass, free / 2**30)
+    log.info(
+        "gradient checkpointing %s: ~%.1f GiB of activations for %d tokens a pass, %.1f GiB free",
+        "on" if on else "off",
+        need / 2**30,
+        tokens_per_pass,
+        free / 2**30,
+    )
     return replace(fp, gradient_checkpointing=on)
 
 
@@ -128,11 +136,19 @@ def prepare_base(model, fp: FastPath, quantization: str):
 
         if model.config.model_type in MODEL_TYPE_TO_APPLY_LIGER_FN:
             # The cross-entropy is ours (completion positions only): leave the model's forward alone.
-            _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True,
-                                            cross_entropy=False, fused_linear_cross_entropy=False)
+            _apply_liger_kernel_to_instance(
+                model=model,
+                rope=True,
+                rms_norm=True,
+                swiglu=True,
+                cross_entropy=False,
+                fused_linear_cross_entropy=False,
+            )
         else:
-            log.info("liger-kernel has no kernels for %s: only its fused linear cross-entropy is used",
-                     model.config.model_type)
+            log.info(
+                "liger-kernel has no kernels for %s: only its fused linear cross-entropy is used",
+                model.config.model_type,
+            )
     return model
 
 
@@ -175,8 +191,10 @@ def pack_step(micros: list[list[dict]], tc, pad_id: int, rank: int = 0, world: i
     flat = [(g, e) for g, m in enumerate(micros) for e in m]
     mine = flat[rank::world]
     if not mine:
-        raise UserError(f"train.gpus={world} is more than the {len(flat)} examples of a step "
-                        "(batch_size x grad_accum); lower train.gpus or raise the batch")
+        raise UserError(
+            f"train.gpus={world} is more than the {len(flat)} examples of a step "
+            "(batch_size x grad_accum); lower train.gpus or raise the batch"
+        )
     cap, rows_per_pass = tc.max_seq_len, tc.batch_size
     rows: list[list[tuple[int, dict]]] = [[]]
     used = 0
@@ -207,8 +225,15 @@ def pack_step(micros: list[list[dict]], tc, pad_id: int, rank: int = 0, world: i
                 at += n
             if at < width:  # the tail is its own "sequence" (positions restart), with no loss
                 pos[r, at:] = torch.arange(width - at)
-        passes.append({"input_ids": ids, "position_ids": pos, "targets": tgt, "weights": wt,
-                       "tokens": int(sum(len(e["input_ids"]) for row in chunk for _, e in row))})
+        passes.append(
+            {
+                "input_ids": ids,
+                "position_ids": pos,
+                "targets": tgt,
+                "weights": wt,
+                "tokens": int(sum(len(e["input_ids"]) for row in chunk for _, e in row)),
+            }
+        )
     return passes
 
 
@@ -221,12 +246,19 @@ def packed_loss(model, batch: dict, liger: bool = False) -> torch.Tensor:
     runs on those positions only (fused with the cross-entropy under liger)."""
     inner = model.get_base_model()
     decoder = inner.get_decoder()
-    hidden = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+    hidden = decoder(
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+    ).last_hidden_state
     keep = batch["targets"] != -100
     h, t, w = hidden[keep], batch["targets"][keep], batch["weights"][keep]
     head = inner.get_output_embeddings()
     # A plain Linear head only: a trained head (modules_to_save wraps it) keeps the plain loss below.
-    if liger and type(head) is torch.nn.Linear and head.bias is None and not getattr(inner.config, "final_logit_softcapping", None):
+    if (
+        liger
+        and type(head) is torch.nn.Linear
+        and head.bias is None
+        and not getattr(inner.config, "final_logit_softcapping", None)
+    ):
         # Tokens of one micro-batch share a weight: one fused call per distinct weight, summed.
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
@@ -234,7 +266,9 @@ def packed_loss(model, batch: dict, liger: bool = False) -> torch.Tensor:
         total = h.new_zeros((), dtype=torch.float32)
         for value in torch.unique(w).tolist():
             sel = w == value
-            total = total + value * liger_fused_linear_cross_entropy(h[sel], weight.to(h.dtype), t[sel], reduction="sum")
+            total = total + value * liger_fused_linear_cross_entropy(
+                h[sel], weight.to(h.dtype), t[sel], reduction="sum"
+            )
         return total
     logits = head(h).float()
     ce = torch.nn.functional.cross_entropy(logits, t, reduction="none")

@@ -27,6 +27,7 @@ Features, and what each costs:
 Outputs (Model artifact): the PEFT adapter (safetensors), ``train_log.jsonl`` (loss per logged step),
 ``metrics.json`` and ``sample_prompts.json`` (for the merge parity check).
 """
+
 from __future__ import annotations
 
 import json
@@ -108,7 +109,8 @@ class LoRARecipe:
         self._setup_model()
         self.optimizer = torch.optim.AdamW(self.trainable, lr=tc.learning_rate, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps))
+            self.optimizer, lambda s: lr_factor(s, tc.warmup_steps, tc.max_steps)
+        )
         self.start, self.history = self.load_checkpoint()
 
     def _setup_data(self, dataset: Path) -> None:
@@ -122,8 +124,12 @@ class LoRARecipe:
     def _setup_model(self) -> None:
         longest = max(len(e["input_ids"]) for e in self.examples)
         self.model, self.trainable, self.modules, self.fp = build(self.cfg, self.device, self.fp, self.where, longest)
-        log.info("LoRA r=%d on %s: %.2fM trainable parameters", self.tc.lora.r, self.modules,
-                 sum(p.numel() for p in self.trainable) / 1e6)
+        log.info(
+            "LoRA r=%d on %s: %.2fM trainable parameters",
+            self.tc.lora.r,
+            self.modules,
+            sum(p.numel() for p in self.trainable) / 1e6,
+        )
         log.info("fast path: %s", {k: v for k, v in vars(self.fp).items() if k != "notes"})
         if self.dist:
             self.dist.broadcast_parameters(self.trainable)
@@ -148,8 +154,9 @@ class LoRARecipe:
         tc = self.tc
         self.model.train()
         self.started, self.tokens = time.time(), 0
-        bar = tqdm(total=tc.max_steps, initial=self.start, desc="train", unit="step",
-                   disable=None if self.rank == 0 else True)
+        bar = tqdm(
+            total=tc.max_steps, initial=self.start, desc="train", unit="step", disable=None if self.rank == 0 else True
+        )
         with self.stop, bar:
             for step in range(self.start, tc.max_steps):
                 loss = self._step(step)
@@ -191,8 +198,13 @@ class LoRARecipe:
         if (step + 1) % tc.log_every == 0 or step == self.start:
             self.history.append({"step": step + 1, "loss": round(loss, 6), "lr": self.scheduler.get_last_lr()[0]})
             if bar.disable and self.rank == 0:  # no terminal: the log is the progress report
-                log.info("step %d/%d loss %.4f (%.2fs/step)", step + 1, tc.max_steps, loss,
-                         (time.time() - self.started) / (step + 1 - self.start))
+                log.info(
+                    "step %d/%d loss %.4f (%.2fs/step)",
+                    step + 1,
+                    tc.max_steps,
+                    loss,
+                    (time.time() - self.started) / (step + 1 - self.start),
+                )
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
 
@@ -232,8 +244,13 @@ class LoRARecipe:
             "quantization": tc.quantization,
         }
         if self.device == "cuda":
-            metrics.update({"gpus": self.world, "peak_gpu_memory_gib": round(peak / 2**30, 2),
-                            "fast_path": {k: v for k, v in vars(self.fp).items() if k not in ("notes", "device")}})
+            metrics.update(
+                {
+                    "gpus": self.world,
+                    "peak_gpu_memory_gib": round(peak / 2**30, 2),
+                    "fast_path": {k: v for k, v in vars(self.fp).items() if k not in ("notes", "device")},
+                }
+            )
         write_json(adapter / "metrics.json", metrics)
 
 
@@ -332,11 +349,16 @@ def train_step(model, passes: list[dict], fp: fast.FastPath) -> tuple[float, int
 def check_rank(model, modules: list[str], r: int) -> None:
     """LoRA factors a layer's update into (out x r)(r x in): r at or above the layer's width adds
     parameters and learns nothing a full update would not. Checked before the adapter is allocated."""
-    widths = [min(m.in_features, m.out_features) for name, m in model.named_modules()
-              if name.rsplit(".", 1)[-1] in modules and hasattr(m, "in_features")]
+    widths = [
+        min(m.in_features, m.out_features)
+        for name, m in model.named_modules()
+        if name.rsplit(".", 1)[-1] in modules and hasattr(m, "in_features")
+    ]
     if widths and r >= min(widths):
-        raise UserError(f"train.lora.r={r} is not below the smallest width ({min(widths)}) of the target modules "
-                        f"{modules}; use a rank well below it (8-64 is usual)")
+        raise UserError(
+            f"train.lora.r={r} is not below the smallest width ({min(widths)}) of the target modules "
+            f"{modules}; use a rank well below it (8-64 is usual)"
+        )
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -424,8 +446,9 @@ def completion_loss(model, batch: dict) -> torch.Tensor:
     decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
     if decoder is None or getattr(inner.config, "final_logit_softcapping", None):
         return model(**batch).loss
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     use_cache=False).last_hidden_state
+    hidden = decoder(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100
     logits = inner.get_output_embeddings()(hidden[:, :-1][keep]).float()

@@ -1,4 +1,5 @@
 """Kill every stage while it writes: no output may look finished, and the next run recovers."""
+
 from __future__ import annotations
 
 import os
@@ -54,6 +55,7 @@ def test_killed_stage_leaves_nothing_that_looks_finished(tmp_path, tiny_run, sta
 # data_prep stands in for every stage here: the commit code is the harness's, shared by all five,
 # and data_prep is quick and deterministic, so "bit-identical after a re-run" is a file compare.
 
+
 def data_prep_argv(run, *sets: str) -> list[str]:
     return [sys.executable, *stage_argv(DAG["data_prep"], load_config(TINY, list(sets)), str(run))[1:]]
 
@@ -73,14 +75,16 @@ def reference_dataset(tmp_path_factory):
 
 
 COMMIT_KILLS = [
-    ("artifacts.commit", False),         # before anything is sealed
+    ("artifacts.commit", False),  # before anything is sealed
     ("artifacts.commit.sealed", False),  # sealed, not renamed: a finished-looking folder, still hidden
-    ("artifacts.commit.sealed", True),   # ...while an older output is in place
-    ("artifacts.commit.swap", True),     # between the two renames of a replace: no output at all
+    ("artifacts.commit.sealed", True),  # ...while an older output is in place
+    ("artifacts.commit.swap", True),  # between the two renames of a replace: no output at all
 ]
 
 
-@pytest.mark.parametrize("point,replacing", COMMIT_KILLS, ids=[f"{p}{'-replacing' if r else ''}" for p, r in COMMIT_KILLS])
+@pytest.mark.parametrize(
+    "point,replacing", COMMIT_KILLS, ids=[f"{p}{'-replacing' if r else ''}" for p, r in COMMIT_KILLS]
+)
 def test_kill_inside_the_output_commit_then_rerun_is_bit_identical(tmp_path, reference_dataset, point, replacing):
     run = tmp_path / "run"
     output = run / "data_prep" / "dataset"
@@ -90,7 +94,9 @@ def test_kill_inside_the_output_commit_then_rerun_is_bit_identical(tmp_path, ref
         assert proc.returncode == 0, proc.stderr[-2000:]
         older = files_of(output)
         assert older != reference_dataset
-    killed = subprocess.run(data_prep_argv(run), env={**ENV, "SLM_FAULT": point}, capture_output=True, text=True, timeout=600)
+    killed = subprocess.run(
+        data_prep_argv(run), env={**ENV, "SLM_FAULT": point}, capture_output=True, text=True, timeout=600
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
 
     # Whatever a kill leaves: the final path holds either nothing or the older artifact, whole;

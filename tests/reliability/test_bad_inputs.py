@@ -1,5 +1,6 @@
 """The bad-input catalogue: each case gets one clear line naming the problem, a non-zero
 exit, and leaves no artifact behind. docs/reliability.md counts these cases."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_pipeline, stage_cli
-
+from helpers import run_pipeline, stage_cli
 
 GOOD = [{"phrase": f"phrase number {i}", "tone": ["joy", "fear"][i % 2]} for i in range(20)]
+
 
 # (case id, the data file's bytes, extra overrides, expected text in the error)
 def jsonl(rows) -> bytes:
@@ -19,17 +20,37 @@ def jsonl(rows) -> bytes:
 
 DATA_CASES = [
     ("missing-field", jsonl(GOOD[:5] + [{"phrase": "no tone here"}]), [], "line 6: field 'tone' is missing or empty"),
-    ("empty-field", jsonl(GOOD[:3] + [{"phrase": "  ", "tone": "joy"}]), [], "line 4: field 'phrase' is missing or empty"),
+    (
+        "empty-field",
+        jsonl(GOOD[:3] + [{"phrase": "  ", "tone": "joy"}]),
+        [],
+        "line 4: field 'phrase' is missing or empty",
+    ),
     ("empty-file", b"", [], "is empty"),
     ("bad-json", b'{"phrase": "a", "tone": "joy"}\n{oops', [], "line 2: not valid JSON"),
-    ("unknown-label", jsonl(GOOD + [{"phrase": "x", "tone": "anger"}]), ["data.labels=[joy, fear]"], "label 'anger' is not in data.labels"),
+    (
+        "unknown-label",
+        jsonl(GOOD + [{"phrase": "x", "tone": "anger"}]),
+        ["data.labels=[joy, fear]"],
+        "label 'anger' is not in data.labels",
+    ),
     ("one-class", jsonl([{"phrase": f"p{i}", "tone": "joy"} for i in range(9)]), [], "only one label"),
     ("not-utf8", jsonl(GOOD[:1]) + b'\n{"phrase": "caf\xe9", "tone": "joy"}', [], "line 2: not UTF-8"),
     ("too-long", jsonl(GOOD + [{"phrase": "x" * 5000, "tone": "joy"}]), [], "over data.max_text_chars"),
-    ("template-column", jsonl(GOOD), ["data.text_template=Q: {question}\nA: {tone}"], "names column(s) ['question'] that the data lacks"),
+    (
+        "template-column",
+        jsonl(GOOD),
+        ["data.text_template=Q: {question}\nA: {tone}"],
+        "names column(s) ['question'] that the data lacks",
+    ),
     ("wrong-field-type", jsonl(GOOD + [{"phrase": ["a", "list"], "tone": "joy"}]), [], "field 'phrase' must be text"),
     ("row-not-object", b'["joy", "fear"]\n', [], "line 1: expected an object"),
-    ("missing-eval-file", jsonl(GOOD), ["data.eval_path=/nonexistent/eval.jsonl"], "data.eval_path: /nonexistent/eval.jsonl not found"),
+    (
+        "missing-eval-file",
+        jsonl(GOOD),
+        ["data.eval_path=/nonexistent/eval.jsonl"],
+        "data.eval_path: /nonexistent/eval.jsonl not found",
+    ),
     ("prompt-over-seq-len", jsonl(GOOD), ["train.max_seq_len=9"], "every prompt is longer than train.max_seq_len=9"),
 ]
 
@@ -63,8 +84,17 @@ def reseal(folder: Path) -> None:
 
 def merge(tiny_run: Path, out: Path, base: str, *args: str, **popen):
     """The merge stage on the shared run's adapter, into ``out/model``."""
-    return stage_cli("merge", "--adapter", str(tiny_run / "train" / "adapter"), "--model", str(out / "model"),
-                     "--model.base", base, *args, **popen)
+    return stage_cli(
+        "merge",
+        "--adapter",
+        str(tiny_run / "train" / "adapter"),
+        "--model",
+        str(out / "model"),
+        "--model.base",
+        base,
+        *args,
+        **popen,
+    )
 
 
 def assert_clean_failure(proc, expected: str, out: Path) -> None:
@@ -82,9 +112,11 @@ def test_bad_data(tmp_path, case, raw, overrides, expected):
     data.write_bytes(raw)
     proc = run_pipeline(out, f"data.path={data}", *overrides)
     assert_clean_failure(proc, expected, out)
-    failed = [n for n, st in json.loads((out / "summary.json").read_text())["stages"].items() if st["status"] == "failed"]
+    failed = [
+        n for n, st in json.loads((out / "summary.json").read_text())["stages"].items() if st["status"] == "failed"
+    ]
     assert len(failed) == 1
-    for stage in ("data_prep", "train", "merge", "onnx_build", "evaluate")[("data_prep", "train").index(failed[0]):]:
+    for stage in ("data_prep", "train", "merge", "onnx_build", "evaluate")[("data_prep", "train").index(failed[0]) :]:
         assert not any((out / stage).glob("[!.]*")), f"{stage} left an output"
 
 
@@ -113,8 +145,15 @@ def test_model_folder_without_tokenizer(tmp_path, tiny_run):
     shutil.copytree(tiny_run / "merge" / "model", model)
     (model / "tokenizer.json").unlink()
     out = tmp_path / "run"
-    proc = stage_cli("train", "--dataset", str(tiny_run / "data_prep" / "dataset"), "--adapter", str(out / "adapter"),
-                     "--model.base", str(model))
+    proc = stage_cli(
+        "train",
+        "--dataset",
+        str(tiny_run / "data_prep" / "dataset"),
+        "--adapter",
+        str(out / "adapter"),
+        "--model.base",
+        str(model),
+    )
     assert_clean_failure(proc, "has no tokenizer", out)
     assert not (out / "adapter").exists()
 
@@ -154,8 +193,17 @@ def test_adapter_that_does_not_fit_the_base(tmp_path, tiny_run):
 def _evaluate(tiny_run, onnx, tmp_path):
     """evaluate on the tiny run's dataset and merged model, with the given ONNX folder."""
     out = tmp_path / "out"
-    return out, stage_cli("evaluate", "--dataset", str(tiny_run / "data_prep" / "dataset"), "--model",
-                          str(tiny_run / "merge" / "model"), "--onnx_model", str(onnx), "--metrics", str(out / "m"))
+    return out, stage_cli(
+        "evaluate",
+        "--dataset",
+        str(tiny_run / "data_prep" / "dataset"),
+        "--model",
+        str(tiny_run / "merge" / "model"),
+        "--onnx_model",
+        str(onnx),
+        "--metrics",
+        str(out / "m"),
+    )
 
 
 def test_onnx_folder_without_genai_config_is_refused(tmp_path, tiny_run):
@@ -233,7 +281,9 @@ def test_corrupt_lora_weight_fails_the_parity_check(tmp_path, tiny_run, bad):
     save_file(weights, adapter / "adapter_model.safetensors")
     reseal(adapter)
     out = tmp_path / "out"
-    proc = stage_cli("merge", "--adapter", str(adapter), "--model", str(out / "model"), "--model.base", "tiny-random:phi3")
+    proc = stage_cli(
+        "merge", "--adapter", str(adapter), "--model", str(out / "model"), "--model.base", "tiny-random:phi3"
+    )
     assert_clean_failure(proc, "the merge is not faithful", out)
     assert not (out / "model").exists()
 
@@ -247,8 +297,17 @@ def test_parity_tolerance_below_float_rounding_fails_the_merge(tmp_path, tiny_ru
 
 def test_unknown_target_modules(tmp_path, tiny_run):
     out = tmp_path / "out"
-    proc = stage_cli("train", "--dataset", str(tiny_run / "data_prep" / "dataset"), "--adapter", str(out / "adapter"),
-                     "--model.base", "tiny-random:phi3", "--train.lora.target_modules", "[nope_proj]")
+    proc = stage_cli(
+        "train",
+        "--dataset",
+        str(tiny_run / "data_prep" / "dataset"),
+        "--adapter",
+        str(out / "adapter"),
+        "--model.base",
+        "tiny-random:phi3",
+        "--train.lora.target_modules",
+        "[nope_proj]",
+    )
     assert_clean_failure(proc, "are not Linear layers of this model", out)
     assert not (out / "adapter").exists()
 

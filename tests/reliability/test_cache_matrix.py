@@ -1,16 +1,16 @@
 """Change one thing at a time; exactly the stages downstream of it must re-run. 0 stale hits."""
+
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from helpers import ROOT, TINY, run_cli, summary
 
-from components.common.config import load_config
 from components.common.cache import cache_key as local_cache_key
+from components.common.config import load_config
 from components.common.models import resolve
 from pipeline import DAG
 from targets.local import cached
@@ -22,7 +22,11 @@ ALL = ("data_prep", "train", "merge", "onnx_build", "evaluate")
 def project(tmp_path_factory) -> Path:
     """A copy of the project (code, configs, data, pins) that tests may edit in place."""
     copy = tmp_path_factory.mktemp("project") / "p"
-    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", ".whl", ".build", "build", "*.pyc"))
+    shutil.copytree(
+        ROOT,
+        copy,
+        ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", ".whl", ".build", "build", "*.pyc"),
+    )
     return copy
 
 
@@ -60,13 +64,28 @@ def edit(path: Path, text: str) -> bytes:
 CASES = [
     ("nothing", lambda p: None, [], ()),
     ("one-byte-of-data", lambda p: (p / "data/tone.jsonl", flip_byte(p / "data/tone.jsonl", 20)), [], ALL),
-    ("template", lambda p: None, ["data.text_template=<|user|>\nTone of: {phrase}<|end|>\n<|assistant|>\n{tone}<|end|>"], ALL),
+    (
+        "template",
+        lambda p: None,
+        ["data.text_template=<|user|>\nTone of: {phrase}<|end|>\n<|assistant|>\n{tone}<|end|>"],
+        ALL,
+    ),
     ("lora-r", lambda p: None, ["train.lora.r=4"], ALL[1:]),
     ("quantization-option", lambda p: None, ["onnx.int4_block_size=32"], ALL[3:]),
     # merge's code changed, so merge re-runs; its output is byte-identical, and the keys of the
     # stages after it hash that content, so they stay cached.
-    ("stage-code", lambda p: (p / "components/merge/stage.py", edit(p / "components/merge/stage.py", "\n# edited\n")), [], ALL[2:3]),
-    ("shared-code", lambda p: (p / "components/common/scoring.py", edit(p / "components/common/scoring.py", "\n# edited\n")), [], ALL),
+    (
+        "stage-code",
+        lambda p: (p / "components/merge/stage.py", edit(p / "components/merge/stage.py", "\n# edited\n")),
+        [],
+        ALL[2:3],
+    ),
+    (
+        "shared-code",
+        lambda p: (p / "components/common/scoring.py", edit(p / "components/common/scoring.py", "\n# edited\n")),
+        [],
+        ALL,
+    ),
     ("pinned-versions", lambda p: (p / "requirements.txt", edit(p / "requirements.txt", "\n# bumped\n")), [], ALL),
 ]
 
@@ -101,6 +120,7 @@ def test_base_model_files(project, tmp_path):
 # never show a downstream stale hit. Here every downstream stage's own cache check runs against
 # an upstream that changed (re-sealed, so it is a valid artifact), with its old output left in place.
 
+
 def reseal(folder: Path) -> None:
     """Re-seal an artifact after changing a file, as its stage would have: valid, and different."""
     from components.common.hashing import MARKER, digest, tree_files
@@ -112,8 +132,12 @@ def reseal(folder: Path) -> None:
 
 
 # One file per upstream artifact type, changed by one appended byte (still valid JSON/JSONL).
-CHANGED_FILE = {"data_prep.dataset": "train.jsonl", "train.adapter": "train_log.jsonl",
-                "merge.model": "parity.json", "onnx_build.onnx_model": "build_info.json"}
+CHANGED_FILE = {
+    "data_prep.dataset": "train.jsonl",
+    "train.adapter": "train_log.jsonl",
+    "merge.model": "parity.json",
+    "onnx_build.onnx_model": "build_info.json",
+}
 WIRES = [(s.name, port, src) for s in DAG for port, src in s.wires.items()]
 
 
@@ -125,8 +149,10 @@ def copy_run(tiny_run: Path, run: Path, cfg) -> Path:
 
     shutil.copytree(tiny_run, run)
     for step in DAG:
-        inputs = {name: json.loads((run.joinpath(*src.split(".")) / MARKER).read_text())["content_hash"]
-                  for name, src in step.wires.items()}
+        inputs = {
+            name: json.loads((run.joinpath(*src.split(".")) / MARKER).read_text())["content_hash"]
+            for name, src in step.wires.items()
+        }
         for port in step.spec.outputs:
             path = run / step.name / port.name / MARKER
             marker = json.loads(path.read_text())
@@ -190,6 +216,8 @@ def test_moved_data_reruns_nothing_through_the_cli(tmp_path, tiny_run):
     run = copy_run(tiny_run, tmp_path / "run", load_config(TINY))
     moved = tmp_path / "moved.jsonl"
     shutil.copy(ROOT / "data" / "tone.jsonl", moved)
-    proc = run_cli(str(ROOT / "pipeline.py"), "run", "--config", str(TINY), "--out", str(run), "--set", f"data.path={moved}")
+    proc = run_cli(
+        str(ROOT / "pipeline.py"), "run", "--config", str(TINY), "--out", str(run), "--set", f"data.path={moved}"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not any(not st["cached"] for st in summary(run)["stages"].values())

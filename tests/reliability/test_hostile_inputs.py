@@ -1,6 +1,7 @@
 """Hostile and odd inputs, one behaviour per test: each is refused with one line naming the
 file and line (or the key), no traceback, a non-zero exit and no output; or, where the input
 is legal, it is read exactly as written. docs/reliability.md counts these tests."""
+
 from __future__ import annotations
 
 import csv
@@ -78,14 +79,18 @@ def test_label_with_surrounding_spaces_is_stripped_with_a_warning(tmp_path):
     assert stats["labels"] == ["fear", "joy"] and stats["labels_stripped"] == 1
 
 
-@pytest.mark.parametrize("field,value,shown", [
-    ("phrase", 42, "a number 42"),
-    ("phrase", 4.5, "a number 4.5"),
-    ("phrase", True, "a boolean true"),
-    ("tone", 1, "a number 1"),
-    ("phrase", ["a", "list"], "a list"),
-    ("phrase", {"an": "object"}, "an object"),
-], ids=["int", "float", "bool", "int-label", "list", "object"])
+@pytest.mark.parametrize(
+    "field,value,shown",
+    [
+        ("phrase", 42, "a number 42"),
+        ("phrase", 4.5, "a number 4.5"),
+        ("phrase", True, "a boolean true"),
+        ("tone", 1, "a number 1"),
+        ("phrase", ["a", "list"], "a list"),
+        ("phrase", {"an": "object"}, "an object"),
+    ],
+    ids=["int", "float", "bool", "int-label", "list", "object"],
+)
 def test_non_text_value_where_text_is_expected_is_refused(tmp_path, field, value, shown):
     data = write(tmp_path, "d.jsonl", jsonl(GOOD + [{**GOOD[0], "phrase": "new phrase", field: value}]))
     out, proc = data_prep(tmp_path, data)
@@ -121,8 +126,11 @@ def test_jsonl_line_separators_inside_strings_are_kept(tmp_path):
     data = write(tmp_path, "d.jsonl", text)
     out, proc = data_prep(tmp_path, data)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    phrases = {r["prompt"].split("\n")[1].split("<|end|>")[0]
-               for name in ("train.jsonl", "eval.jsonl") for r in read_jsonl(out / name)}
+    phrases = {
+        r["prompt"].split("\n")[1].split("<|end|>")[0]
+        for name in ("train.jsonl", "eval.jsonl")
+        for r in read_jsonl(out / name)
+    }
     assert {r["phrase"] for r in odd} <= phrases
 
 
@@ -141,8 +149,11 @@ def test_eval_label_unseen_in_training_is_refused(tmp_path):
 
 
 def test_dataset_under_the_minimum_is_refused(tmp_path):
-    data = write(tmp_path, "d.jsonl", jsonl([{"phrase": "a", "tone": "joy"}, {"phrase": "b", "tone": "joy"},
-                                            {"phrase": "c", "tone": "fear"}]))
+    data = write(
+        tmp_path,
+        "d.jsonl",
+        jsonl([{"phrase": "a", "tone": "joy"}, {"phrase": "b", "tone": "joy"}, {"phrase": "c", "tone": "fear"}]),
+    )
     out, proc = data_prep(tmp_path, data)
     refused(proc, "label 'fear' has 1 training example(s)", "needs at least 2 per label", out=out)
 
@@ -165,14 +176,19 @@ def test_one_prompt_with_two_labels_is_refused(tmp_path):
 
 def test_one_prompt_with_two_labels_across_train_and_eval_files_is_refused(tmp_path):
     train = write(tmp_path, "train.jsonl", jsonl(GOOD))
-    evals = write(tmp_path, "eval.jsonl", jsonl([{"phrase": "phrase number 2", "tone": "joy"},
-                                                 {"phrase": "phrase number 3", "tone": "joy"}]))
+    evals = write(
+        tmp_path,
+        "eval.jsonl",
+        jsonl([{"phrase": "phrase number 2", "tone": "joy"}, {"phrase": "phrase number 3", "tone": "joy"}]),
+    )
     out, proc = data_prep(tmp_path, train, "--data.eval_path", str(evals))
     refused(proc, f"{evals} line 2: this prompt has label 'joy', but {train} line 4 gives it 'fear'", out=out)
 
 
 def test_csv_row_with_extra_fields_is_refused(tmp_path):
-    data = write(tmp_path, "d.csv", "phrase,tone\n" + "".join(f"{r['phrase']},{r['tone']}\n" for r in GOOD) + "a, b,joy\n")
+    data = write(
+        tmp_path, "d.csv", "phrase,tone\n" + "".join(f"{r['phrase']},{r['tone']}\n" for r in GOOD) + "a, b,joy\n"
+    )
     out, proc = data_prep(tmp_path, data)
     refused(proc, f"{data} line 22: 3 field(s), but the header has 2 (phrase, tone)", out=out)
 
@@ -189,7 +205,9 @@ def test_csv_header_without_a_name_is_refused(tmp_path):
     refused(proc, f"{data} line 1: header column 2 has no name", out=out)
 
 
-@pytest.mark.parametrize("target,error", [("weights.bin", "line 2: not UTF-8 text (byte 0x80"), ("real.jsonl", "line 2:")])
+@pytest.mark.parametrize(
+    "target,error", [("weights.bin", "line 2: not UTF-8 text (byte 0x80"), ("real.jsonl", "line 2:")]
+)
 def test_csv_symlinked_to_another_kind_of_file_is_refused(tmp_path, target, error):
     """A .csv name over a binary file or over JSON Lines: read as CSV, refused at the first bad line."""
     real = tmp_path / target
@@ -264,16 +282,20 @@ def test_latin1_config_is_refused_with_its_line(tmp_path):
     refused(proc, f"{config} line 3: not UTF-8 text (byte 0xe9)")
 
 
-@pytest.mark.parametrize("setting,key", [
-    ("train.lora.r=1000000000", "train.lora.r"),
-    ("train.batch_size=100000000", "train.batch_size"),
-    ("train.max_seq_len=1000000000", "train.max_seq_len"),
-    ("train.max_steps=100000000000", "train.max_steps"),
-    ("train.learning_rate=50", "train.learning_rate"),
-    ("evaluate.max_new_tokens=1000000", "evaluate.max_new_tokens"),
-    ("runtime.threads=1000000", "runtime.threads"),
-    ("train.seed=-1", "train.seed"),
-], ids=lambda v: v.split("=")[0] if "=" in v else None)
+@pytest.mark.parametrize(
+    "setting,key",
+    [
+        ("train.lora.r=1000000000", "train.lora.r"),
+        ("train.batch_size=100000000", "train.batch_size"),
+        ("train.max_seq_len=1000000000", "train.max_seq_len"),
+        ("train.max_steps=100000000000", "train.max_steps"),
+        ("train.learning_rate=50", "train.learning_rate"),
+        ("evaluate.max_new_tokens=1000000", "evaluate.max_new_tokens"),
+        ("runtime.threads=1000000", "runtime.threads"),
+        ("train.seed=-1", "train.seed"),
+    ],
+    ids=lambda v: v.split("=")[0] if "=" in v else None,
+)
 def test_absurd_sizes_are_refused_before_anything_runs(tmp_path, setting, key):
     proc = run_pipeline(tmp_path / "run", setting)
     refused(proc, f"{key}: Input should be")
@@ -283,26 +305,52 @@ def test_absurd_sizes_are_refused_before_anything_runs(tmp_path, setting, key):
 def test_lora_rank_not_below_the_layer_width_is_refused_before_allocating(tmp_path, tiny_run):
     """r=256 passes the config's bound, but the tiny Phi-3's layers are 128 wide."""
     out = tmp_path / "adapter"
-    proc = stage_cli("train", "--dataset", str(tiny_run / "data_prep" / "dataset"), "--adapter", str(out),
-                     "--model.base", "tiny-random:phi3", "--train.lora.r", "256")
+    proc = stage_cli(
+        "train",
+        "--dataset",
+        str(tiny_run / "data_prep" / "dataset"),
+        "--adapter",
+        str(out),
+        "--model.base",
+        "tiny-random:phi3",
+        "--train.lora.r",
+        "256",
+    )
     refused(proc, "train.lora.r=256 is not below the smallest width (128) of the target modules", out=out)
 
 
-@pytest.mark.parametrize("setting,expected", [
-    ("images.registry=UPPER/Case Bad", "images.registry: 'UPPER/Case Bad': 'UPPER' is not a valid repository path component"),
-    ("images.registry=registry.example.com/slm//x", "is not a valid repository path component"),
-    ("images.registry=bad_host:port/x", "'bad_host:port' is not a valid registry host[:port]"),
-    ("images.tag=-dash", "images.tag: '-dash' is not a valid image tag"),
-    ("images.tag=has space", "images.tag: 'has space' is not a valid image tag"),
-    ("images.gpu_tag_suffix=+cuda", "makes the GPU tag '0.1.0+cuda' invalid"),
-], ids=["uppercase-and-space", "empty-component", "bad-host", "tag-dash", "tag-space", "gpu-suffix"])
+@pytest.mark.parametrize(
+    "setting,expected",
+    [
+        (
+            "images.registry=UPPER/Case Bad",
+            "images.registry: 'UPPER/Case Bad': 'UPPER' is not a valid repository path component",
+        ),
+        ("images.registry=registry.example.com/slm//x", "is not a valid repository path component"),
+        ("images.registry=bad_host:port/x", "'bad_host:port' is not a valid registry host[:port]"),
+        ("images.tag=-dash", "images.tag: '-dash' is not a valid image tag"),
+        ("images.tag=has space", "images.tag: 'has space' is not a valid image tag"),
+        ("images.gpu_tag_suffix=+cuda", "makes the GPU tag '0.1.0+cuda' invalid"),
+    ],
+    ids=["uppercase-and-space", "empty-component", "bad-host", "tag-dash", "tag-space", "gpu-suffix"],
+)
 @pytest.mark.parametrize("command", ["run", "compile"])
 def test_invalid_image_reference_is_refused(tmp_path, setting, expected, command):
     if command == "run":
         proc = run_pipeline(tmp_path / "run", setting)
     else:
-        proc = run_cli(str(ROOT / "pipeline.py"), "compile", "--target", "argo", "--config", str(TINY),
-                       "--out", str(tmp_path / "wf.yaml"), "--set", setting)
+        proc = run_cli(
+            str(ROOT / "pipeline.py"),
+            "compile",
+            "--target",
+            "argo",
+            "--config",
+            str(TINY),
+            "--out",
+            str(tmp_path / "wf.yaml"),
+            "--set",
+            setting,
+        )
     refused(proc, expected)
     assert not list(tmp_path.iterdir())
 
@@ -372,8 +420,16 @@ def start_run(out: Path, *sets: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     # A terminal's job takes Ctrl-C; a job started in the background (`cmd &`, as some CI runners
     # start the suite) inherits SIGINT ignored. Restore the terminal's default for the run.
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_for(proc: subprocess.Popen, text: str, lines: list[str]) -> None:
@@ -436,9 +492,17 @@ def test_run_lock_of_a_killed_run_does_not_block_the_next(tmp_path):
 
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
-                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)",
-                               str(out / ".run.lock")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)",
+            str(out / ".run.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     refused(run_pipeline(out, "train.max_steps=0"), "train.max_steps")  # config errors come first
     refused(run_pipeline(out), f"--out {out} is in use by another run")

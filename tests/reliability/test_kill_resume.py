@@ -1,5 +1,6 @@
 """Kill training at random steps (SIGTERM and SIGKILL); the re-run resumes and the final
 adapter is bit-identical to an uninterrupted run with the same seed."""
+
 from __future__ import annotations
 
 import os
@@ -82,7 +83,7 @@ def test_kill_then_resume_is_bit_identical(tmp_path, tiny_run, clean_adapter, st
 # Kills at the instants a random step never hits (components/common/faults.py points).
 DANGEROUS = [
     ("train.before_first_checkpoint", None),  # step 1 done, no checkpoint yet: starts over
-    ("train.checkpoint_swap", 2 * EVERY),     # between the renames of the 2nd checkpoint: no "latest"
+    ("train.checkpoint_swap", 2 * EVERY),  # between the renames of the 2nd checkpoint: no "latest"
     ("artifacts.commit.sealed", STEPS // EVERY * EVERY),  # adapter sealed, not renamed; checkpoints kept
 ]
 
@@ -91,7 +92,9 @@ DANGEROUS = [
 def test_kill_at_a_dangerous_instant_then_rerun_is_bit_identical(tmp_path, tiny_run, clean_adapter, point, resume_step):
     run = tmp_path / "run"
     shutil.copytree(tiny_run / "data_prep", run / "data_prep")
-    killed = subprocess.run(train_argv(run), env={**ENV, "SLM_FAULT": point}, capture_output=True, text=True, timeout=600)
+    killed = subprocess.run(
+        train_argv(run), env={**ENV, "SLM_FAULT": point}, capture_output=True, text=True, timeout=600
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     adapter = run / "train" / "adapter"
     checkpoints = run / "train" / "adapter.checkpoints"

@@ -9,11 +9,12 @@ under the floor fails the evaluate stage, so the run fails, and so does this tes
 
 Why these numbers (docs/reliability.md, "Model quality"): on CPU the run is deterministic, and
 this schedule measured PyTorch 89.1 % (122/137) and INT4 86.9 % (119/137), a drop of 2.2 points.
-The floor, 0.80, sits 6.9 points (9 phrases) under INT4: a broken prompt/label path, tokenizer, merge or INT4 build costs
-far more (zero-shot is 44 %, the builder's default INT4 recipe lost ~25 points), while another
+The floor, 0.80, sits 6.9 points (9 phrases) under INT4: a broken prompt/label path, tokenizer, merge or
+INT4 build costs far more (zero-shot is 44 %, the builder's default INT4 recipe lost ~25 points), while another
 CPU's float rounding moves a phrase or two, not nine. The INT4 drop limit is the default
 config's, 0.05.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,15 @@ MAX_DROP = 0.05
 
 def test_smollm2_int4_accuracy_holds_the_floor_with_the_gate_on(tmp_path):
     out = tmp_path / "run"
-    proc = run_pipeline(out, f"train.max_steps={STEPS}", "runtime.threads=1",
-                        f"evaluate.min_accuracy={FLOOR}", f"evaluate.max_int4_drop={MAX_DROP}",
-                        config=CONFIG, timeout=3600)
+    proc = run_pipeline(
+        out,
+        f"train.max_steps={STEPS}",
+        "runtime.threads=1",
+        f"evaluate.min_accuracy={FLOOR}",
+        f"evaluate.max_int4_drop={MAX_DROP}",
+        config=CONFIG,
+        timeout=3600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]  # a failed gate fails the evaluate stage
     metrics = json.loads((out / "evaluate" / "metrics" / "metrics.json").read_text())
     assert metrics["gate"] == {"min_accuracy": FLOOR, "max_int4_drop": MAX_DROP}

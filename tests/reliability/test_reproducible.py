@@ -1,4 +1,5 @@
 """Two CPU runs with the same config and seed give byte-identical adapter, merged and INT4 files."""
+
 from __future__ import annotations
 
 from helpers import run_pipeline
@@ -22,8 +23,13 @@ MUST_MATCH = [
 
 def all_files(run) -> dict[str, str]:
     out = {}
-    for stage, output in (("data_prep", "dataset"), ("train", "adapter"), ("merge", "model"),
-                          ("onnx_build", "onnx_model"), ("evaluate", "metrics")):
+    for stage, output in (
+        ("data_prep", "dataset"),
+        ("train", "adapter"),
+        ("merge", "model"),
+        ("onnx_build", "onnx_model"),
+        ("evaluate", "metrics"),
+    ):
         out.update({f"{stage}/{output}/{name}": h for name, h in tree_files(run / stage / output).items()})
     return out
 

@@ -1,13 +1,13 @@
 """Security: no remote code or pickle by default, no secret in any output, pinned deps, non-root images."""
+
 from __future__ import annotations
 
 import re
 import shutil
 from importlib.metadata import version
-from pathlib import Path
 
 import pytest
-from helpers import ROOT, TINY, run_cli, run_pipeline, stage_cli
+from helpers import ROOT, run_cli, run_pipeline, stage_cli
 
 from components.common.config import load_config
 
@@ -25,17 +25,39 @@ def test_remote_code_and_pickle_are_off_in_shipped_configs(name):
 
 
 def test_trust_remote_code_warns(tmp_path, tiny_run):
-    proc = stage_cli("merge", "--adapter", str(tiny_run / "train" / "adapter"), "--model", str(tmp_path / "m"),
-                     "--model.base", "tiny-random:phi3", "--model.trust_remote_code", "true")
+    proc = stage_cli(
+        "merge",
+        "--adapter",
+        str(tiny_run / "train" / "adapter"),
+        "--model",
+        str(tmp_path / "m"),
+        "--model.base",
+        "tiny-random:phi3",
+        "--model.trust_remote_code",
+        "true",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "model.trust_remote_code is on" in proc.stderr
 
 
 def test_no_secret_in_compiled_files_logs_or_summary(tmp_path, tiny_run):
     texts = []
-    for target, out in (("kfp", tmp_path / "kfp.yaml"), ("azureml", tmp_path / "aml"), ("argo", tmp_path / "argo.yaml")):
-        proc = run_cli(str(ROOT / "pipeline.py"), "compile", "--target", target, "--config",
-                       str(ROOT / "configs/phi3-mini.yaml"), "--out", str(out), env=SECRETS)
+    for target, out in (
+        ("kfp", tmp_path / "kfp.yaml"),
+        ("azureml", tmp_path / "aml"),
+        ("argo", tmp_path / "argo.yaml"),
+    ):
+        proc = run_cli(
+            str(ROOT / "pipeline.py"),
+            "compile",
+            "--target",
+            target,
+            "--config",
+            str(ROOT / "configs/phi3-mini.yaml"),
+            "--out",
+            str(out),
+            env=SECRETS,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         texts += [proc.stdout, proc.stderr]
     run = tmp_path / "run"
@@ -60,8 +82,18 @@ def test_fragile_dependencies_are_pinned_exactly():
         if line:
             name, _, ver = line.partition("==")
             pins[name.lower()] = ver
-    for fragile in ("torch", "transformers", "peft", "bitsandbytes", "onnxruntime", "onnxruntime-genai", "kfp",
-                    "azure-ai-ml", "hera", "datasets"):
+    for fragile in (
+        "torch",
+        "transformers",
+        "peft",
+        "bitsandbytes",
+        "onnxruntime",
+        "onnxruntime-genai",
+        "kfp",
+        "azure-ai-ml",
+        "hera",
+        "datasets",
+    ):
         assert pins.get(fragile), f"{fragile} must be pinned with == in requirements.txt"
 
 
@@ -107,8 +139,13 @@ def test_hf_token_reaches_the_hub_loader_and_nowhere_else(tmp_path, tiny_run):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {**SECRETS, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HUB_OFFLINE": "0",
-           "TRANSFORMERS_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home")}
+    env = {
+        **SECRETS,
+        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+        "HF_HUB_OFFLINE": "0",
+        "TRANSFORMERS_OFFLINE": "0",
+        "HF_HOME": str(tmp_path / "hf-home"),
+    }
     try:
         run = tmp_path / "run"
         shutil.copytree(tiny_run / "data_prep", run / "data_prep")
