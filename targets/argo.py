@@ -45,6 +45,7 @@ from .compile_common import (
     param_name,
     run_parameters,
     settings,
+    task_params,
 )
 from .validate import check_argo
 
@@ -84,7 +85,7 @@ class _Ref:
 def template_argv(step: Step, cfg: Config) -> list[str]:
     spec = step.spec
     argv = spec.argv(
-        {k: _Ref(f"{{{{inputs.parameters.{param_name(k)}}}}}") for k in spec.params(cfg)},
+        {k: _Ref(f"{{{{inputs.parameters.{param_name(k)}}}}}") for k in task_params(spec, cfg)},
         {p.name: _Ref(f"{{{{inputs.artifacts.{p.name}.path}}}}") for p in spec.inputs},
         {p.name: _Ref(f"{{{{outputs.artifacts.{p.name}.path}}}}") for p in spec.outputs},
     )
@@ -149,7 +150,7 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
             command=argv[:3],
             args=argv[3:],
             inputs=[Artifact(name=p.name, path=f"{IN_DIR}/{p.name}") for p in spec.inputs]
-            + [Parameter(name=param_name(k)) for k in spec.params(cfg)],
+            + [Parameter(name=param_name(k)) for k in task_params(spec, cfg)],
             outputs=[
                 Artifact(name=p.name, path=f"{OUT_DIR}/{p.name}", archive=ArchiveStrategy(none=NoneStrategy()))
                 for p in spec.outputs
@@ -187,7 +188,7 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
         for port_name, src in step.wires.items():
             up, out = src.split(".")
             arguments.append(Artifact(name=port_name, from_=f"{{{{tasks.{k8s_name(up)}.outputs.artifacts.{out}}}}}"))
-        for key, value in step.spec.params(cfg).items():
+        for key, value in task_params(step.spec, cfg).items():
             if key in run_params:
                 arguments.append(
                     Parameter(name=param_name(key), value=f"{{{{workflow.parameters.{param_name(key)}}}}}")

@@ -48,6 +48,7 @@ from .compile_common import (
     pipeline_signature,
     run_parameters,
     settings,
+    task_params,
     value_kind,
 )
 from .validate import check_azureml
@@ -110,7 +111,7 @@ class _Ref:
 
 
 def command_line(spec: StageSpec, cfg: Config) -> str:
-    params = spec.params(cfg)
+    params = task_params(spec, cfg)
     argv = spec.argv(
         {
             k: _Ref(f"${{{{inputs.{param_name(k)}}}}}", _KIND_TYPES[value_kind(v)] == "string")
@@ -140,7 +141,7 @@ def make_component(spec: StageSpec, cfg: Config):
             mode="direct",
             description=f"where {port.name} lies: the model asset points there",
         )
-    for key, value in spec.params(cfg).items():
+    for key, value in task_params(spec, cfg).items():
         if inputs.get(param_name(key)):
             raise UserError(f"{spec.name}: parameter {key!r} collides with an input port")
         v = azure_value(value)

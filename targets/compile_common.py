@@ -196,6 +196,13 @@ def pipeline_signature(
     ]
 
 
+def task_params(spec: StageSpec, cfg: Config) -> dict[str, Any]:
+    """The parameters a compiled task declares. A null that is also the stage's default, and not
+    a run parameter, is left out (no input, no ``--key null`` flag): the stage uses its default."""
+    unset = spec.unset_params()
+    return {k: v for k, v in spec.params(cfg).items() if not (v is None and k in unset and k not in RUN_PARAMETERS)}
+
+
 def needs_hf_token(spec: StageSpec, cfg: Config) -> bool:
     """Stages that read the base model (may download it from the hub) get the token."""
     return "model.base" in spec.params(cfg)

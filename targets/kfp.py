@@ -44,6 +44,7 @@ from .compile_common import (
     pipeline_signature,
     run_parameters,
     settings,
+    task_params,
     value_kind,
 )
 from .validate import check_kfp
@@ -83,7 +84,7 @@ def make_component(spec: StageSpec, cfg: Config):
     """The stage as a KFP container component (a ``@dsl.container_component`` built from data)."""
     from kfp import dsl
 
-    params = spec.params(cfg)
+    params = task_params(spec, cfg)
     P = inspect.Parameter
     sig: list[inspect.Parameter] = []
     for port in spec.inputs:
