@@ -51,19 +51,29 @@ def run_subprocess(step: Step, argv: list[str], run_dir: Path) -> int:
     # (inherited, so it is blocked from fork on, even before the stage's Python starts) and gets
     # SIGTERM from us instead, the signal it handles everywhere (cleanup; training checkpoints):
     # one Ctrl-C gives one line per process, not a traceback from wherever each happened to be.
+    # The mask is per thread and the kernel may hand the signal to another thread of ours, so
+    # while the stage starts, Python's handlers only note a Ctrl-C or SIGTERM: raised inside
+    # Popen it would lose the child, which would then run on, and commit, after we exited.
+    noted: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    handlers = {s: signal.signal(s, lambda signum, _frame: noted.append(signum)) for s in signals}
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    proc = None
     try:
-        proc = subprocess.Popen([sys.executable, *argv[1:]], env=env)
-    except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        raise
-    try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C during the start is raised here
+        try:
+            proc = subprocess.Popen([sys.executable, *argv[1:]], env=env)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C held back by the mask is noted here
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        if noted:
+            raise KeyboardInterrupt(signal.Signals(noted[0]).name)
         return proc.wait()
     except BaseException:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        proc.terminate()
-        proc.wait()
+        if proc is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+            proc.terminate()
+            proc.wait()
         raise
 
 

@@ -459,7 +459,7 @@ def test_ctrl_c_during_a_run_gives_one_line_per_process_and_no_traceback(tmp_pat
     assert "Traceback" not in text, text[-3000:]
     errors = [line for line in lines if line.startswith("error:")]
     assert 1 <= len(errors) <= 2 and errors[-1].startswith("error: interrupted;"), text[-3000:]
-    assert not (out / "train" / "adapter").exists()
+    assert not (out / "train" / "adapter").exists(), text[-4000:]
     assert json.loads((out / "summary.json").read_text())["stages"]["train"]["status"] == "interrupted"
     if when == "step 2/":  # SIGTERM reached the stage: it checkpointed, and says so
         assert "checkpoint saved at step" in errors[0]
