@@ -468,6 +468,13 @@ def _experiment(client, cfg: Config, conn) -> str:
         return client.create_experiment(cfg.name).experiment_id
 
 
+def _uploaded(dag: Pipeline, cfg: Config, conn) -> tuple:
+    """(client, pipeline id, version id, experiment id): what a run and a recurring run start from."""
+    client = _client(conn)
+    pipeline_id, version_id = _upload(client, dag, cfg, conn)
+    return client, pipeline_id, version_id, _experiment(client, cfg, conn)
+
+
 def run_arguments(dag: Pipeline, cfg: Config) -> dict[str, Any]:
     """The run parameters as the run's arguments: ``{"train_lora_r": 16, ...}``."""
     return {param_name(k): kfp_value(v) for k, v in run_parameters(dag, cfg).items()}
@@ -539,9 +546,7 @@ class KfpTarget(Target):
         return "pipelineInfo" in first_doc or "deploymentSpec" in first_doc
 
     def submit(self, dag, cfg, conn):
-        client = _client(conn)
-        pipeline_id, version_id = _upload(client, dag, cfg, conn)
-        experiment_id = _experiment(client, cfg, conn)
+        client, pipeline_id, version_id, experiment_id = _uploaded(dag, cfg, conn)
         import time
 
         with _calling("create the run", _host(conn)):
@@ -563,9 +568,7 @@ class KfpTarget(Target):
     def schedule(self, dag, cfg, conn, cron, timezone):
         """A recurring run: KFP's 6-field cron (seconds first), at most one run at a time
         (max_concurrency 1), and no backfill of missed intervals (no_catchup)."""
-        client = _client(conn)
-        pipeline_id, version_id = _upload(client, dag, cfg, conn)
-        experiment_id = _experiment(client, cfg, conn)
+        client, pipeline_id, version_id, experiment_id = _uploaded(dag, cfg, conn)
         with _calling("create the recurring run", _host(conn)):
             rec = client.create_recurring_run(
                 experiment_id,

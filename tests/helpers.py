@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from components.registry import STAGES
+
+# (stage, output port) of every stage's artifact, in DAG order.
+STAGE_OUTPUTS = [(name, port.name) for name, spec in STAGES.items() for port in spec.outputs]
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-phi3.yaml"
 

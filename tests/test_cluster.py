@@ -692,38 +692,16 @@ def test_a_fourth_engine_is_one_new_file(tmp_path):
         )
     (tmp_path / "targets" / "toy.py").write_text(TOY)
     env = {"PYTHONPATH": str(tmp_path)}
-    r = run_cli(
-        "pipeline.py",
-        "compile",
-        "--target",
-        "toy",
-        "--config",
-        "configs/default.yaml",
-        "--out",
-        "out.txt",
-        cwd=tmp_path,
-        env=env,
-        timeout=300,
-    )
+
+    def cli(*args: str):
+        return run_cli("pipeline.py", *args, cwd=tmp_path, env=env, timeout=300)
+
+    compile_toy = ["compile", "--target", "toy", "--config", "configs/default.yaml"]
+    r = cli(*compile_toy, "--out", "out.txt")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out.txt").read_text() == "hello data_prep -> train -> merge -> onnx_build -> evaluate\n"
-    r = run_cli("pipeline.py", "validate", "out.txt", cwd=tmp_path, env=env, timeout=300)  # guessed: the toy's
+    r = cli("validate", "out.txt")  # guessed: the toy's
     assert r.returncode == 0 and "out.txt: valid" in r.stdout, r.stderr
-    r = run_cli(
-        "pipeline.py",
-        "compile",
-        "--target",
-        "toy",
-        "--config",
-        "configs/default.yaml",
-        "--out",
-        "o.txt",
-        "--set",
-        "targets.toy.greting=hi",
-        cwd=tmp_path,
-        env=env,
-        timeout=300,
-    )
+    r = cli(*compile_toy, "--out", "o.txt", "--set", "targets.toy.greting=hi")
     assert r.returncode == 2 and "targets.toy.greting: unknown key" in r.stderr
-    r = run_cli("pipeline.py", "submit", "--help", cwd=tmp_path, env=env, timeout=300)
-    assert "{argo,azureml,kfp,toy}" in r.stdout
+    assert "{argo,azureml,kfp,toy}" in cli("submit", "--help").stdout

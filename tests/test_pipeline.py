@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from helpers import ROOT, TINY, run_pipeline, summary
+from helpers import ROOT, STAGE_OUTPUTS, TINY, run_pipeline, summary
 
 from components.common.hashing import file_hash
 
@@ -21,13 +21,7 @@ def test_full_run_writes_summary_and_metrics(tiny_run):
     for model in ("pytorch", "onnx_int4"):
         assert 0.0 <= s["metrics"][model]["accuracy"] <= 1.0
         assert 0.0 <= s["metrics"][model]["macro_f1"] <= 1.0
-    for stage, output in (
-        ("data_prep", "dataset"),
-        ("train", "adapter"),
-        ("merge", "model"),
-        ("onnx_build", "onnx_model"),
-        ("evaluate", "metrics"),
-    ):
+    for stage, output in STAGE_OUTPUTS:
         marker = json.loads((tiny_run / stage / output / "_artifact.json").read_text())
         assert marker["stage"] == stage and len(marker["content_hash"]) == 64
 

@@ -140,20 +140,17 @@ def test_missing_model_folder(tmp_path):
     assert_clean_failure(proc, "model.base: folder not found", out)
 
 
+def _train(tiny_run, out, *args: str):
+    """train on the tiny run's dataset into ``out/adapter``, with the given flags."""
+    dataset = str(tiny_run / "data_prep" / "dataset")
+    return out, stage_cli("train", "--dataset", dataset, "--adapter", str(out / "adapter"), *args)
+
+
 def test_model_folder_without_tokenizer(tmp_path, tiny_run):
     model = tmp_path / "model"
     shutil.copytree(tiny_run / "merge" / "model", model)
     (model / "tokenizer.json").unlink()
-    out = tmp_path / "run"
-    proc = stage_cli(
-        "train",
-        "--dataset",
-        str(tiny_run / "data_prep" / "dataset"),
-        "--adapter",
-        str(out / "adapter"),
-        "--model.base",
-        str(model),
-    )
+    out, proc = _train(tiny_run, tmp_path / "run", "--model.base", str(model))
     assert_clean_failure(proc, "has no tokenizer", out)
     assert not (out / "adapter").exists()
 
@@ -296,17 +293,8 @@ def test_parity_tolerance_below_float_rounding_fails_the_merge(tmp_path, tiny_ru
 
 
 def test_unknown_target_modules(tmp_path, tiny_run):
-    out = tmp_path / "out"
-    proc = stage_cli(
-        "train",
-        "--dataset",
-        str(tiny_run / "data_prep" / "dataset"),
-        "--adapter",
-        str(out / "adapter"),
-        "--model.base",
-        "tiny-random:phi3",
-        "--train.lora.target_modules",
-        "[nope_proj]",
+    out, proc = _train(
+        tiny_run, tmp_path / "out", "--model.base", "tiny-random:phi3", "--train.lora.target_modules", "[nope_proj]"
     )
     assert_clean_failure(proc, "are not Linear layers of this model", out)
     assert not (out / "adapter").exists()

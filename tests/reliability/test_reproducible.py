@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from helpers import run_pipeline
+from helpers import STAGE_OUTPUTS, run_pipeline
 
 from components.common.hashing import tree_files
 
@@ -23,13 +23,7 @@ MUST_MATCH = [
 
 def all_files(run) -> dict[str, str]:
     out = {}
-    for stage, output in (
-        ("data_prep", "dataset"),
-        ("train", "adapter"),
-        ("merge", "model"),
-        ("onnx_build", "onnx_model"),
-        ("evaluate", "metrics"),
-    ):
+    for stage, output in STAGE_OUTPUTS:
         out.update({f"{stage}/{output}/{name}": h for name, h in tree_files(run / stage / output).items()})
     return out
 
