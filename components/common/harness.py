@@ -132,26 +132,30 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
         for hook in context.after_commit:
             hook()
         tracking.log_stage(stage_name, params, finals)  # MLflow, only when MLFLOW_TRACKING_URI is set
-        if args.get("kfp_executor_input"):
+        executor_input = json.loads(args["kfp_executor_input"]) if args.get("kfp_executor_input") else None
+        # A stage that scores an ONNX model and returns has passed its gate: it promotes that model.
+        model_input = (
+            next((p.name for p in spec.inputs if p.type == "OnnxModel"), None) if promotion.promotes(spec) else None
+        )
+        if executor_input is not None:
             from . import kfp_output
 
             metrics_ports = [p.name for p in spec.outputs if p.type == "Metrics"]
-            # A stage that scores an ONNX model and returns has passed its gate: the metrics
-            # artifact says so, with the lineage and the promoted model's URI.
-            model_input = next((p.name for p in spec.inputs if p.type == "OnnxModel"), None)
+            # On KFP the metrics artifact says so, with the lineage and the promoted model's URI.
             promoted = (
                 {"model_input": model_input, "model_seal": markers[model_input], "lineage": lineage}
-                if (model_input and metrics_ports)
+                if model_input
                 else None
             )
-            kfp_output.write(
-                json.loads(args["kfp_executor_input"]), markers_out, metrics_ports, finals, out_params, promoted
-            )
+            kfp_output.write(executor_input, markers_out, metrics_ports, finals, out_params, promoted)
         _write_parameter_files(out_params)
-        if promotion.promotes(spec):
-            model_input = next(p.name for p in spec.inputs if p.type == "OnnxModel")
+        if model_input:
             metrics_dir = finals[next(p.name for p in spec.outputs if p.type == "Metrics")]
-            model_uri = args.get("model_uri") or _kfp_input_uri(args.get("kfp_executor_input"), model_input)
+            model_uri = args.get("model_uri")
+            if not model_uri and executor_input is not None:
+                from .kfp_output import input_uri
+
+                model_uri = input_uri(executor_input, model_input)
             promotion.publish(stage_name, inputs[model_input], markers[model_input], metrics_dir, lineage, model_uri)
         for name, value in out_params.items():
             log.info("output parameter %s = %s", name, value)
@@ -191,15 +195,6 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
                 file=sys.stderr,
             )
         sys.exit(1)
-
-
-def _kfp_input_uri(executor_input: str | None, port: str) -> str | None:
-    """The URI KFP gives an input artifact (``minio://``, ``s3://``, ``gs://``...)."""
-    if not executor_input:
-        return None
-    artifacts_in = json.loads(executor_input).get("inputs", {}).get("artifacts", {})
-    listed = (artifacts_in.get(port) or {}).get("artifacts") or [{}]
-    return listed[0].get("uri")
 
 
 def _output_parameters(spec, values: dict) -> dict[str, str]:

@@ -91,15 +91,18 @@ def _seal_metadata(marker: dict) -> dict:
     }
 
 
+def input_uri(executor_input: dict, port: str) -> str | None:
+    """The URI KFP gives an input artifact (``minio://``, ``s3://``, ``gs://``...)."""
+    listed = executor_input.get("inputs", {}).get("artifacts", {}).get(port, {}).get("artifacts") or [{}]
+    return listed[0].get("uri")
+
+
 def promotion_metadata(executor_input: dict, promoted: dict) -> dict:
     """``promoted`` and the lineage, flat (what the KFP UI shows), with the promoted model's URI."""
     lin = promoted["lineage"]
-    listed = executor_input.get("inputs", {}).get("artifacts", {}).get(promoted["model_input"], {}).get(
-        "artifacts"
-    ) or [{}]
     meta = {
         "promoted": True,
-        "model_uri": listed[0].get("uri", ""),
+        "model_uri": input_uri(executor_input, promoted["model_input"]) or "",
         "model_content_hash": promoted["model_seal"].get("content_hash"),
         **{k: v for k, v in lin.items() if k != "code_version" and v is not None},
     }
