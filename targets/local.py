@@ -25,6 +25,7 @@ from components.common.cache import cache_key
 from components.common.config import Config, to_yaml
 from components.common.errors import UserError
 from components.common.hashing import ROOT
+from components.common.io import load_file
 from components.registry import Pipeline, Step
 
 # execute(step, argv, run_dir) -> exit code. The docker runner passes its own.
@@ -289,10 +290,12 @@ def list_runs(root: Path) -> list[dict]:
         raise UserError(f"--root {root}: not a folder")
     found = [p.parent for pattern in ("summary.json", "*/summary.json", "*/*/summary.json") for p in root.glob(pattern)]
     rows = []
-    for run in sorted(set(found), key=lambda p: (p / "summary.json").stat().st_mtime, reverse=True):
+    for run in sorted(set(found), key=lambda p: _mtime(p / "summary.json"), reverse=True):
         try:
-            summary = json.loads((run / "summary.json").read_text())
-        except (OSError, json.JSONDecodeError):
+            summary = load_file(run / "summary.json")
+            if not isinstance(summary, dict):
+                raise UserError("not a mapping")
+        except UserError:  # a FIFO, a huge or malformed file: listed, never waited on
             rows.append({"run": str(run), "status": "unreadable"})
             continue
         promoted = promotion.read(run)
@@ -312,6 +315,13 @@ def list_runs(root: Path) -> list[dict]:
             }
         )
     return rows
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # a link to nothing, a loop
+        return 0.0
 
 
 def print_runs(rows: list[dict]) -> None:

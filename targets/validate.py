@@ -21,9 +21,8 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from components.common.errors import UserError
+from components.common.io import load_file
 
 
 def validate_file(path: str | Path, target: str | None = None) -> str:
@@ -59,12 +58,9 @@ def guess_target(path: Path) -> str:
 
 
 def _load_yaml_docs(path: Path) -> list:
-    try:
-        return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {e}") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read: {e}") from None
+    """Every document of a compiled file, through the one bounded loader (components/common/io.py):
+    a regular file, size, depth and alias-expansion limits, duplicate keys refused."""
+    return load_file(path, all_docs=True)
 
 
 def _cycle(edges: dict[str, set[str]]) -> list[str] | None:

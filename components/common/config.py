@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
+from .io import YamlSyntaxError, load_file, load_yaml
 
 PHI3_TEMPLATE = "<|user|>\n{phrase}<|end|>\n<|assistant|>\n{tone}<|end|>"
 
@@ -417,77 +418,11 @@ def format_validation_error(err: ValidationError, where: str = "config") -> str:
     return "\n".join(lines)
 
 
-MAX_YAML_VALUES = 100_000  # after expanding aliases; the largest shipped config has ~100
-
-
-def load_yaml(text: str, where: str) -> Any:
-    """``yaml.safe_load`` that refuses alias bombs, recursive aliases and duplicate keys, by line."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_yaml(node, where)
-        return loader.construct_document(node)
-    except RecursionError:
-        raise UserError(f"{where}: nested too deeply") from None
-    finally:
-        loader.dispose()
-
-
-def _check_yaml(root, where: str) -> None:
-    sizes: dict[int, int] = {}
-    open_: set[int] = set()
-
-    def size(node) -> int:
-        if id(node) in sizes:
-            return sizes[id(node)]
-        if id(node) in open_:
-            raise UserError(f"{where} line {node.start_mark.line + 1}: a recursive alias; write the value out")
-        open_.add(id(node))
-        total = 1
-        if isinstance(node, yaml.MappingNode):
-            keys: dict = {}
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
-                    if key.value in keys:
-                        raise UserError(
-                            f"{where} line {key.start_mark.line + 1}: key {key.value!r} appears twice "
-                            f"in one mapping (also line {keys[key.value]}); keep one"
-                        )
-                    keys[key.value] = key.start_mark.line + 1
-                total += size(key) + size(value)
-        elif isinstance(node, yaml.SequenceNode):
-            total += sum(size(item) for item in node.value)
-        if total > MAX_YAML_VALUES:
-            raise UserError(
-                f"{where} line {node.start_mark.line + 1}: its aliases expand to over {MAX_YAML_VALUES:,} "
-                "values (an alias bomb?); write the values out"
-            )
-        open_.discard(id(node))
-        sizes[id(node)] = total
-        return total
-
-    size(root)
-
-
-def _no_duplicate_keys(where: str):
-    def hook(pairs):
-        out = {}
-        for key, value in pairs:
-            if key in out:
-                raise UserError(f"{where}: key {key!r} appears twice in one object; keep one")
-            out[key] = value
-        return out
-
-    return hook
-
-
 def parse_value(text: str, where: str = "--set") -> Any:
     """A ``--set`` or argv value: JSON/YAML scalars and lists, else the plain string."""
     try:
         value = load_yaml(text, where) if text.strip() else text
-    except yaml.YAMLError:
+    except YamlSyntaxError:
         return text
     # "Q: {x}" is YAML for a mapping; a mapping must be written as one: "{...}".
     return text if isinstance(value, dict) and not text.lstrip().startswith("{") else value
@@ -528,26 +463,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 
 def read_config_file(path: Path) -> dict:
-    """The parsed YAML or JSON mapping in ``path``, with one-line errors for every way a file can be wrong."""
-    if not path.exists():
+    """The parsed YAML or JSON mapping in ``path``, through the one bounded loader (io.load_file):
+    one-line errors for every way a file can be wrong."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
         raise UserError(f"config file not found: {path}")
-    if not path.is_file():
-        raise UserError(f"{path}: not a regular file (a folder, FIFO or device); give a YAML or JSON config file")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(
-            f"{path} line {line}: not UTF-8 text (byte {raw[e.start]:#x}); re-save the file as UTF-8"
-        ) from None
-    try:
-        if path.suffix == ".json":
-            tree = json.loads(text, object_pairs_hook=_no_duplicate_keys(str(path)))
-        else:
-            tree = load_yaml(text, str(path))
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    tree = load_file(path)
     tree = tree or {}
     if not isinstance(tree, dict):
         raise UserError(f"{path}: the top level must be a mapping of sections")

@@ -118,10 +118,17 @@ def record(
 
 
 def read(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((Path(run_dir) / PROMOTED).read_text())
-    except (OSError, json.JSONDecodeError):
+    from .errors import UserError
+    from .io import load_file
+
+    path = Path(run_dir) / PROMOTED
+    if not path.exists():
         return None
+    try:
+        record = load_file(path)  # bounded, regular files only: a FIFO never blocks `runs`
+    except UserError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def publish(
