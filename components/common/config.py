@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import UserError
 from .io import YamlSyntaxError, load_file, load_yaml
+from .prompts import template_problem
 
 PHI3_TEMPLATE = "<|user|>\n{phrase}<|end|>\n<|assistant|>\n{tone}<|end|>"
 
@@ -152,6 +153,14 @@ class DataConfig(Section):
                 raise ValueError(
                     f"labels {other!r} and {label!r} differ only in case; a model cannot tell them apart reliably"
                 )
+        return v
+
+    @field_validator("text_template")
+    @classmethod
+    def _plain_fields(cls, v):
+        problem = template_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")

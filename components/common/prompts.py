@@ -12,11 +12,30 @@ import string
 from .errors import UserError
 
 
-def template_fields(template: str) -> list[str]:
+def template_problem(template: str) -> str | None:
+    """Why ``template`` is not a text template of plain field names, or None. A field may only
+    name a column: no format spec (``{phrase:>100000000}`` would allocate gigabytes), no
+    conversion (``!r``), no attribute or index (``{x.__class__}``, ``{x[0]}``)."""
     try:
-        return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+        parts = list(string.Formatter().parse(template))
     except ValueError as e:
-        raise UserError(f"data.text_template is not a valid template: {e}") from None
+        return f"not a valid template: {e}"
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if not name.isidentifier():
+            return f"field {{{name}}} must be a plain column name (no index, attribute or positional field)"
+        if spec or conversion:
+            shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            return f"field {{{shown}}}: format specs and conversions are not allowed; write {{{name}}}"
+    return None
+
+
+def template_fields(template: str) -> list[str]:
+    problem = template_problem(template)
+    if problem:
+        raise UserError(f"data.text_template: {problem}")
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
 def check_template(template: str, columns: set[str]) -> None:
