@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", required=True, help="kfp/argo: a .yaml file; azureml: a folder (pipeline.yml + components/)"
     )
     comp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    comp.add_argument("--force", action="store_true", help="overwrite files an earlier compile wrote at --out")
 
     val = sub.add_parser(
         "validate", help="check a compiled file strictly, references included", epilog=EXAMPLES["validate"]
@@ -228,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     imp.add_argument("olive", metavar="OLIVE_JSON", help="the Olive config file")
     imp.add_argument("--out", required=True, help="the YAML config to write, e.g. configs/<name>.yaml")
+    imp.add_argument("--force", action="store_true", help="overwrite an existing --out file")
 
     sub.add_parser(
         "stages", help="print the stage registry: inputs, outputs, parameters, resources", epilog=EXAMPLES["stages"]
@@ -271,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     from components.common.config import load_config
+    from components.common.outputs import claim, config_inputs
 
     if args.command == "stages":
         from targets.local import print_stages
@@ -278,7 +281,7 @@ def _dispatch(args) -> int:
         print_stages(DAG)
         return 0
     if args.command == "import-olive":
-        return _import_olive(args.olive, args.out)
+        return _import_olive(args.olive, args.out, args.force)
     if args.command == "runs":
         from targets.local import list_runs, print_runs
 
@@ -286,6 +289,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "run":
         cfg = load_config(args.config, args.overrides)
+        claim(args.out, inputs=config_inputs(args.config, cfg), run=True)
         if args.runner == "kfp-local":
             from targets.kfp_local import run_pipeline as run_kfp_local
 
@@ -299,8 +303,17 @@ def _dispatch(args) -> int:
         from targets.base import get
 
         cfg = load_config(args.config, args.overrides)
-        get(args.target).compile(DAG, cfg, args.out)
-        print(f"wrote {args.out}")
+        target = get(args.target)
+        path = claim(
+            args.out,
+            inputs=config_inputs(args.config, cfg),
+            folder=target.writes_folder,
+            default_name=target.default_out,
+            also=target.written(DAG),
+            force=args.force,
+        )
+        target.compile(DAG, cfg, path)
+        print(f"wrote {path}")
         return 0
     if args.command in ("submit", "status", "schedule"):
         return _cluster(args, load_config)
@@ -354,7 +367,7 @@ def _cluster(args, load_config) -> int:
     return 1 if status.state in ("failed", "canceled") and (args.wait or args.command == "status") else 0
 
 
-def _import_olive(source: str, out: str) -> int:
+def _import_olive(source: str, out: str, force: bool = False) -> int:
     """Write OUT: the comment header (every Olive key: mapped, or not imported and why), then our YAML."""
     from components.common.config import load_config, read_config_file, validate
     from components.common.olive import import_olive_config
@@ -364,15 +377,16 @@ def _import_olive(source: str, out: str) -> int:
         raise UserError(f"Olive config not found: {source}")
     if path.suffix.lower() != ".json":
         raise UserError(f"{source}: an Olive config is a .json file")
-    target = Path(out)
-    if target.suffix.lower() not in (".yaml", ".yml"):
+    from components.common.outputs import claim, config_inputs
+
+    if Path(out).suffix.lower() not in (".yaml", ".yml"):
         raise UserError(f"--out {out}: give a .yaml file, e.g. configs/{path.stem}.yaml")
     tree = read_config_file(path)  # one-line errors for a missing, binary or malformed file
     if not ("passes" in tree or "input_model" in tree):
         raise UserError(f"{source}: not an Olive config (it has neither input_model nor passes)")
     imp = import_olive_config(tree, path)
-    validate(imp.tree, str(path))
-    target.parent.mkdir(parents=True, exist_ok=True)
+    cfg = validate(imp.tree, str(path))
+    target = claim(out, inputs=config_inputs(path, cfg), force=force)
     target.write_text(imp.yaml())
     load_config(target)  # what was written loads as it is
     print(

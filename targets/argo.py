@@ -415,6 +415,7 @@ class ArgoTarget(Target):
     name = "argo"
     title = "Argo Workflows"
     default_out = "workflow.yaml"
+    sidecars = (".cron.yaml",)
     host_hint = HOST_HINT
 
     settings = ArgoSettings

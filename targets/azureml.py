@@ -226,7 +226,9 @@ def compile_pipeline(dag: Pipeline, cfg: Config, out: str | Path) -> Path:
             f"--out {out}: the azureml target writes a folder (pipeline.yml + components/); give a directory"
         )
     job, components = build_pipeline(dag, cfg)
-    (out / "components").mkdir(parents=True, exist_ok=True)
+    from components.common.outputs import make_parents
+
+    make_parents(out / "components", str(out))
     for stale in (out / "components").glob("*.yml"):  # stages an earlier compile had
         if stale.stem not in components:
             stale.unlink()
@@ -418,6 +420,11 @@ class AzureMLTarget(Target):
     name = "azureml"
     title = "Azure Machine Learning"
     default_out = "azureml"
+    writes_folder = True
+
+    def written(self, dag):
+        return ["pipeline.yml", "schedule.yml", *(f"components/{step.name}.yml" for step in dag)]
+
     host_hint = HOST_HINT
 
     settings = AzureMLSettings

@@ -72,10 +72,17 @@ class Target:
     title: str = ""  # "Kubeflow Pipelines"
     settings: type[BaseModel]
     default_out: str = ""  # the file (or folder) name compile writes when --out is a folder
+    writes_folder: bool = False  # compile --out is a folder (AzureML), else a file
+    sidecars: tuple[str, ...] = ()  # suffixes of the files written beside it: <stem><suffix>
     host_hint: str = ""  # how the user tells us where the engine is, for error messages
 
     def compile(self, dag, cfg, out: str | Path) -> Path:
         raise NotImplementedError
+
+    def written(self, dag) -> list[str]:
+        """What compile writes besides --out (file: sibling suffixes; folder: paths inside it),
+        for the output guard (components/common/outputs.py): each exists only with --force."""
+        return list(self.sidecars)
 
     def validate(self, path: Path) -> list[str]:
         """The problems of a compiled file (empty: valid)."""

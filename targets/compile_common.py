@@ -209,8 +209,12 @@ def needs_hf_token(spec: StageSpec, cfg: Config) -> bool:
 
 
 def out_path(out: str | Path, default_name: str) -> Path:
+    """The file compile writes (``pipeline.py`` has claimed it through the output guard); parents
+    are created only as the guard allows."""
+    from components.common.outputs import make_parents
+
     path = Path(out)
     if path.is_dir():
         path = path / default_name
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parents(path.parent, str(out))
     return path

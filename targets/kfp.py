@@ -535,6 +535,7 @@ class KfpTarget(Target):
     name = "kfp"
     title = "Kubeflow Pipelines"
     default_out = "pipeline.yaml"
+    sidecars = (".recurring-run.json",)
     host_hint = HOST_HINT
 
     settings = KfpSettings

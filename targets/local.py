@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -150,6 +149,9 @@ def run_lock(run_dir: Path, out) -> None:
 def _run_locked(
     dag: Pipeline, cfg: Config, run_dir: Path, use_cache: bool, execute: Executor, root: str | None, summary: dict
 ) -> int:
+    for step in dag:  # before anything runs: the run replaces only outputs it sealed
+        for port in step.spec.outputs:
+            artifacts.refuse_unowned(run_dir / step.name / port.name)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     # promoted.json describes the run whose artifacts lie beside it: gone until this one passes.
     (run_dir / promotion.PROMOTED).unlink(missing_ok=True)
@@ -177,7 +179,7 @@ def _run_locked(
         # keys, made of input contents, then still hold.
         before = _content_hashes(step, run_dir)
         for port in step.spec.outputs:
-            shutil.rmtree(run_dir / step.name / port.name, ignore_errors=True)
+            artifacts.remove(run_dir / step.name / port.name)
         argv = stage_argv(step, cfg, root or str(run_dir))
         print(f"==> {step.name}: {' '.join(argv[:3])} ...", flush=True)
         code = execute(step, argv, run_dir)
@@ -185,7 +187,7 @@ def _run_locked(
         if code != 0 or before is None or _content_hashes(step, run_dir) != before:
             for name in dag.downstream(step.name):
                 for port in dag[name].spec.outputs:
-                    shutil.rmtree(run_dir / name / port.name, ignore_errors=True)
+                    artifacts.remove(run_dir / name / port.name)
         if code != 0:
             entry.update(status="failed", exit_code=code)
             print(f"==> {step.name}: FAILED (exit {code}); stopping", file=sys.stderr, flush=True)

@@ -78,6 +78,33 @@ def verify(path: Path, expected_type: str | None = None, deep: bool = True) -> d
     return marker
 
 
+def owned(folder: Path) -> bool:
+    """Whether ``folder`` is this pipeline's to replace: missing, empty, or sealed (a marker, or
+    the marker's temporary of an interrupted seal). Anything else belongs to the user."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return True
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    return (folder / MARKER).is_file() or (folder / (MARKER + ".part")).is_file() or not any(folder.iterdir())
+
+
+def refuse_unowned(folder: Path) -> None:
+    """The one decision before anything replaces or deletes an output folder: a UserError, with
+    nothing deleted, unless this pipeline made it (``owned``)."""
+    if not owned(folder):
+        raise UserError(
+            f"{folder}: is in the way of an output and is not an artifact this pipeline wrote (no {MARKER}); "
+            "nothing was deleted: move it away or choose another output folder"
+        )
+
+
+def remove(folder: Path) -> None:
+    """Delete an output folder of ours (the runner's stale outputs); refuse anything else."""
+    refuse_unowned(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def tmp_path(final: Path) -> Path:
     final = Path(final)
     return final.with_name(f".{final.name}.tmp-{os.getpid()}")
@@ -96,6 +123,7 @@ def begin(final: Path) -> Path:
     final = Path(final)
     if must_commit_in_place(final):
         return _begin_in_place(final)
+    refuse_unowned(final)  # the commit replaces it
     final.parent.mkdir(parents=True, exist_ok=True)
     # Leftovers of a killed stage: unsealed (or sealed but never renamed) temporaries, and the
     # previous output a killed replace had moved aside. Nothing reads hidden folders; drop them.
