@@ -345,10 +345,10 @@ def _cluster(args, load_config) -> int:
         cron = args.cron or s.schedule
         if not cron:
             raise UserError(f'schedule: no cron; pass --cron "0 3 * * 1" or set targets.{args.target}.schedule')
-        from targets.compile_common import cron_fields
+        from components.common.cron import parse as parse_cron
 
         try:
-            cron_fields(cron)
+            parse_cron(cron, args.target)
         except ValueError as e:
             raise UserError(f"--cron: {e}") from None
         print(target.schedule(DAG, cfg, conn, cron, args.timezone or s.schedule_timezone))

@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from components.common import names
 from components.common.config import Config, encode
 from components.common.errors import UserError
 from components.registry import Pipeline, Step
@@ -400,15 +401,15 @@ def _status(dag: Pipeline, wf, host: str) -> RunStatus:
 
 class ArgoSettings(EngineSettings):
     # The defaults are what manifests/base creates (tests/test_manifests.py checks it).
-    namespace: str | None = "slm-pipeline"
-    service_account: str | None = "slm-pipeline"  # has the executor's RBAC; `default` does not
+    namespace: names.DnsLabel | None = "slm-pipeline"
+    service_account: names.DnsSubdomain | None = "slm-pipeline"  # has the executor's RBAC; `default` does not
     gpu_toleration: bool = True
-    cache_claim: str | None = CACHE_CLAIM  # the model-cache PVC mounted at /cache; null: none
+    cache_claim: names.DnsSubdomain | None = CACHE_CLAIM  # the model-cache PVC mounted at /cache; null: none
     # Where stage outputs go: a key of the `artifact-repositories` ConfigMap in the workflow's
     # namespace (manifests/: MinIO in the dev overlay, S3 in prod); key null: the namespace's
     # or the controller's default repository.
-    artifact_repository_configmap: str = "artifact-repositories"
-    artifact_repository_key: str | None = "slm-pipeline"
+    artifact_repository_configmap: names.DnsSubdomain = "artifact-repositories"
+    artifact_repository_key: names.SecretKey | None = "slm-pipeline"
 
 
 class ArgoTarget(Target):

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 from pydantic import field_validator
 
-from components.common import promotion, registries, secrets
+from components.common import names, promotion, registries, secrets
 from components.common.config import Config, describe, encode
 from components.common.errors import UserError
 from components.registry import ARTIFACT_TYPES, Pipeline, StageSpec
@@ -386,14 +386,15 @@ def _job_status(dag: Pipeline, ml, job) -> "RunStatus":
 
 
 class AzureMLSettings(EngineSettings):
-    hf_token_secret: str | None = "hf-token"  # a secret in the workspace's Key Vault
+    cron_dialect = "azureml"
+    hf_token_secret: names.KeyVaultSecret | None = "hf-token"  # a secret in the workspace's Key Vault
     # The workspace's Key Vault (``https://<vault>.vault.azure.net``): a job has no documented
     # env var for it, so it is compiled in; the stage reads the secret with the job's identity.
     key_vault_url: str | None = None
-    compute_cpu: str = "cpu-cluster"
-    compute_gpu: str = "gpu-cluster"
-    experiment_name: str | None = None  # default: the config's name
-    environment_prefix: str = "slm"
+    compute_cpu: names.AzureMLCompute = "cpu-cluster"
+    compute_gpu: names.AzureMLCompute = "gpu-cluster"
+    experiment_name: names.AzureMLName | None = None  # default: the config's name
+    environment_prefix: names.AzureMLName = "slm"
     # A promoted model becomes the next version of a model asset named model_name (default: the
     # config's name); register_model false: the metrics and report only.
     register_model: bool = True

@@ -15,10 +15,11 @@ from __future__ import annotations
 import inspect
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from components.common import cron, names
 from components.common.config import Config, format_validation_error
 from components.common.errors import UserError
 from components.registry import Pipeline, StageSpec
@@ -78,23 +79,25 @@ def image_name(cfg: Config, name: str, gpu: bool = False) -> str:
 class EngineSettings(BaseModel):
     """What every engine's ``targets.<engine>`` section has; each engine module subclasses it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no bool-to-int or str-to-bool coercion
 
     # The Hugging Face token comes from a secret, by reference only; null: no secret.
-    hf_token_secret: str | None = "hf-token"
-    hf_token_key: str = "token"
-    hf_token_env: str = "HF_TOKEN"
+    # Names are checked as the engine checks them (components/common/names.py), at load time.
+    hf_token_secret: names.DnsSubdomain | None = "hf-token"
+    hf_token_key: names.SecretKey = "token"
+    hf_token_env: names.EnvVar = "HF_TOKEN"
     retries: int = Field(2, ge=0)
     retry_backoff_seconds: int = Field(60, ge=0)
-    # Retrain on a schedule: a standard 5-field cron (minute hour day month weekday).
+    # Retrain on a schedule: a cron in the engine's dialect (cron_dialect; components/common/cron.py).
     schedule: str | None = None
-    schedule_timezone: str = "UTC"
+    cron_dialect: ClassVar[str] = "argo"
+    schedule_timezone: names.TimeZone = "UTC"
 
     @field_validator("schedule")
     @classmethod
     def _cron(cls, v):
         if v is not None:
-            cron_fields(v)
+            cron.parse(v, cls.cron_dialect)
         return v
 
 
@@ -118,16 +121,12 @@ def settings(cfg: Config, target: str) -> Any:
 # Schedules
 
 
-def cron_fields(expr: str) -> list[str]:
-    fields = expr.split()
-    if len(fields) != 5:
-        raise ValueError(f"schedule {expr!r}: expected a 5-field cron (minute hour day-of-month month day-of-week)")
-    return fields
+def cron_fields(expr: str, dialect: str = "argo") -> list[str]:
+    """The fields of a cron expression as the engine ``dialect`` parses it (components/common/cron.py)."""
+    return cron.parse(expr, dialect)
 
 
-def kfp_cron(expr: str) -> str:
-    """KFP's cron has a leading seconds field: ``0 3 * * 1`` -> ``0 0 3 * * 1``."""
-    return " ".join(["0", *cron_fields(expr)])
+kfp_cron = cron.kfp_cron
 
 
 # ---------------------------------------------------------------------------------------

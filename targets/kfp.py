@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from components.common import promotion, registries
+from components.common import names, promotion, registries
 from components.common.config import Config
 from components.common.errors import UserError
 from components.common.kfp_output import CONFUSION_SUFFIX, REPORT_SUFFIX
@@ -508,12 +508,14 @@ class ModelRegistrySettings(BaseModel):
     """A Kubeflow Model Registry the promoting task registers the INT4 model in. The client signs
     in with the pod's service-account token (the `model-registry` package reads it)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no bool-to-int or str-to-bool coercion
 
     url: str = Field(
         description="the registry's REST address, such as https://model-registry-service.kubeflow.svc:8443"
     )
-    model_name: str | None = Field(None, description="the registered model's name; default: the config's name")
+    model_name: names.AzureMLName | None = Field(
+        None, description="the registered model's name; default: the config's name"
+    )
     author: str = "slm-pipeline"
 
     @field_validator("url")
@@ -525,8 +527,9 @@ class ModelRegistrySettings(BaseModel):
 
 
 class KfpSettings(EngineSettings):
+    cron_dialect = "kfp"
     enable_caching: bool = True
-    cache_claim: str | None = CACHE_CLAIM  # the model-cache PVC mounted at /cache; null: none
+    cache_claim: names.DnsSubdomain | None = CACHE_CLAIM  # the model-cache PVC mounted at /cache; null: none
     gpu_toleration: bool = True  # tolerate the usual nvidia.com/gpu taint on GPU tasks
     model_registry: ModelRegistrySettings | None = None  # null: promotion is the metrics artifact's metadata only
 

@@ -21,6 +21,7 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any
 
+from components.common import cron, names
 from components.common.errors import UserError
 from components.common.io import load_file
 
@@ -63,6 +64,17 @@ def _load_yaml_docs(path: Path) -> list:
     return load_file(path, all_docs=True)
 
 
+def cron_problems(where: str, exprs: list, dialect: str) -> list[str]:
+    """The engine's cron dialect (components/common/cron.py), as compile and the config apply it."""
+    problems = []
+    for expr in exprs:
+        try:
+            cron.parse(expr, dialect)
+        except ValueError as e:
+            problems.append(f"{where}: {e}")
+    return problems
+
+
 def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
     """A dependency cycle in ``{node: upstream nodes}``, as [a, b, ..., a] where each depends on the next; or None."""
     try:  # sorted: the same graph reports the same cycle whatever the order it was read in
@@ -90,9 +102,18 @@ _IMAGE_REF = re.compile(
 _QUANTITY = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+# The name rules are the config's (components/common/names.py): what compile refuses, validate refuses.
+_DNS1123_LABEL = names.DNS1123_LABEL
+_DNS1123_SUBDOMAIN = names.DNS1123_SUBDOMAIN
+_LABEL_NAME = names.LABEL_NAME
+
+
+def name_problems(where: str, value: Any, rule) -> list[str]:
+    try:
+        rule(value)
+    except ValueError as e:
+        return [f"{where}: {e}"]
+    return []
 
 
 def image_problem(where: str, image: Any) -> str | None:
@@ -201,7 +222,13 @@ def check_kfp(path: Path) -> list[str]:
             json_format.ParseDict(extra, pipeline_spec_pb2.PlatformSpec())
         except json_format.ParseError as e:
             problems.append(f"PlatformSpec: {e}")
+    sidecar = path.with_name(path.stem + ".recurring-run.json")
+    if sidecar.is_file():  # compile's recurring run, beside the pipeline
+        body = load_file(sidecar)
+        expr = ((body.get("trigger") or {}).get("cron_schedule") or {}).get("cron") if isinstance(body, dict) else None
+        problems += cron_problems(f"{sidecar.name}: trigger.cron_schedule.cron", [expr], "kfp")
     spec = docs[0]
+    problems += name_problems("pipelineInfo.name", (spec.get("pipelineInfo") or {}).get("name"), names.kfp_pipeline)
     components = spec.get("components", {})
     executors = spec.get("deploymentSpec", {}).get("executors", {})
     if "root" not in spec or "dag" not in spec["root"]:
@@ -380,6 +407,9 @@ def check_azureml(path: Path) -> list[str]:
         return ["not a pipeline job (type: pipeline with jobs)"]
 
     problems: list[str] = []
+    for key, rule in (("display_name", names.display_name), ("experiment_name", names.azureml_name)):
+        if key in tree:
+            problems += name_problems(key, tree[key], rule)
     comps: dict[str, dict] = {}
     for name, node in tree["jobs"].items():
         ref = node.get("component") if isinstance(node, dict) else None
@@ -477,6 +507,11 @@ def _check_azureml_schedule(path: Path) -> list[str]:
         target = path.parent / (job[5:] if job.startswith("file:") else job)
         if not target.is_file():
             return [f"{path.name}: create_job {job!r} is not a file next to it"]
+    expr = (tree.get("trigger") or {}).get("expression") if isinstance(tree.get("trigger"), dict) else None
+    if expr is not None:
+        bad = cron_problems(f"{path.name}: trigger.expression", [expr], "azureml")
+        if bad:
+            return bad
     try:
         load_schedule(path)
     except Exception as e:
@@ -517,6 +552,8 @@ def check_argo(path: Path) -> list[str]:
         if kind == "CronWorkflow":
             if not (tree.get("metadata") or {}).get("name"):
                 problems.append(f"{kind}: metadata.name is required (a CronWorkflow cannot use generateName)")
+            schedules = spec.get("schedules") or ([spec["schedule"]] if spec.get("schedule") else [])
+            problems += cron_problems(f"{kind}: spec.schedules", schedules, "argo")
             spec = spec.get("workflowSpec") if isinstance(spec.get("workflowSpec"), dict) else {}
         try:
             problems += _check_argo_spec(kind, spec)

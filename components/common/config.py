@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import UserError
 from .io import YamlSyntaxError, load_file, load_yaml
+from .names import JobName
 from .prompts import template_problem
 
 PHI3_TEMPLATE = "<|user|>\n{phrase}<|end|>\n<|assistant|>\n{tone}<|end|>"
@@ -68,7 +69,8 @@ def image_repository(value: str) -> str:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: no coercion; true is not 1 step, "yes" is not a boolean, 1.5 is not an int.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class DataConfig(Section):
@@ -349,7 +351,10 @@ class ImagesConfig(Section):
 
 
 class Config(Section):
-    name: str = Field("slm-finetune", description="The job's name (pipeline and run names on the engines).")
+    name: JobName = Field(
+        "slm-finetune",
+        description="The job's name (pipeline and run names on the engines): a DNS-1123 label (a-z, 0-9, '-').",
+    )
     data: DataConfig = Field(default_factory=DataConfig, description="The dataset and how it becomes prompts.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning.")
