@@ -84,10 +84,18 @@ class DataConfig(Section):
         None,
         description="A held-out file to evaluate on instead of a random split; its prompts are removed from training.",
     )
-    format: Literal["auto", "json", "jsonl", "csv", "hf_disk"] = Field(
+    format: Literal["auto", "json", "jsonl", "csv", "parquet", "hf_disk"] = Field(
         "auto",
         description=(
-            "How to read data.path; auto: by suffix (.csv, .jsonl, a folder = hf_disk, else JSON or JSON Lines)."
+            "How to read data.path; auto: by content and suffix (gzip and Parquet by their bytes; .csv, .jsonl, "
+            "a folder = hf_disk, else JSON or JSON Lines; .gz files hold any of the text formats)."
+        ),
+    )
+    eval_split: str | None = Field(
+        None,
+        description=(
+            "For a saved DatasetDict: the split to evaluate on (e.g. validation or test) instead of a random split "
+            "of train; unset, only train is read."
         ),
     )
     text_cols: list[str] = Field(
@@ -164,6 +172,12 @@ class DataConfig(Section):
         if problem:
             raise ValueError(problem)
         return v
+
+    @model_validator(mode="after")
+    def _one_eval_source(self):
+        if self.eval_split and self.eval_path:
+            raise ValueError("set data.eval_path or data.eval_split, not both")
+        return self
 
     @model_validator(mode="after")
     def _label_in_template(self):

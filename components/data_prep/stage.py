@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Iterator
 
 from components.common.artifacts import write_json
-from components.common.errors import UserError
+from components.common.errors import UserError, first_line
 from components.common.hashing import ROOT, file_hash, tree_hash
 from components.common.io import write_jsonl
 from components.common.prompts import render, template_fields
@@ -72,6 +72,8 @@ def run(cfg, context, dataset: Path) -> None:
     reader = Reader(data, tokenizer)
     examples = reader.read(source, "data.path")
     evals_in = reader.read(eval_source, "data.eval_path") if eval_source else None
+    if data.eval_split:  # a named split of the DatasetDict in data.path
+        evals_in = reader.read(source, "data.eval_split", split=data.eval_split)
 
     labels = list(data.labels) if data.labels else sorted(reader.first_seen)
     reader.check_labels(labels)
@@ -162,10 +164,10 @@ class Reader:
         self.stripped = 0
         self.first_stripped = ""
 
-    def read(self, path: Path, key: str) -> list[dict]:
+    def read(self, path: Path, key: str, split: str | None = None) -> list[dict]:
         data, label_col, max_rows = self.data, self.data.label_col, self.data.max_rows
         examples: list[dict] = []
-        unit, rows = _rows(path, data.format)
+        unit, rows = _rows(path, data.format, split, data.eval_split)
         src = len(self.sources)
         self.sources.append((path, unit))
         here: dict[str, str] = {}  # prompt -> completion, this file: exact duplicates are dropped
@@ -299,36 +301,137 @@ def _json_type(value) -> str:
 # --- Reading rows ------------------------------------------------------------------------------
 
 
-def _rows(path: Path, fmt: str) -> tuple[str, Iterator[tuple[int, object]]]:
-    """``(unit, iterator of (number, row))``: unit is "line" (JSONL, CSV) or "row" (JSON array, HF)."""
-    if fmt == "auto":
-        fmt = "hf_disk" if path.is_dir() else {".csv": "csv", ".jsonl": "jsonl"}.get(path.suffix.lower(), "json")
+# Formats told by their first bytes, whatever the file is called.
+_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"PAR1": "parquet",
+    b"PK\x03\x04": "a zip archive",
+    b"BZh": "a bzip2 archive",
+    b"\xfd7zXZ\x00": "an xz archive",
+    b"\x28\xb5\x2f\xfd": "a zstd archive",
+    b"ARROW1": "an Arrow IPC file",
+    b"SQLite format 3\x00": "an SQLite database",
+    b"\x7fELF": "an executable (ELF)",
+}
+TEXT_FORMATS = ("json", "jsonl", "csv")
+FORMATS_HINT = "JSON, JSON Lines or CSV (each optionally .gz), Parquet, or a folder saved with save_to_disk"
+
+
+def _magic(path: Path) -> str | None:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    return next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+
+
+def _text_format(name: str) -> str:
+    """The text format a file name says (``x.jsonl.gz`` -> jsonl); JSON or JSON Lines by default."""
+    suffixes = [s.lower() for s in Path(name).suffixes if s.lower() != ".gz"]
+    return {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(suffixes[-1] if suffixes else "", "json")
+
+
+def _rows(
+    path: Path, fmt: str, split: str | None = None, eval_split: str | None = None
+) -> tuple[str, Iterator[tuple[int, object]]]:
+    """``(unit, iterator of (number, row))``: unit is "line" (JSONL, CSV) or "row" (JSON array,
+    Parquet, HF). The format is decided here, once: by content first (gzip, Parquet and the
+    archive formats have magic bytes), then by suffix; a format we cannot read is named."""
+    if path.is_dir():
+        if fmt not in ("auto", "hf_disk"):
+            raise UserError(f"{path} is a folder, but data.format is {fmt!r}; a folder is read as hf_disk")
+        return "row", enumerate(_load_hf_disk(path, split, eval_split), 1)
     if fmt == "hf_disk":
-        return "row", enumerate(_load_hf_disk(path), 1)
-    if path.stat().st_size == 0 or not _first_byte(path):
+        raise UserError(f"{path} is a file, but data.format is hf_disk (a folder saved with save_to_disk)")
+    if split:
+        raise UserError(f"data.eval_split {split!r}: {path} is a file, not a saved DatasetDict; unset data.eval_split")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty")
+    magic = _magic(path)
+    if magic == "parquet" or fmt == "parquet":
+        if magic != "parquet":
+            raise UserError(f"{path}: data.format is parquet, but the file is not Parquet (no PAR1 header)")
+        return "row", enumerate(_parquet_rows(path), 1)
+    if magic not in (None, "gzip"):
+        raise UserError(f"{path}: {magic}, which data_prep does not read; give {FORMATS_HINT}")
+    if fmt == "auto":
+        fmt = _text_format(path.name)
+    if not _first_byte(path):
         raise UserError(f"{path} is empty")
     if fmt == "csv":
         return "line", _csv_rows(path)
-    if fmt == "json" and _first_byte(path) == b"[":
+    first = _first_byte(path)
+    if fmt == "json" and first == b"[":
         return "row", enumerate(_json_array(path), 1)
+    if first == b"{":
+        rows = _json_object_rows(path)
+        if rows is not None:
+            return "row", enumerate(rows, 1)
     return "line", _jsonl_rows(path)  # the bundled "dataset-classification.json" is JSONL despite its name
+
+
+def _json_object_rows(path: Path) -> list | None:
+    """A file that is one JSON object holding the rows in its only field (``{"rows": [...]}``), as
+    a list; None when the file is JSON Lines (its first line is a whole object: a row)."""
+    first = next(line for _, line in _lines(path) if line.strip())
+    try:
+        obj = _DECODE(first)
+    except ValueError:  # the object spans lines: one document, not JSON Lines
+        obj = _loads("".join(line for _, line in _lines(path)), str(path), whole_file=True)
+        if not _holds_rows(obj):
+            _not_rows(path, obj)
+    return obj[next(iter(obj))] if _holds_rows(obj) else None
+
+
+def _holds_rows(obj) -> bool:
+    return isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list)
+
+
+def _not_rows(path: Path, obj) -> list:
+    keys = list(obj)[:8] if isinstance(obj, dict) else []
+    raise UserError(
+        f"{path}: one JSON object with fields {keys}, not rows; give a list of objects, JSON Lines, or an object "
+        "whose only field is the list of rows"
+    )
+
+
+def _parquet_rows(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise UserError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
+
+
+def _open(path: Path):
+    """The file's bytes, gunzipped when it is gzip (by its magic bytes, whatever its name)."""
+    import gzip
+
+    f = open(path, "rb")
+    if f.read(2) == b"\x1f\x8b":
+        f.seek(0)
+        return gzip.GzipFile(fileobj=f, mode="rb")
+    f.seek(0)
+    return f
 
 
 def _first_byte(path: Path) -> bytes:
     """The first byte that is not whitespace or a UTF-8 byte-order mark."""
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 16):
-            stripped = chunk.lstrip(b" \t\r\n\xef\xbb\xbf")
-            if stripped:
-                return stripped[:1]
+    with _open(path) as f:
+        try:
+            while chunk := f.read(1 << 16):
+                stripped = chunk.lstrip(b" \t\r\n\xef\xbb\xbf")
+                if stripped:
+                    return stripped[:1]
+        except (OSError, EOFError) as e:
+            raise UserError(f"{path}: a damaged gzip file ({first_line(e)})") from None
     return b""
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """Decoded lines split on ``\\n`` only, numbered from 1. U+2028, U+0085 and the other Unicode
     line separators are characters like any other here, as they are inside a JSON string."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
+    with _open(path) as f:
+        for n, raw in enumerate(_binary_lines(f, path), 1):
             if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             try:
@@ -338,6 +441,13 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                     f"{path} line {n}: not UTF-8 text (byte {raw[e.start]:#x} at column {e.start + 1}); "
                     "re-save the file as UTF-8"
                 ) from None
+
+
+def _binary_lines(f, path: Path) -> Iterator[bytes]:
+    try:
+        yield from f
+    except (OSError, EOFError) as e:  # a truncated or corrupt gzip stream
+        raise UserError(f"{path}: a damaged gzip file ({first_line(e)})") from None
 
 
 class _DuplicateKey(ValueError):
@@ -417,7 +527,9 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
         raise UserError(f"{path} is empty")
 
 
-def _load_hf_disk(path: Path) -> list[dict]:
+def _load_hf_disk(path: Path, split: str | None = None, eval_split: str | None = None) -> list[dict]:
+    """A saved Dataset, or a split of a saved DatasetDict: ``train`` (``split``: the eval split that
+    data.eval_split names). Any other layout is refused with the splits it has; never a guess."""
     import datasets
 
     try:
@@ -425,7 +537,24 @@ def _load_hf_disk(path: Path) -> list[dict]:
     except Exception as e:  # noqa: BLE001
         raise UserError(f"{path}: not a dataset saved with datasets.save_to_disk ({type(e).__name__})") from None
     if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+        splits = list(ds)
+        want = split or "train"
+        if want not in ds:
+            key = "data.eval_split" if split else "data.path"
+            raise UserError(
+                f"{key}: {path} is a DatasetDict with splits {splits} and no {want!r}; "
+                + (
+                    "name one of them in data.eval_split"
+                    if split
+                    else "save the training rows as a 'train' split (data.eval_split can name an eval split)"
+                )
+            )
+        unused = [s for s in splits if s not in ("train", eval_split)]
+        if not split and unused:
+            log.warning("%s: reading split 'train'; not read: %s (data.eval_split can name one)", path, unused)
+        ds = ds[want]
+    elif split:
+        raise UserError(f"data.eval_split {split!r}: {path} is a single Dataset, not a DatasetDict with splits")
     rows = ds.to_list()
     # A ClassLabel column holds ints: give the rows its names, which is what the model learns.
     classes = {n: f for n, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
