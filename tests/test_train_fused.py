@@ -122,3 +122,29 @@ def test_saved_adapter_has_the_original_names(llama_dir, tmp_path):
     assert any(".q_proj.lora_A." in k for k in b) and any(".up_proj.lora_B." in k for k in b)
     for k in a:
         torch.testing.assert_close(a[k], b[k])
+
+
+def test_train_bench_smoke_runs_on_cpu(tmp_path):
+    """bench/train_throughput.py's smoke suite, as CI runs it: every row a real measurement or, for
+    Unsloth where it does not import, "not measured" with the reason; never a number from a stub."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "bench" / "train_throughput.py"), "--tiny", "--device", "cpu"]
+    cmd += ["--suite", "smoke", "--steps", "2", "--warmup", "1", "--out", str(tmp_path)]
+    cmd += ["--model-dir", str(tmp_path / "phi3")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "train_throughput.json").read_text())["rows"]
+    assert {r["form"] for r in rows} == {"llama", "phi3"}
+    for r in rows:
+        if r["variant"] == "unsloth" and "error" in r:
+            assert r["error"].startswith("not measured: ") and "tokens_per_s" not in r
+            continue
+        assert "error" not in r, r
+        assert r["tokens_per_s"] > 0 and len(r["losses"]) == 3 and all(l > 0 for l in r["losses"])
+    table = (tmp_path / "train_throughput.md").read_text()
+    assert "| llama | stage:default |" in table and "| phi3 | naive |" in table
