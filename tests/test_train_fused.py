@@ -17,9 +17,12 @@ LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "do
 def llama_dir(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from components.common import tiny_models
+    from components.common.models import save_tokenizer
+
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=300,
+        vocab_size=1000,
         hidden_size=128,
         intermediate_size=192,
         num_hidden_layers=2,
@@ -29,6 +32,7 @@ def llama_dir(tmp_path_factory):
     )
     out = tmp_path_factory.mktemp("llama")
     LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    save_tokenizer(tiny_models.tokenizer(1000), out)  # the stages load it from the model folder
     return out
 
 
@@ -50,7 +54,7 @@ def lora(llama_dir, dropout: float, fuse: bool):
 
 def loss_and_grads(model, seed: int = 3):
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 300, (2, 24), generator=g)
+    ids = torch.randint(0, 1000, (2, 24), generator=g)
     torch.manual_seed(5)
     model.zero_grad(set_to_none=True)
     loss = model(input_ids=ids, labels=ids).loss
@@ -145,6 +149,41 @@ def test_train_bench_smoke_runs_on_cpu(tmp_path):
             assert r["error"].startswith("not measured: ") and "tokens_per_s" not in r
             continue
         assert "error" not in r, r
-        assert r["tokens_per_s"] > 0 and len(r["losses"]) == 3 and all(l > 0 for l in r["losses"])
+        assert r["tokens_per_s"] > 0 and len(r["losses"]) == 3 and all(x > 0 for x in r["losses"])
     table = (tmp_path / "train_throughput.md").read_text()
     assert "| llama | stage:default |" in table and "| phi3 | naive |" in table
+
+
+def test_fused_run_trains_and_passes_merge_parity(llama_dir, tmp_path, tiny_run):
+    """The train stage with fused projections on a Llama-form nf4 base, then merge: the adapter it saves
+    is the standard one, and the merged model passes merge's parity check against base + adapter."""
+    import json
+    import shutil
+
+    from helpers import TINY, stage_cli
+
+    from components.common.config import load_config
+    from pipeline import DAG
+    from targets.local import stage_argv
+
+    shutil.copytree(tiny_run / "data_prep", tmp_path / "data_prep")
+    sets = [
+        f"model.base={llama_dir}",
+        "train.quantization=nf4",
+        "train.fused_lora=on",
+        "train.lora.modules_to_save=null",
+        f"train.lora.target_modules=[{','.join(LLAMA_ALL)}]",
+        "train.lora.dropout=0.1",
+    ]
+    cfg = load_config(TINY, sets)
+    logs = {}
+    for name in ("train", "merge"):
+        proc = stage_cli(name, *stage_argv(DAG[name], cfg, str(tmp_path))[3:])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        logs[name] = proc.stdout + proc.stderr
+    assert "fused QLoRA: 4 sibling groups, 4 single projections" in logs["train"]  # 2 layers x (qkv, gate/up; o, down)
+    adapter = tmp_path / "train" / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["target_modules"] == sorted(LLAMA_ALL)
+    parity = json.loads((tmp_path / "merge" / "model" / "parity.json").read_text())
+    assert parity["relative_diff"] <= parity["tolerance"]
