@@ -84,9 +84,9 @@ def _rows(
 SUITES = {
     # variant, form, data, batch, seq, grad_accum, targets
     # Issue 17's table: both model forms and the tone workload, Unsloth beside the stage.
-    "unsloth": _rows("naive unsloth stage:default stage:eager", form="llama")
-    + _rows("naive stage:default stage:eager")
-    + _rows("naive unsloth stage:default", form="llama", data="tone", grad_accum=4),
+    "unsloth-llama": _rows("naive unsloth stage:default stage:eager", form="llama"),
+    "unsloth-phi3": _rows("naive stage:default stage:eager"),
+    "unsloth-tone": _rows("naive unsloth stage:default", form="llama", data="tone", grad_accum=4),
     # A first look on a fresh machine: does Unsloth run, and the stage's two main paths on the Llama form.
     "probe": _rows("unsloth stage:default stage:fused+liger naive", form="llama"),
     # One lever at a time, on the Llama form.
@@ -574,7 +574,7 @@ def main() -> int:
 
 
 def use_bundle(bundle: Path) -> None:
-    """Unpack an offline Unsloth bundle (../shared/gpu/unsloth-bundle.sh makes one; docs/benchmarks.md)
+    """Unpack an offline Unsloth bundle (docs/benchmarks.md says how to make one)
     and put its site/ first on the children's PYTHONPATH."""
     import tarfile
 
