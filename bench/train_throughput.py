@@ -12,7 +12,15 @@ peak memory must not carry over) on the same saved model, batch, LoRA placement 
   (``padded_step`` or, padding-free, ``fast.pack_step`` + ``train_step``). ``stage:default`` is
   what the stage resolves for CUDA from the default config; ``stage:before`` is the stage as it
   was (fp32 upcast by prepare_model_for_kbit_training, gradient checkpointing, bf16 autocast);
-- ``unsloth``: Unsloth's FastLanguageModel on a llamafied copy, where it installs.
+- ``unsloth``: Unsloth's ``FastLanguageModel`` (its own 4-bit load, LoRA patching, kernels and loss) on
+  the Llama-form copy, where it imports (``--unsloth BUNDLE.tar.xz`` or an installed ``unsloth``); where it
+  does not, the row says "not measured" and why. Unsloth is never a dependency of the stage.
+
+Model forms: ``phi3`` = the random Phi-3 (fused ``qkv_proj``/``gate_up_proj``, LoRA on its 4 projections);
+``llama`` = the same weights saved as ``LlamaForCausalLM`` (separate q/k/v and gate/up: how Unsloth ships
+Phi-3-mini), LoRA on all 7 projections. ``stage:default`` resolves the stage's levers from the default
+config for a job of ``--planned-steps`` steps (``train.compile: auto`` decides by that length);
+``stage:eager`` is the same with compile off, what a short job gets.
 
 Data: ``synthetic`` = batch x seq random tokens, every position labelled (plain language-model
 fine-tuning: the stage's completion-only LM head saves nothing there); ``tone`` = the bundled tone
@@ -39,41 +47,57 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PHI3_ALL = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 COOKBOOK = ["o_proj", "qkv_proj"]
 
 # name -> FastPath fields (device and the rest filled in by the child)
+BASE = dict(autocast=True, keep_bf16=True)
 LEVERS = {
     "before": dict(autocast=True, keep_bf16=False, gradient_checkpointing=True),
-    "plain": dict(autocast=True, keep_bf16=True),  # bf16 autocast, no fp32 upcast, no GC, padded
-    "padfree": dict(autocast=True, keep_bf16=True, padding_free=True),
-    "liger": dict(autocast=True, keep_bf16=True, padding_free=True, liger=True),
-    "compile": dict(autocast=True, keep_bf16=True, padding_free=True, compile=True),
-    "liger+compile": dict(autocast=True, keep_bf16=True, padding_free=True, liger=True, compile=True),
-    "liger+gc": dict(autocast=True, keep_bf16=True, padding_free=True, liger=True, gradient_checkpointing=True),
-    "noautocast": dict(autocast=False, keep_bf16=True, padding_free=True, liger=True),
+    "plain": BASE,  # bf16 autocast, no fp32 upcast, no GC, padded
+    "padfree": dict(BASE, padding_free=True),
+    "liger": dict(BASE, padding_free=True, liger=True, fused_ce=True),
+    "fused": dict(BASE, padding_free=True, fused_lora=True),
+    "fused+liger": dict(BASE, padding_free=True, fused_lora=True, liger=True, fused_ce=True),
+    "compile": dict(BASE, padding_free=True, compile=True),
+    "compile+ce": dict(BASE, padding_free=True, compile=True, fused_ce=True),
+    "fused+compile": dict(BASE, padding_free=True, fused_lora=True, compile=True),
+    "fused+compile+ce": dict(BASE, padding_free=True, fused_lora=True, compile=True, fused_ce=True),
+    "liger+compile": dict(BASE, padding_free=True, liger=True, compile=True),
+    "liger+gc": dict(BASE, padding_free=True, liger=True, fused_ce=True, gradient_checkpointing=True),
 }
 
 
 def _rows(
     variants: str,
+    form: str = "phi3",
     data: str = "synthetic",
     batch: int = 4,
     seq: int = 1024,
     grad_accum: int = 1,
-    targets: tuple = PHI3_ALL,
+    targets: tuple | None = None,
 ) -> list[tuple]:
-    return [(v, data, batch, seq, grad_accum, targets) for v in variants.split()]
+    targets = targets or (LLAMA_ALL if form == "llama" else PHI3_ALL)
+    return [(v, form, data, batch, seq, grad_accum, targets) for v in variants.split()]
 
 
 SUITES = {
-    # variant, data, batch, seq, grad_accum, targets
+    # variant, form, data, batch, seq, grad_accum, targets
+    # Issue 17's table: both model forms and the tone workload, Unsloth beside the stage.
+    "unsloth-llama": _rows("naive unsloth stage:default stage:eager", form="llama"),
+    "unsloth-phi3": _rows("naive stage:default stage:eager"),
+    "unsloth-tone": _rows("naive unsloth stage:default", form="llama", data="tone", grad_accum=4),
+    # A first look on a fresh machine: does Unsloth run, and the stage's two main paths on the Llama form.
+    "probe": _rows("unsloth stage:default stage:fused+liger naive", form="llama"),
+    # One lever at a time, on the Llama form.
+    "levers": _rows("stage:liger stage:fused stage:fused+liger stage:compile+ce stage:fused+compile", form="llama"),
     "main": _rows("naive stage:before stage:plain stage:padfree stage:liger stage:default stage:compile"),
     "more": _rows("naive stage:liger+compile")
     + _rows("naive stage:default", seq=2048, targets=COOKBOOK)
     + _rows("stage:liger+gc")
-    + _rows("naive stage:plain stage:default", data="tone", grad_accum=4)
-    + _rows("unsloth"),
-    "smoke": _rows("naive stage:before stage:default", batch=2, seq=64)
+    + _rows("naive stage:plain stage:default", data="tone", grad_accum=4),
+    "smoke": _rows("naive stage:before stage:default unsloth", form="llama", batch=2, seq=64)
+    + _rows("naive stage:default", batch=2, seq=64)
     + _rows("naive stage:default", data="tone", batch=2, seq=96, grad_accum=2),
 }
 
@@ -110,6 +134,57 @@ def save_random_phi3(folder: Path, tiny: bool, device: str) -> None:
     from components.common.models import save_tokenizer
 
     save_tokenizer(tok, folder)
+
+
+def save_llama_form(phi3: Path, out: Path) -> None:
+    """The same random weights as a LlamaForCausalLM: qkv_proj split into q/k/v, gate_up_proj into
+    gate/up (Phi-3's order: gate first); same sizes, norms, RoPE and tokenizer."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
+
+    src = AutoConfig.from_pretrained(phi3)
+    heads, kv = src.num_attention_heads, src.num_key_value_heads or src.num_attention_heads
+    head_dim = src.hidden_size // heads
+    cfg = LlamaConfig(
+        vocab_size=src.vocab_size,
+        hidden_size=src.hidden_size,
+        intermediate_size=src.intermediate_size,
+        num_hidden_layers=src.num_hidden_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=src.max_position_embeddings,
+        rms_norm_eps=src.rms_norm_eps,
+        rope_theta=getattr(src, "rope_theta", None) or 10000.0,
+        tie_word_embeddings=src.tie_word_embeddings,
+        bos_token_id=src.bos_token_id,
+        eos_token_id=src.eos_token_id,
+        pad_token_id=src.pad_token_id,
+    )
+    weights = {}
+    for f in sorted(phi3.glob("*.safetensors")):
+        weights.update(load_file(f))
+    state = {}
+    for name, w in weights.items():
+        if name.endswith("qkv_proj.weight"):
+            q, k, v = w.split([heads * head_dim, kv * head_dim, kv * head_dim])
+            for part, t in zip("qkv", (q, k, v)):
+                state[name.replace("qkv_proj", f"{part}_proj")] = t
+        elif name.endswith("gate_up_proj.weight"):
+            gate, up = w.chunk(2)
+            state[name.replace("gate_up_proj", "gate_proj")] = gate
+            state[name.replace("gate_up_proj", "up_proj")] = up
+        else:
+            state[name] = w
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    model.load_state_dict(state, assign=True, strict=True)
+    model.save_pretrained(out, safe_serialization=True)
+    for f in phi3.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")) or f.name == "chat_template.jinja":
+            shutil.copy(f, out / f.name)
 
 
 def examples_for(
@@ -160,11 +235,13 @@ def child(args) -> dict:
         args.accum,
         args.targets.split(","),
     )
+    args.model_dir = form_dir(args.model_dir, args.form)
     cuda = args.device == "cuda"
     where = "cuda:0" if cuda else "cpu"
     steps = args.warmup + args.steps
     info = {
         "variant": name,
+        "form": args.form,
         "data": data,
         "batch": batch,
         "seq": seq,
@@ -203,28 +280,17 @@ def child(args) -> dict:
         pad = tokenizer.pad_token_id
 
         def step_fn(micros):
-            total, n = 0.0, 0
-            for m in micros:
-                width = max(len(e["input_ids"]) for e in m)
-                ids = torch.full((len(m), width), pad)
-                labels = torch.full((len(m), width), -100)
-                mask = torch.zeros((len(m), width), dtype=torch.long)
-                for i, e in enumerate(m):
-                    ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
-                    labels[i, : len(e["labels"])] = torch.tensor(e["labels"])
-                    mask[i, : len(e["input_ids"])] = 1
-                out = model(input_ids=ids.to(where), attention_mask=mask.to(where), labels=labels.to(where))
-                (out.loss / len(micros)).backward()
-                total += out.loss.item() / len(micros)
-                n += int(mask.sum())
-            return total, n
+            return padded_lm_step(model, micros, pad, where)
     elif name.startswith("stage:"):
         from components.common.config import Config
         from components.train import fast, stage
 
         lever = name.split(":", 1)[1]
-        # A named lever set fixes checkpointing; "default" lets the stage choose it by memory.
-        gc = "auto" if lever == "default" else ("on" if LEVERS[lever].get("gradient_checkpointing") else "off")
+        resolved = lever in ("default", "eager")
+        # A named lever set fixes checkpointing and compile; default/eager let the stage choose them.
+        levers = LEVERS.get(lever, {})
+        gc = "auto" if resolved else ("on" if levers.get("gradient_checkpointing") else "off")
+        compile_ = {"default": "auto", "eager": "off"}.get(lever, "on" if levers.get("compile") else "off")
         cfg = Config.model_validate(
             {
                 "model": {"base": args.model_dir},
@@ -233,13 +299,15 @@ def child(args) -> dict:
                     "batch_size": batch,
                     "grad_accum": accum,
                     "max_seq_len": seq,
+                    "max_steps": args.planned_steps if data == "synthetic" else Config().train.max_steps,
                     "gradient_checkpointing": gc,
+                    "compile": compile_,
                     "lora": {"r": args.r, "alpha": args.r, "dropout": args.dropout, "target_modules": targets},
                 },
                 "runtime": {"device": args.device},
             }
         )
-        if lever == "default":
+        if resolved:
             fp = fast.resolve(cfg.train, args.device)
         else:
             fp = fast.FastPath(device=args.device, **LEVERS[lever])
@@ -303,24 +371,90 @@ def timed_loop(args, info, model, trainable, step_fn, plan) -> dict:
 
 
 def unsloth_child(args, info) -> dict:
-    """Reports whether Unsloth imports here. Its dependencies (xformers, trl<=1.15, datasets<5, diffusers,
-    torchao, transformers<=5.17, ...) did not fit the device's carry limit, so no Unsloth run is wired in."""
+    """Unsloth's own QLoRA on the Llama form: FastLanguageModel's 4-bit load and LoRA patching, its
+    forward and loss (``model(..., labels=...)``), with the same batch, LoRA placement, AdamW and timing
+    as the other variants. The loop is the one Unsloth's bundle was measured with."""
+    import torch
+
     try:
-        from unsloth import FastLanguageModel  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        info["error"] = f"unsloth not installed here: {type(e).__name__}: {str(e)[:200]}"
+        from unsloth import FastLanguageModel
+    except Exception as e:  # noqa: BLE001 - any import failure: the row says why
+        info["error"] = f"not measured: unsloth does not import here ({type(e).__name__}: {str(e)[:200]})"
         return info
-    info["error"] = "unsloth imports, but this bench has no Unsloth run (not measured)"
-    return info
+    import importlib.metadata as md
+
+    info["unsloth"] = md.version("unsloth")
+    where = "cuda:0"
+    t0 = time.time()
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=args.model_dir,
+        max_seq_length=args.seq,
+        dtype=torch.bfloat16,
+        load_in_4bit=True,
+        local_files_only=True,
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=args.r,
+        lora_alpha=args.r,
+        lora_dropout=args.dropout,
+        target_modules=args.targets.split(","),
+        use_gradient_checkpointing=False,
+        random_state=0,
+        bias="none",
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    info["setup_s"] = round(time.time() - t0, 1)
+    info["trainable_m"] = round(sum(p.numel() for p in trainable) / 1e6, 2)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def step_fn(micros):
+        return padded_lm_step(model, micros, pad, where)
+
+    from components.common.models import load_tokenizer
+
+    plan = examples_for(
+        args.data, args.batch, args.seq, args.accum, args.warmup + args.steps, load_tokenizer(args.model_dir), 32000
+    )
+    return timed_loop(args, info, model, trainable, step_fn, plan)
 
 
-def run_variant(args, variant, data, batch, seq, accum, targets) -> dict:
+def padded_lm_step(model, micros, pad: int, where: str) -> tuple[float, int]:
+    """What a user writes: each micro-batch padded to its longest row, ``model(**batch).loss``."""
+    import torch
+
+    total, n = 0.0, 0
+    for m in micros:
+        width = max(len(e["input_ids"]) for e in m)
+        ids = torch.full((len(m), width), pad)
+        labels = torch.full((len(m), width), -100)
+        mask = torch.zeros((len(m), width), dtype=torch.long)
+        for i, e in enumerate(m):
+            ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+            labels[i, : len(e["labels"])] = torch.tensor(e["labels"])
+            mask[i, : len(e["input_ids"])] = 1
+        out = model(input_ids=ids.to(where), attention_mask=mask.to(where), labels=labels.to(where))
+        (out.loss / len(micros)).backward()
+        total += out.loss.item() / len(micros)
+        n += int(mask.sum())
+    return total, n
+
+
+def form_dir(phi3_dir: str, form: str) -> str:
+    return phi3_dir if form == "phi3" else phi3_dir.rstrip("/") + "-llama"
+
+
+def run_variant(args, variant, form, data, batch, seq, accum, targets) -> dict:
     cmd = [
         sys.executable,
         __file__,
         "--child",
         "--variant",
         variant,
+        "--form",
+        form,
+        "--planned-steps",
+        str(args.planned_steps),
         "--data",
         data,
         "--batch",
@@ -351,6 +485,7 @@ def run_variant(args, variant, data, batch, seq, accum, targets) -> dict:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
         return {
             "variant": variant,
+            "form": form,
             "data": data,
             "batch": batch,
             "seq": seq,
@@ -384,6 +519,14 @@ def main() -> int:
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--accum", type=int, default=1)
     ap.add_argument("--targets", default=",".join(PHI3_ALL))
+    ap.add_argument("--form", default="phi3", choices=("phi3", "llama"))
+    ap.add_argument(
+        "--planned-steps",
+        type=int,
+        default=3000,
+        help="the job length stage:default resolves its levers for (train.compile: auto decides by it)",
+    )
+    ap.add_argument("--unsloth", help="an offline Unsloth bundle (tar.xz of site/) to put on the children's path")
     args = ap.parse_args()
 
     if args.child:
@@ -406,6 +549,14 @@ def main() -> int:
         save_random_phi3(folder, args.tiny, args.device)
         print(f"random Phi-3 saved to {folder} in {time.time() - t:.0f} s", flush=True)
     args.model_dir = str(folder)
+    llama = Path(form_dir(args.model_dir, "llama"))
+    if not (llama / "config.json").is_file():
+        t = time.time()
+        llama.mkdir(parents=True, exist_ok=True)
+        save_llama_form(folder, llama)
+        print(f"Llama form saved to {llama} in {time.time() - t:.0f} s", flush=True)
+    if args.unsloth:
+        use_bundle(Path(args.unsloth))
     env = versions(args.device)
     print(json.dumps(env), flush=True)
     rows = []
@@ -420,6 +571,20 @@ def main() -> int:
     print(table, flush=True)
     (out / f"{args.tag}.md").write_text(table)
     return 0
+
+
+def use_bundle(bundle: Path) -> None:
+    """Unpack an offline Unsloth bundle (docs/benchmarks.md says how to make one)
+    and put its site/ first on the children's PYTHONPATH."""
+    import tarfile
+
+    dest = Path(tempfile.gettempdir()) / f"unsloth-{bundle.stat().st_size}"
+    if not (dest / "site").is_dir():
+        with tarfile.open(bundle) as tar:
+            tar.extractall(dest, filter="data")
+    site = str(dest / "site")
+    os.environ["PYTHONPATH"] = os.pathsep.join([site, str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    sys.path.insert(0, site)
 
 
 def versions(device: str) -> dict:
@@ -449,29 +614,44 @@ def report(rows: list[dict], env: dict, args) -> str:
         f"{args.steps} timed steps after {args.warmup} warm-up; ratio = tokens/s over the naive loop of the same "
         "data, batch, seq and targets in this run.",
         "",
-        "| variant | data | batch x seq (x accum) | targets | tokens/s | ratio | ms/step | peak GiB | mem ratio | "
-        "warm-up s | first → last loss |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| form | variant | data | batch x seq (x accum) | targets | tokens/s | vs naive | vs unsloth | ms/step | "
+        "peak GiB | mem vs naive | mem vs unsloth | warm-up s | max loss gap vs naive | first → last loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    base = {}
-    for r in rows:
-        if r["variant"] == "naive" and "error" not in r:
-            base[(r["data"], r["batch"], r["seq"], tuple(r["targets"]))] = r
+
+    def key(r):
+        return (r.get("form", "phi3"), r["data"], r["batch"], r["seq"], tuple(r["targets"]))
+
+    naive = {key(r): r for r in rows if r["variant"] == "naive" and "error" not in r}
+    unsloth = {key(r): r for r in rows if r["variant"] == "unsloth" and "error" not in r}
     for r in rows:
         shape = f"{r['batch']} x {r['seq']}" + (f" (x {r.get('grad_accum')})" if r.get("grad_accum", 1) != 1 else "")
-        tg = "all 4" if list(r["targets"]) == PHI3_ALL else "/".join(r["targets"])
+        tg = f"all {len(r['targets'])}" if list(r["targets"]) in (PHI3_ALL, LLAMA_ALL) else "/".join(r["targets"])
+        head = f"| {r.get('form', 'phi3')} | {r['variant']} | {r['data']} | {shape} | {tg} |"
         if "error" in r:
-            lines.append(f"| {r['variant']} | {r['data']} | {shape} | {tg} | failed: {r['error'][:300]} | | | | | | |")
+            lines.append(f"{head} {r['error'][:300]} | | | | | | | | | |")
             continue
-        b = base.get((r["data"], r["batch"], r["seq"], tuple(r["targets"])))
-        ratio = f"{r['tokens_per_s'] / b['tokens_per_s']:.2f}x" if b else "-"
-        mem = f"{r['peak_gib'] / b['peak_gib']:.2f}x" if b and r["peak_gib"] and b["peak_gib"] else "-"
-        loss = f"{r['losses'][0]} → {r['losses'][-1]}"
+        b, u = naive.get(key(r)), unsloth.get(key(r))
         lines.append(
-            f"| {r['variant']} | {r['data']} | {shape} | {tg} | {r['tokens_per_s']:.0f} | {ratio} | "
-            f"{r['ms_per_step']} | {r['peak_gib']} | {mem} | {r.get('warmup_s', '-')} | {loss} |"
+            f"{head} {r['tokens_per_s']:.0f} | {_ratio(r, b, 'tokens_per_s')} | {_ratio(r, u, 'tokens_per_s')} | "
+            f"{r['ms_per_step']} | {r['peak_gib']} | {_ratio(r, b, 'peak_gib')} | {_ratio(r, u, 'peak_gib')} | "
+            f"{r.get('warmup_s', '-')} | {loss_gap(r, b)} | {r['losses'][0]} → {r['losses'][-1]} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _ratio(row: dict, base: dict | None, field: str) -> str:
+    if not base or not row.get(field) or not base.get(field) or row is base:
+        return "-"
+    return f"{row[field] / base[field]:.2f}x"
+
+
+def loss_gap(row: dict, base: dict | None) -> str:
+    """The largest relative difference of the per-step losses from the naive loop's, same batches."""
+    if not base or row is base or len(base["losses"]) != len(row["losses"]):
+        return "-"
+    gap = max(abs(a - b) / max(abs(b), 1e-9) for a, b in zip(row["losses"], base["losses"]))
+    return f"{100 * gap:.2f} %"
 
 
 if __name__ == "__main__":

@@ -260,7 +260,15 @@ class TrainConfig(Section):
     gradient_checkpointing: Literal["auto", "on", "off"] = Field(
         "auto", description="Recompute activations to save memory; auto: only when they would not fit (CUDA)."
     )
-    compile: bool = Field(False, description="torch.compile the decoder layers (CUDA; pays off on long runs).")
+    # auto: compile when the planned steps repay its ~60 s warm-up (components/train/fast.py, choose_compile).
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="CUDA: torch.compile the decoder layers; auto: when the run is long enough to repay it."
+    )
+    # Sibling projections (q/k/v, gate/up) share one nf4 matmul; the LoRA backward keeps no dequantized
+    # weights. The saved adapter is the standard PEFT one either way. auto: on for CUDA with nf4.
+    fused_lora: Literal["auto", "on", "off"] = Field(
+        "auto", description="nf4: fused QLoRA projections (auto: on for CUDA); the adapter format is unchanged."
+    )
     gpus: int = Field(1, gt=0, le=64, description="Data-parallel over this many GPUs (torchrun), CUDA only.")
     checkpoint_every: int = Field(
         20, gt=0, le=BIG, description="Save a resumable checkpoint every N steps (and on SIGTERM)."
@@ -270,7 +278,7 @@ class TrainConfig(Section):
     )
     seed: int = Field(42, **SEED, description="Seed of the model init, data order and dropout.")
 
-    @field_validator("gradient_checkpointing", "padding_free", mode="before")
+    @field_validator("gradient_checkpointing", "padding_free", "compile", "fused_lora", mode="before")
     @classmethod
     def _on_off(cls, v):  # true/false (older configs) mean on/off
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v

@@ -12,11 +12,17 @@ resume) unless ``train.padding_free: on`` is asked for. On CUDA, by default:
   attends to another (unlike ``train.packing``, Olive's "join"). Each token's loss is weighted by
   ``1 / (completion tokens of its micro-batch x grad_accum)``, so the loss and its gradient equal
   the padded micro-batches' exactly, whatever the packing;
-- liger-kernel's Triton RMSNorm, RoPE and SwiGLU where the package is installed, and its fused
-  linear cross-entropy for the LM head (on the completion positions only, as the plain path);
+- fused QLoRA projections (fused.py): q/k/v and gate/up share one nf4 matrix, and one autograd
+  function does dequantize + matmul + LoRA without keeping dequantized weights or dropped-out inputs;
+- liger-kernel's Triton RMSNorm, RoPE and SwiGLU where the package is installed (eager only: dynamo
+  cannot trace them, and under ``torch.compile`` inductor fuses those ops itself), and its fused linear
+  cross-entropy for the LM head on the completion positions only (outside the compiled layers, so it
+  stays on under compile);
 - gradient checkpointing only when the activations would not fit (an estimate against the free
   memory), non-reentrant;
-- ``train.compile`` (off by default): ``torch.compile`` of each decoder layer.
+- ``train.compile: auto``: ``torch.compile`` of each decoder layer when the planned run is long enough
+  to repay its warm-up (:func:`choose_compile`), with the compile caches under the model cache so that
+  a re-run or a retried pod finds them warm.
 
 The bench (bench/train_throughput.py) builds a :class:`FastPath` directly to time each lever.
 """
@@ -39,7 +45,9 @@ class FastPath:
     autocast: bool = False  # bf16 autocast around forward and loss
     keep_bf16: bool = False  # nf4: freeze without prepare_model_for_kbit_training's fp32 upcast
     padding_free: bool = False
-    liger: bool = False
+    liger: bool = False  # liger's RMSNorm, RoPE and SwiGLU in the decoder layers (eager)
+    fused_ce: bool = False  # liger's fused linear cross-entropy for the LM head
+    fused_lora: bool = False  # fused.py: sibling projections share one nf4 matmul; lean LoRA backward
     gradient_checkpointing: bool = False
     compile: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -54,8 +62,8 @@ def liger_available() -> bool:
 
 
 def resolve(tc, device: str) -> FastPath:
-    """The levers for this config on this device; gradient checkpointing "auto" is settled later
-    (:func:`choose_checkpointing`), once the model is on the GPU and its free memory is known."""
+    """The levers for this config on this device. Gradient checkpointing and compile "auto" are settled
+    later (:func:`choose_checkpointing`, :func:`choose_compile`), once the model's size is known."""
     cuda = device == "cuda"
     notes = []
     padding_free = tc.padding_free == "on" or (tc.padding_free == "auto" and cuda)
@@ -66,27 +74,80 @@ def resolve(tc, device: str) -> FastPath:
             if tc.kernels == "liger":
                 raise UserError("train.kernels=liger but liger-kernel is not installed (pip install liger-kernel)")
             notes.append("liger-kernel not installed: plain PyTorch kernels")
-    if not cuda and (tc.kernels == "liger" or tc.compile or tc.gradient_checkpointing == "on"):
+    if not cuda and (tc.kernels == "liger" or tc.compile == "on" or tc.gradient_checkpointing == "on"):
         notes.append("train.kernels/compile/gradient_checkpointing apply on CUDA only; ignored on CPU")
-    if cuda and tc.compile and liger:
+    if cuda and tc.compile == "on" and tc.kernels == "liger":
         # Measured on the H200 (torch 2.11, liger-kernel 0.8.5): dynamo fails on LigerRMSNormFunction.
-        if tc.kernels == "liger":
-            raise UserError(
-                "train.compile and train.kernels=liger do not work together (torch.compile fails on "
-                "liger's RMSNorm); choose one"
-            )
-        liger = False
-        notes.append("train.compile: liger kernels off (torch.compile cannot trace them)")
+        raise UserError(
+            "train.compile=on and train.kernels=liger do not work together (torch.compile fails on "
+            "liger's RMSNorm); choose one"
+        )
+    fused_lora = tc.quantization == "nf4" and (tc.fused_lora == "on" or (tc.fused_lora == "auto" and cuda))
     return FastPath(
         device=device,
         autocast=cuda,
         keep_bf16=cuda,
         padding_free=padding_free,
         liger=liger,
+        fused_ce=liger,
+        fused_lora=fused_lora,
         gradient_checkpointing=cuda and tc.gradient_checkpointing == "on",
-        compile=cuda and tc.compile,
+        compile=cuda and tc.compile == "on",
         notes=tuple(notes),
     )
+
+
+# torch.compile of the decoder layers: the warm-up it costs and the share of an eager step it saves,
+# measured on Phi-3-mini QLoRA (docs/benchmarks.md); an eager step's speed as model FLOPs per second.
+COMPILE_WARMUP_S = 60.0
+COMPILE_SAVES = 0.2
+EAGER_FLOPS = 200e12
+
+
+def parameters(config) -> int:
+    """The decoder's parameter count from its config (4-bit weights report packed sizes)."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    inter = getattr(config, "intermediate_size", 4 * h)
+    heads = getattr(config, "num_attention_heads", 1)
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    attention = h * heads * head_dim * 2 + h * kv * head_dim * 2
+    return layers * (attention + 3 * h * inter) + 2 * config.vocab_size * h
+
+
+def choose_compile(fp: FastPath, tc, model_config, tokens_per_step: int) -> FastPath:
+    """``train.compile: auto``: on (CUDA) when the planned steps' eager time, estimated from the model's
+    FLOPs (forward + input-gradient backward: 4 x parameters a token), is long enough that the share
+    compile saves repays its warm-up twice over. Compiled layers take no liger layer kernels."""
+    if fp.device != "cuda":
+        return fp
+    on = fp.compile
+    if tc.compile == "auto":
+        eager_s = 4 * parameters(model_config) * tokens_per_step * tc.max_steps / EAGER_FLOPS
+        on = COMPILE_SAVES * eager_s > 2 * COMPILE_WARMUP_S
+        log.info(
+            "torch.compile %s: ~%.0f s of eager training planned (%d steps), ~%.0f s warm-up",
+            "on" if on else "off",
+            eager_s,
+            tc.max_steps,
+            COMPILE_WARMUP_S,
+        )
+    if on:
+        compile_caches()
+        return replace(fp, compile=True, liger=False)
+    return fp
+
+
+def compile_caches() -> None:
+    """Inductor's and Triton's caches under the model cache (SLM_CACHE_DIR; on a cluster the cache
+    volume), unless set already: a re-run or a retried pod reuses the compiled kernels."""
+    import os
+
+    from components.common.models import cache_dir
+
+    root = cache_dir() / "torch-compile"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
 
 
 def activation_bytes(config, tokens: int, kept: int) -> int:
@@ -241,7 +302,7 @@ def to_device(batch: dict, device: str) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def packed_loss(model, batch: dict, liger: bool = False) -> torch.Tensor:
+def packed_loss(model, batch: dict, fused_ce: bool = False) -> torch.Tensor:
     """sum(weight * cross-entropy) over the labelled positions of a padding-free pass; the LM head
     runs on those positions only (fused with the cross-entropy under liger)."""
     inner = model.get_base_model()
@@ -254,7 +315,7 @@ def packed_loss(model, batch: dict, liger: bool = False) -> torch.Tensor:
     head = inner.get_output_embeddings()
     # A plain Linear head only: a trained head (modules_to_save wraps it) keeps the plain loss below.
     if (
-        liger
+        fused_ce
         and type(head) is torch.nn.Linear
         and head.bias is None
         and not getattr(inner.config, "final_logit_softcapping", None)

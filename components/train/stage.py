@@ -289,6 +289,9 @@ def build(cfg, device: str, fp: fast.FastPath, where: str | None = None, longest
         trust_remote_code=cfg.model.trust_remote_code,
         allow_pickle=cfg.model.allow_pickle,
     )
+    longest = min(longest or tc.max_seq_len, tc.max_seq_len)
+    per_pass = tc.batch_size * (tc.max_seq_len if fp.padding_free else longest)
+    fp = fast.choose_compile(fp, tc, model.config, tc.batch_size * tc.grad_accum * longest)
     model = fast.prepare_base(model, fp, tc.quantization)
     modules = target_modules(model, tc.lora.target_modules)
     check_rank(model, modules, tc.lora.r)
@@ -308,9 +311,11 @@ def build(cfg, device: str, fp: fast.FastPath, where: str | None = None, longest
     except ValueError as e:
         raise UserError(f"train.lora: {e}") from None
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if fp.fused_lora:
+        from . import fused
+
+        fused.fuse(model)
     if device == "cuda":
-        longest = min(longest or tc.max_seq_len, tc.max_seq_len)
-        per_pass = tc.batch_size * (tc.max_seq_len if fp.padding_free else longest)
         fp = fast.choose_checkpointing(fp, tc, model.get_base_model().config, per_pass)
         if fp.gradient_checkpointing:
             fast.enable_checkpointing(model.get_base_model())
@@ -339,7 +344,7 @@ def train_step(model, passes: list[dict], fp: fast.FastPath) -> tuple[float, int
     for p in passes:
         batch = fast.to_device(p, fp.device if fp.device != "cuda" else f"cuda:{torch.cuda.current_device()}")
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fp.autocast):
-            loss = fast.packed_loss(model, batch, fp.liger)
+            loss = fast.packed_loss(model, batch, fp.fused_ce)
         loss.backward()
         total = loss.detach() if total is None else total + loss.detach()
         tokens += p["tokens"]

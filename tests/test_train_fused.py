@@ -1,0 +1,189 @@
+"""Fused QLoRA projections (components/train/fused.py) on CPU, against peft's own LoRA layers on the same
+nf4 base: the same loss and gradients, a standard PEFT adapter of the original module names, and the
+fused weight dequantizing to exactly the members' weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from components.common.models import load_model
+from components.train import fused
+
+LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from components.common import tiny_models
+    from components.common.models import save_tokenizer
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=128,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # grouped KV: q, k and v of different widths
+        max_position_embeddings=128,
+    )
+    out = tmp_path_factory.mktemp("llama")
+    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    save_tokenizer(tiny_models.tokenizer(1000), out)  # the stages load it from the model folder
+    return out
+
+
+def lora(llama_dir, dropout: float, fuse: bool):
+    from peft import LoraConfig, get_peft_model
+
+    base = load_model(str(llama_dir), dtype="float32", quantization="nf4", device="cpu")
+    torch.manual_seed(1)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=LLAMA_ALL))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # peft starts B at zero: make the LoRA path count
+    if fuse:
+        counts = fused.fuse(model)
+        assert counts == {"fused_groups": 4, "layers": 8}  # per layer: q/k/v, gate/up, o, down
+    return model.train()
+
+
+def loss_and_grads(model, seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 1000, (2, 24), generator=g)
+    torch.manual_seed(5)
+    model.zero_grad(set_to_none=True)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_fused_matches_peft(llama_dir):
+    plain_loss, plain = loss_and_grads(lora(llama_dir, 0.0, fuse=False))
+    model = lora(llama_dir, 0.0, fuse=True)
+    fused_loss, got = loss_and_grads(model)
+    assert fused_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert got.keys() == plain.keys() and len(got) == 2 * 7 * 2
+    for name, grad in plain.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fused_weight_is_the_members_weights(llama_dir):
+    from bitsandbytes.functional import dequantize_4bit
+
+    base = load_model(str(llama_dir), dtype="float32", quantization="nf4", device="cpu")
+    attn = base.model.layers[0].self_attn
+    want = torch.cat(
+        [dequantize_4bit(m.weight.data, m.weight.quant_state) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
+    )
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj"]))
+    fused.fuse(model)
+    group = model.base_model.model.model.layers[0].self_attn.q_proj._slm_group
+    got = torch.ops.bitsandbytes.dequantize_4bit.default(
+        group.data, group.absmax, group.blocksize, "nf4", list(group.shape), torch.float32
+    )
+    assert group.widths == (128, 64, 64)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_dropout_gradients_follow_the_masks(llama_dir):
+    """With dropout, the fused backward is the exact gradient of its own (random) forward: a second
+    forward with the same RNG state gives the same loss, and a finite difference along the gradient agrees."""
+    model = lora(llama_dir, 0.2, fuse=True)
+    loss, got = loss_and_grads(model)
+    again, _ = loss_and_grads(model)
+    assert again == pytest.approx(loss, rel=1e-6)
+    name = next(n for n in got if "q_proj.lora_A" in n)
+    param = dict(model.named_parameters())[name]
+    eps = 1e-3
+    direction = got[name] / got[name].norm()
+    with torch.no_grad():
+        param.add_(direction, alpha=eps)
+    moved, _ = loss_and_grads(model)
+    with torch.no_grad():
+        param.sub_(direction, alpha=eps)
+    assert (moved - loss) / eps == pytest.approx(got[name].norm().item(), rel=0.05)
+
+
+def test_saved_adapter_has_the_original_names(llama_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    plain = lora(llama_dir, 0.0, fuse=False)
+    model = lora(llama_dir, 0.0, fuse=True)
+    plain.save_pretrained(tmp_path / "plain")
+    model.save_pretrained(tmp_path / "fused")
+    a, b = (
+        load_file(tmp_path / "plain" / "adapter_model.safetensors"),
+        load_file(tmp_path / "fused" / "adapter_model.safetensors"),
+    )
+    assert a.keys() == b.keys()
+    assert any(".q_proj.lora_A." in k for k in b) and any(".up_proj.lora_B." in k for k in b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_train_bench_smoke_runs_on_cpu(tmp_path):
+    """bench/train_throughput.py's smoke suite, as CI runs it: every row a real measurement or, for
+    Unsloth where it does not import, "not measured" with the reason; never a number from a stub."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "bench" / "train_throughput.py"), "--tiny", "--device", "cpu"]
+    cmd += ["--suite", "smoke", "--steps", "2", "--warmup", "1", "--out", str(tmp_path)]
+    cmd += ["--model-dir", str(tmp_path / "phi3")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "train_throughput.json").read_text())["rows"]
+    assert {r["form"] for r in rows} == {"llama", "phi3"}
+    for r in rows:
+        if r["variant"] == "unsloth" and "error" in r:
+            assert r["error"].startswith("not measured: ") and "tokens_per_s" not in r
+            continue
+        assert "error" not in r, r
+        assert r["tokens_per_s"] > 0 and len(r["losses"]) == 3 and all(x > 0 for x in r["losses"])
+    table = (tmp_path / "train_throughput.md").read_text()
+    assert "| llama | stage:default |" in table and "| phi3 | naive |" in table
+
+
+def test_fused_run_trains_and_passes_merge_parity(llama_dir, tmp_path, tiny_run):
+    """The train stage with fused projections on a Llama-form nf4 base, then merge: the adapter it saves
+    is the standard one, and the merged model passes merge's parity check against base + adapter."""
+    import json
+    import shutil
+
+    from helpers import TINY, stage_cli
+
+    from components.common.config import load_config
+    from pipeline import DAG
+    from targets.local import stage_argv
+
+    shutil.copytree(tiny_run / "data_prep", tmp_path / "data_prep")
+    sets = [
+        f"model.base={llama_dir}",
+        "train.quantization=nf4",
+        "train.fused_lora=on",
+        "train.lora.modules_to_save=null",
+        f"train.lora.target_modules=[{','.join(LLAMA_ALL)}]",
+        "train.lora.dropout=0.1",
+    ]
+    cfg = load_config(TINY, sets)
+    logs = {}
+    for name in ("train", "merge"):
+        proc = stage_cli(name, *stage_argv(DAG[name], cfg, str(tmp_path))[3:])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        logs[name] = proc.stdout + proc.stderr
+    assert "fused QLoRA: 4 sibling groups, 4 single projections" in logs["train"]  # 2 layers x (qkv, gate/up; o, down)
+    adapter = tmp_path / "train" / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["target_modules"] == sorted(LLAMA_ALL)
+    parity = json.loads((tmp_path / "merge" / "model" / "parity.json").read_text())
+    assert parity["relative_diff"] <= parity["tolerance"]
