@@ -30,7 +30,6 @@ GATED = ["train", "merge", "onnx_build", "evaluate"]
 def _copy(tiny_run: Path, tmp_path: Path) -> Path:
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out, symlinks=True)
-    (out / ".run.lock").unlink(missing_ok=True)
     return out
 
 

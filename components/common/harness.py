@@ -57,6 +57,21 @@ def _parser(spec) -> argparse.ArgumentParser:
     return p
 
 
+def _joined(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--flag value`` as ``--flag=value``: every flag takes one value, so a value starting with
+    "-" (a file named ``-d.jsonl``, a negative number) is never read as another flag."""
+    flags = {s for a in parser._actions for s in a.option_strings if a.nargs is None and a.const is None}
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in flags and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def _setup_runtime(runtime) -> None:
     import torch
 
@@ -80,7 +95,8 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
     # bitsandbytes warns that its optional hub-downloaded CPU kernels are absent; it falls back to torch.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    args = vars(_parser(spec).parse_args(argv))
+    parser = _parser(spec)
+    args = vars(parser.parse_args(_joined(parser, sys.argv[1:] if argv is None else argv)))
     signal.signal(signal.SIGTERM, _raise_interrupted)
     tmps: dict[str, Path] = {}
     started = time.time()

@@ -53,7 +53,7 @@ def read_bytes(path: str | Path, what: str = "", max_bytes: int = MAX_BYTES) -> 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
-        raise UserError(f"{where}: {_os_reason(e, path)}") from None
+        raise UserError(f"{where}: {os_reason(e, path)}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -74,7 +74,8 @@ def read_bytes(path: str | Path, what: str = "", max_bytes: int = MAX_BYTES) -> 
         os.close(fd)
 
 
-def _os_reason(e: OSError, path: Path) -> str:
+def os_reason(e: OSError, path: Path) -> str:
+    """Why ``path`` cannot be opened, in words a user can act on."""
     if e.errno == errno.ELOOP:
         return "a symbolic link loop (or too many levels of links); point it at a real file"
     if e.errno == errno.ENOENT:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Iterator
 from components.common.artifacts import write_json
 from components.common.errors import UserError, first_line
 from components.common.hashing import ROOT, file_hash, tree_hash
-from components.common.io import write_jsonl
+from components.common.io import os_reason, write_jsonl
 from components.common.prompts import render, template_fields
 
 log = logging.getLogger("slm")
@@ -144,6 +145,12 @@ def find_input(path: str, key: str) -> Path:
                     "give a data file or a dataset folder"
                 )
             return candidate
+    for candidate in (Path(path), ROOT / path):
+        if candidate.is_symlink():  # a loop or a dangling link is not "not found"
+            try:
+                os.stat(candidate)
+            except OSError as e:
+                raise UserError(f"{key}: {candidate}: {os_reason(e, candidate)}") from None
     raise UserError(f"{key}: {path} not found (looked in {Path.cwd()} and {ROOT})")
 
 

@@ -149,6 +149,7 @@ def test_hf_token_reaches_the_hub_loader_and_nowhere_else(tmp_path, tiny_run):
     try:
         run = tmp_path / "run"
         shutil.copytree(tiny_run / "data_prep", run / "data_prep")
+        (run / ".run.lock").touch()  # a run folder of this pipeline's, so the runner may reuse its data_prep
         proc = run_pipeline(run, "model.base=fake-org/fake-model", env=env)
     finally:
         server.shutdown()
