@@ -275,16 +275,25 @@ def import_olive(olive: dict, source: Path | str = "olive config") -> dict:
     return imp.tree
 
 
-def _resolve_path(value: str, folder: Path) -> str:
+def _resolve_path(value: str, folder: Path, r: _Reader, key: str) -> str:
     """A data path as Olive resolves it (against the Olive config's folder), written relative to
-    the working folder when it lies inside it, else absolute."""
+    the working folder when it lies inside it, else absolute. A relative path that climbs out of
+    its folder with '..' must land inside the working folder: the rule `--set data.path` applies."""
     p = Path(os.path.expanduser(value))
-    if not p.is_absolute():
+    relative = not p.is_absolute()
+    if relative:
         p = folder / p
     p = Path(os.path.normpath(p))
     try:
         return str(p.relative_to(Path.cwd().resolve()))
     except ValueError:
+        if relative:
+            from .config import contained_path  # config imports this module
+
+            try:
+                contained_path(value)
+            except ValueError:
+                r.fail(key, f"{value!r} climbs out of {folder} with '..' to {p}; use an absolute path if you mean it")
         return str(p)
 
 
@@ -297,7 +306,11 @@ def _input_model(olive: dict, r: _Reader, imp: OliveImport, folder: Path) -> Non
         imp.note("input_model.type", "a Hugging Face model: model.base")
         path = r.string(model.get("model_path"), "input_model.model_path")
         local = folder / path
-        imp.set("model.base", _resolve_path(path, folder) if local.exists() else path, "input_model.model_path")
+        imp.set(
+            "model.base",
+            _resolve_path(path, folder, r, "input_model.model_path") if local.exists() else path,
+            "input_model.model_path",
+        )
         load = r.obj(model.get("load_kwargs"), "input_model.load_kwargs")
         _load_kwargs(load, "input_model.load_kwargs", r, imp)
         if "task" in model:
@@ -315,7 +328,7 @@ def _input_model(olive: dict, r: _Reader, imp: OliveImport, folder: Path) -> Non
         local = folder / name
         imp.set(
             "model.base",
-            _resolve_path(name, folder) if local.exists() else name,
+            _resolve_path(name, folder, r, "input_model.config.hf_config.model_name") if local.exists() else name,
             "input_model.config.hf_config.model_name",
         )
         if "task" in hf:
@@ -568,14 +581,16 @@ def _load(load: dict, key: str, r: _Reader, imp: OliveImport, folder: Path, ours
             imp.note(f"{key}.data_name", f"{ours} is read as {name}")
     base = folder
     if "data_dir" in load:
-        base = Path(_resolve_path(r.string(load["data_dir"], f"{key}.data_dir"), folder)).resolve()
+        base = Path(
+            _resolve_path(r.string(load["data_dir"], f"{key}.data_dir"), folder, r, f"{key}.data_dir")
+        ).resolve()
         imp.note(f"{key}.data_dir", f"the folder data_files are relative to ({ours})")
     if "data_files" not in load:
         r.fail(f"{key}.data_files", "missing: the data file to train on")
     files = r.strings(load["data_files"], f"{key}.data_files")
     imp.set(
         ours,
-        _resolve_path(files[0], base),
+        _resolve_path(files[0], base, r, f"{key}.data_files"),
         f"{key}.data_files" if isinstance(load["data_files"], str) else f"{key}.data_files[0]",
     )
     if isinstance(load["data_files"], list):

@@ -30,6 +30,8 @@ import json
 import logging
 import os
 import random
+import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -101,6 +103,7 @@ def run(cfg, context, dataset: Path) -> None:
         "rows_read": reader.rows_read,
         "duplicates_removed": dupes,
         "labels_stripped": reader.stripped,
+        "text_normalized": {"fields": reader.normalized, "rule": NORMALIZATION},
         "eval_overlap_removed_from_train": leaked,
         "train": {"rows": len(train), "labels": dict(sorted(Counter(e["label"] for e in train).items()))},
         "eval": {"rows": len(evals), "labels": dict(sorted(Counter(e["label"] for e in evals).items()))},
@@ -133,6 +136,18 @@ def publish_change(context, dataset: Path, promoted: str | None) -> None:
         log.info(
             "dataset %s is the promoted model's: nothing new to train on, the pipeline stops here", content_hash[:12]
         )
+
+
+NORMALIZATION = "Unicode NFC, CRLF and CR as LF, NUL and other control characters but tab and newline removed"
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def normalize_text(text: str) -> str:
+    """The one text normalization, whatever the file format (NORMALIZATION says what it does)."""
+    if text.isascii() and text.isprintable():
+        return text  # the common case
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _CONTROL.sub("", text)
 
 
 def find_input(path: str, key: str) -> Path:
@@ -170,6 +185,8 @@ class Reader:
         self.duplicates = 0
         self.stripped = 0
         self.first_stripped = ""
+        self.normalized = 0
+        self.first_normalized = ""
 
     def read(self, path: Path, key: str, split: str | None = None) -> list[dict]:
         data, label_col, max_rows = self.data, self.data.label_col, self.data.max_rows
@@ -188,6 +205,7 @@ class Reader:
             if not self.rows_read:
                 self._check_columns(row, path)
             self._check_row(row, path, unit, n)
+            self._normalize(row, path, unit, n)
             self.rows_read += 1
             label = row[label_col]
             if label != label.strip():
@@ -255,7 +273,26 @@ class Reader:
                     f"over data.max_text_chars={data.max_text_chars}"
                 )
 
+    def _normalize(self, row: dict, path: Path, unit: str, n: int) -> None:
+        """Every format's text the same way (normalize_text); a field left empty is refused."""
+        for col in (*self.fields, self.data.label_col):
+            value = row.get(col)
+            if type(value) is not str:
+                continue  # the label's type is checked with the labels
+            clean = normalize_text(value)
+            if clean == value:
+                continue
+            if not clean.strip():
+                raise UserError(f"{path} {unit} {n}: field {col!r} holds only control characters")
+            row[col] = clean
+            self.normalized += 1
+            self.first_normalized = self.first_normalized or f"{path} {unit} {n}"
+
     def check_labels(self, labels: list[str]) -> None:
+        if self.normalized:
+            log.warning(
+                "normalized %d field(s) (%s; first at %s)", self.normalized, NORMALIZATION, self.first_normalized
+            )
         if self.stripped:
             log.warning("removed surrounding spaces from %d label(s) (first at %s)", self.stripped, self.first_stripped)
         allowed = set(labels)

@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -374,6 +375,40 @@ def test_compressed_parquet_and_row_object_files_read_like_jsonl(tmp_path):
     want = Reader(DataConfig(), None).read(plain, "data.path")
     for name, path in _write_formats(tmp_path).items():
         assert Reader(DataConfig(), None).read(path, "data.path") == want, name
+
+
+TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=30)
+
+
+@PROPERTY
+@given(st.lists(TEXT, min_size=2, max_size=6, unique=True))
+def test_property_text_is_normalized_alike_in_every_format(tmp_path, phrases):
+    """NUL, CR and other control characters, and non-NFC text: every format gives the same rows."""
+    import csv
+    import unicodedata
+
+    from components.common.config import DataConfig
+    from components.data_prep.stage import Reader, normalize_text
+
+    rows = [{"phrase": f"x{p}", "tone": ["joy", "fear"][i % 2]} for i, p in enumerate(phrases)]
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    (folder / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (folder / "d.json").write_text(json.dumps(rows))
+    with open(folder / "d.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["phrase", "tone"])
+        writer.writeheader()
+        writer.writerows(rows)
+    got = {}
+    for name in ("d.jsonl", "d.json", "d.csv"):
+        try:
+            got[name] = Reader(DataConfig(), None).read(folder / name, "data.path")
+        except UserError as e:
+            got[name] = str(e).rsplit(";", 1)[-1]  # the same refusal (its line numbers differ per format)
+    assert got["d.jsonl"] == got["d.json"] == got["d.csv"], got
+    for p in phrases:
+        clean = normalize_text(p)
+        assert normalize_text(clean) == clean and unicodedata.is_normalized("NFC", clean)
+        assert not any(unicodedata.category(c) == "Cc" and c not in "\t\n" for c in clean)
 
 
 def test_unknown_format_is_named(tmp_path):
