@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return e.exit_code
     except KeyboardInterrupt:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second one must not print a traceback
+            signal.signal(signum, signal.SIG_IGN)
         if args.debug:
             raise
         print(
@@ -267,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one line unless --debug
         if args.debug:
             raise
-        print(f"error: {type(e).__name__}: {e} (re-run with --debug for the traceback)", file=sys.stderr)
-        return 1
+        from components.common.errors import exit_code, first_line
+
+        print(f"error: {first_line(e, with_type=True)} (re-run with --debug for the traceback)", file=sys.stderr)
+        return exit_code(e)
 
 
 def _dispatch(args) -> int:

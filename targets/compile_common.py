@@ -58,7 +58,7 @@ CACHE_ENV = {
 
 # Exit codes no retry can fix: bad input or config (2) and a failed quality gate (3).
 # Every other failure (OOM kill 137, preemption 143, a crash 1) is worth a retry.
-DETERMINISTIC_EXIT_CODES = (2, 3)
+DETERMINISTIC_EXIT_CODES = (2, 3, 4)  # bad input, failed gate, internal error (components/common/errors.py)
 
 
 def image_for(spec: StageSpec, cfg: Config) -> str:

@@ -71,7 +71,8 @@ def run_subprocess(step: Step, argv: list[str], run_dir: Path) -> int:
         return proc.wait()
     except BaseException:
         if proc is not None:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+            for signum in signals:  # a second Ctrl-C or SIGTERM must not cut the cleanup short
+                signal.signal(signum, signal.SIG_IGN)
             proc.terminate()
             proc.wait()
         raise

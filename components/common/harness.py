@@ -8,7 +8,6 @@ stage temporary output folders, and seals them only when ``run`` returns.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from . import artifacts, promotion, secrets, tracking
 from .artifacts import PARAMETERS_DIR_ENV
 from .cache import cache_key
 from .config import Config, describe, parse_value, set_path, validate
-from .errors import UserError
+from .errors import TRANSIENT, UserError, exit_code, first_line
 
 log = logging.getLogger("slm")
 
@@ -79,6 +78,12 @@ def _setup_runtime(runtime) -> None:
     torch.set_num_threads(threads)
     if runtime.device == "cuda" and not torch.cuda.is_available():
         raise UserError("runtime.device is cuda but no CUDA device is visible; use runtime.device=cpu or auto")
+
+
+def _ignore_signals() -> None:
+    """Cleanup has begun: a second Ctrl-C or SIGTERM must not cut it short with a traceback."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _raise_interrupted(signum, _frame):
@@ -177,40 +182,32 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
             log.info("output parameter %s = %s", name, value)
         log.info("done in %.1fs", time.time() - started)
     except UserError as e:
+        _ignore_signals()
         _abort(tmps)
         print(f"error: [{stage_name}] {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except (Interrupted, KeyboardInterrupt) as e:
+        _ignore_signals()
         _abort(tmps)
         print(f"error: [{stage_name}] interrupted ({e or 'SIGINT'}); no output was written", file=sys.stderr)
         sys.exit(143)
-    except MemoryError:
-        _abort(tmps)
-        print(
-            f"error: [{stage_name}] out of memory; lower the batch size or give the stage more memory", file=sys.stderr
-        )
-        sys.exit(137)
     except Exception as e:
+        _ignore_signals()
         _abort(tmps)
-        if _is_disk_full(e):
-            print(
-                f"error: [{stage_name}] disk full while writing ({e}); free space and re-run. No output was written",
-                file=sys.stderr,
-            )
-            sys.exit(2)
-        if os.environ.get("SLM_DEBUG"):
-            traceback.print_exc()
-            print(
-                f"error: [{stage_name}] failed unexpectedly (traceback above); no output was written", file=sys.stderr
-            )
+        code = exit_code(e)
+        if code == 137:
+            why = "out of memory; lower the batch size or give the stage more memory"
+        elif code == 2:
+            why = f"disk full while writing ({first_line(e)}); free space and re-run"
         else:
-            print(
-                f"error: [{stage_name}] failed unexpectedly: {type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}"
-                " (re-run with --debug for the traceback); no output was written",
-                file=sys.stderr,
-            )
-        sys.exit(1)
+            kind = "a transient failure, retried by the engines" if code == TRANSIENT else "an internal error"
+            why = f"failed unexpectedly ({kind}): {first_line(e, with_type=True)}"
+            if os.environ.get("SLM_DEBUG"):
+                traceback.print_exc()
+            else:
+                why += " (re-run with --debug for the traceback)"
+        print(f"error: [{stage_name}] {why}; no output was written", file=sys.stderr)
+        sys.exit(code)
 
 
 def _output_parameters(spec, values: dict) -> dict[str, str]:
@@ -229,14 +226,6 @@ def _write_parameter_files(values: dict[str, str]) -> None:
         part = Path(folder) / f".{name}.part"
         part.write_text(value)
         os.replace(part, Path(folder) / name)
-
-
-def _is_disk_full(e: BaseException) -> bool:
-    """ENOSPC/EFBIG, also when a Rust or C++ library reports it as text (safetensors, onnx)."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG):
-        return True
-    text = str(e)
-    return any(s in text for s in ("No space left on device", "File too large", "os error 28", "os error 27"))
 
 
 def _abort(tmps: dict[str, Path]) -> None:
