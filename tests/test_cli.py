@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import yaml
 from helpers import ROOT, TINY, stage_cli
@@ -253,6 +255,38 @@ def test_help_is_for_users():
     assert "olive-config.json       --set" not in compile_help and "      --set images.registry=" in compile_help
     assert "[--target {argo,azureml,kfp}]" in verbs["validate"].format_usage()
     assert max(len(line) for line in verbs["import-olive"].format_help().splitlines()) <= 120
+
+
+# ------------------------------------------------------------------------------------------
+# make
+
+
+def _make(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_make_help_lists_every_target_on_one_line():
+    import re
+
+    bare, listed = _make(), _make("help")
+    assert bare.returncode == 0 and listed.returncode == 0 and bare.stdout == listed.stdout
+    targets = set(re.findall(r"^([a-z][a-z-]*):", (ROOT / "Makefile").read_text(), re.M))
+    shown = {m.group(1): m.group(2) for m in re.finditer(r"^  ([A-Za-z][A-Za-z_-]*) +(\S.*)$", listed.stdout, re.M)}
+    assert targets - {"help"} <= set(shown), targets - set(shown)
+    for var in ("CONFIG", "OUT", "ARGS"):
+        assert var in shown and shown[var].strip(), var
+
+
+def test_make_run_passes_args_through():
+    proc = _make("-n", "run", "ARGS=--set x=y --no-cache")
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip().splitlines()[-1]
+    assert (
+        line == ".venv/bin/python pipeline.py run --config configs/default.yaml --out runs/default --set x=y --no-cache"
+    )
+    # run installs the runtime set only; test adds the dev set
+    assert "requirements-dev.txt" not in proc.stdout
+    assert "requirements-dev.txt" in (ROOT / "Makefile").read_text().split("\ntest:")[0]
 
 
 # ------------------------------------------------------------------------------------------
