@@ -1,29 +1,10 @@
 #!/usr/bin/env python
-"""Fine-tune a small language model into an evaluated INT4 ONNX model.
+"""The command line, and the DAG: the only place the pipeline's wiring is written.
 
-    data_prep ──► train ──► merge ──► onnx_build ──► evaluate
-        └───────────────────────┴──────────────────────┘ (dataset, merged model)
-
-The DAG below is the only place the wiring is written. Every target (local subprocesses,
-docker, Kubeflow Pipelines, AzureML, Argo) is an adapter in ``targets/`` over it and over
-the stage registry in ``components/registry.py``.
-
-    python pipeline.py run      --config configs/default.yaml --out runs/default [--set k=v ...]
-    python pipeline.py compile  --target kfp|azureml|argo --config C --out PATH
-    python pipeline.py validate --target kfp|azureml|argo PATH
-    python pipeline.py submit   --target kfp|azureml|argo --config C [--set k=v ...] [--wait]
-    python pipeline.py status   --target kfp|azureml|argo RUN_ID [--wait]
-    python pipeline.py schedule --target kfp|azureml|argo --config C [--cron "0 3 * * 1"]
-    python pipeline.py import-olive olive-config.json --out configs/NAME.yaml
-    python pipeline.py stages   (the registry, as a table)
-    python pipeline.py runs     [--root runs]   (local runs: status, metrics, promoted or not)
-
-Start here: `make run` (the whole DAG on the bundled data, CPU, a few minutes), then open
-runs/default/evaluate/metrics/report.html. `python pipeline.py VERB --help` has each verb's
-options and examples; `run --help` lists every config key. Errors are one line and a hint;
---debug (before or after the verb) shows tracebacks.
-
-The engines are the registry of targets/base.py: one module per engine defines its Target.
+Every target (local subprocesses, docker, Kubeflow Pipelines, AzureML, Argo) is an adapter in
+``targets/`` over ``DAG`` and over the stage registry in ``components/registry.py``; the engines
+are the registry of ``targets/base.py`` (one module per engine defines its ``Target``).
+``HELP`` below is what ``--help`` shows users.
 """
 
 from __future__ import annotations
@@ -54,17 +35,41 @@ DAG = Pipeline(
 )
 
 
+HELP = """Fine-tune a small language model into an evaluated INT4 ONNX model.
+
+    data_prep ──► train ──► merge ──► onnx_build ──► evaluate
+        └───────────────────────┴──────────────────────┘ (dataset, merged model)
+
+    python pipeline.py run      --config configs/default.yaml --out runs/default [--set k=v ...]
+    python pipeline.py compile  --target kfp|azureml|argo --config C --out PATH
+    python pipeline.py validate [--target kfp|azureml|argo] [--strict] PATH
+    python pipeline.py submit   --target kfp|azureml|argo --config C [--set k=v ...] [--wait]
+    python pipeline.py status   --target kfp|azureml|argo RUN_ID [--wait]
+    python pipeline.py schedule --target kfp|azureml|argo --config C [--cron "0 3 * * 1"]
+    python pipeline.py import-olive OLIVE_JSON --out configs/NAME.yaml
+    python pipeline.py stages   (the stage registry, as a table)
+    python pipeline.py runs     [--root runs]   (local runs: status, metrics, promoted or not)
+
+Start here: `make run` (the whole DAG on the bundled data, CPU, a few minutes), then open
+runs/default/evaluate/metrics/report.html. `python pipeline.py VERB --help` has each verb's
+options and examples; `run --help` lists every config key. Errors are one line and a hint;
+--debug (before or after the verb) shows tracebacks."""
+
+# Every input path an example names exists in the repo (tests/test_cli.py checks).
 EXAMPLES = {
     "compile": """examples:
   python pipeline.py compile --target kfp --config configs/phi3-mini.yaml --out build/kfp/pipeline.yaml
   python pipeline.py compile --target azureml --config configs/phi3-mini.yaml --out build/azureml
-  python pipeline.py compile --target argo --config olive-config.json \
-      --set model.base=microsoft/Phi-3-mini-4k-instruct --out build/argo/workflow.yaml
+  python pipeline.py compile --target argo --config tests/data/olive-phi3.json \\
+      --set images.registry=ghcr.io/me/slm --out build/argo/workflow.yaml
 
-Each config key becomes a pipeline parameter (with its description) where the run may change it.""",
+Each config key becomes a pipeline parameter (with its description) where the run may change it.
+Images in no registry a cluster can pull from (localhost/..., the default) get a warning unless
+images.registry is set: push them first (make push REGISTRY=...), README "Containers".""",
     "validate": """examples:
-  python pipeline.py validate build/kfp/pipeline.yaml
-  python pipeline.py validate --target azureml build/azureml""",
+  python pipeline.py validate tests/golden/kfp/pipeline.yaml
+  python pipeline.py validate --target azureml tests/golden/azureml
+  python pipeline.py validate --strict tests/golden/argo/workflow.yaml   # exit 2: its images are localhost/...""",
     "submit": """examples:
   python pipeline.py submit --target kfp --host https://kfp.example.com --config configs/phi3-mini.yaml --wait
   python pipeline.py submit --target argo --namespace slm-pipeline --set train.max_steps=200
@@ -81,9 +86,10 @@ Each config key becomes a pipeline parameter (with its description) where the ru
   python pipeline.py runs
   python pipeline.py runs --root runs/my-run""",
     "import-olive": """examples:
-  python pipeline.py import-olive olive-config.json --out configs/phi3-tone.yaml
+  python pipeline.py import-olive tests/data/olive-cookbook/olive-config.json --out configs/phi3-tone.yaml
   python pipeline.py run --config configs/phi3-tone.yaml --out runs/phi3-tone
-  python pipeline.py run --config olive-config.json --set model.base=tiny-random:phi3 --out runs/try  # no file""",
+  python pipeline.py run --config tests/data/olive-phi3.json --out runs/try \\
+      --set model.base=tiny-random:phi3 --set runtime.device=cpu --set onnx.execution_provider=cpu  # no file""",
 }
 
 
@@ -95,9 +101,10 @@ def _run_epilog() -> str:
         "examples:",
         "  python pipeline.py run --out runs/default                          # the embedded default job",
         "  python pipeline.py run --config configs/tiny-phi3.yaml --out runs/tiny --set train.max_steps=4",
-        "  python pipeline.py run --config my.yaml --out runs/x --set data.path=my.jsonl --set "
-        "model.base=microsoft/Phi-3-mini-4k-instruct",
-        "  python pipeline.py run --config olive-config.json --out runs/olive --set model.base=tiny-random:phi3",
+        "  python pipeline.py run --config configs/default.yaml --out runs/mine --set data.path=data/tone.jsonl "
+        "--set data.eval_fraction=0.2",
+        "  python pipeline.py run --config tests/data/olive-phi3.json --out runs/olive "
+        "--set model.base=tiny-random:phi3 --set runtime.device=cpu --set onnx.execution_provider=cpu",
         "",
         "config keys (--set KEY=VALUE; values are YAML: 8, true, [a, b]):",
     ]
@@ -110,8 +117,8 @@ def _run_epilog() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--debug", action="store_true", help="show tracebacks (here and in the stages) instead of one-line errors"
     )
@@ -166,13 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     val = sub.add_parser(
         "validate", help="check a compiled file strictly, references included", epilog=EXAMPLES["validate"]
     )
-    val.add_argument("path", help="what compile wrote")
-    val.add_argument("--target", choices=engines, help="default: guessed from the file")
+    val.add_argument("path", metavar="PATH", help="what compile wrote: a .yaml file (kfp, argo) or a folder (azureml)")
+    val.add_argument("--target", choices=engines, help="the engine (optional: guessed from the file)")
+    val.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail (exit 2) when the images are in no registry a cluster can pull from (localhost/...)",
+    )
 
     # Talking to a cluster. Where it is comes from these flags or the engine's env vars;
     # credentials only from the environment, a kube context or the Azure identity.
     conn = argparse.ArgumentParser(add_help=False)
-    conn.add_argument("--target", choices=engines, required=True)
+    conn.add_argument("--target", choices=engines, required=True, help="the engine")
     conn.add_argument(
         "--host",
         help="KFP: the API endpoint (else KF_PIPELINES_ENDPOINT, else the kube context); "
@@ -205,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     stat = sub.add_parser(
         "status", parents=[conn], help="the stage table of a submitted run", epilog=EXAMPLES["status"]
     )
-    stat.add_argument("run_id", metavar="RUN_ID")
+    stat.add_argument("run_id", metavar="RUN_ID", help="the run's id, as submit printed it (Argo: the Workflow name)")
     stat.add_argument("--wait", action="store_true", help="follow the run to its end")
     sched = sub.add_parser(
         "schedule",
@@ -219,12 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     imp = sub.add_parser(
         "import-olive",
         help="convert a Microsoft Olive JSON config into a config of ours",
-        description="Convert an Olive config (both generations of its keys: the Phi-3 CookBook's "
-        "older PyTorchModel/params_config/lora_r keys and the current HfModel/load_dataset_config/r "
-        "keys) into our YAML. The written file starts with a comment header listing every Olive key: "
-        "what it was mapped to, and what was not imported and why. Relative data paths resolve "
-        "against the Olive file's folder, as in Olive. `run --config olive.json` and "
-        "`compile --config olive.json` use the same import.",
+        description="""Convert an Olive config into our YAML, with both generations of its keys: the Phi-3
+CookBook's older PyTorchModel/params_config/lora_r keys and the current
+HfModel/load_dataset_config/r keys. The written file starts with a comment header listing
+every Olive key: what it was mapped to, and what was not imported and why. Relative data
+paths resolve against the Olive file's folder, as in Olive. `run --config olive.json` and
+`compile --config olive.json` use the same import.""",
         epilog=EXAMPLES["import-olive"],
     )
     imp.add_argument("olive", metavar="OLIVE_JSON", help="the Olive config file")
@@ -239,7 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         "runs", help="list local runs: status, metrics, promotion (promoted.json)", epilog=EXAMPLES["runs"]
     )
     runs.add_argument("--root", default="runs", help="a run folder, or a folder of run folders (default: runs)")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.debug:
         os.environ["SLM_DEBUG"] = "1"  # the stages print their tracebacks too
@@ -266,6 +282,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except ModuleNotFoundError as e:  # the runtime install (requirements.txt) has no cluster clients
+        if args.debug:
+            raise
+        print(
+            f"error: {args.command} needs the Python module {e.name!r}, which is not installed; "
+            "`make setup-dev` adds the cluster clients and test tools (requirements-dev.txt)",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as e:  # noqa: BLE001 - one line unless --debug
         if args.debug:
             raise
@@ -318,6 +343,7 @@ def _dispatch(args) -> int:
         )
         target.compile(DAG, cfg, path)
         print(f"wrote {path}")
+        _warn_local_images(cfg)
         return 0
     if args.command in ("submit", "status", "schedule"):
         return _cluster(args, load_config)
@@ -325,10 +351,24 @@ def _dispatch(args) -> int:
         from targets.validate import validate_file
 
         _check_text_file(args.path)
-        validate_file(args.path, args.target)
+        validate_file(args.path, args.target, strict=args.strict)
         print(f"{args.path}: valid")
         return 0
     return 2
+
+
+def _warn_local_images(cfg) -> None:
+    """One line on stderr when the compiled images are in no registry a cluster reaches, unless
+    images.registry was set on purpose (a kind cluster's localhost:5000 is fine then)."""
+    if "registry" in cfg.images.model_fields_set:
+        return
+    from components.registry import STAGES
+    from targets.compile_common import image_for
+    from targets.validate import registry_warning
+
+    warning = registry_warning([image_for(spec, cfg) for spec in STAGES.values()])
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _cluster(args, load_config) -> int:

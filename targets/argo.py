@@ -415,6 +415,7 @@ class ArgoSettings(EngineSettings):
 class ArgoTarget(Target):
     name = "argo"
     title = "Argo Workflows"
+    short = "Argo"
     default_out = "workflow.yaml"
     sidecars = (".cron.yaml",)
     host_hint = HOST_HINT

@@ -420,6 +420,7 @@ class AzureMLSettings(EngineSettings):
 class AzureMLTarget(Target):
     name = "azureml"
     title = "Azure Machine Learning"
+    short = "AzureML"
     default_out = "azureml"
     writes_folder = True
 

@@ -70,6 +70,7 @@ class Target:
 
     name: str = ""
     title: str = ""  # "Kubeflow Pipelines"
+    short: str = ""  # "KFP", in one-line messages; default: name
     settings: type[BaseModel]
     default_out: str = ""  # the file (or folder) name compile writes when --out is a folder
     writes_folder: bool = False  # compile --out is a folder (AzureML), else a file

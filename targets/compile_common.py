@@ -112,9 +112,8 @@ def settings(cfg: Config, target: str) -> Any:
     try:
         return get(target).settings.model_validate(raw)
     except ValidationError as err:
-        raise UserError(
-            format_validation_error(err, where="config").replace("config: ", f"config: targets.{target}.")
-        ) from None
+        model = get(target).settings
+        raise UserError(format_validation_error(err, "config", model=model, prefix=f"targets.{target}.")) from None
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ One shared base (a venv with torch + transformers + ...) and a thin image per st
 one template (images/stage/Dockerfile), that adds the stage's own libraries and the code. Names
 come from ``targets.compile_common.image_name``, the function the compile targets use.
 
-Dependencies are resolved on the host by pip's resolver, once per image group, from the one pin
-list (requirements.txt, requirements-nodeps.txt, requirements.lock); the wheels are downloaded
-into ``images/.build/store-<variant>/`` and hard-linked per image into ``images/.build/wheels/``
-right before that image's build with no network. So the images run the exact library versions
-the venv runs, and the builds need no network.
+Dependencies are resolved on the host by pip's resolver, once per image group, from the pin
+lists (requirements.txt, requirements-dev.txt, requirements-nodeps.txt) and the one lock
+(requirements.lock); the wheels are downloaded into ``images/.build/store-<variant>/`` and
+hard-linked per image into ``images/.build/wheels/`` right before that image's build with no
+network. So the images run the exact library versions the venv runs, and the builds need no network.
 
 Docker is reached through the ``docker`` SDK only (``DOCKER_HOST``), no ``docker`` CLI. Its
 ``/build`` endpoint is the daemon's classic builder (what ``DOCKER_BUILDKIT=0`` picks for the
@@ -112,16 +112,18 @@ def canon(name: str) -> str:
 
 
 def pin_list() -> tuple[dict[str, str], dict[str, str]]:
-    """``({name: requirement line}, {nodeps name: line})`` from the one pin list."""
+    """``({name: requirement line}, {nodeps name: line})`` from the pin lists: the runtime and dev
+    files (the stages' cloud clients are pinned in requirements-dev.txt), and the no-deps one."""
     from packaging.requirements import Requirement
 
     out = []
-    for fname in ("requirements.txt", "requirements-nodeps.txt"):
+    for fnames in (("requirements.txt", "requirements-dev.txt"), ("requirements-nodeps.txt",)):
         reqs = {}
-        for line in (ROOT / fname).read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line and not line.startswith("-"):
-                reqs[canon(Requirement(line).name)] = line
+        for fname in fnames:
+            for line in (ROOT / fname).read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line and not line.startswith("-"):
+                    reqs[canon(Requirement(line).name)] = line
         out.append(reqs)
     return out[0], out[1]
 
@@ -134,7 +136,7 @@ def group_names(group: str) -> list[str]:
     pins, nodeps = pin_list()
     unknown = [n for n in names if canon(n) not in pins and canon(n) not in nodeps]
     if unknown:
-        raise UserError(f"{path.relative_to(ROOT)}: {unknown} not in requirements.txt or requirements-nodeps.txt")
+        raise UserError(f"{path.relative_to(ROOT)}: {unknown} not in requirements*.txt")
     return names
 
 
@@ -206,6 +208,8 @@ def resolve(names: list[str], constraint_file: Path, variant: str) -> dict[str, 
             str(report),
             "-c",
             str(ROOT / "requirements.txt"),
+            "-c",
+            str(ROOT / "requirements-dev.txt"),
             "-c",
             str(constraint_file),
             *names,

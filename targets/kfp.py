@@ -537,6 +537,7 @@ class KfpSettings(EngineSettings):
 class KfpTarget(Target):
     name = "kfp"
     title = "Kubeflow Pipelines"
+    short = "KFP"
     default_out = "pipeline.yaml"
     sidecars = (".recurring-run.json",)
     host_hint = HOST_HINT

@@ -287,29 +287,35 @@ def promote(dag: Pipeline, cfg: Config, run_dir: Path, metrics: dict) -> dict | 
 
 def list_runs(root: Path) -> list[dict]:
     """The run folders under ``root`` (``root`` itself, its children and grandchildren that
-    hold a summary.json), newest first, with status, headline metrics and promotion."""
+    hold a summary.json), newest first, with status, when, how long, headline metrics and promotion."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"--root {root}: not a folder")
     found = [p.parent for pattern in ("summary.json", "*/summary.json", "*/*/summary.json") for p in root.glob(pattern)]
     rows = []
     for run in sorted(set(found), key=lambda p: _mtime(p / "summary.json"), reverse=True):
+        ended = _mtime(run / "summary.json")  # written as the run ends
         try:
             summary = load_file(run / "summary.json")
             if not isinstance(summary, dict):
                 raise UserError("not a mapping")
         except UserError:  # a FIFO, a huge or malformed file: listed, never waited on
-            rows.append({"run": str(run), "status": "unreadable"})
+            rows.append({"run": str(run), "status": "unreadable", "ended": ended})
             continue
         promoted = promotion.read(run)
         onnx = next(
             (v for k, v in summary.get("metrics", {}).items() if k.startswith("onnx") and isinstance(v, dict)), {}
         )
+        stages = summary.get("stages") if isinstance(summary.get("stages"), dict) else {}
+        seconds = [s.get("seconds") for s in stages.values() if isinstance(s, dict)]
         rows.append(
             {
                 "run": str(run),
                 "status": summary.get("status", "?"),
                 "reason": summary.get("reason"),
+                "ended": ended,
+                # the stages' own run times; cached ones count 0
+                "seconds": sum(x for x in seconds if isinstance(x, (int, float))) if seconds else None,
                 "accuracy": onnx.get("accuracy"),
                 "macro_f1": onnx.get("macro_f1"),
                 # promoted.json (local runners), or the summary's flag (kfp-local: KFP's metadata)
@@ -327,21 +333,32 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+def _duration(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def print_runs(rows: list[dict]) -> None:
     if not rows:
         print("no runs (no summary.json) found")
         return
-    width = max(len(r["run"]) for r in rows)
-    print(f"{'run':<{width}}  {'status':<8} {'accuracy':>8} {'macro_f1':>8}  promoted")
+    width = max(len("run"), *(len(r["run"]) for r in rows))
+    print(f"{'run':<{width}}  {'ended':<16}  {'took':>7}  {'status':<11} {'INT4 acc':>8} {'INT4 F1':>8}  promoted")
     for r in rows:
         acc = f"{r['accuracy']:.3f}" if isinstance(r.get("accuracy"), (int, float)) else "-"
         f1 = f"{r['macro_f1']:.3f}" if isinstance(r.get("macro_f1"), (int, float)) else "-"
+        ended = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["ended"])) if r.get("ended") else "-"
         promoted = (
             f"yes (dataset {r['dataset_hash'][:12]})"
             if r.get("promoted") and r.get("dataset_hash")
             else ("yes" if r.get("promoted") else "no")
         )
-        line = f"{r['run']:<{width}}  {r['status']:<8} {acc:>8} {f1:>8}  {promoted}"
+        line = (
+            f"{r['run']:<{width}}  {ended:<16}  {_duration(r.get('seconds')):>7}  {r['status']:<11} "
+            f"{acc:>8} {f1:>8}  {promoted}"
+        )
         if r.get("reason"):
             line += f"  ({r['reason'][:60]})"
         print(line)
@@ -361,12 +378,24 @@ def print_summary(summary: dict) -> None:
 
 
 def print_stages(dag: Pipeline) -> None:
+    """The registry as a table (inputs with the output they are wired to), each stage's
+    parameters (its --set keys) on the line below."""
+    import textwrap
+
     cfg = Config()
+    rows = []
     for s in dag:
         spec = s.spec
-        ins = ", ".join(f"{p.name}:{p.type}<-{s.wires[p.name]}" for p in spec.inputs) or "-"
+        ins = ", ".join(f"{p.name}<-{s.wires[p.name]}" for p in spec.inputs) or "-"
         outs = ", ".join(f"{p.name}:{p.type}" for p in spec.outputs)
-        print(
-            f"{spec.name:<11} in [{ins}] out [{outs}] params {len(spec.params(cfg))} "
-            f"cpu {spec.cpu.cpu} mem {spec.cpu.memory_gb}G gpu(cuda) {spec.gpu.gpu if spec.gpu else 0}"
+        gpu = spec.gpu.gpu if spec.gpu else 0
+        rows.append(
+            (spec.name, ins, outs, str(spec.cpu.cpu), f"{spec.cpu.memory_gb}G", str(gpu), list(spec.params(cfg)))
         )
+    head = ("stage", "inputs", "outputs", "cpu", "mem", "gpu(cuda)")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:6], widths)).rstrip())
+        params = "params: " + (", ".join(r[6]) or "-")
+        print(textwrap.fill(params, width=110, initial_indent="    ", subsequent_indent="            "))

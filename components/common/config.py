@@ -6,6 +6,7 @@ the key. Defaults run as-is: ``Config()`` is the embedded default job.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from pathlib import Path
@@ -415,8 +416,10 @@ class Config(Section):
                 known[name].model_validate(raw)
             except ValidationError as err:
                 lines += [
-                    f"targets.{name}." + line.removeprefix(": ")
-                    for line in format_validation_error(err, where="").splitlines()
+                    line.removeprefix(": ")
+                    for line in format_validation_error(
+                        err, where="", model=known[name], prefix=f"targets.{name}."
+                    ).splitlines()
                 ]
         if lines:
             raise TargetSettingsError(lines)
@@ -431,20 +434,27 @@ class TargetSettingsError(ValueError):
         self.lines = lines
 
 
-def format_validation_error(err: ValidationError, where: str = "config") -> str:
+def format_validation_error(
+    err: ValidationError, where: str = "config", model: type[BaseModel] | None = None, prefix: str = "", sets=()
+) -> str:
+    """One line per problem, ``WHERE: key: why``. An unknown key gets the nearest known one
+    (``did you mean train.lora.r?``); a key that a ``--set`` wrote (``sets``: the dotted keys)
+    is blamed on ``--set``, not on the file."""
+    model = model or Config
     lines = []
     for e in err.errors():
         if isinstance((e.get("ctx") or {}).get("error"), TargetSettingsError):
-            lines += [f"{where}: {line}" for line in e["ctx"]["error"].lines]
+            for line in e["ctx"]["error"].lines:
+                lines.append(_blame(line.split(": ", 1)[0], where, sets) + line)
             continue
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(prefix + key, known_keys(model, prefix))
         elif e["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
         lines.append(
-            f"{where}: {key}: {msg}"
+            f"{_blame(prefix + key, where, sets)}{prefix}{key}: {msg}"
             + (
                 f" (got {e['input']!r})"
                 if e["type"] != "extra_forbidden" and not isinstance(e.get("input"), dict)
@@ -452,6 +462,38 @@ def format_validation_error(err: ValidationError, where: str = "config") -> str:
             )
         )
     return "\n".join(lines)
+
+
+def _blame(key: str, where: str, sets) -> str:
+    """The line's head: ``--set `` when an override wrote ``key``, a key inside it or one above it;
+    else ``WHERE: ``."""
+    for s in sets:
+        if key == s or key.startswith(s + ".") or s.startswith(key + "."):
+            return "--set "
+    return f"{where}: "
+
+
+def known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key of a settings model, sections included: the candidates for a typo."""
+    out = []
+    for name, info in model.model_fields.items():
+        out.append(prefix + name)
+        sub = info.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            out += known_keys(sub, f"{prefix}{name}.")
+    return out
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    """``; did you mean X?`` for the nearest known key: a sibling first, else any key (one put in the
+    wrong section)."""
+    parent, _, leaf = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
+    near = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.6)
+    if near:
+        return f"; did you mean {siblings[near[0]]}?"
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+    return f"; did you mean {near[0]}?" if near else ""
 
 
 def parse_value(text: str, where: str = "--set") -> Any:
@@ -474,11 +516,12 @@ def set_path(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def validate(tree: dict, where: str = "config") -> Config:
+def validate(tree: dict, where: str = "config", sets=()) -> Config:
+    """The config of ``tree``; ``sets``: the keys that --set wrote, so their errors name --set."""
     try:
         return Config.model_validate(tree)
     except ValidationError as err:
-        raise UserError(format_validation_error(err, where)) from None
+        raise UserError(format_validation_error(err, where, sets=sets)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -490,12 +533,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         tree = read_config_file(path)
         if _looks_like_olive(tree):
             tree = olive_tree(tree, path)
+    sets = []
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected key.path=value")
         key, value = item.split("=", 1)
         set_path(tree, key.strip(), parse_value(value, f"--set {key.strip()}"))
-    return validate(tree, where)
+        sets.append(key.strip())
+    return validate(tree, where, sets)
 
 
 def read_config_file(path: Path) -> dict:

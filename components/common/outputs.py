@@ -39,6 +39,7 @@ SOURCE_ENTRIES = (
     ".venv",
     "pipeline.py",
     "requirements.txt",
+    "requirements-dev.txt",
     "requirements.lock",
     "requirements-nodeps.txt",
     "Makefile",
