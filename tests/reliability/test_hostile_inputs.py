@@ -109,7 +109,7 @@ def test_csv_quoted_newline_is_kept(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     prompts = {r["prompt"] for name in ("train.jsonl", "eval.jsonl") for r in read_jsonl(out / name)}
     assert "<|user|>\nline one\nline two<|end|>\n<|assistant|>\n" in prompts
-    assert "<|user|>\ncrlf one\r\ncrlf two<|end|>\n<|assistant|>\n" in prompts
+    assert "<|user|>\ncrlf one\ncrlf two<|end|>\n<|assistant|>\n" in prompts  # CRLF as LF in every format
     assert json.loads((out / "stats.json").read_text())["rows_read"] == 22
 
 
