@@ -190,10 +190,15 @@ def _run_locked(
                     artifacts.remove(run_dir / name / port.name)
         if code != 0:
             entry.update(status="failed", exit_code=code)
-            print(f"==> {step.name}: FAILED (exit {code}); stopping", file=sys.stderr, flush=True)
+            print(
+                f"==> {step.name}: FAILED (exit {code}) after {entry['seconds']:.1f}s; stopping",
+                file=sys.stderr,
+                flush=True,
+            )
             status = code
         else:
             entry.update(status="ok")
+            print(f"==> {step.name}: ok in {entry['seconds']:.1f}s", flush=True)
             stopped = condition_unmet(dag, step, run_dir)
             _say_stopped(stopped, step, dag)
     if not stopped:

@@ -80,6 +80,12 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
     # bitsandbytes warns that its optional hub-downloaded CPU kernels are absent; it falls back to torch.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    if not sys.stderr.isatty():
+        # Off a terminal the libraries' own bars (transformers' "Loading weights") would write \r
+        # into log files; our progress lines (components/common/progress.py) say it instead.
+        # Set before the stage imports transformers, which reads it once.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     args = vars(_parser(spec).parse_args(argv))
     signal.signal(signal.SIGTERM, _raise_interrupted)
     tmps: dict[str, Path] = {}

@@ -26,6 +26,7 @@ from components.common.artifacts import write_json
 from components.common.errors import QualityGateError, UserError
 from components.common.io import read_json, read_jsonl
 from components.common.models import device_for, load_model, load_tokenizer
+from components.common.progress import Progress
 from components.common.prompts import parse_label
 from components.common.scoring import classification_report, percentile
 
@@ -58,9 +59,16 @@ def run(cfg, context, dataset: Path, model: Path, onnx_model: Path, metrics: Pat
     for name, gen in (("pytorch", torch_gen), (onnx_key, onnx_gen)):
         gen.generate(prompts[: ec.batch_size])  # warm-up (CUDA context, kernels, allocator): not timed
         gen.generated_tokens = 0
-        texts, speed = timed_batches(gen, prompts, ec.batch_size)
+        with Progress(f"evaluate {name}", total=len(prompts), unit="rows") as progress:
+            texts, speed = timed_batches(gen, prompts, ec.batch_size, progress)
         predicted = [parse_label(t, labels) for t in texts]
-        latencies = [timed(gen, [p])[1] for p in prompts[:LATENCY_SAMPLES]]
+        with Progress(
+            f"evaluate {name} latency (batch 1)", total=min(LATENCY_SAMPLES, len(prompts)), unit="prompts"
+        ) as progress:
+            latencies = []
+            for p in prompts[:LATENCY_SAMPLES]:
+                latencies.append(timed(gen, [p])[1])
+                progress.update(1)
         report[name] = {
             **classification_report(truth, predicted, labels),
             **speed,
@@ -166,12 +174,14 @@ def timed(gen, prompts: list[str]) -> tuple[list[str], float]:
     return texts, time.perf_counter() - start
 
 
-def timed_batches(gen, prompts: list[str], batch_size: int) -> tuple[list[str], dict]:
+def timed_batches(gen, prompts: list[str], batch_size: int, progress=None) -> tuple[list[str], dict]:
     texts, seconds = [], 0.0
     for i in range(0, len(prompts), batch_size):
         out, dt = timed(gen, prompts[i : i + batch_size])
         texts += out
         seconds += dt
+        if progress is not None:
+            progress.update(len(out))
     return texts, {
         "seconds": round(seconds, 3),
         "tokens_per_second": round(gen.generated_tokens / max(seconds, 1e-9), 1),
