@@ -341,6 +341,15 @@ class EvaluateConfig(Section):
         le=1,
         description="Quality gate: the ONNX model may be at most this much less accurate than PyTorch.",
     )
+    max_class_recall_drop: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "Quality gate per class: the ONNX model's recall of any class may be at most this much under "
+            "PyTorch's (0.1 = 10 points); unset: such classes are only flagged in the report."
+        ),
+    )
 
 
 class RuntimeConfig(Section):

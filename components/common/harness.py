@@ -113,7 +113,14 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
             tmps[name] = artifacts.tmp_path(path)
             tmps[name] = artifacts.begin(path)
         context = SimpleNamespace(
-            cache_key=key, finals=finals, spec=spec, after_commit=[], output_parameters={}, lineage=lineage, chain=chain
+            cache_key=key,
+            finals=finals,
+            spec=spec,
+            after_commit=[],
+            output_parameters={},
+            lineage=lineage,
+            chain=chain,
+            input_seals={p.name: markers[p.name] for p in spec.inputs},  # their stage and seconds: the report's timings
         )
         run(view, context=context, **inputs, **tmps)
         out_params = _output_parameters(spec, context.output_parameters)

@@ -20,7 +20,7 @@ What is refused, each with one line naming the file and line/row (or the key):
 Labels lose surrounding spaces, with a warning that counts them.
 
 Outputs (Dataset artifact): ``train.jsonl``, ``eval.jsonl`` (``prompt``, ``completion``,
-``label`` per line) and ``stats.json``.
+``label`` and ``text``, the row's fields without the template, per line) and ``stats.json``.
 """
 
 from __future__ import annotations
@@ -210,7 +210,9 @@ class Reader:
                         here[prompt] = completion
                     else:
                         extra.add((prompt, completion))
-                    examples.append({"prompt": prompt, "completion": completion, "label": label})
+                    # text: the row's own words (no template), what evaluate's report shows
+                    text = "\n".join(str(row[c]) for c in self.fields if c != label_col)
+                    examples.append({"prompt": prompt, "completion": completion, "label": label, "text": text})
                 if max_rows and count >= max_rows:  # data.max_rows counts rows read, duplicates included
                     break
             progress.done = n
