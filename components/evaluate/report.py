@@ -104,6 +104,7 @@ def size_latency_figure(report: dict, models: list[str]):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3))
     sizes = [report[m]["size_bytes"] / 1e6 for m in models]
     axes[0].bar(models, sizes, color=["#4c72b0", "#dd8452"][: len(models)])
+    axes[0].set_ylim(0, max(sizes, default=1) * 1.15)  # room for the value labels under the title
     axes[0].set_xlabel("model")
     axes[0].set_ylabel("MB on disk")
     axes[0].set_title("size")
@@ -144,7 +145,7 @@ def identity_section(identity: dict, lineage: dict) -> str:
     timing = [
         [name, "cached" if s.get("cached") else f"{s.get('seconds') or 0:.1f} s", s.get("status", "ok")]
         for name, s in stages.items()
-        if s
+        if s and s.get("status") != "not run"  # evaluate itself, still running as the page is written
     ]
     timings = "<h3>Stage timings</h3>" + _table(["stage", "time", "status"], timing) if timing else ""
     return '<section id="identity"><h2>Run</h2>' + _table(["", "value"], rows, "mono") + timings + "</section>"
@@ -253,7 +254,7 @@ def render(
     if recall["flagged"]:
         said = (
             f"<p class=fail>{onnx_key} recalls {', '.join(map(esc, recall['flagged']))} more than "
-            f"{recall['flag_at']:.0%} points worse than PyTorch"
+            f"{recall['flag_at'] * 100:.0f} points worse than PyTorch"
             + (
                 " (evaluate.max_class_recall_drop: this fails the gate)."
                 if gated
@@ -263,7 +264,7 @@ def render(
         )
     else:
         said = (
-            f"<p>No class is recalled more than {recall['flag_at']:.0%} points worse by {onnx_key}.</p>"
+            f"<p>No class is recalled more than {recall['flag_at'] * 100:.0f} points worse by {onnx_key}.</p>"
             if recall["flag_at"] is not None
             else ""
         )
