@@ -327,7 +327,7 @@ def _dispatch(args) -> int:
             from targets.docker import run_pipeline
         else:
             from targets.local import run_pipeline
-        return run_pipeline(DAG, cfg, args.out, use_cache=not args.no_cache)
+        return run_pipeline(DAG, cfg, args.out, use_cache=not args.no_cache, config_file=args.config)
     if args.command == "compile":
         from targets.base import get
 

@@ -215,7 +215,8 @@ def tone_rows() -> list[dict]:
     from components.common.io import read_jsonl
     from components.common.prompts import render
 
-    cfg = Config()  # the default data section: the production Phi-3 template on data/tone.jsonl
+    cfg = Config()  # the default data section on data/tone.jsonl, with the production Phi-3 template
+    cfg.data.prompt_format = "template"
     out = []
     for r in read_jsonl(ROOT / "data" / "tone.jsonl"):
         prompt, completion = render(r, cfg.data)

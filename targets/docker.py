@@ -165,11 +165,13 @@ class DockerExecutor:
                 container.remove(force=True)
 
 
-def run_pipeline(dag: Pipeline, cfg: Config, out: str | Path, use_cache: bool = True, client=None) -> int:
+def run_pipeline(
+    dag: Pipeline, cfg: Config, out: str | Path, use_cache: bool = True, client=None, config_file=None
+) -> int:
     """The local runner's loop and summary, with every stage in its image."""
     from targets.local import run_pipeline as run_local
 
     client = client or connect()
     executor = DockerExecutor(client, dag, cfg)
     executor.check_images(dag)
-    return run_local(dag, cfg, out, use_cache=use_cache, execute=executor, root=IO)
+    return run_local(dag, cfg, out, use_cache=use_cache, execute=executor, root=IO, config_file=config_file)

@@ -102,11 +102,14 @@ def run_pipeline(
     use_cache: bool = True,
     execute: Executor = run_subprocess,
     root: str | None = None,
+    config_file: str | Path | None = None,
 ) -> int:
-    """Run every step in order. ``root`` is the run folder as the stages see it (docker: /io)."""
+    """Run every step in order. ``root`` is the run folder as the stages see it (docker: /io);
+    ``config_file``: the file the config came from, named in RUN_DIR/run.json (the report's identity)."""
     run_dir = Path(out).resolve()
     with run_lock(run_dir, out):
         summary: dict = {"pipeline": dag.name, "run_dir": str(run_dir), "stages": {}, "metrics": {}}
+        summary["identity"] = run_identity(run_dir, config_file)
         try:
             return _run_locked(dag, cfg, run_dir, use_cache, execute, root, summary)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the stage in flight was stopped; say so, then stop
@@ -154,6 +157,10 @@ def _run_locked(
         for port in step.spec.outputs:
             artifacts.refuse_unowned(run_dir / step.name / port.name)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    identity = summary["identity"]
+    if not identity.get("config_file"):  # no file named: the resolved config this run wrote
+        identity.update(config_file=str(run_dir / "config.yaml"), config_sha256=file_sha256(run_dir / "config.yaml"))
+    artifacts.write_json(run_dir / RUN_JSON, identity)
     # promoted.json describes the run whose artifacts lie beside it: gone until this one passes.
     (run_dir / promotion.PROMOTED).unlink(missing_ok=True)
     (run_dir / "summary.json").unlink(missing_ok=True)  # likewise: it is rewritten when this run ends
@@ -181,6 +188,7 @@ def _run_locked(
         before = _content_hashes(step, run_dir)
         for port in step.spec.outputs:
             artifacts.remove(run_dir / step.name / port.name)
+        artifacts.write_json(run_dir / RUN_JSON, {**identity, "stages": summary["stages"]})  # timings so far
         argv = stage_argv(step, cfg, root or str(run_dir))
         print(f"==> {step.name}: {' '.join(argv[:3])} ...", flush=True)
         code = execute(step, argv, run_dir)
@@ -191,18 +199,32 @@ def _run_locked(
                     artifacts.remove(run_dir / name / port.name)
         if code != 0:
             entry.update(status="failed", exit_code=code)
-            print(f"==> {step.name}: FAILED (exit {code}); stopping", file=sys.stderr, flush=True)
+            print(
+                f"==> {step.name}: FAILED (exit {code}) after {entry['seconds']:.1f}s; stopping",
+                file=sys.stderr,
+                flush=True,
+            )
             status = code
         else:
             entry.update(status="ok")
+            print(f"==> {step.name}: ok in {entry['seconds']:.1f}s", flush=True)
             stopped = condition_unmet(dag, step, run_dir)
             _say_stopped(stopped, step, dag)
     if not stopped:
         for step in dag:
-            for port in step.spec.outputs:
+            state = summary["stages"].get(step.name, {}).get("status")
+            for port in (p for p in step.spec.outputs if p.type == "Metrics"):
                 metrics = run_dir / step.name / port.name / "metrics.json"
-                if port.type == "Metrics" and metrics.is_file() and artifacts.read_marker(metrics.parent):
-                    summary["metrics"].update(json.loads(metrics.read_text()).get("summary", {}))
+                rejected = run_dir / step.name / f"{port.name}.rejected.json"
+                if metrics.is_file() and artifacts.read_marker(metrics.parent):
+                    found = json.loads(metrics.read_text())
+                elif state == "failed" and rejected.is_file():  # a failed gate: the numbers it measured
+                    found = json.loads(rejected.read_text())
+                else:
+                    continue
+                summary["metrics"].update(found.get("summary", {}))
+                if "verdict" in found:
+                    summary["gate"] = found["verdict"]
     for step in dag:  # evaluate's report.html (or, after a failed gate, the rejected one)
         state = summary["stages"].get(step.name, {}).get("status")
         for port in (p for p in step.spec.outputs if p.type == "Metrics"):
@@ -219,6 +241,47 @@ def _run_locked(
     artifacts.write_json(run_dir / "summary.json", summary)
     print_summary(summary)
     return status
+
+
+RUN_JSON = "run.json"  # which run this is: evaluate's report shows it
+
+
+def run_identity(run_dir: Path, config_file) -> dict:
+    from datetime import datetime, timezone
+
+    config = Path(config_file) if config_file else None
+    return {
+        "run_dir": str(run_dir),
+        "config_file": str(config) if config else None,
+        "config_sha256": file_sha256(config) if config and config.is_file() else None,
+        "git": git_version(),
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    }
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def git_version() -> str | None:
+    """``<commit>`` of this checkout, ``+dirty`` with uncommitted changes; None outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
 
 
 def _content_hashes(step: Step, run_dir: Path) -> dict | None:

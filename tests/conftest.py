@@ -26,8 +26,12 @@ def tiny_run(tmp_path_factory) -> Path:
             "MLFLOW_EXPERIMENT_NAME": "tiny-run",
             "MLFLOW_ALLOW_FILE_STORE": "true",
         },
+        text=False,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # What a user's log file would hold (the run is not on a terminal): tests/test_progress.py reads it.
+    (out.parent / "stdout.log").write_bytes(proc.stdout)
+    (out.parent / "stderr.log").write_bytes(proc.stderr)
+    assert proc.returncode == 0, (proc.stdout[-3000:] + proc.stderr[-3000:]).decode(errors="replace")
     return out
 
 

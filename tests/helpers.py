@@ -18,12 +18,13 @@ TINY = ROOT / "configs" / "tiny-phi3.yaml"
 
 
 def run_cli(
-    *args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None = None, **popen
+    *args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None = None, text: bool = True, **popen
 ) -> subprocess.CompletedProcess:
-    """Run a command the way a user would: a fresh interpreter, output captured."""
+    """Run a command the way a user would: a fresh interpreter, output captured (``text=False``:
+    the bytes as a log file gets them; text mode turns each carriage return into a newline)."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env, **popen
+        [sys.executable, *args], cwd=cwd, capture_output=True, text=text, timeout=timeout, env=full_env, **popen
     )
 
 

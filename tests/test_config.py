@@ -21,6 +21,32 @@ def test_shipped_configs_load(name):
 def test_defaults_are_the_embedded_job():
     cfg = Config()
     assert cfg.model.base == "embedded:smollm2-135m-instruct" and cfg.data.path == "data/tone.jsonl"
+    # One set of defaults: what `run --help` lists (the schema's) is what `make run` runs.
+    assert load_config(ROOT / "configs" / "default.yaml") == cfg
+    assert load_config(None) == cfg
+
+
+def test_run_help_shows_the_default_jobs_values():
+    from helpers import run_cli
+
+    proc = run_cli(str(ROOT / "pipeline.py"), "run", "--help")
+    assert proc.returncode == 0, proc.stderr
+    shown = dict(
+        line.strip().split(" = ", 1) for line in proc.stdout.splitlines() if line.startswith("  ") and " = " in line
+    )
+    from components.common.config import flatten
+
+    for key, value in flatten(load_config(ROOT / "configs" / "default.yaml")).items():
+        if key != "targets":
+            assert shown[key] == repr(value), key
+
+
+def test_a_text_template_alone_means_the_template_format():
+    assert Config().data.prompt_format == "chat_template"
+    cfg = load_config(None, ["data.text_template=Q: {phrase} A: {tone}"])
+    assert cfg.data.prompt_format == "template"
+    cfg = load_config(None, ["data.text_template=Q: {phrase} A: {tone}", "data.prompt_format=chat_template"])
+    assert cfg.data.prompt_format == "chat_template"
 
 
 def test_set_overrides_are_typed():

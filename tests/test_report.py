@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -116,3 +117,105 @@ def test_report_is_self_contained_and_renders_in_chromium(tiny_run, tmp_path):
     assert "PASSED" in gate and "evaluate.max_int4_drop" in gate
     agreement = re.search(r'<section id="agreement">.*?</section>', dom, re.S).group(0)
     assert f"{metrics['agreement']:.1%}" in agreement
+
+
+def section(page: str, name: str) -> str:
+    found = re.search(rf'<section id="{name}">.*?</section>', page, re.S)
+    assert found, f"no #{name} section"
+    return found.group(0)
+
+
+def test_report_holds_the_run_identity_and_where_it_was_measured(tiny_run):
+    from helpers import TINY
+
+    from components.common.hashing import ROOT
+
+    page = (tiny_run / "evaluate" / "metrics" / "report.html").read_text()
+    identity = section(page, "identity")
+    assert str(tiny_run) in identity and str(TINY) in identity
+    assert hashlib.sha256(TINY.read_bytes()).hexdigest()[:16] in identity
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert head and head in identity  # the code version: this checkout's commit
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", identity)
+    for stage in ("data_prep", "train", "merge", "onnx_build"):  # the stages that ran before evaluate, timed
+        assert re.search(rf"<td>{stage}</td><td>\d+\.\d s</td>", identity), stage
+
+    latency = section(page, "size-latency")
+    metrics = json.loads((tiny_run / "evaluate" / "metrics" / "metrics.json").read_text())
+    n = metrics["onnx_int4"]["latency_samples"]
+    assert n == 24 and f"n={n} prompts" in latency and "fewer than 50" in latency  # tiny: 24 eval rows
+    assert "torch threads" in latency and "load average" in latency and "batched tokens/s" in latency
+    assert "INT4 batched tokens/s can be lower" in latency
+    # the disagreement table shows the row's own words, not the rendered template
+    agreement = section(page, "agreement")
+    assert "&lt;|user|&gt;" not in agreement
+    assert all(i.get("alt") for i in _imgs(page))
+
+
+def _imgs(page: str) -> list[dict]:
+    p = Ids()
+    p.feed(page)
+    return p.imgs
+
+
+def test_a_failed_gate_names_only_files_that_exist_and_keeps_its_numbers(tiny_run, tmp_path):
+    from helpers import run_pipeline, summary
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    proc = run_pipeline(out, "evaluate.min_accuracy=1.0")  # the tiny random model cannot reach it
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    said = proc.stdout + proc.stderr
+    named = set(re.findall(rf"{re.escape(str(out))}[^\s,;)]*", said))
+    assert any(p.endswith("metrics.rejected.html") for p in named)
+    missing = [p for p in named if not Path(p).exists()]
+    assert not missing, f"printed paths that do not exist: {missing}"
+    assert not (out / "evaluate" / "metrics").exists()
+
+    rejected = json.loads((out / "evaluate" / "metrics.rejected.json").read_text())
+    s = summary(out)
+    assert s["status"] == "failed" and s["report"] == str(out / "evaluate" / "metrics.rejected.html")
+    assert s["metrics"] == rejected["summary"] and s["metrics"]["onnx_int4"]["accuracy"] < 1.0
+    assert s["gate"]["passed"] is False and "evaluate.min_accuracy 1.0" in s["gate"]["failures"][0]
+
+    page = (out / "evaluate" / "metrics.rejected.html").read_text()
+    banner = re.search(r'<div id="verdict" class="banner">(.*?)</div>', page, re.S)
+    assert banner and "FAILED" in banner.group(1) and "evaluate.min_accuracy 1.0" in banner.group(1)
+    ids = Ids()
+    ids.feed(page)
+    assert set(SECTIONS) | {"identity", "verdict"} <= ids.ids  # the same page as a pass, with the banner
+
+
+def test_per_class_recall_drop_is_flagged_and_gates_when_set():
+    from components.evaluate.stage import class_recall_check
+
+    def model(recalls):
+        return {"per_class": {c: {"recall": r} for c, r in recalls.items()}}
+
+    report = {"pytorch": model({"joy": 0.9, "fear": 0.8}), "onnx_int4": model({"joy": 0.88, "fear": 0.5})}
+    found, failure, checks = class_recall_check(report, "onnx_int4", ["joy", "fear"], None)
+    assert found["flagged"] == ["fear"] and failure is None and checks == []  # unset: flagged, not gated
+    found, failure, checks = class_recall_check(report, "onnx_int4", ["joy", "fear"], 0.2)
+    assert found["drops"] == {"joy": 0.02, "fear": 0.3}
+    assert "class 'fear' is 0.300 below PyTorch, over evaluate.max_class_recall_drop 0.2" in failure
+    assert checks[0]["ok"] is False
+    found, failure, checks = class_recall_check(report, "onnx_int4", ["joy", "fear"], 0.5)
+    assert found["flagged"] == [] and failure is None and checks[0]["ok"] is True
+
+
+def test_per_class_gate_on_a_real_run(tiny_run, tmp_path):
+    """evaluate.max_class_recall_drop=0: any class INT4 recalls worse than PyTorch fails the gate."""
+    from helpers import run_pipeline
+
+    drops = json.loads((tiny_run / "evaluate" / "metrics" / "metrics.json").read_text())["class_recall"]["drops"]
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    proc = run_pipeline(out, "evaluate.max_class_recall_drop=0")
+    worse = [c for c, d in drops.items() if d > 0]
+    if worse:
+        assert proc.returncode == 3 and "evaluate.max_class_recall_drop 0" in proc.stderr, proc.stderr[-2000:]
+        page = (out / "evaluate" / "metrics.rejected.html").read_text()
+    else:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        page = (out / "evaluate" / "metrics" / "report.html").read_text()
+    assert "every class ≤ evaluate.max_class_recall_drop" in section(page, "gate")

@@ -16,7 +16,11 @@ def test_data_prep_dedupes_and_splits_without_leakage(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "ds"
-    proc = stage_cli("data_prep", "--dataset", str(out), "--data.path", str(data), "--data.eval_fraction", "0.2")
+    proc = stage_cli(
+        "data_prep",
+        *("--dataset", str(out), "--data.path", str(data), "--data.eval_fraction", "0.2"),
+        *("--data.prompt_format", "template"),  # the Phi-3 template, checked below
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     stats = json.loads((out / "stats.json").read_text())
     train, evals = read_jsonl(out / "train.jsonl"), read_jsonl(out / "eval.jsonl")

@@ -30,7 +30,8 @@ def prompts_for(rows: int) -> list[str]:
     from components.common.io import read_jsonl
     from components.common.prompts import render
 
-    cfg = Config()  # the default data section: the production Phi-3 template on data/tone.jsonl
+    cfg = Config()  # the default data section on data/tone.jsonl, with the production Phi-3 template
+    cfg.data.prompt_format = "template"
     base = [render(r, cfg.data)[0] for r in read_jsonl(ROOT / "data" / "tone.jsonl")]
     return [base[i % len(base)] for i in range(rows)]
 

@@ -1,7 +1,8 @@
 """The one configuration schema, loaded from YAML with ``--set key.path=value`` overrides.
 
 Every section is a pydantic model with ``extra="forbid"``, so a typo is an error that names
-the key. Defaults run as-is: ``Config()`` is the embedded default job.
+the key. Defaults run as-is: ``Config()`` is the embedded default job (configs/default.yaml
+sets nothing else; tests/test_config.py holds them equal), so ``run --help`` shows what runs.
 """
 
 from __future__ import annotations
@@ -107,9 +108,10 @@ class DataConfig(Section):
     label_col: str = Field("tone", description="The column the model learns to produce (the class label).")
     # "template": Olive's text_template over text_cols. "chat_template": the tokenizer's own.
     prompt_format: Literal["template", "chat_template"] = Field(
-        "template",
+        "chat_template",
         description=(
-            "template: render data.text_template (Olive's semantics); chat_template: the tokenizer's own chat template."
+            "template: render data.text_template (Olive's semantics); chat_template: the tokenizer's own chat template "
+            "(the default, for instruct models; a config that sets data.text_template alone means template)."
         ),
     )
     text_template: str = Field(
@@ -121,7 +123,7 @@ class DataConfig(Section):
     )
     labels: list[str] | None = Field(None, description="The allowed labels; unset: every label found in the data.")
     eval_fraction: float = Field(
-        0.1, gt=0, lt=1, description="Share of unique prompts held out for evaluation (stratified by label)."
+        0.15, gt=0, lt=1, description="Share of unique prompts held out for evaluation (stratified by label)."
     )
     max_text_chars: int = Field(
         1000, gt=0, le=BIG, description="A row whose text is longer than this is an error naming the row."
@@ -172,6 +174,14 @@ class DataConfig(Section):
         problem = template_problem(v)
         if problem:
             raise ValueError(problem)
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _template_given(cls, v):
+        # text_template alone means the template is to be used, whatever the default format is.
+        if isinstance(v, dict) and "text_template" in v and "prompt_format" not in v:
+            return {**v, "prompt_format": "template"}
         return v
 
     @model_validator(mode="after")
@@ -241,7 +251,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay.")
     warmup_steps: int = Field(5, ge=0, le=BIG, description="Linear warm-up steps.")
     max_seq_len: int = Field(
-        256, gt=8, le=1_048_576, description="Tokens per training sequence; longer examples are cut to fit."
+        128, gt=8, le=1_048_576, description="Tokens per training sequence; longer examples are cut to fit."
     )
     packing: bool = Field(
         False, description="Concatenate examples into max_seq_len blocks (Olive's corpus_strategy join)."
@@ -323,17 +333,30 @@ class EvaluateConfig(Section):
     batch_size: int = Field(16, gt=0, le=4096, description="Prompts per generation batch.")
     max_new_tokens: int = Field(8, gt=0, le=4096, description="Tokens generated per prompt (a label needs a few).")
     max_samples: int | None = Field(None, gt=0, description="Evaluate on the first N held-out rows only.")
-    min_accuracy: float = Field(0.0, ge=0, le=1, description="Quality gate: the ONNX model's accuracy must reach this.")
+    min_accuracy: float = Field(
+        0.85, ge=0, le=1, description="Quality gate: the ONNX model's accuracy must reach this."
+    )
     max_int4_drop: float = Field(
         0.05,
         ge=0,
         le=1,
         description="Quality gate: the ONNX model may be at most this much less accurate than PyTorch.",
     )
+    max_class_recall_drop: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "Quality gate per class: the ONNX model's recall of any class may be at most this much under "
+            "PyTorch's (0.1 = 10 points); unset: such classes are only flagged in the report."
+        ),
+    )
 
 
 class RuntimeConfig(Section):
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when visible, else CPU.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "cpu", description="cpu, cuda (GPU nodes on the engines), or auto: CUDA when visible, else CPU."
+    )
     threads: int | None = Field(
         None,
         gt=0,
@@ -375,7 +398,7 @@ class ImagesConfig(Section):
 
 class Config(Section):
     name: JobName = Field(
-        "slm-finetune",
+        "slm-finetune-default",
         description="The job's name (pipeline and run names on the engines): a DNS-1123 label (a-z, 0-9, '-').",
     )
     data: DataConfig = Field(default_factory=DataConfig, description="The dataset and how it becomes prompts.")

@@ -100,6 +100,12 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
     # bitsandbytes warns that its optional hub-downloaded CPU kernels are absent; it falls back to torch.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    if not sys.stderr.isatty():
+        # Off a terminal the libraries' own bars (transformers' "Loading weights") would write \r
+        # into log files; our progress lines (components/common/progress.py) say it instead.
+        # Set before the stage imports transformers, which reads it once.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     parser = _parser(spec)
     args = vars(parser.parse_args(_joined(parser, sys.argv[1:] if argv is None else argv)))
     signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -128,7 +134,14 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
             tmps[name] = artifacts.tmp_path(path)
             tmps[name] = artifacts.begin(path)
         context = SimpleNamespace(
-            cache_key=key, finals=finals, spec=spec, after_commit=[], output_parameters={}, lineage=lineage, chain=chain
+            cache_key=key,
+            finals=finals,
+            spec=spec,
+            after_commit=[],
+            output_parameters={},
+            lineage=lineage,
+            chain=chain,
+            input_seals={p.name: markers[p.name] for p in spec.inputs},  # their stage and seconds: the report's timings
         )
         run(view, context=context, **inputs, **tmps)
         out_params = _output_parameters(spec, context.output_parameters)

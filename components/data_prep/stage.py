@@ -20,7 +20,7 @@ What is refused, each with one line naming the file and line/row (or the key):
 Labels lose surrounding spaces, with a warning that counts them.
 
 Outputs (Dataset artifact): ``train.jsonl``, ``eval.jsonl`` (``prompt``, ``completion``,
-``label`` per line) and ``stats.json``.
+``label`` and ``text``, the row's fields without the template, per line) and ``stats.json``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from components.common.artifacts import write_json
 from components.common.errors import UserError, first_line
 from components.common.hashing import ROOT, file_hash, tree_hash
 from components.common.io import os_reason, write_jsonl
+from components.common.progress import Progress
 from components.common.prompts import render, template_fields
 
 log = logging.getLogger("slm")
@@ -197,42 +198,49 @@ class Reader:
         here: dict[str, str] = {}  # prompt -> completion, this file: exact duplicates are dropped
         extra: set[tuple[str, str]] = set()  # a prompt with a second completion (template text after the label)
         n = count = 0
-        for n, row in rows:
-            if type(row) is not dict:
-                raise UserError(
-                    f"{path} {unit} {n}: expected an object with fields {data.text_cols}, got {_json_type(row)}"
-                )
-            if not self.rows_read:
-                self._check_columns(row, path)
-            self._check_row(row, path, unit, n)
-            self._normalize(row, path, unit, n)
-            self.rows_read += 1
-            label = row[label_col]
-            if label != label.strip():
-                self.stripped += 1
-                self.first_stripped = self.first_stripped or f"{path} {unit} {n}: {label!r}"
-                row[label_col] = label = label.strip()
-            if label not in self.first_seen:
-                self.first_seen[label] = f"{path} {unit} {n}"
-            prompt, completion = render(row, data, self.tokenizer)
-            seen = self.prompts.setdefault(prompt, (label, src, n))
-            if seen[0] != label:
-                raise UserError(
-                    f"{path} {unit} {n}: this prompt has label {label!r}, but {self.where(prompt)} "
-                    f"gives it {seen[0]!r}; one prompt must have one label"
-                )
-            count += 1
-            previous = here.get(prompt)
-            if previous is not None and (previous == completion or (prompt, completion) in extra):
-                self.duplicates += 1
-            else:
-                if previous is None:
-                    here[prompt] = completion
+        # Silent on files read in a few seconds; a big one says how far it got every ~10 s.
+        with Progress(f"data_prep {key}", unit="rows read", quiet_s=10, every_pct=None) as progress:
+            for n, row in rows:
+                if n % 1000 == 0:  # not every row: a million-row file stays cheap
+                    progress.update(n - progress.done)
+                if type(row) is not dict:
+                    raise UserError(
+                        f"{path} {unit} {n}: expected an object with fields {data.text_cols}, got {_json_type(row)}"
+                    )
+                if not self.rows_read:
+                    self._check_columns(row, path)
+                self._check_row(row, path, unit, n)
+                self._normalize(row, path, unit, n)
+                self.rows_read += 1
+                label = row[label_col]
+                if label != label.strip():
+                    self.stripped += 1
+                    self.first_stripped = self.first_stripped or f"{path} {unit} {n}: {label!r}"
+                    row[label_col] = label = label.strip()
+                if label not in self.first_seen:
+                    self.first_seen[label] = f"{path} {unit} {n}"
+                prompt, completion = render(row, data, self.tokenizer)
+                seen = self.prompts.setdefault(prompt, (label, src, n))
+                if seen[0] != label:
+                    raise UserError(
+                        f"{path} {unit} {n}: this prompt has label {label!r}, but {self.where(prompt)} "
+                        f"gives it {seen[0]!r}; one prompt must have one label"
+                    )
+                count += 1
+                previous = here.get(prompt)
+                if previous is not None and (previous == completion or (prompt, completion) in extra):
+                    self.duplicates += 1
                 else:
-                    extra.add((prompt, completion))
-                examples.append({"prompt": prompt, "completion": completion, "label": label})
-            if max_rows and count >= max_rows:  # data.max_rows counts rows read, duplicates included
-                break
+                    if previous is None:
+                        here[prompt] = completion
+                    else:
+                        extra.add((prompt, completion))
+                    # text: the row's own words (no template), what evaluate's report shows
+                    text = "\n".join(str(row[c]) for c in self.fields if c != label_col)
+                    examples.append({"prompt": prompt, "completion": completion, "label": label, "text": text})
+                if max_rows and count >= max_rows:  # data.max_rows counts rows read, duplicates included
+                    break
+            progress.done = n
         if not n:
             raise UserError(f"{path} has no rows")
         return examples

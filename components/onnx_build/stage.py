@@ -25,6 +25,7 @@ from pathlib import Path
 
 from components.common.artifacts import write_json
 from components.common.errors import UserError
+from components.common.progress import Progress
 
 log = logging.getLogger("slm")
 
@@ -60,6 +61,33 @@ def builder_command(model: Path, out: Path, cache: Path, oc) -> list[str]:
     return cmd
 
 
+def run_builder(cmd: list[str], env: dict, layers: int | None) -> tuple[int, str]:
+    """Run the builder, its output streamed: each "Reading layer N" it prints is one step of progress."""
+    lines = []
+    with Progress("model builder", total=layers, unit="layers read", every_pct=25) as progress:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith("Reading layer "):
+                    progress.update(1)
+            returncode = proc.wait()
+        except BaseException:  # SIGTERM or Ctrl-C: the builder must not run on (subprocess.run's rule)
+            proc.kill()
+            proc.wait()
+            raise
+    return returncode, "".join(lines)
+
+
+def _layers(model: Path) -> int | None:
+    """The decoder layer count the builder will read, from the model's config.json (None: unknown)."""
+    try:
+        n = json.loads((model / "config.json").read_text()).get("num_hidden_layers")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return n if isinstance(n, int) and n > 0 else None
+
+
 def run(cfg, context, model: Path, onnx_model: Path) -> None:
     oc = cfg.onnx
     with tempfile.TemporaryDirectory(prefix="onnx-build-cache-") as cache:
@@ -67,15 +95,14 @@ def run(cfg, context, model: Path, onnx_model: Path) -> None:
         log.info("model builder: %s %s on %s", oc.precision, oc.execution_provider, model)
         # The builder stamps the git HEAD of any repository enclosing its install (a venv inside
         # a checkout: ours) into the graph; point git nowhere so the bytes don't depend on it.
-        env = {**os.environ, "GIT_DIR": os.devnull}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    build_log = proc.stdout + proc.stderr
+        env = {**os.environ, "GIT_DIR": os.devnull, "PYTHONUNBUFFERED": "1"}
+        returncode, build_log = run_builder(cmd, env, _layers(model))
     (onnx_model / "build.log").write_text(build_log)
-    if proc.returncode != 0:
+    if returncode != 0:
         tail = [line for line in build_log.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
-        if proc.returncode in (-9, 137):
+        if returncode in (-9, 137):
             raise UserError("the model builder was killed (out of memory?); give onnx_build more memory")
-        raise UserError(f"the model builder failed (exit {proc.returncode}): {tail[0][:300]}; see build.log")
+        raise UserError(f"the model builder failed (exit {returncode}): {tail[0][:300]}; see build.log")
 
     heads = build_log.count("Reading LM head")
     if heads != 1:

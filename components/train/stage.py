@@ -47,6 +47,7 @@ from components.common.errors import UserError
 from components.common.harness import Interrupted
 from components.common.io import read_jsonl
 from components.common.models import device_for, load_model, load_tokenizer, target_modules
+from components.common.progress import Progress
 
 from . import fast
 from .checkpoints import Checkpoints, checkpoint_root
@@ -149,13 +150,12 @@ class LoRARecipe:
     def train(self) -> None:
         """Steps ``start`` to ``max_steps``; a checkpoint every ``checkpoint_every`` steps, and on SIGTERM
         one at the end of the current step, then :class:`Interrupted`."""
-        from tqdm import tqdm
-
         tc = self.tc
         self.model.train()
         self.started, self.tokens = time.time(), 0
-        bar = tqdm(
-            total=tc.max_steps, initial=self.start, desc="train", unit="step", disable=None if self.rank == 0 else True
+        # Plain lines only on logged steps (train.log_every): the loss line carries elapsed and ETA.
+        bar = Progress(
+            "step", total=tc.max_steps, initial=self.start, every_pct=None, every_s=1e9, enabled=self.rank == 0
         )
         with self.stop, bar:
             for step in range(self.start, tc.max_steps):
@@ -193,20 +193,13 @@ class LoRARecipe:
             raise UserError(f"the loss became {loss} at step {step + 1}; lower train.learning_rate")
         return loss
 
-    def _log(self, step: int, loss: float, bar) -> None:
+    def _log(self, step: int, loss: float, bar: Progress) -> None:
         tc = self.tc
-        if (step + 1) % tc.log_every == 0 or step == self.start:
+        logged = (step + 1) % tc.log_every == 0 or step == self.start
+        if logged:
             self.history.append({"step": step + 1, "loss": round(loss, 6), "lr": self.scheduler.get_last_lr()[0]})
-            if bar.disable and self.rank == 0:  # no terminal: the log is the progress report
-                log.info(
-                    "step %d/%d loss %.4f (%.2fs/step)",
-                    step + 1,
-                    tc.max_steps,
-                    loss,
-                    (time.time() - self.started) / (step + 1 - self.start),
-                )
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
+        per_step = (time.time() - self.started) / (step + 1 - self.start)
+        bar.update(1, note=f"loss {loss:.4f}, {per_step:.2f}s/step", say=logged)
 
     def save_checkpoint(self, step: int) -> None:
         """Rank 0 writes the resumable state; the other ranks wait for it."""

@@ -105,7 +105,7 @@ def test_csv_quoted_newline_is_kept(tmp_path):
         w.writerow(["line one\nline two", "joy"])
         w.writerow(["crlf one\r\ncrlf two", "fear"])
         w.writerows([r["phrase"], r["tone"]] for r in GOOD)
-    out, proc = data_prep(tmp_path, data)
+    out, proc = data_prep(tmp_path, data, "--data.prompt_format", "template")
     assert proc.returncode == 0, proc.stderr[-2000:]
     prompts = {r["prompt"] for name in ("train.jsonl", "eval.jsonl") for r in read_jsonl(out / name)}
     assert "<|user|>\nline one\nline two<|end|>\n<|assistant|>\n" in prompts
