@@ -372,9 +372,9 @@ def test_compressed_parquet_and_row_object_files_read_like_jsonl(tmp_path):
 
     plain = tmp_path / "plain.jsonl"
     plain.write_text("\n".join(json.dumps(r) for r in GOOD) + "\n")
-    want = Reader(DataConfig(), None).read(plain, "data.path")
+    want = Reader(DataConfig(prompt_format="template"), None).read(plain, "data.path")
     for name, path in _write_formats(tmp_path).items():
-        assert Reader(DataConfig(), None).read(path, "data.path") == want, name
+        assert Reader(DataConfig(prompt_format="template"), None).read(path, "data.path") == want, name
 
 
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=30)
@@ -401,7 +401,7 @@ def test_property_text_is_normalized_alike_in_every_format(tmp_path, phrases):
     got = {}
     for name in ("d.jsonl", "d.json", "d.csv"):
         try:
-            got[name] = Reader(DataConfig(), None).read(folder / name, "data.path")
+            got[name] = Reader(DataConfig(prompt_format="template"), None).read(folder / name, "data.path")
         except UserError as e:
             got[name] = str(e).rsplit(";", 1)[-1]  # the same refusal (its line numbers differ per format)
     assert got["d.jsonl"] == got["d.json"] == got["d.csv"], got
