@@ -15,6 +15,7 @@ import pytest
 from helpers import ROOT, TINY, run_cli, run_pipeline, stage_cli
 
 from components.common.io import read_jsonl
+from components.data_prep.stage import normalize_text
 
 GOOD = [{"phrase": f"phrase number {i}", "tone": ["joy", "fear"][i % 2]} for i in range(20)]
 
@@ -124,14 +125,14 @@ def test_jsonl_line_separators_inside_strings_are_kept(tmp_path):
     text = jsonl(GOOD + odd)
     assert all(sep in text for sep in LINE_SEPARATORS)  # raw, not escaped
     data = write(tmp_path, "d.jsonl", text)
-    out, proc = data_prep(tmp_path, data)
+    out, proc = data_prep(tmp_path, data, "--data.prompt_format", "template")
     assert proc.returncode == 0, proc.stderr[-2000:]
     phrases = {
         r["prompt"].split("\n")[1].split("<|end|>")[0]
         for name in ("train.jsonl", "eval.jsonl")
         for r in read_jsonl(out / name)
     }
-    assert {r["phrase"] for r in odd} <= phrases
+    assert {normalize_text(r["phrase"]) for r in odd} <= phrases  # NEL is a C1 control: removed, not split
 
 
 @pytest.mark.parametrize("char", RAW_CONTROL, ids=[f"U+{ord(c):04X}" for c in RAW_CONTROL])
@@ -444,7 +445,8 @@ def wait_for(proc: subprocess.Popen, text: str, lines: list[str]) -> None:
 def test_ctrl_c_during_a_run_gives_one_line_per_process_and_no_traceback(tmp_path, when):
 
     out = tmp_path / "run"
-    proc = start_run(out, "train.checkpoint_every=1")
+    # Far more steps than the tiny config's 12: the run must still be training when the signal lands.
+    proc = start_run(out, "train.checkpoint_every=1", "train.max_steps=5000")
     lines: list[str] = []
     try:
         wait_for(proc, when, lines)
