@@ -87,6 +87,8 @@ SUITES = {
     "unsloth-llama": _rows("naive unsloth stage:default stage:eager", form="llama"),
     "unsloth-phi3": _rows("naive stage:default stage:eager"),
     "unsloth-tone": _rows("naive unsloth stage:default", form="llama", data="tone", grad_accum=4),
+    # Where the Llama form's memory goes: the compiled default, eager, and the compiled graph under a budget.
+    "memory": _rows("unsloth stage:default stage:eager stage:default@0.5", form="llama"),
     # A first look on a fresh machine: does Unsloth run, and the stage's two main paths on the Llama form.
     "probe": _rows("unsloth stage:default stage:fused+liger naive", form="llama"),
     # One lever at a time, on the Llama form.
@@ -286,7 +288,11 @@ def child(args) -> dict:
         from components.common.config import Config
         from components.train import fast, stage
 
-        lever = name.split(":", 1)[1]
+        # "default@0.5": the same levers under a compiled-graph activation memory budget of 0.5.
+        lever, _, budget = name.split(":", 1)[1].partition("@")
+        if budget:
+            torch._functorch.config.activation_memory_budget = float(budget)
+            info["activation_memory_budget"] = float(budget)
         resolved = lever in ("default", "eager")
         # A named lever set fixes checkpointing and compile; default/eager let the stage choose them.
         levers = LEVERS.get(lever, {})

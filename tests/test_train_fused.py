@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from components.common.models import load_model
 from components.train import fused
@@ -187,3 +189,14 @@ def test_fused_run_trains_and_passes_merge_parity(llama_dir, tmp_path, tiny_run)
     assert config["target_modules"] == sorted(LLAMA_ALL)
     parity = json.loads((tmp_path / "merge" / "model" / "parity.json").read_text())
     assert parity["relative_diff"] <= parity["tolerance"]
+
+
+@settings(max_examples=40, derandomize=True, deadline=None)
+@given(rows=st.integers(1, 5), groups=st.integers(1, 6), lead=st.integers(0, 2), keep=st.floats(0.0, 1.0))
+def test_packed_dropout_masks_unpack_to_the_same_mask(rows, groups, lead, keep):
+    """The masks the fused backward keeps at one bit an element come back exactly as drawn."""
+    shape = (2,) * lead + (rows, 8 * groups)
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(rows * 31 + groups)) < keep
+    packed = fused.pack_mask(mask)
+    assert packed.dtype == torch.uint8 and packed.shape == shape[:-1] + (groups,)
+    assert torch.equal(fused.unpack_mask(packed), mask)
