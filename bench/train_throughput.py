@@ -364,6 +364,8 @@ def timed_loop(args, info, model, trainable, step_fn, plan) -> dict:
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
             tokens += n
+    if cuda and os.environ.get("BENCH_PROFILE"):
+        profile(args, model, trainable, step_fn, optimizer, plan[-1])
     seconds = sum(times)
     info.update(
         {
@@ -375,6 +377,23 @@ def timed_loop(args, info, model, trainable, step_fn, plan) -> dict:
         }
     )
     return info
+
+
+def profile(args, model, trainable, step_fn, optimizer, micros) -> None:
+    """Two more steps under the profiler: the top kernels by GPU time, to BENCH_PROFILE/<variant>.txt."""
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            step_fn(micros)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+    name = "".join(c if c.isalnum() else "_" for c in args.variant)
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=90)
+    Path(os.environ["BENCH_PROFILE"], f"profile_{name}.txt").write_text(table)
 
 
 def unsloth_child(args, info) -> dict:
