@@ -200,3 +200,31 @@ def test_packed_dropout_masks_unpack_to_the_same_mask(rows, groups, lead, keep):
     packed = fused.pack_mask(mask)
     assert packed.dtype == torch.uint8 and packed.shape == shape[:-1] + (groups,)
     assert torch.equal(fused.unpack_mask(packed), mask)
+
+
+def test_compiled_layer_saves_no_dequantized_weight(llama_dir):
+    """Under torch.compile a decoder layer traces as one graph, and what its backward keeps holds no
+    dequantized weight (the nf4 matmul is one opaque op): the partitioner once saved every layer's."""
+    import torch._dynamo
+
+    model = lora(llama_dir, 0.1, fuse=True)
+    layer = model.get_base_model().model.layers[0]
+    x = torch.randn(2, 24, 128, requires_grad=True)
+    assert torch._dynamo.explain(layer.mlp)(x).graph_break_count == 0
+    weights = {(192, 128), (128, 192), (384, 128)}  # gate, up, down and the fused gate/up, either way round
+    weights |= {(w, h) for h, w in weights}
+    saved: list[tuple] = []
+
+    def pack(t):
+        saved.append((tuple(t.shape), t.dtype))
+        return t
+
+    compiled = torch.compile(layer.mlp, backend="aot_eager", dynamic=False)
+    torch.manual_seed(0)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = compiled(x)
+    y.sum().backward()
+    assert saved and not [s for s, dtype in saved if s in weights and dtype.is_floating_point], saved
+    torch.manual_seed(0)
+    eager = layer.mlp(x)
+    torch.testing.assert_close(y, eager)
