@@ -89,8 +89,8 @@ SUITES = {
     "unsloth-tone": _rows("naive unsloth stage:default", form="llama", data="tone", grad_accum=4),
     # Issue 17's done-when rows in one call: Llama form vs Unsloth, Phi-3 form vs naive, tone vs Unsloth.
     "issue17": _rows("unsloth stage:default stage:eager", form="llama")
-    + _rows("naive stage:default")
-    + _rows("unsloth stage:default", form="llama", data="tone", grad_accum=4),
+    + _rows("unsloth stage:default", form="llama", data="tone", grad_accum=4)
+    + _rows("naive stage:default"),
     # Where the Llama form's memory goes: the compiled default, eager, and the compiled graph under a budget.
     "memory": _rows("unsloth stage:default stage:eager stage:default@0.5", form="llama"),
     # A first look on a fresh machine: does Unsloth run, and the stage's two main paths on the Llama form.
