@@ -91,6 +91,8 @@ SUITES = {
     "issue17": _rows("unsloth stage:default stage:eager", form="llama")
     + _rows("unsloth stage:default", form="llama", data="tone", grad_accum=4)
     + _rows("naive stage:default"),
+    # The shortest same-run look at the Llama form: eager, Unsloth, the compiled default.
+    "llama-quick": _rows("stage:eager unsloth stage:default", form="llama"),
     # Where the Llama form's memory goes: the compiled default, eager, and the compiled graph under a budget.
     "memory": _rows("unsloth stage:default stage:eager stage:default@0.5", form="llama"),
     # A first look on a fresh machine: does Unsloth run, and the stage's two main paths on the Llama form.
