@@ -16,6 +16,11 @@ STAGE_OUTPUTS = [(name, port.name) for name, spec in STAGES.items() for port in 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-phi3.yaml"
 
+# The offline hub of conftest's ``hub`` fixture: one id, two revisions of the tiny Phi-3.
+HUB_ID = "slm-test/tiny-phi3"
+HUB_COMMITS = {"main": "a" * 40, "v2": "b" * 40}
+HUB_CHAT = "{% for m in messages %}<|v2|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+
 
 def run_cli(
     *args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None = None, text: bool = True, **popen

@@ -22,6 +22,7 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from . import tiny_models
+from .config import ModelConfig
 from .errors import UserError
 from .hashing import file_hash
 
@@ -150,16 +151,35 @@ def _check_weights(path: Path, allow_pickle: bool) -> None:
         raise UserError(f"{path} has no model weights (*.safetensors)")
 
 
-def load_tokenizer(source: str, trust_remote_code: bool = False):
+def source_of(model) -> ModelConfig:
+    """The model section for ``model``: a ``ModelConfig`` as it is, a path (an artifact folder) with defaults.
+    Loaders take the whole section so that no setting of the source (revision!) is dropped on the way."""
+    return model if isinstance(model, ModelConfig) else ModelConfig(base=str(model))
+
+
+def _located(model: ModelConfig) -> tuple[str, dict]:
+    """The folder or hub id of ``model`` and the ``from_pretrained`` keywords every load of it takes."""
+    path = resolve(model.base)
+    if model.revision is not None and (path != model.base or Path(path).is_dir()):
+        raise UserError(
+            f"model.revision {model.revision!r} pins a Hugging Face hub id, but model.base {model.base!r} is a "
+            "local folder or built-in model; unset model.revision"
+        )
+    _warn_remote_code(model.base, model.trust_remote_code)
+    return path, {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
+
+
+def load_tokenizer(model: ModelConfig | str | Path):
     from transformers import AutoTokenizer
 
-    path = resolve(source)
-    _warn_remote_code(source, trust_remote_code)
+    model = source_of(model)
+    source = model.base
+    path, kwargs = _located(model)
     names = ("tokenizer.json", "tokenizer.model", "vocab.json")
     if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in names):
         raise UserError(f"{source} has no tokenizer (tokenizer.json); save the tokenizer with the model")
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
     except Exception as e:  # noqa: BLE001 - surface as one line
         raise UserError(f"cannot load the tokenizer of {source}: {_first_line(e)}") from None
     if tok.pad_token is None:
@@ -168,22 +188,17 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
 
 
 def load_model(
-    source: str,
-    *,
-    dtype: str = "float32",
-    quantization: str = "none",
-    device: str = "cpu",
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
+    model: ModelConfig | str | Path, *, dtype: str = "float32", quantization: str = "none", device: str = "cpu"
 ):
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = resolve(source)
-    _check_weights(Path(path), allow_pickle)
-    _warn_remote_code(source, trust_remote_code)
-    kwargs = dict(dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code)
-    if not allow_pickle:
+    model = source_of(model)
+    source = model.base
+    path, kwargs = _located(model)
+    _check_weights(Path(path), model.allow_pickle)
+    kwargs["dtype"] = getattr(torch, dtype)
+    if not model.allow_pickle:
         kwargs["use_safetensors"] = True
     if quantization == "nf4":
         from transformers import BitsAndBytesConfig
@@ -196,14 +211,14 @@ def load_model(
         )
         kwargs["device_map"] = {"": device}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - corrupted files, unknown architectures, offline hub
         raise UserError(f"cannot load model {source}: {_first_line(e)}") from None
     if quantization != "nf4":
-        model.to(device)
-    return model
+        loaded.to(device)
+    return loaded
 
 
 def _warn_remote_code(source: str, trust: bool) -> None:

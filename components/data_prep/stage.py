@@ -58,7 +58,7 @@ def run(cfg, context, dataset: Path) -> None:
     if data.prompt_format == "chat_template":
         from components.common.models import load_tokenizer
 
-        tokenizer = load_tokenizer(cfg.model.base, cfg.model.trust_remote_code)
+        tokenizer = load_tokenizer(cfg.model)
         if not tokenizer.chat_template:
             raise UserError(f"{cfg.model.base} has no chat template; use data.prompt_format: template")
 

@@ -37,14 +37,8 @@ def run(cfg, context, adapter: Path, model: Path) -> None:
         log.warning(
             "the adapter was trained on %s, merging into %s", adapter_cfg["base_model_name_or_path"], cfg.model.base
         )
-    tokenizer = load_tokenizer(cfg.model.base, cfg.model.trust_remote_code)
-    base = load_model(
-        cfg.model.base,
-        dtype=cfg.merge.dtype,
-        device=device,
-        trust_remote_code=cfg.model.trust_remote_code,
-        allow_pickle=cfg.model.allow_pickle,
-    )
+    tokenizer = load_tokenizer(cfg.model)
+    base = load_model(cfg.model, dtype=cfg.merge.dtype, device=device)
     try:
         peft_model = PeftModel.from_pretrained(base, adapter, is_trainable=False)
     except Exception as e:  # noqa: BLE001 - shape mismatches, missing keys, corrupt files

@@ -104,7 +104,7 @@ class LoRARecipe:
             log.info(note)
         if self.world > 1 and not self.fp.padding_free:
             raise UserError("train.gpus > 1 runs padding-free steps: leave train.padding_free at auto or on")
-        self.tokenizer = load_tokenizer(self.cfg.model.base, self.cfg.model.trust_remote_code)
+        self.tokenizer = load_tokenizer(self.cfg.model)
         self.tokenizer.padding_side = "right"  # positions count from the first token (see collate)
         self._setup_data(dataset)
         self._setup_model()
@@ -275,12 +275,10 @@ def build(cfg, device: str, fp: fast.FastPath, where: str | None = None, longest
 
     tc = cfg.train
     model = load_model(
-        cfg.model.base,
+        cfg.model,
         dtype="bfloat16" if device == "cuda" else "float32",
         quantization=tc.quantization,
         device=where or device,
-        trust_remote_code=cfg.model.trust_remote_code,
-        allow_pickle=cfg.model.allow_pickle,
     )
     longest = min(longest or tc.max_seq_len, tc.max_seq_len)
     per_pass = tc.batch_size * (tc.max_seq_len if fp.padding_free else longest)
