@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+import components.common.olive  # noqa: F401 - plugs the Olive import into load_config
 from components.common.errors import UserError
 from components.registry import Condition, Pipeline, step
 

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
+from components.common.config import TARGET_SETTINGS
 from components.common.errors import UserError
 
 # States every engine's run and stage states are mapped to.
@@ -142,6 +143,9 @@ def get(name: str) -> Target:
 def settings_classes() -> dict[str, type[BaseModel]]:
     """``{name: settings model}``: what ``targets.<name>`` in a config must match."""
     return {name: t.settings for name, t in registry().items()}
+
+
+TARGET_SETTINGS.plug(settings_classes)  # the schema types targets.<name> with these from now on
 
 
 # ---------------------------------------------------------------------------------------

@@ -396,6 +396,24 @@ class ImagesConfig(Section):
         return self
 
 
+class _Plugged:
+    """A function the layer that knows it plugs in (this module imports nothing above it)."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.provider = None
+
+    def plug(self, provider) -> None:
+        self.provider = provider
+
+
+# ``{engine: settings model}``, plugged in by the engines (targets/base.py) when they are loaded:
+# every process that compiles or submits has them, and ``targets.<engine>`` is typed at load time.
+TARGET_SETTINGS = _Plugged("the engines' settings models")
+# ``(tree, path) -> tree`` for an Olive config, plugged in by the Olive importer (olive.py).
+OLIVE_IMPORT = _Plugged("the Olive importer")
+
+
 class Config(Section):
     name: JobName = Field(
         "slm-finetune-default",
@@ -418,13 +436,9 @@ class Config(Section):
     def _typed_targets(cls, v):
         """Each ``targets.<engine>`` section against that engine's settings model (targets/base.py's
         registry), at load time whatever the command: a typo is an error naming the key."""
-        if not v:
-            return v
-        try:
-            from targets.base import settings_classes  # the registry; no engine library is imported
-        except ImportError:  # a stage's image carries components/ only, and stages get no targets
-            return v
-        known = settings_classes()
+        if not v or TARGET_SETTINGS.provider is None:
+            return v  # a stage process: no engine is loaded, and stages get no targets
+        known = TARGET_SETTINGS.provider()
         unknown = set(v) - set(known)
         if unknown:
             raise ValueError(f"unknown target(s) {sorted(unknown)}; known: {', '.join(known)}")
@@ -584,15 +598,10 @@ def _looks_like_olive(tree: dict) -> bool:
 
 
 def olive_tree(tree: dict, path: Path) -> dict:
-    """An Olive config as our config tree; what is not imported is printed as a warning, by key."""
-    import sys
-
-    from .olive import import_olive_config
-
-    imp = import_olive_config(tree, path)
-    if imp.ignored:
-        print(imp.warning(), file=sys.stderr)
-    return imp.tree
+    """An Olive config as our config tree, through the importer the CLI plugs in."""
+    if OLIVE_IMPORT.provider is None:
+        raise UserError(f"{path} is an Olive config; load it with pipeline.py (run, compile or import-olive)")
+    return OLIVE_IMPORT.provider(tree, path)
 
 
 def describe(key: str) -> str:

@@ -288,7 +288,7 @@ def _resolve_path(value: str, folder: Path, r: _Reader, key: str) -> str:
         return str(p.relative_to(Path.cwd().resolve()))
     except ValueError:
         if relative:
-            from .config import contained_path  # config imports this module
+            from .config import contained_path
 
             try:
                 contained_path(value)
@@ -825,3 +825,22 @@ def _check_values(imp: OliveImport, r: _Reader) -> None:
                 + (f" (got {e['input']!r})" if not isinstance(e.get("input"), dict) else "")
             )
         raise UserError("\n".join(lines)) from None
+
+
+def _as_tree(tree: dict, path: Path) -> dict:
+    """An Olive config as our config tree; what is not imported is printed as a warning, by key."""
+    import sys
+
+    imp = import_olive_config(tree, path)
+    if imp.ignored:
+        print(imp.warning(), file=sys.stderr)
+    return imp.tree
+
+
+def _plug() -> None:
+    from .config import OLIVE_IMPORT
+
+    OLIVE_IMPORT.plug(_as_tree)
+
+
+_plug()

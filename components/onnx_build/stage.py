@@ -30,6 +30,8 @@ from components.common.progress import Progress
 log = logging.getLogger("slm")
 
 REQUIRED = ("genai_config.json", "tokenizer.json", "tokenizer_config.json")
+# Run as `python -m` below, so the code hash takes its pins as if imported (hashing.code_hash).
+__runs__ = ("onnxruntime_genai.models.builder", "onnx", "onnx_ir", "onnxscript")
 
 
 def builder_command(model: Path, out: Path, cache: Path, oc) -> list[str]:

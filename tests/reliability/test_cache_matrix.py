@@ -60,6 +60,13 @@ def edit(path: Path, text: str) -> bytes:
     return original
 
 
+def replace(path: Path, old: str, new: str) -> bytes:
+    original = path.read_bytes()
+    assert old.encode() in original
+    path.write_bytes(original.replace(old.encode(), new.encode()))
+    return original
+
+
 # (case, how to change it: returns an undo callable, --set overrides, the stages that must re-run)
 CASES = [
     ("nothing", lambda p: None, [], ()),
@@ -86,7 +93,21 @@ CASES = [
         [],
         ALL,
     ),
-    ("pinned-versions", lambda p: (p / "requirements.txt", edit(p / "requirements.txt", "\n# bumped\n")), [], ALL),
+    # A stage's key takes the pin lines of the packages it imports (hashing.code_hash): pydantic's
+    # is every stage's, matplotlib's only evaluate's, and a comment is no pin.
+    (
+        "pinned-versions",
+        lambda p: (p / "requirements.txt", replace(p / "requirements.txt", "pydantic>=2\n", "pydantic>=2.1\n")),
+        [],
+        ALL,
+    ),
+    (
+        "pin-of-one-stage",
+        lambda p: (p / "requirements.txt", replace(p / "requirements.txt", "matplotlib==3.11.2", "matplotlib==3.11.3")),
+        [],
+        ALL[4:],
+    ),
+    ("comment-in-pins", lambda p: (p / "requirements.txt", edit(p / "requirements.txt", "\n# bumped\n")), [], ()),
 ]
 
 
