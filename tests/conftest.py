@@ -49,7 +49,7 @@ def hub(tmp_path_factory) -> dict[str, str]:
     from helpers import HUB_CHAT, HUB_COMMITS, HUB_ID
     from safetensors.torch import load_file, save_file
 
-    from components.common.models import resolve
+    from core.models import resolve
 
     root = tmp_path_factory.mktemp("hub")
     tiny = Path(resolve("tiny-random:phi3"))
@@ -88,7 +88,7 @@ def docker_unavailable(reason: str):
 
 @pytest.fixture(scope="session")
 def client():
-    from targets import images as im
+    from engines import images as im
 
     try:
         return im.connect(timeout=30)
@@ -102,9 +102,9 @@ def images(client) -> dict[str, str]:
     import docker
     from helpers import TINY
 
-    from components.common.config import load_config
-    from components.registry import STAGES
-    from targets import images as im
+    from core.config import load_config
+    from engines import images as im
+    from stages.registry import STAGES
 
     cfg = load_config(TINY)
     names = {s: im.stage_image(s, cfg) for s in STAGES}

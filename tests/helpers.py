@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from components.registry import STAGES
+from stages.registry import STAGES
 
 # (stage, output port) of every stage's artifact, in DAG order.
 STAGE_OUTPUTS = [(name, port.name) for name, spec in STAGES.items() for port in spec.outputs]
@@ -39,7 +39,7 @@ def run_pipeline(out: Path, *overrides: str, config: Path = TINY, **kw) -> subpr
 
 
 def stage_cli(stage: str, *args: str, **kw) -> subprocess.CompletedProcess:
-    return run_cli("-m", f"components.{stage}", *args, **kw)
+    return run_cli("-m", f"stages.{stage}", *args, **kw)
 
 
 def summary(out: Path) -> dict:

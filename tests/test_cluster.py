@@ -19,11 +19,11 @@ import pytest
 import recorders
 import yaml
 
-from components.common.config import load_config
-from components.common.errors import UserError
+from core.config import load_config
+from core.errors import UserError
+from engines import base
+from engines.compile_common import RUN_PARAMETERS, param_name, run_parameters
 from pipeline import DAG, main
-from targets import base
-from targets.compile_common import RUN_PARAMETERS, param_name, run_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "default.yaml")
@@ -83,7 +83,7 @@ def assert_bodies_clean(rec: recorders.Recorder) -> None:
 
 
 def expected_arguments(overrides=()) -> dict:
-    from targets.kfp import kfp_value
+    from engines.kfp import kfp_value
 
     cfg = load_config(CONFIG, list(overrides))
     return {param_name(k): kfp_value(v) for k, v in run_parameters(DAG, cfg).items()}

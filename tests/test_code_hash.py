@@ -1,4 +1,4 @@
-"""A stage's code hash covers what it runs and nothing else (components/common/hashing.py).
+"""A stage's code hash covers what it runs and nothing else (core/hashing.py).
 
 In a copy of the project, one file is edited at a time and the local runner's own cache check is
 asked about each stage of the session's tiny run: code no stage imports (the CLI's Olive importer,
@@ -16,26 +16,28 @@ import sys
 import pytest
 from helpers import ROOT
 
-from components.common.imports import closure, module_file
-from components.registry import STAGES
+from core.imports import closure, module_file
+from stages.registry import STAGES
 
 CHECK = """
 import json, sys
 from pathlib import Path
-from components.common.config import load_config
-from components.common.hashing import code_hash
+from core.config import load_config
+from core.hashing import code_hash
 from pipeline import DAG
-from targets.local import cached
+from engines.local import cached
 cfg = load_config("configs/tiny-phi3.yaml")
 print(json.dumps({s.name: [cached(s, cfg, Path(sys.argv[1])), code_hash(s.name)] for s in DAG}))
 """
 
+IMAGE = ("core", "runtime", "stages")  # what images/stage/Dockerfile copies
+
 # (file edited, every stage still cached?)
 EDITS = {
-    "components/common/olive.py": True,  # the CLI's Olive importer
-    "targets/kfp.py": True,  # an engine: compiler and client
-    "targets/argo.py": True,
-    "components/common/artifacts.py": False,  # the artifact contract: every stage seals with it
+    "cli/olive.py": True,  # the CLI's Olive importer
+    "engines/kfp.py": True,  # an engine: compiler and client
+    "engines/argo.py": True,
+    "core/artifacts.py": False,  # the artifact contract: every stage seals with it
 }
 
 
@@ -85,9 +87,9 @@ def test_an_edit_reruns_exactly_the_stages_that_import_it(project, tiny_run, edi
 
 
 def test_a_stage_closure_is_what_its_image_carries():
-    """The stage image copies components/ (images/stage/Dockerfile): a module of its closure
-    outside it would hash differently in the container than on the runner."""
+    """The stage image copies core/, runtime/ and stages/ (images/stage/Dockerfile): a module of its
+    closure outside them would hash differently in the container than on the runner."""
     for name in STAGES:
-        modules, _ = closure(f"components.{name}.__main__")
-        outside = sorted(m for m in modules if not module_file(m).relative_to(ROOT).parts[0] == "components")
+        modules, _ = closure(f"stages.{name}.__main__")
+        outside = sorted(m for m in modules if module_file(m).relative_to(ROOT).parts[0] not in IMAGE)
         assert not outside, f"{name} imports {outside}, which its image does not carry"

@@ -11,10 +11,10 @@ from __future__ import annotations
 import config_trace
 from helpers import HUB_ID, TINY, stage_cli
 
-from components.common.config import Config, flatten, load_config
-from components.registry import STAGES
+from core.config import Config, flatten, load_config
+from engines import base
 from pipeline import DAG
-from targets import base
+from stages.registry import STAGES
 
 # Fields no stage declares: the compilers read them (checked below, by tracing a compile).
 ENGINE_ONLY = {
@@ -22,7 +22,7 @@ ENGINE_ONLY = {
     "images.registry": "the stage images' repository",
     "images.tag": "the stage images' tag",
     "images.gpu_tag_suffix": "the tag of the CUDA images",
-    "targets": "per-engine settings (targets/base.py)",
+    "targets": "per-engine settings (engines/base.py)",
 }
 
 # Declared by a stage but read there only on a branch no test machine takes; (stage, field): why.

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from helpers import HUB_COMMITS, HUB_ID, run_cli, stage_cli
 
-from components.common.io import read_jsonl
+from core.io import read_jsonl
 
 PROBE = """
 import sys
-from components.common.config import ModelConfig
-from components.common.models import load_model, load_tokenizer
+from core.config import ModelConfig
+from core.models import load_model, load_tokenizer
 source = ModelConfig(base=sys.argv[1], revision=sys.argv[2] or None)
 model = load_model(source)
 print(float(model.get_input_embeddings().weight.sum()), bool(load_tokenizer(source).chat_template))
@@ -44,7 +44,7 @@ def test_data_prep_reads_the_tokenizer_of_the_revision(hub, tmp_path):
 
 
 def test_revision_of_a_local_folder_is_an_error(tmp_path):
-    from components.common.models import resolve
+    from core.models import resolve
 
     tiny = resolve("tiny-random:phi3")
     proc = stage_cli(

@@ -24,10 +24,11 @@ import recorders
 import yaml
 from helpers import TINY, stage_cli
 
-from components.common import artifacts, registries
-from components.common.config import load_config
+from core import artifacts
+from core.config import load_config
+from engines import azureml, kfp
 from pipeline import DAG
-from targets import azureml, kfp
+from runtime import registries
 
 SUB, RG, WSNAME = "00000000-0000-0000-0000-0000000000ee", "slm-rg", "slm-ws"
 MSI_SECRET = "msi-CANARY-secret-77d0"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from components.registry import STAGES, External
+from core.spec import External
 from pipeline import DAG
+from stages.registry import STAGES
 
 
 def test_an_unknown_stage_names_the_known_ones():

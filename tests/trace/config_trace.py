@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from components.common import config as schema
+from core import config as schema
 
 ENV = "SLM_TRACE_READS"
 HERE = Path(__file__).resolve().parent
