@@ -131,7 +131,7 @@ def save_random_phi3(folder: Path, tiny: bool, device: str) -> None:
     finally:
         torch.set_default_dtype(old)
     model.save_pretrained(folder, safe_serialization=True)
-    from core.models import save_tokenizer
+    from core.tokenizer_io import save_tokenizer
 
     save_tokenizer(tok, folder)
 

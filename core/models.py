@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -25,6 +24,7 @@ from core import tiny_models
 from core.config import ModelConfig
 from core.errors import UserError
 from core.hashing import file_hash
+from core.tokenizer_io import save_tokenizer
 
 log = logging.getLogger("slm")
 
@@ -126,15 +126,6 @@ def _convert_gguf(source: str, out: Path) -> None:
     model.save_pretrained(out, safe_serialization=True)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     save_tokenizer(tok, out)
-
-
-def save_tokenizer(tok, out: Path) -> None:
-    """Save as ``PreTrainedTokenizerFast``: loadable by transformers 4.x, 5.x and onnxruntime-genai."""
-    tok.save_pretrained(out)
-    cfg_path = Path(out) / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg_path.write_text(json.dumps(cfg, indent=2))
 
 
 def _check_weights(path: Path, allow_pickle: bool) -> None:

@@ -72,7 +72,7 @@ def build(out: Path) -> None:
     import torch
     from transformers import Phi3ForCausalLM
 
-    from core.models import save_tokenizer
+    from core.tokenizer_io import save_tokenizer
 
     tok = tokenizer()
     vocab = len(tok)

@@ -18,7 +18,7 @@ def llama_dir(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from core import tiny_models
-    from core.models import save_tokenizer
+    from core.tokenizer_io import save_tokenizer
 
     torch.manual_seed(0)
     cfg = LlamaConfig(

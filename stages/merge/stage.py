@@ -23,7 +23,8 @@ import torch
 from core.artifacts import write_json
 from core.errors import UserError
 from core.io import read_json
-from core.models import device_for, load_model, load_tokenizer, save_tokenizer
+from core.models import device_for, load_model, load_tokenizer
+from core.tokenizer_io import save_tokenizer
 
 log = logging.getLogger("slm")
 

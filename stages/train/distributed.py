@@ -1,7 +1,7 @@
 """Data-parallel training over N GPUs of one machine: torchrun, one process per GPU.
 
 ``train.gpus: N`` (CUDA) makes the train stage start ``torchrun --standalone --nproc-per-node N``
-on this module; each rank runs ``stage.train`` on its share of every optimizer step and rank 0
+(rank.py, one process per GPU); each rank runs ``stage.train`` on its share of every optimizer step and rank 0
 writes the outputs into the stage's (temporary) output folder. Semantics are the one-GPU run's:
 
 - the same examples per optimizer step, chosen by (seed, step): rank r takes every N-th example
@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -61,7 +60,7 @@ def launch(cfg, ckpt, dataset: Path, adapter: Path, world: int) -> None:
             "--standalone",
             f"--nproc-per-node={world}",
             "-m",
-            "stages.train.distributed",
+            "stages.train.rank",
             str(spec),
         ]
         log.info("data-parallel over %d GPUs: %s", world, " ".join(cmd[1:]))
@@ -131,38 +130,3 @@ def total(value: float) -> float:
     t = torch.tensor([float(value)], device=f"cuda:{torch.cuda.current_device()}", dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t[0])
-
-
-def main(spec_path: str) -> int:
-    from core.config import Config
-
-    from .stage import Checkpoints, train
-
-    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    logging.basicConfig(level=logging.INFO, format=f"[train rank {rank}] %(message)s", stream=sys.stderr)
-    spec = json.loads(Path(spec_path).read_text())
-    full = Config.model_validate(spec["config"])  # the stage's sections (model, train, runtime)
-    cfg = SimpleNamespace(**{k: getattr(full, k) for k in spec["config"]})
-    torch.cuda.set_device(local)
-    dist.init_process_group("nccl", device_id=torch.device("cuda", local))
-    if rank:
-        logging.getLogger("slm").setLevel(logging.WARNING)
-    try:
-        train(
-            cfg,
-            Checkpoints(Path(spec["ckpt_root"]), spec["cache_key"]),
-            Path(spec["dataset"]),
-            Path(spec["adapter"]),
-            rank=rank,
-            world=world,
-        )
-    except Interrupted as e:
-        log.warning("rank %d stopped: %s", rank, e)
-        return 143
-    finally:
-        dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
