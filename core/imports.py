@@ -9,7 +9,7 @@ import sys
 from functools import cache
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def module_file(name: str, root: Path = ROOT) -> Path | None:

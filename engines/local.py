@@ -25,6 +25,7 @@ from core.config import Config, to_yaml
 from core.errors import UserError
 from core.hashing import ROOT
 from core.io import load_file
+from core.lineage import lineage
 from core.spec import Pipeline, Step
 from runtime import promotion
 
@@ -336,7 +337,7 @@ def promote(dag: Pipeline, cfg: Config, run_dir: Path, metrics: dict) -> dict | 
         run_dir / stage / port,
         model_seal,
         metrics,
-        promotion.lineage(chain, dataset.get("content_hash")),
+        lineage(chain, dataset.get("content_hash")),
         run_dir,
         cfg.name,
     )

@@ -296,13 +296,13 @@ def check_kfp(path: Path) -> list[str]:
         label = comp.get("executorLabel")
         if label is not None:
             if label not in executors:
-                problems.append(f"stages.{cname}.executorLabel: no executor {label!r} in deploymentSpec")
+                problems.append(f"components.{cname}.executorLabel: no executor {label!r} in deploymentSpec")
             else:
                 users.setdefault(label, []).append(cname)
         for pname, pdef in comp.get("inputDefinitions", {}).get("parameters", {}).items():
             if "defaultValue" in pdef and not _kfp_type_ok(pdef["defaultValue"], pdef.get("parameterType")):
                 problems.append(
-                    f"stages.{cname}.inputDefinitions.parameters.{pname}: default {pdef['defaultValue']!r} "
+                    f"components.{cname}.inputDefinitions.parameters.{pname}: default {pdef['defaultValue']!r} "
                     f"is not a {pdef.get('parameterType')}"
                 )
     for label, ex in executors.items():

@@ -683,14 +683,14 @@ def test_a_fourth_engine_is_one_new_file(tmp_path):
 
     from helpers import run_cli
 
-    for item in ("pipeline.py", "components", "targets", "configs"):
+    for item in ("pipeline.py", "core", "runtime", "stages", "engines", "cli", "configs"):
         src = REPO / item
         (
             shutil.copytree(src, tmp_path / item, ignore=shutil.ignore_patterns("__pycache__"))
             if src.is_dir()
             else shutil.copy(src, tmp_path / item)
         )
-    (tmp_path / "targets" / "toy.py").write_text(TOY)
+    (tmp_path / "engines" / "toy.py").write_text(TOY)
     env = {"PYTHONPATH": str(tmp_path)}
 
     def cli(*args: str):

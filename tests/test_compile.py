@@ -497,13 +497,13 @@ AZURE_BROKEN = {
         "names no pipeline input 'nope'",
     ),
     "wrong type": (
-        "stages/train.yml",
+        "components/train.yml",
         lambda c: c["inputs"]["dataset"].update(type="custom_model"),
         "expects custom_model, but data_prep.dataset is uri_folder",
     ),
     "missing input": ("pipeline.yml", lambda t: t["jobs"]["train"]["inputs"].pop("dataset"), "'dataset'"),
     "undeclared placeholder": (
-        "stages/merge.yml",
+        "components/merge.yml",
         lambda c: c.update(command=c["command"] + " --x ${{inputs.nope}}"),
         "${{inputs.nope}} is not a declared input",
     ),
@@ -592,7 +592,7 @@ def test_validate_cli_reports_problems(compiled, tmp_path, capsys):
 
 def test_adapters_never_name_a_stage():
     for module in ("kfp", "kfp_local", "azureml", "argo", "compile_common", "validate"):
-        source = (REPO / "targets" / f"{module}.py").read_text()
+        source = (REPO / "engines" / f"{module}.py").read_text()
         for name in STAGES:
             assert not re.search(rf"['\"]{name}['\"]", source), f"engines/{module}.py names stage {name!r}"
 

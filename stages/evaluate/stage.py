@@ -233,7 +233,7 @@ def rejected_paths(context) -> tuple[Path, Path]:
 def write_report(report, onnx_key, rows, predictions, model: Path, context, verdict, path: Path) -> Path:
     """report.html (stages/evaluate/report.py): lineage and config from the seals' chain, the
     loss curve from the training log the merge stage carries along."""
-    from runtime.harness import library_versions
+    from core.runner import library_versions
     from stages.evaluate import report as html_report
 
     log_file = model / "train_log.jsonl"

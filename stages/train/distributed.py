@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from core.errors import UserError
-from runtime.harness import Interrupted
+from core.runner import Interrupted
 
 log = logging.getLogger("slm")
 
@@ -45,7 +45,7 @@ def launch(cfg, ckpt, dataset: Path, adapter: Path, world: int) -> None:
         spec.write_text(
             json.dumps(
                 {
-                    "config": {k: v.model_dump(mode="json") for k, v in vars(cfg).items()},
+                    "config": {k: v.model_dump(mode="json") for k, v in cfg.sections().items()},
                     "dataset": str(dataset),
                     "adapter": str(adapter),
                     "ckpt_root": str(ckpt.root),

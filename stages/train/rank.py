@@ -11,13 +11,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 
 from core.config import Config
-from runtime.harness import Interrupted
+from core.runner import Interrupted, StageConfig
 
 from .stage import Checkpoints, train
 
@@ -29,7 +28,7 @@ def main(spec_path: str) -> int:
     logging.basicConfig(level=logging.INFO, format=f"[train rank {rank}] %(message)s", stream=sys.stderr)
     spec = json.loads(Path(spec_path).read_text())
     full = Config.model_validate(spec["config"])  # the stage's sections (model, train, runtime)
-    cfg = SimpleNamespace(**{k: getattr(full, k) for k in spec["config"]})
+    cfg = StageConfig(full, tuple(spec["config"]))
     torch.cuda.set_device(local)
     dist.init_process_group("nccl", device_id=torch.device("cuda", local))
     if rank:

@@ -47,7 +47,7 @@ from core.errors import UserError
 from core.io import read_jsonl
 from core.models import device_for, load_model, load_tokenizer, target_modules
 from core.progress import Progress
-from runtime.harness import Interrupted
+from core.runner import Interrupted
 
 from . import fast
 from .checkpoints import Checkpoints, checkpoint_root

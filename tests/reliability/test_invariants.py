@@ -86,7 +86,7 @@ def test_compile_and_import_olive_never_overwrite_an_input_or_an_existing_file(t
     one_error(proc, "exists; pass --force")
 
 
-@pytest.mark.parametrize("out", [".", "components", "components/common", str(ROOT)])
+@pytest.mark.parametrize("out", [".", "core", "stages/train", "engines", str(ROOT)])
 def test_run_out_in_the_source_tree_is_refused(tmp_path, out):
     before = snapshot(ROOT / "components")
     proc = run_pipeline(Path(out))
