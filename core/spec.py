@@ -127,19 +127,41 @@ def _is_placeholder(value) -> bool:
     return not isinstance(value, (str, int, float, bool, list, dict, type(None)))
 
 
+class PortRef(NamedTuple):
+    """An upstream step's output, as a wire names it: ``"train.adapter"`` is parsed here, once."""
+
+    stage: str
+    output: str
+
+    @classmethod
+    def parse(cls, wire: "str | PortRef") -> "PortRef":
+        if isinstance(wire, PortRef):
+            return wire
+        stage, dot, output = str(wire).partition(".")
+        if not (stage and dot and output) or "." in output:
+            raise ValueError(f"wire {wire!r}: expected 'stage.output'")
+        return cls(stage, output)
+
+    def __str__(self) -> str:
+        return f"{self.stage}.{self.output}"
+
+
 @dataclass(frozen=True)
 class Step:
     """One stage placed in the DAG, with its inputs wired to upstream outputs."""
 
     spec: StageSpec
-    wires: dict[str, str] = field(default_factory=dict)  # input name -> "stage.output"
+    wires: dict[str, PortRef] = field(default_factory=dict)  # input name -> the upstream output
+
+    def __post_init__(self):
+        object.__setattr__(self, "wires", {name: PortRef.parse(w) for name, w in self.wires.items()})
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     def upstream(self) -> set[str]:
-        return {src.split(".")[0] for src in self.wires.values()}
+        return {ref.stage for ref in self.wires.values()}
 
 
 @dataclass(frozen=True)
@@ -174,7 +196,7 @@ class Pipeline:
             if missing or extra:
                 raise ValueError(f"{s.name}: unwired inputs {sorted(missing)}, unknown inputs {sorted(extra)}")
             for port in s.spec.inputs:
-                up_name, out_name = s.wires[port.name].split(".")
+                up_name, out_name = s.wires[port.name]
                 if up_name not in seen:
                     raise ValueError(f"{s.name}.{port.name}: {up_name!r} is not an earlier step")
                 out = {p.name: p for p in seen[up_name].spec.outputs}.get(out_name)

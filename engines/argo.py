@@ -186,8 +186,7 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
     tasks = []
     for step in dag:
         arguments: list[Any] = []
-        for port_name, src in step.wires.items():
-            up, out = src.split(".")
+        for port_name, (up, out) in step.wires.items():
             arguments.append(Artifact(name=port_name, from_=f"{{{{tasks.{k8s_name(up)}.outputs.artifacts.{out}}}}}"))
         for key, value in task_params(step.spec, cfg).items():
             if key in run_params:

@@ -181,8 +181,7 @@ def build_pipeline(dag: Pipeline, cfg: Config):
         nodes: dict[str, Any] = {}
         for step in dag:
             kwargs: dict[str, Any] = {}
-            for port_name, src in step.wires.items():
-                up, out = src.split(".")
+            for port_name, (up, out) in step.wires.items():
                 kwargs[port_name] = nodes[up].outputs[out]
             for key in step.spec.params(cfg):
                 if key in run_params:

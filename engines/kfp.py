@@ -155,8 +155,7 @@ def build_pipeline(dag: Pipeline, cfg: Config):
 
     def add(step, tasks: dict, channels: dict, artifacts_in: dict | None = None):
         kwargs: dict[str, Any] = {}
-        for port_name, src in step.wires.items():
-            up, out = src.split(".")
+        for port_name, (up, out) in step.wires.items():
             kwargs[port_name] = tasks[up].outputs[out] if up in tasks else artifacts_in[f"{up}_{out}"]
         for key in step.spec.params(cfg):
             if key in run_params:
@@ -195,8 +194,7 @@ def _gate_artifacts(dag: Pipeline) -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
     for step in dag:
         if step.name in gated:
-            for src in step.wires.values():
-                up, port = src.split(".")
+            for up, port in step.wires.values():
                 if up not in gated:
                     out[f"{up}_{port}"] = (up, port)
     return out

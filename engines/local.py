@@ -41,7 +41,7 @@ def stage_argv(step: Step, cfg: Config, root: str) -> list[str]:
 
 def artifact_paths_for(step: Step, root: str) -> dict[str, dict[str, str]]:
     return {
-        "inputs": {name: "{}/{}/{}".format(root, *src.split(".")) for name, src in step.wires.items()},
+        "inputs": {name: "{}/{}/{}".format(root, *src) for name, src in step.wires.items()},
         "outputs": {p.name: f"{root}/{step.name}/{p.name}" for p in step.spec.outputs},
     }
 
@@ -84,7 +84,7 @@ def cached(step: Step, cfg: Config, run_dir: Path) -> bool:
     """True when every output is sealed with the key this step would compute now."""
     try:
         inputs = {
-            name: artifacts.verify(run_dir.joinpath(*src.split(".")), deep=False)["content_hash"]
+            name: artifacts.verify(run_dir.joinpath(*src), deep=False)["content_hash"]
             for name, src in step.wires.items()
         }
         key = cache_key(step.spec, step.spec.params(cfg), inputs)

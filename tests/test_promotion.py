@@ -155,7 +155,7 @@ def test_evaluate_writes_its_promotion_record_where_argo_collects_it(tiny_run, t
 
     step = DAG["evaluate"]
     params = step.spec.params(load_config(TINY, [f"evaluate.min_accuracy={min_accuracy}"]))
-    inputs = {name: str(tiny_run.joinpath(*src.split("."))) for name, src in step.wires.items()}
+    inputs = {name: str(tiny_run.joinpath(*src)) for name, src in step.wires.items()}
     argv = step.spec.argv(params, inputs, {"metrics": str(tmp_path / "metrics")})
     target = tmp_path / "promotion" / "promoted.json"
     proc = stage_cli("evaluate", *argv[3:], env={"SLM_PROMOTION_FILE": str(target)}, timeout=600)

@@ -171,7 +171,7 @@ def copy_run(tiny_run: Path, run: Path, cfg) -> Path:
     shutil.copytree(tiny_run, run)
     for step in DAG:
         inputs = {
-            name: json.loads((run.joinpath(*src.split(".")) / MARKER).read_text())["content_hash"]
+            name: json.loads((run.joinpath(*src) / MARKER).read_text())["content_hash"]
             for name, src in step.wires.items()
         }
         for port in step.spec.outputs:
@@ -183,7 +183,7 @@ def copy_run(tiny_run: Path, run: Path, cfg) -> Path:
 
 
 def change_upstream(run: Path, src: str) -> None:
-    folder = run.joinpath(*src.split("."))
+    folder = run.joinpath(*src)
     with open(folder / CHANGED_FILE[src], "a") as f:
         f.write("\n")
     reseal(folder)
