@@ -21,7 +21,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -267,3 +267,15 @@ def read_json(path: Path, what: str) -> dict:
     if not Path(path).exists() and not Path(path).is_symlink():
         raise UserError(f"{what}: {path} is missing")
     return load_json(read_text(path, what), f"{what}: {path}")
+
+
+def flat(tree: Mapping, prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the leaves of nested mappings under joined keys
+    (the one flattener of plain trees; core.config.flatten is the schema's, whose dict fields are leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flat(value, f"{prefix}{key}{sep}", sep))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

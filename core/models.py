@@ -22,7 +22,7 @@ from pathlib import Path
 
 from core import tiny_models
 from core.config import ModelConfig
-from core.errors import UserError
+from core.errors import UserError, first_line
 from core.hashing import file_hash
 from core.tokenizer_io import save_tokenizer
 
@@ -172,7 +172,7 @@ def load_tokenizer(model: ModelConfig | str | Path):
     try:
         tok = AutoTokenizer.from_pretrained(path, **kwargs)
     except Exception as e:  # noqa: BLE001 - surface as one line
-        raise UserError(f"cannot load the tokenizer of {source}: {_first_line(e)}") from None
+        raise UserError(f"cannot load the tokenizer of {source}: {first_line(e, with_type=True)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -206,7 +206,7 @@ def load_model(
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - corrupted files, unknown architectures, offline hub
-        raise UserError(f"cannot load model {source}: {_first_line(e)}") from None
+        raise UserError(f"cannot load model {source}: {first_line(e, with_type=True)}") from None
     if quantization != "nf4":
         loaded.to(device)
     return loaded
@@ -243,8 +243,3 @@ def device_for(runtime) -> str:
     if runtime.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return runtime.device
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"

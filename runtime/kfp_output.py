@@ -29,6 +29,7 @@ import os
 import shutil
 from pathlib import Path
 
+from core.io import flat
 from core.scoring import NONE
 
 CONFUSION_SUFFIX = "_confusion"
@@ -46,14 +47,8 @@ def local_path(uri: str) -> Path:
 
 def flatten_scalars(tree: dict, prefix: str = "") -> dict[str, float]:
     """``{"pytorch": {"accuracy": 0.9}}`` -> ``{"pytorch_accuracy": 0.9}``: what the UI can plot."""
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten_scalars(value, name + "_"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
+    leaves = flat(tree, prefix, sep="_")
+    return {k: float(v) for k, v in leaves.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def confusion_matrix(metrics: dict) -> dict | None:

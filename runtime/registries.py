@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from core import io
 from core.errors import UserError, first_line
 from runtime.secrets import CLIENT_ID_ENVS
 
@@ -35,13 +36,7 @@ REGISTRY_AUTHOR_ENV = "SLM_MODEL_REGISTRY_AUTHOR"
 
 def flat(tree: Mapping, prefix: str = "") -> dict[str, object]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; None values left out (neither registry stores them)."""
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(flat(value, f"{prefix}{key}."))
-        elif value is not None:
-            out[f"{prefix}{key}"] = value
-    return out
+    return {k: v for k, v in io.flat(tree, prefix).items() if v is not None}
 
 
 def register(record: dict, model_uri: str | None, env: Mapping[str, str]) -> list[str]:
