@@ -182,9 +182,12 @@ def copy_run(tiny_run: Path, run: Path, cfg) -> Path:
     return run
 
 
-def change_upstream(run: Path, src: str) -> None:
+def change_upstream(run: Path, src) -> None:
+    from core.spec import PortRef
+
+    src = PortRef.parse(src)
     folder = run.joinpath(*src)
-    with open(folder / CHANGED_FILE[src], "a") as f:
+    with open(folder / CHANGED_FILE[str(src)], "a") as f:
         f.write("\n")
     reseal(folder)
 
