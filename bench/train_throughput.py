@@ -7,8 +7,8 @@ peak memory must not carry over) on the same saved model, batch, LoRA placement 
 - ``naive``: what a user writes with plain transformers + peft + bitsandbytes: the model loaded in
   nf4 (double quant, bf16 compute, bf16 storage of the rest), ``get_peft_model``, no gradient
   checkpointing, ``model(**batch).loss``, clip, AdamW;
-- ``stage:<levers>``: ``components.train.stage.build`` (the stage's own model set-up) with a
-  :class:`components.train.fast.FastPath` naming the levers, and the stage's step function
+- ``stage:<levers>``: ``stages.train.stage.build`` (the stage's own model set-up) with a
+  :class:`stages.train.fast.FastPath` naming the levers, and the stage's step function
   (``padded_step`` or, padding-free, ``fast.pack_step`` + ``train_step``). ``stage:default`` is
   what the stage resolves for CUDA from the default config; ``stage:before`` is the stage as it
   was (fp32 upcast by prepare_model_for_kbit_training, gradient checkpointing, bf16 autocast);
@@ -139,7 +139,7 @@ def save_random_phi3(folder: Path, tiny: bool, device: str) -> None:
     finally:
         torch.set_default_dtype(old)
     model.save_pretrained(folder, safe_serialization=True)
-    from components.common.models import save_tokenizer
+    from core.tokenizer_io import save_tokenizer
 
     save_tokenizer(tok, folder)
 
@@ -208,8 +208,8 @@ def examples_for(
         return [micros] * steps
     from types import SimpleNamespace
 
-    from components.common.config import Config
-    from components.train.stage import batch_examples, tokenize
+    from core.config import Config
+    from stages.train.stage import batch_examples, tokenize
 
     rows = tone_rows()
     ex = tokenize(rows, tokenizer, seq)
@@ -219,9 +219,9 @@ def examples_for(
 
 def tone_rows() -> list[dict]:
     """The tone set rendered with the production template (prompt + completion), as data_prep does."""
-    from components.common.config import Config
-    from components.common.io import read_jsonl
-    from components.common.prompts import render
+    from core.config import Config
+    from core.io import read_jsonl
+    from core.prompts import render
 
     cfg = Config()  # the default data section on data/tone.jsonl, with the production Phi-3 template
     cfg.data.prompt_format = "template"
@@ -259,7 +259,7 @@ def child(args) -> dict:
         "r": args.r,
         "dropout": args.dropout,
     }
-    from components.common.models import load_tokenizer
+    from core.models import load_tokenizer
 
     tokenizer = load_tokenizer(args.model_dir)
     t0 = time.time()
@@ -291,8 +291,8 @@ def child(args) -> dict:
         def step_fn(micros):
             return padded_lm_step(model, micros, pad, where)
     elif name.startswith("stage:"):
-        from components.common.config import Config
-        from components.train import fast, stage
+        from core.config import Config
+        from stages.train import fast, stage
 
         # "default@0.5": the same levers under a compiled-graph activation memory budget of 0.5.
         lever, _, budget = name.split(":", 1)[1].partition("@")
@@ -443,7 +443,7 @@ def unsloth_child(args, info) -> dict:
     def step_fn(micros):
         return padded_lm_step(model, micros, pad, where)
 
-    from components.common.models import load_tokenizer
+    from core.models import load_tokenizer
 
     plan = examples_for(
         args.data, args.batch, args.seq, args.accum, args.warmup + args.steps, load_tokenizer(args.model_dir), 32000

@@ -1,4 +1,4 @@
-"""Fused QLoRA projections (components/train/fused.py) on CPU, against peft's own LoRA layers on the same
+"""Fused QLoRA projections (stages/train/fused.py) on CPU, against peft's own LoRA layers on the same
 nf4 base: the same loss and gradients, a standard PEFT adapter of the original module names, and the
 fused weight dequantizing to exactly the members' weights."""
 
@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.common.models import load_model
-from components.train import fused
+from core.models import load_model
+from stages.train import fused
 
 LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -19,8 +19,8 @@ LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "do
 def llama_dir(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from components.common import tiny_models
-    from components.common.models import save_tokenizer
+    from core import tiny_models
+    from core.tokenizer_io import save_tokenizer
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
@@ -164,9 +164,9 @@ def test_fused_run_trains_and_passes_merge_parity(llama_dir, tmp_path, tiny_run)
 
     from helpers import TINY, stage_cli
 
-    from components.common.config import load_config
+    from core.config import load_config
+    from engines.local import stage_argv
     from pipeline import DAG
-    from targets.local import stage_argv
 
     shutil.copytree(tiny_run / "data_prep", tmp_path / "data_prep")
     sets = [
