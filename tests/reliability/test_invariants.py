@@ -27,6 +27,10 @@ from helpers import ROOT, TINY, run_cli, run_pipeline, stage_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+# As in every process that compiles or submits (pipeline.py loads the engines): their settings models
+# are plugged into the config, so targets.<engine> is typed at load time. Without it this file passed
+# only when an earlier test module had loaded them.
+import engines.base  # noqa: E402,F401
 from core import cron, names
 from core.config import load_config
 from core.errors import UserError
