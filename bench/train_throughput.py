@@ -88,9 +88,14 @@ SUITES = {
     "unsloth-phi3": _rows("naive stage:default stage:eager"),
     "unsloth-tone": _rows("naive unsloth stage:default", form="llama", data="tone", grad_accum=4),
     # Issue 17's done-when rows in one call: Llama form vs Unsloth, Phi-3 form vs naive, tone vs Unsloth.
-    "issue17": _rows("unsloth stage:default stage:default~independent stage:eager", form="llama")
+    "issue17": _rows("unsloth stage:default", form="llama")
     + _rows("unsloth stage:default", form="llama", data="tone", grad_accum=4)
     + _rows("naive stage:default"),
+    # Where the tone workload's eager step goes: fused QLoRA or not.
+    "tone-levers": _rows("stage:default stage:liger stage:fused+liger", form="llama", data="tone", grad_accum=4),
+    # The tone rows with Triton's kernel cache warm: the first stage row compiles liger's kernels for
+    # the step shapes, the second is timed with them cached, as a re-run or retried pod finds them.
+    "tone-warm": _rows("stage:default unsloth stage:default", form="llama", data="tone", grad_accum=4),
     # The shortest same-run look at the Llama form: eager, Unsloth, the compiled default.
     "llama-quick": _rows("stage:eager unsloth stage:default", form="llama"),
     # The shared sibling dropout mask against one mask a member (peft's semantics), beside Unsloth.

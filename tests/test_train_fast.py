@@ -4,6 +4,7 @@ The CUDA levers themselves are measured by bench/train_throughput.py on a GPU (d
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -113,3 +114,23 @@ def test_old_boolean_settings_still_load():
     assert TrainConfig(gradient_checkpointing=False).gradient_checkpointing == "off"
     assert TrainConfig(gradient_checkpointing=True).gradient_checkpointing == "on"
     assert TrainConfig(padding_free=False).padding_free == "off"
+
+
+@pytest.mark.parametrize(
+    "levers,compiled",
+    [(dict(liger=True, fused_ce=True), False), (dict(fused_ce=True), False), ({}, True)],
+    ids=["liger", "fused-ce", "compile"],
+)
+def test_triton_kernels_are_cached_under_the_model_cache(monkeypatch, tmp_path, levers, compiled):
+    """Every CUDA path that JIT-compiles Triton kernels (liger's eager kernels as well as
+    torch.compile's) keeps them under the model cache, where a re-run or a retried pod finds them."""
+    from transformers import LlamaConfig
+
+    monkeypatch.setenv("SLM_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    tc = Config.model_validate({"train": {"compile": "on" if compiled else "off"}}).train
+    fp = fast.choose_compile(fast.FastPath(device="cuda", compile=compiled, **levers), tc, LlamaConfig(), 4096)
+    assert fp.compile is compiled
+    assert os.environ["TRITON_CACHE_DIR"].startswith(str(tmp_path))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"].startswith(str(tmp_path))
