@@ -321,7 +321,7 @@ def check_kfp(path: Path) -> list[str]:
             problems.append(bad)
         for field in ("resourceCpuLimit", "resourceCpuRequest", "resourceMemoryLimit", "resourceMemoryRequest"):
             value = (container.get("resources") or {}).get(field)
-            if value is not None:
+            if value is not None and "{{$" not in str(value):  # a placeholder, set from a task input
                 bad = quantity_problem(f"deploymentSpec.executors.{label}.container.resources.{field}", value)
                 if bad:
                     problems.append(bad)
@@ -341,8 +341,9 @@ def check_kfp(path: Path) -> list[str]:
 
     # Every DAG (root and any sub-DAG component): tasks, their wiring and bindings.
     dags = [("root", spec["root"])] + [(n, c) for n, c in components.items() if "dag" in c]
+    loop_items = _kfp_loop_items(components, spec["root"])
     for owner, holder in dags:
-        problems += _check_kfp_dag(owner, holder, components)
+        problems += _check_kfp_dag(owner, holder, components, loop_items)
 
     for i, extra in enumerate(docs[1:], 1):
         k8s = (extra.get("platforms") or {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
@@ -350,96 +351,194 @@ def check_kfp(path: Path) -> list[str]:
             if label not in executors:
                 problems.append(f"platform spec: executor {label!r} is not in deploymentSpec.executors")
             for j, sec in enumerate(conf.get("secretAsEnv", [])):
-                name = sec.get("secretName") or sec.get("secretNameParameter", {}).get("runtimeValue", {}).get(
-                    "constant"
-                )
+                name = sec.get("secretName") or sec.get("secretNameParameter")  # a constant, or a task input
                 if not name or not sec.get("keyToEnv"):
                     problems.append(f"platform spec: {label}.secretAsEnv[{j}]: needs a secret name and keyToEnv")
     return problems
 
 
-def _check_kfp_dag(owner: str, holder: dict, components: dict) -> list[str]:
+# What KFP's driver accepts for an input of each type (backend/src/v2/driver/resolve.go): a
+# STRING input takes any value (as JSON text), numbers are one kind, a STRUCT input also takes
+# a task's final status.
+_KFP_ACCEPTS = {
+    "NUMBER_INTEGER": {"NUMBER_INTEGER", "NUMBER_DOUBLE"},
+    "NUMBER_DOUBLE": {"NUMBER_INTEGER", "NUMBER_DOUBLE"},
+    "STRUCT": {"STRUCT", "TASK_FINAL_STATUS", "TASK_CONFIG"},
+}
+_KFP_CONDITION_INPUT = re.compile(r"inputs\.(parameter_values|artifacts)\[['\"]([^'\"]+)['\"]\]")
+
+
+def _kfp_accepts(want: str | None, got: str | None) -> bool:
+    return not want or not got or want == "STRING" or got in _KFP_ACCEPTS.get(want, {want})
+
+
+def _kfp_outputs(components: dict, task: dict | None, kind: str) -> dict:
+    comp = components.get(((task or {}).get("componentRef") or {}).get("name"), {})
+    return (comp.get("outputDefinitions") or {}).get(kind) or {}
+
+
+def _kfp_loop_items(components: dict, root: dict) -> set[tuple[str, str]]:
+    """``(component, input)`` pairs that a loop's iterator binds: a ParallelFor's item,
+    whose value is one element of the list, so its declared type says little."""
+    items = set()
+    for holder in [root] + list(components.values()):
+        for task in ((holder.get("dag") or {}).get("tasks") or {}).values():
+            ref = (task.get("componentRef") or {}).get("name")
+            for key in ("parameterIterator", "artifactIterator"):
+                if (task.get(key) or {}).get("itemInput"):
+                    items.add((ref, task[key]["itemInput"]))
+    return items
+
+
+def _check_kfp_dag(owner: str, holder: dict, components: dict, loop_items: set) -> list[str]:
+    """One DAG (the root, or a sub-DAG: a pipeline in a pipeline, a loop, a condition, an exit
+    handler's body): each task's component, inputs, iterator and condition, the DAG's
+    outputs, no cycle. Inputs a component does not declare are the SDK's pipeline channels
+    (placeholders of task settings); the driver ignores them, so does this."""
     problems: list[str] = []
     tasks = holder["dag"].get("tasks", {})
-    own_inputs = holder.get("inputDefinitions", {})
     edges: dict[str, set[str]] = {}
     for tname, task in tasks.items():
         where = f"{owner}.dag.tasks.{tname}"
         ref = task.get("componentRef", {}).get("name")
-        comp = components.get(ref)
-        if comp is None:
+        if ref not in components:
             problems.append(f"{where}.componentRef: no component {ref!r}")
             continue
         deps = set(task.get("dependentTasks", []))
-        for d in sorted(deps - set(tasks)):
-            problems.append(f"{where}.dependentTasks: no task {d!r}")
+        problems += [f"{where}.dependentTasks: no task {d!r}" for d in sorted(deps - set(tasks))]
         edges[tname] = deps & set(tasks)
-        defs = comp.get("inputDefinitions", {})
-        bound_art = task.get("inputs", {}).get("artifacts", {})
-        bound_par = task.get("inputs", {}).get("parameters", {})
-        for aname, binding in bound_art.items():
-            decl = defs.get("artifacts", {}).get(aname)
-            if decl is None:
-                problems.append(f"{where}.inputs.artifacts.{aname}: {ref} has no such input")
-                continue
-            want = decl.get("artifactType", {}).get("schemaTitle")
-            if "taskOutputArtifact" in binding:
-                src = binding["taskOutputArtifact"]
-                prod, key = src.get("producerTask"), src.get("outputArtifactKey")
-                if prod not in tasks:
-                    problems.append(f"{where}.inputs.artifacts.{aname}: producer task {prod!r} does not exist")
-                    continue
-                prod_comp = components.get(tasks[prod].get("componentRef", {}).get("name"), {})
-                out = prod_comp.get("outputDefinitions", {}).get("artifacts", {}).get(key)
-                if out is None:
-                    problems.append(f"{where}.inputs.artifacts.{aname}: task {prod!r} has no output artifact {key!r}")
-                    continue
-                got = out.get("artifactType", {}).get("schemaTitle")
-                if want and got != want:
-                    problems.append(f"{where}.inputs.artifacts.{aname}: expects {want}, but {prod}.{key} is {got}")
-                if prod not in deps:
-                    problems.append(f"{where}: consumes {prod}.{key} but does not list {prod!r} in dependentTasks")
-                edges[tname].add(prod)
-            elif "componentInputArtifact" in binding:
-                name = binding["componentInputArtifact"]
-                if name not in own_inputs.get("artifacts", {}):
-                    problems.append(f"{where}.inputs.artifacts.{aname}: {owner} has no input artifact {name!r}")
-            else:
-                problems.append(f"{where}.inputs.artifacts.{aname}: bound to nothing")
-        for pname, binding in bound_par.items():
-            decl = defs.get("parameters", {}).get(pname)
-            if decl is None:
-                problems.append(f"{where}.inputs.parameters.{pname}: {ref} has no such input")
-                continue
-            if "componentInputParameter" in binding:
-                name = binding["componentInputParameter"]
-                up = own_inputs.get("parameters", {}).get(name)
-                if up is None:
-                    problems.append(f"{where}.inputs.parameters.{pname}: {owner} has no input parameter {name!r}")
-                elif up.get("parameterType") != decl.get("parameterType"):
-                    problems.append(
-                        f"{where}.inputs.parameters.{pname}: expects {decl.get('parameterType')}, "
-                        f"but {owner}'s {name} is {up.get('parameterType')}"
-                    )
-            elif "runtimeValue" in binding:
-                value = binding["runtimeValue"].get("constant")
-                if not _kfp_type_ok(value, decl.get("parameterType")):
-                    problems.append(
-                        f"{where}.inputs.parameters.{pname}: {value!r} is not a {decl.get('parameterType')}"
-                    )
-            elif "taskOutputParameter" in binding:
-                prod = binding["taskOutputParameter"].get("producerTask")
-                if prod not in tasks:
-                    problems.append(f"{where}.inputs.parameters.{pname}: producer task {prod!r} does not exist")
-        for aname, decl in defs.get("artifacts", {}).items():
-            if aname not in bound_art and not decl.get("isOptional"):
-                problems.append(f"{where}: required input artifact {aname!r} of {ref} is not bound")
-        for pname, decl in defs.get("parameters", {}).items():
-            if pname not in bound_par and not decl.get("isOptional") and "defaultValue" not in decl:
-                problems.append(f"{where}: required input parameter {pname!r} of {ref} is not bound")
+        ctx = (owner, holder, tasks, components, loop_items)
+        problems += _kfp_artifact_bindings(where, task, deps, edges[tname], ctx)
+        problems += _kfp_parameter_bindings(where, task, ctx)
+        problems += _kfp_iterator_and_condition(where, task, ref, components)
+    problems += _kfp_dag_outputs(owner, holder, tasks, components)
     cycle = _cycle(edges)
     if cycle:
         problems.append(f"{owner}.dag: dependency cycle {' -> '.join(cycle)}")
+    return problems
+
+
+def _kfp_artifact_bindings(where: str, task: dict, deps: set, edges: set, ctx) -> list[str]:
+    owner, holder, tasks, components, _ = ctx
+    problems = []
+    defs = components[task["componentRef"]["name"]].get("inputDefinitions", {}).get("artifacts", {})
+    bound = task.get("inputs", {}).get("artifacts", {})
+    for aname, binding in bound.items():
+        want = (defs.get(aname) or {}).get("artifactType", {}).get("schemaTitle")
+        if "taskOutputArtifact" in binding:
+            src = binding["taskOutputArtifact"]
+            prod, key = src.get("producerTask"), src.get("outputArtifactKey")
+            if prod not in tasks:
+                problems.append(f"{where}.inputs.artifacts.{aname}: producer task {prod!r} does not exist")
+                continue
+            out = _kfp_outputs(components, tasks[prod], "artifacts").get(key)
+            if out is None:
+                problems.append(f"{where}.inputs.artifacts.{aname}: task {prod!r} has no output artifact {key!r}")
+                continue
+            got = out.get("artifactType", {}).get("schemaTitle")
+            if want and got != want and "system.Artifact" not in (want, got):
+                problems.append(f"{where}.inputs.artifacts.{aname}: expects {want}, but {prod}.{key} is {got}")
+            if prod not in deps:
+                problems.append(f"{where}: consumes {prod}.{key} but does not list {prod!r} in dependentTasks")
+            edges.add(prod)
+        elif "componentInputArtifact" in binding:
+            name = binding["componentInputArtifact"]
+            if name not in holder.get("inputDefinitions", {}).get("artifacts", {}):
+                problems.append(f"{where}.inputs.artifacts.{aname}: {owner} has no input artifact {name!r}")
+        else:
+            problems.append(f"{where}.inputs.artifacts.{aname}: bound to nothing")
+    item = (task.get("artifactIterator") or {}).get("itemInput")
+    for aname, decl in defs.items():
+        if aname not in bound and aname != item and not decl.get("isOptional"):
+            problems.append(
+                f"{where}: required input artifact {aname!r} of {task['componentRef']['name']} is not bound"
+            )
+    return problems
+
+
+def _kfp_parameter_bindings(where: str, task: dict, ctx) -> list[str]:
+    owner, holder, tasks, components, loop_items = ctx
+    problems = []
+    ref = task["componentRef"]["name"]
+    defs = components[ref].get("inputDefinitions", {}).get("parameters", {})
+    own = holder.get("inputDefinitions", {}).get("parameters", {})
+    bound = task.get("inputs", {}).get("parameters", {})
+    for pname, binding in bound.items():
+        want = (defs.get(pname) or {}).get("parameterType")
+        if "parameterExpressionSelector" in binding:  # a field of the value: its type is known at run time only
+            want = None
+        if "componentInputParameter" in binding:
+            name = binding["componentInputParameter"]
+            got = (own.get(name) or {}).get("parameterType")
+            if name not in own:
+                problems.append(f"{where}.inputs.parameters.{pname}: {owner} has no input parameter {name!r}")
+            elif (owner, name) not in loop_items and not _kfp_accepts(want, got):
+                problems.append(f"{where}.inputs.parameters.{pname}: expects {want}, but {owner}'s {name} is {got}")
+        elif "runtimeValue" in binding:
+            value = binding["runtimeValue"].get("constant")
+            if want and want != "STRING" and not _kfp_type_ok(value, want):
+                problems.append(f"{where}.inputs.parameters.{pname}: {value!r} is not a {want}")
+        else:
+            src = binding.get("taskOutputParameter") or binding.get("taskFinalStatus")
+            prod = (src or {}).get("producerTask")
+            if src is not None and prod not in tasks:
+                problems.append(f"{where}.inputs.parameters.{pname}: producer task {prod!r} does not exist")
+            elif "taskOutputParameter" in binding:
+                key = src.get("outputParameterKey")
+                out = _kfp_outputs(components, tasks[prod], "parameters").get(key)
+                if out is None:
+                    problems.append(f"{where}.inputs.parameters.{pname}: task {prod!r} has no output parameter {key!r}")
+                elif not _kfp_accepts(want, out.get("parameterType")):
+                    problems.append(
+                        f"{where}.inputs.parameters.{pname}: expects {want}, but {prod}.{key} is {out['parameterType']}"
+                    )
+    item = (task.get("parameterIterator") or {}).get("itemInput")
+    for pname, decl in defs.items():
+        if pname not in bound and pname != item and not decl.get("isOptional") and "defaultValue" not in decl:
+            problems.append(f"{where}: required input parameter {pname!r} of {ref} is not bound")
+    return problems
+
+
+def _kfp_iterator_and_condition(where: str, task: dict, ref: str, components: dict) -> list[str]:
+    """A loop iterates over one of the task's own inputs (or a raw list); a condition reads them."""
+    problems = []
+    bound = task.get("inputs", {})
+    for key, field, kind in (
+        ("parameterIterator", "inputParameter", "parameters"),
+        ("artifactIterator", "inputArtifact", "artifacts"),
+    ):
+        items = (task.get(key) or {}).get("items") or {}
+        if field in items and items[field] not in bound.get(kind, {}):
+            problems.append(f"{where}.{key}.items.{field}: {items[field]!r} is not an input of the task")
+        if key in task and not (task[key].get("itemInput")):
+            problems.append(f"{where}.{key}: no itemInput")
+    condition = (task.get("triggerPolicy") or {}).get("condition") or ""
+    for kind, name in _KFP_CONDITION_INPUT.findall(condition):
+        if name not in bound.get("parameters" if kind == "parameter_values" else "artifacts", {}):
+            problems.append(f"{where}.triggerPolicy.condition: {kind}[{name!r}] is not an input of the task")
+    return problems
+
+
+def _kfp_dag_outputs(owner: str, holder: dict, tasks: dict, components: dict) -> list[str]:
+    """A sub-DAG's outputs come from its own tasks' outputs."""
+    problems = []
+    outputs = holder["dag"].get("outputs") or {}
+    selectors = [
+        (f"parameters.{name}", sel.get("producerSubtask"), "parameters", sel.get("outputParameterKey"))
+        for name, spec in (outputs.get("parameters") or {}).items()
+        for sel in [spec.get("valueFromParameter")] + (spec.get("valueFromOneof") or {}).get("parameterSelectors", [])
+        if sel
+    ]
+    selectors += [
+        (f"artifacts.{name}", sel.get("producerSubtask"), "artifacts", sel.get("outputArtifactKey"))
+        for name, spec in (outputs.get("artifacts") or {}).items()
+        for sel in spec.get("artifactSelectors") or []
+    ]
+    for what, prod, kind, key in selectors:
+        if prod not in tasks:
+            problems.append(f"{owner}.dag.outputs.{what}: producer subtask {prod!r} does not exist")
+        elif key not in _kfp_outputs(components, tasks[prod], kind):
+            problems.append(f"{owner}.dag.outputs.{what}: task {prod!r} has no output {kind[:-1]} {key!r}")
     return problems
 
 
@@ -731,15 +830,12 @@ class _ArgoSpec:
                     self.found.append(f"{where}: template reference {ref['name']}.{ref['template']} not found")
                 return found
             return None
+        if name and "{{" not in str(name) and name not in self.templates:  # Argo looks the name up first
+            self.found.append(f"{where}: template name {name!r} undefined")
         if isinstance(inline, dict):
             return inline
         if not name:
             self.found.append(f"{where}: names no template (template, templateRef or inline): failed to get a template")
-            return None
-        if "{{" in str(name):
-            return None
-        if name not in self.templates:
-            self.found.append(f"{where}: template name {name!r} undefined")
         return self.templates.get(name)
 
     def _hooks(self, where: str, holder: dict) -> None:
