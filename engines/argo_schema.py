@@ -2,23 +2,26 @@
 
 Two official schemas ship, unchanged, in ``engines/schemas/argo-workflows/`` (README there):
 
-- the CRDs' ``openAPIV3Schema`` (``argoproj.io_workflows.yaml``, ``..._cronworkflows.yaml``):
-  what a Kubernetes API server with Argo installed enforces. It types int-or-string fields
-  (``retryStrategy.limit``) as either, has Argo's name patterns (template, task, parameter
+- the CRDs' ``openAPIV3Schema`` of the four pipeline kinds (Workflow, CronWorkflow,
+  WorkflowTemplate, ClusterWorkflowTemplate): what a Kubernetes API server with Argo
+  installed enforces, and the authority here. It types int-or-string fields (ports,
+  ``retryStrategy.limit``) as either, has Argo's name patterns (template, task, parameter
   and artifact names), the Kubernetes quantity pattern on resources, and CEL rules
   (``x-kubernetes-validations``: one template type per template, at most one artifact
   location, ``depends`` xor ``dependencies``...), which are evaluated here with the
   ``common-expression-language`` package;
 - ``schema.json``: the JSON schema of Argo's API (the ``argo`` CLI and IDEs use it), which
-  types int-or-string fields and quantities as strings.
+  types int-or-string fields and quantities as strings. It counts only where it is no
+  stricter than the CRD: a finding stands where the CRD refuses the same value too, and on
+  the top-level ``metadata``, which the API server checks natively and the CRD leaves out.
 
 Both are made strict the way ``kubectl --validate=strict`` / the API server's strict field
 validation is: an object schema that lists its properties rejects any other key (the CRD's
-``x-kubernetes-preserve-unknown-fields`` subtrees stay open), and a CRD object with no
-properties at all accepts none (the server would prune them). A required field that has a
-default is not required (the server fills it in before validating). The top-level
-``metadata`` is left to ``schema.json``'s ``ObjectMeta`` and to the name checks in
-``engines/validate.py``, as the API server checks it natively, not through the CRD.
+``x-kubernetes-preserve-unknown-fields`` subtrees stay open, but for inline templates,
+checked as the templates Argo decodes them into), and a CRD object with no properties at all
+accepts none (the server would prune them). A required field that has a default is not
+required (the server fills it in before validating), and nulls are pruned first, as the
+server prunes them.
 
 Parsing a 3 MB CRD YAML takes 1.5-6 s here, so each CRD's ``openAPIV3Schema`` is also
 stored as JSON in ``derived/`` with the SHA-256 of its source; a derived file whose hash

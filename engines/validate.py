@@ -4,11 +4,14 @@
 
 Each engine's own schema is the first check (KFP: the ``PipelineSpec`` and
 ``PlatformSpec`` protos; AzureML: ``load_job`` + ``_validate()``; Argo: its CRD schema, CEL
-rules included, and its JSON schema, both with unknown keys rejected: ``argo_schema.py``).
-None of them resolves references, so every validator then checks the wiring itself: each
-task's component/template exists, each upstream reference names an existing task and one
-of its outputs of the same type, each required input is bound, each placeholder in a
-command names a declared input or output, and the graph has no cycle. What no schema
+rules included, the authority, and its JSON schema where no stricter, unknown keys
+rejected: ``argo_schema.py``). None of them resolves references, so every validator then
+checks the wiring itself, as the engine's controller or driver would: each task's
+component/template exists, each upstream reference names an existing task and one of its
+outputs of a type the engine accepts, each required input is bound, each placeholder in a
+command names a declared input, and the graph has no cycle. What a component or template
+does not declare is ignored, as the engines ignore it. Any engine file is checked, not only
+ours (tests/test_validate_suites.py runs the engines' own example suites). What no schema
 checks is checked here too: every image is a valid image reference, KFP's CPU and memory
 are Kubernetes quantities, and an Argo object's name, namespace and labels follow the
 Kubernetes rules. Every problem found is listed in one ``UserError``.
