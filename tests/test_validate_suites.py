@@ -290,3 +290,42 @@ def test_any_int_or_string_field_takes_an_int_or_a_string(path, value):
 def test_an_int_or_string_field_refuses_other_types(path, value):
     problems = _problems_at(_place(value, path), path)
     assert problems and "must be an integer or a string [Argo CRD" in problems[0], problems
+
+
+def test_inline_templates_are_checked_as_templates():
+    """The CRD leaves ``inline`` open (a schema cannot contain itself); Argo decodes it into a
+    Template, so its int-or-string forms pass and unknown keys and CEL rules apply."""
+    doc = _load("argo-examples/dag-inline-workflow.yaml")[0]
+    inline = _dag_tasks(doc, "main")["a"]["inline"]
+    inline.update(activeDeadlineSeconds=10)
+    inline["container"]["readinessProbe"] = {"httpGet": {"port": 80}}
+    assert argo_schema.schema_problems("Workflow", doc) == []
+    inline["container"]["imagePullPolicyy"] = "Always"
+    inline["script"] = {"image": "python:3.12", "source": "print(1)"}
+    where = "spec.templates[0](main).dag.tasks[0](a).inline"
+    assert argo_schema.schema_problems("Workflow", doc) == [
+        f"{where}.container: unknown key 'imagePullPolicyy' [Argo CRD + JSON schema]",
+        f"{where}: template must have at most one template type [Argo CRD rule]",
+    ]
+
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?"
+
+
+@settings(max_examples=40, deadline=None)
+@given(prefix=st.from_regex(rf"\A{_DNS_LABEL}(\.{_DNS_LABEL}){{0,4}}-?\Z"))
+def test_generate_name_prefixes_kubernetes_accepts_are_accepted(prefix, tmp_path_factory):
+    """The API server cuts a generateName to 58 characters before adding 5 random ones, so any
+    DNS-1123 prefix makes a valid Workflow name; a CronWorkflow's runs need 11 more, so its
+    prefix may have at most 47."""
+    doc = copy.deepcopy(BASE)
+    doc["metadata"] = {"generateName": prefix}
+    path = tmp_path_factory.mktemp("gen") / "w.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert validate_file(path) == "argo"
+    cron = {**doc, "kind": "CronWorkflow", "spec": {"schedules": ["0 3 * * *"], "workflowSpec": doc["spec"]}}
+    path.write_text(yaml.safe_dump(cron))
+    if len(prefix) <= 47:
+        assert validate_file(path) == "argo"
+    else:
+        assert "at most 52 are allowed" in _refusal(path)
