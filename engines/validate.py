@@ -52,22 +52,23 @@ def validate_file(path: str | Path, target: str | None = None, strict: bool = Fa
 
 
 def guess_target(path: Path) -> str:
-    """The engine whose ``Target.recognizes`` the file (a folder: its pipeline.yml). A file that is
-    not YAML, or whose first document no engine recognizes, is "not a pipeline file"."""
+    """The engine whose ``Target.recognizes`` the file (a folder: its pipeline.yml), by the first
+    document one recognizes. A file that is not YAML, or none of whose documents any engine
+    recognizes, is "not a pipeline file"."""
     from .base import registry
 
     why = ""
     if path.is_dir():
-        first = {"_folder": True}
+        docs = [{"_folder": True}]
     else:
         try:
-            docs = _load_yaml_docs(path)
+            docs = [d for d in _load_yaml_docs(path) if isinstance(d, dict)]
         except YamlSyntaxError as e:
             docs, why = [], f"; this is not YAML ({str(e).split(': not valid YAML: ', 1)[-1]})"
-        first = docs[0] if docs and isinstance(docs[0], dict) else {}
-    for name, target in registry().items():
-        if target.recognizes(first, path):
-            return name
+    for doc in docs or [{}]:  # a file may hold other objects first (a ConfigMap the Workflow reads)
+        for name, target in registry().items():
+            if target.recognizes(doc, path):
+                return name
     engines = [t.short or t.name for t in registry().values()]
     expected = ", ".join(engines[:-1]) + " or " + engines[-1] if len(engines) > 1 else engines[0]
     raise UserError(f"{path}: not a pipeline file: expected a compiled {expected} pipeline (pipeline.py compile){why}")
@@ -695,6 +696,8 @@ _ARGO_DEPENDS = re.compile(r"([a-zA-Z0-9][-a-zA-Z0-9]*?\.[A-Z][a-zA-Z]+)|([a-zA-
 _ARGO_RESULTS = ("Succeeded", "Failed", "Errored", "Skipped", "Omitted", "Daemoned", "AnySucceeded", "AllFailed")
 _ARGO_TYPES = ("container", "containerSet", "steps", "script", "resource", "dag", "suspend", "data", "http", "plugin")
 _ARGO_LOCATIONS = ("s3", "gcs", "http", "git", "raw", "artifactory", "hdfs", "oss", "azure", "plugin")
+# Argo's kinds that are no pipeline: `argo lint` skips them, and so does this.
+_ARGO_OTHER_KINDS = ("WorkflowEventBinding", "WorkflowTaskSet", "WorkflowTaskResult", "WorkflowArtifactGCTask")
 # Argo's limits on object names: 63, and a CronWorkflow's 52 leaves room for its runs' "-<unix time>".
 _ARGO_MAX_NAME = {"Workflow": 63, "CronWorkflow": 52, "WorkflowTemplate": 63, "ClusterWorkflowTemplate": 63}
 
@@ -712,12 +715,17 @@ def check_argo(path: Path) -> list[str]:
     objects = []
     for i, tree in enumerate(docs):
         kind = tree.get("kind") if isinstance(tree, dict) else None
+        argo_api = isinstance(tree, dict) and str(tree.get("apiVersion", "")).startswith("argoproj.io/")
+        if tree is None or (kind not in KINDS and (kind in _ARGO_OTHER_KINDS or not argo_api)):
+            continue  # as `argo lint`: an empty document or another kind's object is not checked
         if not isinstance(tree, dict):
             problems.append(f"document {i}: not a mapping")
         elif kind not in KINDS:
-            problems.append(f"document {i}: kind {kind!r} is not one of {', '.join(KINDS)}")
+            problems.append(f"document {i}: kind {kind!r} is not one of Argo's kinds ({', '.join(KINDS)}, ...)")
         else:
             objects.append((i, kind, prune_nulls(tree)))
+    if not objects and not problems:
+        return [f"no {', '.join(KINDS[:-1])} or {KINDS[-1]} in the file: nothing to check (as `argo lint`)"]
     library = {}
     for _, kind, tree in objects:
         if kind in ("WorkflowTemplate", "ClusterWorkflowTemplate"):

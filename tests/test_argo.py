@@ -335,8 +335,8 @@ ARGO_BAD = {
         "is not a valid label value",
     ),
     "kind": (
-        lambda wf: wf.update(kind="WorkflowEventBinding"),
-        "kind 'WorkflowEventBinding' is not one of Workflow, CronWorkflow, WorkflowTemplate, ClusterWorkflowTemplate",
+        lambda wf: wf.update(kind="Workflw"),
+        "kind 'Workflw' is not one of Argo's kinds (Workflow, CronWorkflow, WorkflowTemplate, ClusterWorkflowTemplate",
     ),
 }
 

@@ -329,3 +329,23 @@ def test_generate_name_prefixes_kubernetes_accepts_are_accepted(prefix, tmp_path
         assert validate_file(path) == "argo"
     else:
         assert "at most 52 are allowed" in _refusal(path)
+
+
+def test_other_objects_in_a_file_are_skipped_as_argo_lint_skips_them(tmp_path):
+    """A ConfigMap the Workflow reads may come first; a WorkflowEventBinding is no pipeline. A file
+    with nothing to check, or an Argo kind that does not exist, is refused."""
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "params"}, "data": {"x": "1"}}
+    workflow = _load("argo-examples/hello-world.yaml")[0]
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump_all([config_map, None, workflow]))
+    assert validate_file(path) == "argo"
+    binding = {  # examples/workflow-event-binding/event-consumer-workfloweventbinding.yaml
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "WorkflowEventBinding",
+        "metadata": {"name": "event-consumer"},
+        "spec": {"event": {"selector": 'payload.appellation != ""'}, "submit": {"workflowTemplateRef": {"name": "x"}}},
+    }
+    path.write_text(yaml.safe_dump_all([binding]))
+    assert "nothing to check (as `argo lint`)" in _refusal(path)
+    path.write_text(yaml.safe_dump_all([config_map, {**workflow, "kind": "Workflw"}]))
+    assert "document 1: kind 'Workflw' is not one of Argo's kinds" in _refusal(path)
