@@ -131,6 +131,16 @@ BROKEN = {
         _drop_template_name,
         "spec.templates[0].name is required",
     ),
+    "argo: task without a template": (
+        "argo-examples/dag-diamond.yaml",
+        lambda d: _dag_tasks(d[0], "diamond")["B"].pop("template"),
+        "templates.diamond.dag.tasks.B: names no template (template, templateRef or inline): failed to get a template",
+    ),
+    "argo: input not supplied": (
+        "argo-examples/dag-diamond.yaml",
+        lambda d: _dag_tasks(d[0], "diamond")["C"].pop("arguments"),
+        "templates.diamond.dag.tasks.C: inputs.parameters.message was not supplied",
+    ),
     "argo: undefined template": (
         "argo-examples/dag-diamond.yaml",
         lambda d: _dag_tasks(d[0], "diamond")["B"].update(template="nope"),
