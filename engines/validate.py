@@ -716,10 +716,11 @@ def check_argo(path: Path) -> list[str]:
     for i, tree in enumerate(docs):
         kind = tree.get("kind") if isinstance(tree, dict) else None
         argo_api = isinstance(tree, dict) and str(tree.get("apiVersion", "")).startswith("argoproj.io/")
-        if tree is None or (kind not in KINDS and (kind in _ARGO_OTHER_KINDS or not argo_api)):
-            continue  # as `argo lint`: an empty document or another kind's object is not checked
         if not isinstance(tree, dict):
-            problems.append(f"document {i}: not a mapping")
+            if tree is not None:  # an empty document is no object
+                problems.append(f"document {i}: not a mapping")
+        elif kind not in KINDS and (kind in _ARGO_OTHER_KINDS or not argo_api):
+            continue  # as `argo lint`: another kind's object is not checked
         elif kind not in KINDS:
             problems.append(f"document {i}: kind {kind!r} is not one of Argo's kinds ({', '.join(KINDS)}, ...)")
         else:
@@ -747,10 +748,11 @@ def _argo_object_problems(kind: str, tree: dict, library: dict) -> list[str]:
         spec = spec.get(key) if isinstance(spec, dict) else None
     if kind == "CronWorkflow":
         cron_spec = tree.get("spec") if isinstance(tree.get("spec"), dict) else {}
-        schedules = cron_spec.get("schedules") or []
-        if not schedules:
+        schedules = cron_spec.get("schedules")
+        if schedules == []:  # a missing one the CRD reports
             problems.append("spec.schedules: cron workflow must have at least one schedule")
-        problems += cron_problems("spec.schedules", schedules, "argo")
+        if isinstance(schedules, list):
+            problems += cron_problems("spec.schedules", schedules, "argo")
     try:
         problems += _ArgoSpec(kind, spec if isinstance(spec, dict) else {}, library).problems()
     except (AttributeError, TypeError, KeyError, IndexError) as e:
@@ -794,11 +796,14 @@ class _ArgoSpec:
 
     def problems(self) -> list[str]:
         spec = self.spec
-        if spec.get("workflowTemplateRef") is not None:
+        ref = spec.get("workflowTemplateRef")
+        if ref is not None:
             if spec.get("templates"):
                 self.found.append(
                     "spec.templates: Templates is invalid field in spec if workflow referred WorkflowTemplate reference"
                 )
+            if isinstance(ref, dict) and spec.get("entrypoint"):  # the referred template's, when in this file
+                self._holder("spec.entrypoint", {"templateRef": {**ref, "template": spec["entrypoint"]}})
         else:
             self._names("spec.templates", _items(spec.get("templates")))
             entry = spec.get("entrypoint")

@@ -167,6 +167,18 @@ BROKEN = {
         "(WorkflowTemplate workflow-template-inner-steps): templates.inner-steps.steps[0].inner-hello1: "
         "template reference workflow-template-print-message.nope not found",
     ),
+    "argo: Workflow beside its WorkflowTemplate, undefined entrypoint": (
+        "argo-examples/workflow-template__templates.yaml",
+        lambda d: d.append(
+            {
+                "apiVersion": "argoproj.io/v1alpha1",
+                "kind": "Workflow",
+                "metadata": {"generateName": "ref-"},
+                "spec": {"entrypoint": "nope", "workflowTemplateRef": {"name": "workflow-template-submittable"}},
+            }
+        ),
+        "spec.entrypoint: template reference workflow-template-submittable.nope not found",
+    ),
     "kfp-argo: undefined template": (
         "kfp-argo/pipeline_with_loops.yaml",
         lambda d: next(t for t in _templates(d[0]) if "dag" in t)["dag"]["tasks"][0].update(template="nope"),
