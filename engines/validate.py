@@ -272,6 +272,31 @@ def _kfp_type_ok(value: Any, ptype: str) -> bool:
     return isinstance(value, kinds)
 
 
+# What KFP's API server asks of an uploaded spec (backend/src/apiserver/template/v2_template.go):
+# schema version 2.1.0 and a name its (unanchored) pattern finds; the SDK's own name rule is
+# stricter, and compile applies that one (core/names.py).
+_KFP_SCHEMA_VERSION = "2.1.0"
+_KFP_SERVER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _kfp_api_server_problems(spec: dict) -> list[str]:
+    problems = []
+    if spec.get("schemaVersion") != _KFP_SCHEMA_VERSION:
+        problems.append(
+            f"schemaVersion: KFP only supports schema version {_KFP_SCHEMA_VERSION}, "
+            f"but the pipeline spec has version {spec.get('schemaVersion')!r}"
+        )
+    name = (spec.get("pipelineInfo") or {}).get("name")
+    if not name:
+        problems.append("pipelineInfo.name: invalid v2 pipeline spec: name is empty")
+    elif not isinstance(name, str) or not _KFP_SERVER_NAME.search(name):
+        problems.append(
+            f"pipelineInfo.name: {name!r}: invalid v2 pipeline spec: name should consist of lower case "
+            "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+        )
+    return problems
+
+
 def check_kfp(path: Path) -> list[str]:
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
@@ -295,7 +320,7 @@ def check_kfp(path: Path) -> list[str]:
         expr = ((body.get("trigger") or {}).get("cron_schedule") or {}).get("cron") if isinstance(body, dict) else None
         problems += cron_problems(f"{sidecar.name}: trigger.cron_schedule.cron", [expr], "kfp")
     spec = docs[0]
-    problems += name_problems("pipelineInfo.name", (spec.get("pipelineInfo") or {}).get("name"), names.kfp_pipeline)
+    problems += _kfp_api_server_problems(spec)
     components = spec.get("components", {})
     executors = spec.get("deploymentSpec", {}).get("executors", {})
     if "root" not in spec or "dag" not in spec["root"]:
