@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from core.errors import UserError
@@ -341,6 +341,9 @@ _DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?"
 
 @settings(derandomize=True, max_examples=40, deadline=None)
 @given(prefix=st.from_regex(rf"\A{_DNS_LABEL}(\.{_DNS_LABEL}){{0,4}}-?\Z"))
+@example(prefix="a" * 47)
+@example(prefix="a" * 47 + "-")
+@example(prefix="global-parameter-from-configmap-" * 4)
 def test_generate_name_prefixes_kubernetes_accepts_are_accepted(prefix, tmp_path_factory):
     """The API server cuts a generateName to 58 characters before adding 5 random ones, so any
     DNS-1123 prefix makes a valid Workflow name; a CronWorkflow's runs need 11 more, so its
