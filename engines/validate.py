@@ -118,7 +118,8 @@ _IMAGE_REF = re.compile(
 _QUANTITY = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
-# The name rules are the config's (core/names.py): what compile refuses, validate refuses.
+# The Kubernetes patterns are the config's (core/names.py). Compile may ask more of its own output
+# (a whole generateName, the SDK's pipeline names); validate asks what the engine asks.
 _DNS1123_LABEL = names.DNS1123_LABEL
 _DNS1123_SUBDOMAIN = names.DNS1123_SUBDOMAIN
 _LABEL_NAME = names.LABEL_NAME
