@@ -2,23 +2,26 @@
 
 Two official schemas ship, unchanged, in ``engines/schemas/argo-workflows/`` (README there):
 
-- the CRDs' ``openAPIV3Schema`` (``argoproj.io_workflows.yaml``, ``..._cronworkflows.yaml``):
-  what a Kubernetes API server with Argo installed enforces. It types int-or-string fields
-  (``retryStrategy.limit``) as either, has Argo's name patterns (template, task, parameter
+- the CRDs' ``openAPIV3Schema`` of the four pipeline kinds (Workflow, CronWorkflow,
+  WorkflowTemplate, ClusterWorkflowTemplate): what a Kubernetes API server with Argo
+  installed enforces, and the authority here. It types int-or-string fields (ports,
+  ``retryStrategy.limit``) as either, has Argo's name patterns (template, task, parameter
   and artifact names), the Kubernetes quantity pattern on resources, and CEL rules
   (``x-kubernetes-validations``: one template type per template, at most one artifact
   location, ``depends`` xor ``dependencies``...), which are evaluated here with the
   ``common-expression-language`` package;
 - ``schema.json``: the JSON schema of Argo's API (the ``argo`` CLI and IDEs use it), which
-  types int-or-string fields and quantities as strings.
+  types int-or-string fields and quantities as strings. It counts only where it is no
+  stricter than the CRD: a finding stands where the CRD refuses the same value too, and on
+  the top-level ``metadata``, which the API server checks natively and the CRD leaves out.
 
 Both are made strict the way ``kubectl --validate=strict`` / the API server's strict field
 validation is: an object schema that lists its properties rejects any other key (the CRD's
-``x-kubernetes-preserve-unknown-fields`` subtrees stay open), and a CRD object with no
-properties at all accepts none (the server would prune them). A required field that has a
-default is not required (the server fills it in before validating). The top-level
-``metadata`` is left to ``schema.json``'s ``ObjectMeta`` and to the name checks in
-``engines/validate.py``, as the API server checks it natively, not through the CRD.
+``x-kubernetes-preserve-unknown-fields`` subtrees stay open, but for inline templates,
+checked as the templates Argo decodes them into), and a CRD object with no properties at all
+accepts none (the server would prune them). A required field that has a default is not
+required (the server fills it in before validating), and nulls are pruned first, as the
+server prunes them.
 
 Parsing a 3 MB CRD YAML takes 1.5-6 s here, so each CRD's ``openAPIV3Schema`` is also
 stored as JSON in ``derived/`` with the SHA-256 of its source; a derived file whose hash
@@ -37,10 +40,21 @@ from typing import Any
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas" / "argo-workflows"
 DERIVED_DIR = SCHEMA_DIR / "derived"
-CRD_FILES = {"Workflow": "argoproj.io_workflows.yaml", "CronWorkflow": "argoproj.io_cronworkflows.yaml"}
+CRD_FILES = {
+    "Workflow": "argoproj.io_workflows.yaml",
+    "CronWorkflow": "argoproj.io_cronworkflows.yaml",
+    "WorkflowTemplate": "argoproj.io_workflowtemplates.yaml",
+    "ClusterWorkflowTemplate": "argoproj.io_clusterworkflowtemplates.yaml",
+}
 JSON_SCHEMA_FILE = "schema.json"
 JSON_DEFINITION = {k: f"io.argoproj.workflow.v1alpha1.{k}" for k in CRD_FILES}
 KINDS = tuple(CRD_FILES)
+
+
+def spec_path(kind: str) -> tuple[str, ...]:
+    """Where ``kind`` keeps its Workflow spec (the templates, entrypoint, arguments...)."""
+    return ("spec", "workflowSpec") if kind == "CronWorkflow" else ("spec",)
+
 
 # Kubernetes' quantity pattern, as the CRD writes it on every resources field.
 QUANTITY_PATTERN = (
@@ -159,13 +173,93 @@ def _strict_json(node: Any) -> None:
                 _strict_json(sub)
 
 
+def _link_inline(schema: dict, kind: str) -> None:
+    """In place: a DAG task's or step's ``inline`` template gets the schema of a template.
+
+    The CRD leaves ``inline`` open (``x-kubernetes-preserve-unknown-fields``) only because a
+    template cannot contain its own schema; Argo decodes it into the same Go ``Template`` as
+    ``spec.templates[]``, so it is checked as one (the schema becomes cyclic, which a
+    validator, descending only as deep as the document, does not mind)."""
+    template = _schema_at(schema, spec_path(kind) + ("templates", 0))
+    holders = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            props = node.get("properties") or {}
+            if isinstance(props.get("inline"), dict) and props["inline"].get("x-kubernetes-preserve-unknown-fields"):
+                holders.append(props)
+            for sub in props.values():
+                walk(sub)
+            walk(node.get("items"))
+
+    walk(schema)
+    for props in holders:
+        props["inline"] = template
+
+
+def _schema_at(schema: dict, path) -> dict | str | None:
+    """The CRD schema node that checks the document node at ``path``; OPEN where the CRD
+    keeps unknown fields (anything is accepted there); None where it has no node."""
+    node: Any = schema
+    for part in path:
+        props = node.get("properties") or {}
+        if node.get("x-kubernetes-preserve-unknown-fields") and part not in props:
+            return OPEN
+        if isinstance(part, int):
+            node = node.get("items")
+        elif part in props:
+            node = props[part]
+        else:
+            node = node.get("additionalProperties")
+        if not isinstance(node, dict):
+            return None
+    return node
+
+
+OPEN = "open"
+
+
+@lru_cache(maxsize=None)
+def _crd_schema(kind: str) -> dict:
+    """``kind``'s CRD schema, strict, with inline templates typed as templates."""
+    schema = _load_crd_openapi(kind)
+    _strict_crd(schema)
+    _link_inline(schema, kind)
+    return schema
+
+
 @lru_cache(maxsize=None)
 def _crd_validator(kind: str):
     from jsonschema import Draft7Validator
 
-    schema = _load_crd_openapi(kind)
-    _strict_crd(schema)
-    return Draft7Validator(schema)
+    return Draft7Validator(_crd_schema(kind))
+
+
+def prune_nulls(doc: Any) -> Any:
+    """``doc`` without its null-valued keys: what the API server checks. It prunes a null
+    wherever the CRD does not say ``nullable`` (Argo's CRDs never do), and a null in the
+    natively typed ``metadata`` decodes to the zero value (KFP's backend writes
+    ``status: {startedAt: null}`` and ``creationTimestamp: null``)."""
+    if isinstance(doc, dict):
+        return {k: prune_nulls(v) for k, v in doc.items() if v is not None}
+    if isinstance(doc, list):
+        return [prune_nulls(v) for v in doc]
+    return doc
+
+
+def _crd_also_refuses(kind: str, path, instance: Any) -> bool:
+    """Whether a JSON-schema error at ``path`` stands: the JSON schema counts only where it is
+    no stricter than the CRD. The top-level ``metadata`` is the API server's own
+    ``ObjectMeta``, which the JSON schema describes and the CRD leaves out."""
+    from jsonschema import Draft7Validator
+
+    path = list(path)
+    if path[:1] == ["metadata"]:
+        return True
+    node = _schema_at(_crd_schema(kind), path)
+    if not isinstance(node, dict):  # open: the CRD accepts anything; None: the CRD reports the parent
+        return False
+    return not Draft7Validator(node).is_valid(instance)
 
 
 @lru_cache(maxsize=None)
@@ -260,8 +354,9 @@ def _messages(err, doc: Any) -> list[str]:
     return [f"{where}: {_short(err.instance)}: {err.validator} {_short(err.validator_value)} not met"]
 
 
-def _cel_problems(kind: str, doc: dict) -> list[str]:
-    """Evaluate each CEL rule on every node of ``doc`` at the rule's place in the schema."""
+def _cel_failures(rules, doc: Any) -> list[tuple[tuple, str]]:
+    """``[(document path, why)]``: each CEL rule evaluated on every node of ``doc`` at the
+    rule's place in the schema."""
 
     def nodes(value: Any, path: tuple, real: tuple):
         if not path:
@@ -277,17 +372,45 @@ def _cel_problems(kind: str, doc: dict) -> list[str]:
         elif isinstance(value, dict) and head in value:
             yield from nodes(value[head], rest, real + (head,))
 
-    problems = []
-    for path, rule, message, program in _cel_rules(kind):
+    failures = []
+    for path, rule, message, program in rules:
         for real, value in nodes(doc, path, ()):
             try:
                 ok = program.execute({"self": value})
             except Exception as e:  # a rule that cannot run on this value (wrong type): the schema check reports it
                 ok = True if not isinstance(value, (dict, list)) else f"{type(e).__name__}: {e}"
             if ok is not True:
-                why = message if ok is False else f"{message} ({ok})"
-                problems.append(f"{_where(doc, real)}: {why}")
-    return problems
+                failures.append((real, message if ok is False else f"{message} ({ok})"))
+    return failures
+
+
+def inline_templates(doc: Any, path: tuple = ()):
+    """``(path, template)`` of every inline template of a DAG task or step, nested ones too."""
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if key == "inline" and isinstance(value, dict) and ("tasks" in path[-3:] or "steps" in path[-4:]):
+                yield path + (key,), value
+            yield from inline_templates(value, path + (key,))
+    elif isinstance(doc, list):
+        for i, value in enumerate(doc):
+            yield from inline_templates(value, path + (i,))
+
+
+def _cel_problems(kind: str, doc: dict) -> list[str]:
+    """Every CEL rule where the CRD puts it, and a template's rules on each inline template
+    too (the CRD, which leaves inline templates open, would not run them; Argo's controller
+    reads them as templates)."""
+    found = [(_where(doc, real), why) for real, why in _cel_failures(_cel_rules(kind), doc)]
+    at = spec_path(kind) + ("templates",)
+    mine = [r for r in _cel_rules(kind) if r[0][: len(at)] == at]
+    for where, template in inline_templates(doc):
+        virtual: Any = [template]
+        for key in reversed(at):
+            virtual = {key: virtual}
+        for real, why in _cel_failures(mine, virtual):
+            rest = real[len(at) + 1 :]
+            found.append((_where(doc, where + rest), why))
+    return [f"{where}: {why}" for where, why in found]
 
 
 def schema_problems(kind: str, doc: dict) -> list[str]:
@@ -297,6 +420,7 @@ def schema_problems(kind: str, doc: dict) -> list[str]:
     """
     if kind not in CRD_FILES:
         raise ValueError(f"no Argo schema for kind {kind!r}")
+    doc = prune_nulls(doc)
     found: dict[str, list[str]] = {}
     crd = _crd_validator(kind)
     for err in sorted(crd.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
@@ -306,6 +430,8 @@ def schema_problems(kind: str, doc: dict) -> list[str]:
         found.setdefault(msg, []).append("CRD rule")
     js = _json_validator(kind)
     for err in sorted(js.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
+        if not _crd_also_refuses(kind, err.absolute_path, err.instance):
+            continue
         for msg in _messages(err, doc):
             found.setdefault(msg, []).append("JSON schema")
     return [f"{msg} [Argo {' + '.join(dict.fromkeys(src))}]" for msg, src in found.items()]

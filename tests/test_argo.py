@@ -295,13 +295,13 @@ ARGO_BAD = {
         lambda wf: _argo_template(wf, "merge")["container"].update(image="not a valid image ref"),
         "'not a valid image ref' is not a valid image reference",
     ),
-    "integer retry limit": (
-        lambda wf: _argo_template(wf, "merge")["retryStrategy"].update(limit=2),
-        "retryStrategy.limit: 2 is not of type 'string' [Argo JSON schema]",
+    "retry limit neither integer nor string": (
+        lambda wf: _argo_template(wf, "merge")["retryStrategy"].update(limit=[2]),
+        "retryStrategy.limit: [2] must be an integer or a string [Argo CRD]",
     ),
-    "integer backoff factor": (
-        lambda wf: _argo_template(wf, "merge")["retryStrategy"]["backoff"].update(factor=2),
-        "backoff.factor: 2 is not of type 'string' [Argo JSON schema]",
+    "float backoff factor": (
+        lambda wf: _argo_template(wf, "merge")["retryStrategy"]["backoff"].update(factor=1.5),
+        "backoff.factor: 1.5 must be an integer or a string [Argo CRD]",
     ),
     "unknown container key": (
         lambda wf: _argo_template(wf, "merge")["container"].update(imagePullPolicyy="Always"),
@@ -335,8 +335,8 @@ ARGO_BAD = {
         "is not a valid label value",
     ),
     "kind": (
-        lambda wf: wf.update(kind="WorkflowTemplate"),
-        "kind 'WorkflowTemplate' is not one of Workflow, CronWorkflow",
+        lambda wf: wf.update(kind="Workflw"),
+        "kind 'Workflw' is not one of Argo's kinds (Workflow, CronWorkflow, WorkflowTemplate, ClusterWorkflowTemplate",
     ),
 }
 
@@ -425,7 +425,7 @@ def test_image_reference_grammar(image, ok):
 
 def test_schema_problems_rejects_unknown_kind():
     with pytest.raises(ValueError, match="no Argo schema"):
-        argo_schema.schema_problems("WorkflowTemplate", {})
+        argo_schema.schema_problems("WorkflowEventBinding", {})
     with pytest.raises(UserError, match="no such file"):
         validate_file(REPO / "does-not-exist.yaml", "argo")
 

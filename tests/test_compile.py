@@ -527,12 +527,12 @@ def _argo_task(wf, name):
 
 
 ARGO_BROKEN = {
-    "dangling template": (lambda wf: _argo_task(wf, "merge").update(template="nope"), "no template 'nope'"),
+    "dangling template": (lambda wf: _argo_task(wf, "merge").update(template="nope"), "template name 'nope' undefined"),
     "dangling from task": (
         lambda wf: _argo_task(wf, "train")["arguments"]["artifacts"][0].update(
             **{"from": "{{tasks.nope.outputs.artifacts.dataset}}"}
         ),
-        "from names no task 'nope'",
+        "missing dependency 'nope' for artifact 'dataset'",
     ),
     "dangling from output": (
         lambda wf: _argo_task(wf, "train")["arguments"]["artifacts"][0].update(
@@ -540,7 +540,10 @@ ARGO_BROKEN = {
         ),
         "task 'data-prep' has no output artifact 'nope'",
     ),
-    "dangling dependency": (lambda wf: _argo_task(wf, "train").update(dependencies=["nope"]), "no task 'nope'"),
+    "dangling dependency": (
+        lambda wf: _argo_task(wf, "train").update(dependencies=["data-prep", "nope"]),
+        "dependency 'nope' not defined",
+    ),
     "dependency cycle": (
         lambda wf: _argo_task(wf, "data-prep").update(dependencies=["merge"]),
         "dependency cycle data-prep -> merge -> train -> data-prep",
@@ -552,11 +555,11 @@ ARGO_BROKEN = {
     "unknown key": (lambda wf: _argo_task(wf, "train").update(tempalte="train"), "unknown key"),
     "missing input artifact": (
         lambda wf: _argo_task(wf, "train")["arguments"].pop("artifacts"),
-        "input artifact 'dataset' of template 'train' is not given",
+        "templates.main.dag.tasks.train: inputs.artifacts.dataset was not supplied",
     ),
     "missing input parameter": (
         lambda wf: _argo_task(wf, "train")["arguments"]["parameters"].pop(0),
-        "of template 'train' is not given",
+        "templates.main.dag.tasks.train: inputs.parameters.model_base was not supplied",
     ),
     "undefined workflow parameter": (
         lambda wf: wf["spec"]["arguments"]["parameters"].pop(0),
@@ -579,7 +582,7 @@ def test_validate_cli_reports_problems(compiled, tmp_path, capsys):
     src, _ = compiled[("argo", CONFIGS[0])]
     bad = _mutate_yaml(src, tmp_path / "bad.yaml", ARGO_BROKEN["dangling template"][0])
     assert main(["validate", str(bad)]) == 2
-    assert "no template 'nope'" in capsys.readouterr().err
+    assert "template name 'nope' undefined" in capsys.readouterr().err
     assert main(["validate", "--target", "argo", str(src)]) == 0
     garbage = tmp_path / "garbage.yaml"
     garbage.write_text("a: [1, 2\n")
