@@ -1,6 +1,6 @@
-"""The layers, and no import cycles, over the project's import graph (core/imports.py: every
-``import`` in the source, lazy ones included, read with ``ast``; grimp and import-linter are not
-in the pinned environment). A module may import its own layer and the layers below it:
+"""The layers, and no import cycles, over the project's import graph, read twice: by core/imports.py
+(every ``import`` in the source, lazy ones included, read with ``ast``: the graph the cache keys use)
+and by grimp (pinned in requirements-dev.txt). A module may import its own layer and the layers below it:
 
     pipeline.py     the DAG and the command's entry point
     cli/            the verbs, the Olive importer
@@ -114,3 +114,24 @@ def test_the_check_finds_an_upward_import_and_a_cycle(tmp_path):
         "stages.x.run imports stages.y.run, another stage",
     ]
     assert cycles(g) == [["core.a", "core.b"]]
+
+
+def test_grimp_agrees_no_upward_import_no_cycle_no_stage_importing_another():
+    """The same contract read by grimp, an import-graph tool of its own (pinned in
+    requirements-dev.txt), over the packages (pipeline.py, the top layer, is the ast check's)."""
+    import grimp
+
+    g = grimp.build_graph(*LAYERS[1:], include_external_packages=False)
+    assert len(g.modules) > 50
+    assert g.find_illegal_dependencies_for_layers(layers=LAYERS[1:]) == set()
+    stage_packages = sorted(m for m in g.find_children("stages") if g.find_children(m))
+    assert len(stage_packages) >= 5
+    independent = grimp.Layer(*stage_packages, independent=True)
+    assert g.find_illegal_dependencies_for_layers(layers=[independent]) == set()
+    loops = [
+        (a, b)
+        for a in sorted(g.modules)
+        for b in sorted(g.find_modules_directly_imported_by(a))
+        if g.chain_exists(importer=b, imported=a)
+    ]
+    assert loops == [], f"import cycles through: {loops[:5]}"
