@@ -39,7 +39,7 @@ def _parser(spec) -> argparse.ArgumentParser:
         p.add_argument(f"--{port.name}", required=True, metavar="DIR", help=f"input {port.type} artifact")
     for port in spec.outputs:
         p.add_argument(f"--{port.name}", required=True, metavar="DIR", help=f"output {port.type} artifact")
-    for key, default in spec.params(Config()).items():
+    for key, default in spec.params(Config(), every=True).items():
         p.add_argument(f"--{key}", dest=key, metavar="VALUE", help=f"{describe(key)} (default: {default!r})".lstrip())
     p.add_argument(
         "--model-uri",
@@ -114,7 +114,7 @@ def main(stage_name: str, run: Callable[..., dict | None], argv: list[str] | Non
     try:
         secrets.hf_token_from_key_vault()  # AzureML: HF_TOKEN from the workspace Key Vault, when the node names one
         tree: dict = {}
-        for key in spec.params(Config()):
+        for key in spec.params(Config(), every=True):
             if args.get(key) is not None:
                 set_path(tree, key, parse_value(args[key]))
         cfg = validate(tree, where=f"{stage_name} parameters")

@@ -15,6 +15,7 @@ full reports: per-class precision/recall, confusion matrices, tokens/s, latency,
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -349,14 +350,18 @@ class TorchGenerator:
 
 
 class OnnxGenerator:
-    def __init__(self, path: Path, max_new_tokens: int):
+    def __init__(self, path: Path, max_new_tokens: int, threads: int | None = None):
         if read_json(Path(path) / "build_info.json", "onnx model").get("execution_provider") == "cuda":
             _preload_cuda_libraries()
         import onnxruntime_genai as og
 
         self.og, self.path, self.max_new_tokens = og, path, max_new_tokens
         try:
-            self.model = og.Model(str(path))
+            config = og.Config(str(path))
+            if threads:  # else genai_config.json's (the INT4 search writes the one it chose there)
+                options = {"intra_op_num_threads": threads}
+                config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+            self.model = og.Model(config)
         except Exception as e:  # noqa: BLE001
             raise UserError(f"onnxruntime-genai cannot load {path}: {str(e).splitlines()[0]}") from None
         self.tokenizer = og.Tokenizer(self.model)

@@ -88,15 +88,37 @@ def _layers(model: Path) -> int | None:
     return n if isinstance(n, int) and n > 0 else None
 
 
-def run(cfg, context, model: Path, onnx_model: Path) -> None:
+def run(cfg, context, model: Path, onnx_model: Path, dataset: Path | None = None) -> None:
     oc = cfg.onnx
+    if oc.search.enabled:
+        from components.onnx_build.search import run_in_stage
+
+        return run_in_stage(cfg, model, dataset, onnx_model)
+    cmd = build_checked(model, onnx_model, lambda cache: builder_command(model, onnx_model, cache, oc))
+    genai = json.loads((onnx_model / "genai_config.json").read_text())
+    write_json(
+        onnx_model / "build_info.json",
+        {
+            "precision": oc.precision,
+            "execution_provider": oc.execution_provider,
+            "options": cmd[cmd.index("--extra_options") + 1 :] if "--extra_options" in cmd else [],
+            "model_type": genai["model"]["type"],
+            "bytes": sum(p.stat().st_size for p in onnx_model.iterdir() if p.is_file() and p.name != "build.log"),
+        },
+    )
+
+
+def build_checked(model: Path, onnx_model: Path, command) -> list[str]:
+    """Run ``command(cache_dir)`` (a builder command line) and check its log and output; a failure
+    is a one-line UserError. Returns the command line."""
     with tempfile.TemporaryDirectory(prefix="onnx-build-cache-") as cache:
-        cmd = builder_command(model, onnx_model, Path(cache), oc)
-        log.info("model builder: %s %s on %s", oc.precision, oc.execution_provider, model)
+        cmd = command(Path(cache))
+        log.info("model builder: %s", " ".join(cmd[cmd.index("-p") :]))
         # The builder stamps the git HEAD of any repository enclosing its install (a venv inside
         # a checkout: ours) into the graph; point git nowhere so the bytes don't depend on it.
         env = {**os.environ, "GIT_DIR": os.devnull, "PYTHONUNBUFFERED": "1"}
         returncode, build_log = run_builder(cmd, env, _layers(model))
+    Path(onnx_model).mkdir(parents=True, exist_ok=True)
     (onnx_model / "build.log").write_text(build_log)
     if returncode != 0:
         tail = [line for line in build_log.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
@@ -113,14 +135,4 @@ def run(cfg, context, model: Path, onnx_model: Path) -> None:
     missing = [f for f in REQUIRED if not (onnx_model / f).is_file()]
     if missing or not list(onnx_model.glob("*.onnx")):
         raise UserError(f"the builder output lacks {missing or ['*.onnx']}")
-    genai = json.loads((onnx_model / "genai_config.json").read_text())
-    write_json(
-        onnx_model / "build_info.json",
-        {
-            "precision": oc.precision,
-            "execution_provider": oc.execution_provider,
-            "options": cmd[cmd.index("--extra_options") + 1 :] if "--extra_options" in cmd else [],
-            "model_type": genai["model"]["type"],
-            "bytes": sum(p.stat().st_size for p in onnx_model.iterdir() if p.is_file() and p.name != "build.log"),
-        },
-    )
+    return cmd
