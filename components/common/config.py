@@ -355,7 +355,7 @@ class OnnxSearchConfig(Section):
         "int8", description="What the sensitive MatMuls become: int8, or float (not quantized; fp16 on CUDA)."
     )
     calibration_samples: int = Field(
-        16, gt=0, le=4096, description="Training prompts the sensitivity score runs on (never the eval set)."
+        8, gt=0, le=4096, description="Training prompts the sensitivity score runs on (never the eval set)."
     )
     threads: list[int] = Field(
         default_factory=lambda: [0, 1],

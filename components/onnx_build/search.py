@@ -173,6 +173,12 @@ def code_version() -> str:
     return digest(parts)
 
 
+def builder_version() -> str:
+    from importlib.metadata import version
+
+    return version("onnxruntime-genai") + "/" + version("onnxruntime")
+
+
 def _cached(path: Path, make):
     """``make()``'s JSON result, kept at ``path``: written whole (rename), so a killed run leaves none."""
     if path.is_file():
@@ -332,6 +338,7 @@ class Search:
 
         k = self.key(what="pytorch", rows=self.rows_hash, s=self._score_settings(), threads=self.cfg.runtime.threads)
         value, _ = _cached(self.root / "pytorch" / f"{k[:24]}.json", make)
+        self.spent += value["seconds"]
         return value
 
     def sensitive_nodes(self) -> list[str]:
@@ -341,9 +348,15 @@ class Search:
             block = min(self.sc.block_sizes)
             k = self.key(what="sensitivity", calib=calib, block=block)
             where = self.root / "sensitivity" / f"{k[:24]}.json"
-            scores, _ = _cached(where, lambda: sensitivity(self.model, calib, block))
-            self._nodes = [n for n, _ in scores]
-            self.sensitivity = scores
+
+            def make():
+                start = time.perf_counter()
+                return {"scores": sensitivity(self.model, calib, block), "seconds": time.perf_counter() - start}
+
+            found, _ = _cached(where, make)
+            self.spent += found["seconds"]
+            self._nodes = [n for n, _ in found["scores"]]
+            self.sensitivity = found["scores"]
         return self._nodes
 
     def _score_settings(self) -> dict:
@@ -358,7 +371,7 @@ class Search:
 
         nodes = self.sensitive_nodes() if recipe.sensitive else []
         args = builder_args(recipe, nodes, self.sc.sensitive_precision)
-        k = self.key(what="build", args=args)
+        k = self.key(what="build", args=args, code=builder_version())  # a build depends on the builder, not on us
         folder = self.root / "builds" / k[:24]
         record_file = folder / "record.json"
         if record_file.is_file():
@@ -558,7 +571,7 @@ def install(result: dict, out: Path) -> dict:
     """Copy the chosen build to ``out``; its thread count goes into genai_config.json (what
     onnxruntime-genai reads at load), so the shipped model runs as it was scored."""
     chosen = next(p for p in result["points"] if p["name"] == result["chosen"])
-    src = Path(chosen["folder"]) / "model"
+    src = Path(chosen["folder"])
     out.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
         if f.is_file():
