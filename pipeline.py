@@ -24,7 +24,7 @@ DAG = Pipeline(
         step("data_prep"),
         step("train", dataset="data_prep.dataset"),
         step("merge", adapter="train.adapter"),
-        step("onnx_build", model="merge.model"),
+        step("onnx_build", model="merge.model", dataset="data_prep.dataset"),
         step("evaluate", dataset="data_prep.dataset", model="merge.model", onnx_model="onnx_build.onnx_model"),
     ),
     # The data-change trigger: with data.promoted_dataset_hash set to the promoted model's

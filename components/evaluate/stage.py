@@ -59,6 +59,8 @@ def run(cfg, context, dataset: Path, model: Path, onnx_model: Path, metrics: Pat
     onnx_gen = OnnxGenerator(onnx_model, ec.max_new_tokens)  # first: fails fast, before the PyTorch load
     torch_gen = TorchGenerator(model, device_for(cfg.runtime), ec.max_new_tokens)
     report = {"labels": labels, "samples": len(rows), "environment": environment(cfg.runtime)}
+    if build_info.get("search"):  # onnx_build searched the recipe: the report plots its front
+        report["int4_search"] = build_info["search"]
     predictions = {}
     for name, gen in (("pytorch", torch_gen), (onnx_key, onnx_gen)):
         gen.generate(prompts[: ec.batch_size])  # warm-up (CUDA context, kernels, allocator): not timed

@@ -113,7 +113,7 @@ def build_checked(model: Path, onnx_model: Path, command) -> list[str]:
     is a one-line UserError. Returns the command line."""
     with tempfile.TemporaryDirectory(prefix="onnx-build-cache-") as cache:
         cmd = command(Path(cache))
-        log.info("model builder: %s", " ".join(cmd[cmd.index("-p") :]))
+        log.info("model builder: %s %s on %s", cmd[cmd.index("-p") + 1], cmd[cmd.index("-e") + 1], model)
         # The builder stamps the git HEAD of any repository enclosing its install (a venv inside
         # a checkout: ours) into the graph; point git nowhere so the bytes don't depend on it.
         env = {**os.environ, "GIT_DIR": os.devnull, "PYTHONUNBUFFERED": "1"}
