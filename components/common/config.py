@@ -341,8 +341,10 @@ class OnnxSearchConfig(Section):
     symmetric: list[bool] = Field(
         default_factory=lambda: [True], min_length=1, description="is_symmetric values to try (false: uint4)."
     )
+    # Off by default: with onnxruntime-genai 0.18 on CPU a pruned head gives padded batches wrong
+    # tokens (2 of 16 rows matched batch 1; docs/benchmarks.md), so only batch-1 serving may use it.
     prune_lm_head: list[bool] = Field(
-        default_factory=lambda: [True],
+        default_factory=lambda: [False],
         min_length=1,
         description="The builder's prune_lm_head: prefill computes the last position's logits only.",
     )

@@ -122,7 +122,7 @@ def project(values: dict, space) -> Recipe:
 def current_recipe(oc) -> dict:
     algo, mixed = LEGACY_ALGOS.get(oc.int4_algo_config, (oc.int4_algo_config, ""))
     return dict(
-        algo=algo, mixed=mixed, block=oc.int4_block_size, level=oc.int4_accuracy_level, symmetric=True, prune=True
+        algo=algo, mixed=mixed, block=oc.int4_block_size, level=oc.int4_accuracy_level, symmetric=True, prune=False
     ) | {"sensitive": 0}
 
 
