@@ -33,7 +33,8 @@ from pathlib import Path
 
 from components.common.errors import UserError
 from components.common.hashing import digest, file_hash, tree_hash
-from components.common.io import read_json, read_jsonl
+from components.common.io import read_jsonl
+from components.onnx_build.scoring import eval_rows, score
 
 log = logging.getLogger("slm")
 HERE = Path(__file__).resolve().parent
@@ -145,8 +146,10 @@ def neighbours(r: Recipe, space, direction: str) -> list[Recipe]:
     """One-step moves: ``faster`` (toward speed) or ``accurate`` (toward accuracy, same-speed moves first)."""
     out = []
     if direction == "accurate":
-        algos = [a for a in ("k_quant", "rtn", "default") if a in space.algo_configs]
-        out += [dataclasses.replace(r, algo=a) for a in algos if a != r.algo]
+        # k_quant keeps more accuracy than RTN at the same size and speed (docs/field-notes.md).
+        algos = [a for a in ("default", "rtn", "k_quant") if a in space.algo_configs]
+        if r.algo in algos and algos.index(r.algo) + 1 < len(algos):
+            out.append(dataclasses.replace(r, algo=algos[algos.index(r.algo) + 1]))
         out += [dataclasses.replace(r, symmetric=s) for s in space.symmetric if s != r.symmetric]
     for dim, order in _orders(space).items():
         if dim == "prune" and direction == "accurate":
@@ -164,10 +167,11 @@ def cache_root() -> Path:
 
 
 def code_version() -> str:
-    """What a cached score depends on besides its inputs: this search and the evaluate generators."""
+    """What a cached score depends on besides its inputs: the scoring code and the libraries."""
     from importlib.metadata import version
 
-    parts = {p.name: file_hash(p) for p in (HERE / "search.py", HERE / "stage.py", HERE.parent / "evaluate/stage.py")}
+    files = (HERE / "scoring.py", HERE.parent / "evaluate/stage.py", HERE.parent / "common/prompts.py")
+    parts = {p.name: file_hash(p) for p in (*files, HERE.parent / "common/scoring.py")}
     parts["onnxruntime-genai"] = version("onnxruntime-genai")
     parts["onnxruntime"] = version("onnxruntime")
     return digest(parts)
@@ -192,40 +196,6 @@ def _cached(path: Path, make):
 
 
 # --------------------------------------------------------------------------------- scoring
-
-
-def eval_rows(dataset: Path, max_samples: int | None) -> tuple[list[str], list[str], list[str]]:
-    labels = read_json(dataset / "stats.json", "dataset")["labels"]
-    rows = read_jsonl(dataset / "eval.jsonl")[:max_samples]
-    if not rows:
-        raise UserError(f"{dataset}/eval.jsonl has no rows to score the INT4 search on")
-    return [r["prompt"] for r in rows], [r["label"] for r in rows], labels
-
-
-def score(gen, prompts, truth, labels, batch_size: int, latency_samples: int) -> dict:
-    """As evaluate scores a model: batched accuracy and tokens/s, then batch-1 latency."""
-    from components.common.prompts import parse_label
-    from components.common.scoring import classification_report, percentile
-    from components.evaluate.stage import timed, timed_batches
-
-    gen.generate(prompts[:batch_size])  # warm-up, not timed
-    gen.generated_tokens = 0
-    texts, speed = timed_batches(gen, prompts, batch_size)
-    predicted = [parse_label(t, labels) for t in texts]
-    report = classification_report(truth, predicted, labels)
-    gen.generate(prompts[:1])
-    latencies = [timed(gen, [p])[1] for p in prompts[:latency_samples]]
-    return {
-        "accuracy": report["accuracy"],
-        "macro_f1": report["macro_f1"],
-        "unparsed": report["unparsed"],
-        "tokens_per_second": speed["tokens_per_second"],
-        "prompts_per_second": round(len(prompts) / max(speed["seconds"], 1e-9), 2),
-        "latency_ms_p50": round(percentile(latencies, 0.5) * 1000, 2),
-        "latency_ms_p95": round(percentile(latencies, 0.95) * 1000, 2),
-        "latency_samples": len(latencies),
-        "predicted": predicted,
-    }
 
 
 def sensitivity(model: Path, calib: list[str], block: int) -> list[list]:
@@ -502,10 +472,9 @@ class Search:
             tried.add(cand[0])
             self.evaluate(cand[0], t0)
         # Execution settings: the other thread counts, on the chosen recipe only (same build, same accuracy).
-        best = self.best()
+        chosen = self.best() or max(self.points.values(), key=lambda p: (p["accuracy"], -p["latency_ms_p50"]))
         for t in sc.threads[1:]:
-            if best is not None:
-                self.evaluate(Recipe(**best["recipe"]), t)
+            self.evaluate(Recipe(**chosen["recipe"]), t)
         return self.result(stop)
 
     def best(self, threads=None) -> dict | None:
