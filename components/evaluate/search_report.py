@@ -20,12 +20,13 @@ def figure(search: dict):
     chosen = next(p for p in points if p["name"] == search["chosen"])
     ax.scatter([chosen["latency_ms_p50"]], [chosen["accuracy"]], s=220, marker="*", c="#dd8452", zorder=3)
     ax.annotate("chosen", (chosen["latency_ms_p50"], chosen["accuracy"]), xytext=(6, -12), textcoords="offset points")
-    ax.scatter([ref["latency_ms_p50"]], [ref["accuracy"]], s=max(ref["size_bytes"] / 1e6, 1) * 2, marker="s", c="none")
-    ax.scatter([ref["latency_ms_p50"]], [ref["accuracy"]], marker="s", edgecolors="black", facecolors="none", s=60)
+    ref_area = max(ref["size_bytes"] / 1e6, 1.0) * 2
+    ax.scatter([ref["latency_ms_p50"]], [ref["accuracy"]], marker="s", edgecolors="k", facecolors="none", s=ref_area)
     ax.annotate("PyTorch fp32", (ref["latency_ms_p50"], ref["accuracy"]), xytext=(6, 4), textcoords="offset points")
     budget = ref["accuracy"] - search["max_accuracy_drop"]
-    ax.axhline(budget, color="#c44e52", ls="--", lw=1)
-    ax.annotate("accuracy budget", (ax.get_xlim()[0], budget), xytext=(4, 3), textcoords="offset points", fontsize=8)
+    if budget > 0:  # a budget wider than the accuracy itself draws no line
+        ax.axhline(budget, color="#c44e52", ls="--", lw=1)
+        ax.annotate("accuracy budget", (ax.get_xlim()[0], budget), xytext=(4, 3), textcoords="offset points")
     ax.set_xlabel("batch-1 latency p50, ms (lower is better)")
     ax.set_ylabel("eval accuracy")
     ax.set_title(f"INT4 recipe search: {len(points)} points, marker area = size on disk")
