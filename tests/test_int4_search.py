@@ -105,7 +105,7 @@ def test_tune_int4_finds_the_front_and_a_warm_rerun_scores_nothing(tiny_run, tmp
 
 def test_tune_int4_buys_accuracy_when_nothing_is_in_budget(tiny_run, tmp_path):
     """A budget no point meets: the walk takes accuracy steps (int8 for the most sensitive
-    layers, by their measured KL) and, still out of budget, ships the most accurate point."""
+    layers, by their measured output error) and, still out of budget, ships the most accurate point."""
     proc = tune(tiny_run, tmp_path / "tune", tmp_path / "cache", "onnx.search.max_accuracy_drop=0.0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads((tmp_path / "tune" / "search.json").read_text())

@@ -351,13 +351,13 @@ class OnnxSearchConfig(Section):
     sensitive_layers: list[int] = Field(
         default_factory=lambda: [0, 8],
         min_length=1,
-        description="How many of the most sensitive MatMuls (per-layer logit KL on a calibration slice) to upgrade.",
+        description="How many of the most sensitive MatMuls (int4 output error on a calibration slice) to upgrade.",
     )
     sensitive_precision: Literal["int8", "float"] = Field(
         "int8", description="What the sensitive MatMuls become: int8, or float (not quantized; fp16 on CUDA)."
     )
     calibration_samples: int = Field(
-        8, gt=0, le=4096, description="Training prompts the sensitivity score runs on (never the eval set)."
+        16, gt=0, le=4096, description="Training prompts the sensitivity score runs on (never the eval set)."
     )
     threads: list[int] = Field(
         default_factory=lambda: [0, 1],
