@@ -276,6 +276,12 @@ def graph_matmuls(onnx_dir: Path) -> set[str]:
 # --------------------------------------------------------------------------------- the search
 
 
+class BuildFailed(Exception):
+    def __init__(self, failure: dict):
+        super().__init__(failure["error"])
+        self.failure = failure
+
+
 class Search:
     def __init__(self, cfg, model: Path, dataset: Path, work: Path | None = None):
         self.cfg, self.sc = cfg, cfg.onnx.search
@@ -292,6 +298,7 @@ class Search:
         self.points: dict[tuple, dict] = {}
         self._nodes = None
         self._charged: set[Path] = set()
+        self.failed: dict[Recipe, dict] = {}
 
     # -- cached pieces --------------------------------------------------------------
 
@@ -349,26 +356,36 @@ class Search:
         args = builder_args(recipe, nodes, self.sc.sensitive_precision)
         k = self.key(what="build", args=args, code=builder_version())  # a build depends on the builder, not on us
         folder = self.root / "builds" / k[:24]
-        record_file = folder / "record.json"
+        record_file, failed_file = folder / "record.json", folder.with_suffix(".failed.json")
         if record_file.is_file():
             return folder / "model", json.loads(record_file.read_text())
+        if failed_file.is_file():  # this builder cannot build this recipe: known, not retried
+            raise BuildFailed(json.loads(failed_file.read_text()))
         if shutil.disk_usage(self._mk(self.root)).free < 2 << 30:
             raise UserError(f"less than 2 GB free under {self.root}: free space for the INT4 search's builds")
         start = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix="build-", dir=self._mk(self.root / "builds")))
         try:
             ep = self.cfg.onnx.execution_provider
-            build_checked(
-                self.model,
-                tmp / "model",
-                lambda cache: [
-                    sys.executable,
-                    *("-m onnxruntime_genai.models.builder -i".split()),
-                    str(self.model),
-                    *("-o", str(tmp / "model"), "-p", "int4", "-e", ep, "-c", str(cache)),
-                    *args,
-                ],
-            )
+            try:
+                build_checked(
+                    self.model,
+                    tmp / "model",
+                    lambda cache: [
+                        sys.executable,
+                        *("-m onnxruntime_genai.models.builder -i".split()),
+                        str(self.model),
+                        *("-o", str(tmp / "model"), "-p", "int4", "-e", ep, "-c", str(cache)),
+                        *args,
+                    ],
+                )
+            except UserError as e:  # e.g. a block size the builder's quantizer cannot split a layer by
+                if "was killed" in str(e):  # out of memory: this machine's limit, not the recipe's
+                    raise
+                failure = {"recipe": dataclasses.asdict(recipe), "args": args, "error": str(e)[:500]}
+                failure["build_seconds"] = round(time.perf_counter() - start, 1)
+                failed_file.write_text(json.dumps(failure, indent=1))
+                raise BuildFailed(failure) from None
             info = {"precision": "int4", "execution_provider": ep, "options": args}
             (tmp / "model" / "build_info.json").write_text(json.dumps(info, indent=1))
             record = {
@@ -395,7 +412,14 @@ class Search:
         """Build (cached) and score (cached) one point; its cost counts toward the budget."""
         if (recipe, threads) in self.points:
             return self.points[(recipe, threads)]
-        folder, record = self.build(recipe)
+        try:
+            folder, record = self.build(recipe)
+        except BuildFailed as e:
+            if recipe not in self.failed:
+                self.failed[recipe] = e.failure
+                self.spent += e.failure["build_seconds"]
+                log.info("int4 search: %-40s the builder failed: %s", recipe.name(), e.failure["error"][:200])
+            return None
 
         def make():
             from components.evaluate.stage import OnnxGenerator
@@ -444,7 +468,8 @@ class Search:
 
     def over_budget(self) -> bool:
         avg = self.spent / max(len(self.points), 1)
-        return self.spent + avg > self.sc.max_minutes * 60 or len({r for r, _ in self.points}) >= self.sc.max_points
+        builds = len({r for r, _ in self.points} | set(self.failed))
+        return self.spent + avg > self.sc.max_minutes * 60 or builds >= self.sc.max_points
 
     # -- the walk ------------------------------------------------------------------
 
@@ -501,8 +526,13 @@ class Search:
                 out += [((1, p["latency_ms_p50"], i), n) for i, n in enumerate(neighbours(r, self.sc, "faster"))]
             elif not p["feasible"] and p["latency_ms_p50"] < best["latency_ms_p50"]:
                 # Faster than the best but over budget: same-speed accuracy moves first.
-                moves = neighbours(r, self.sc, "accurate")
-                out += [((0 if i < 2 else 2, p["latency_ms_p50"], i), n) for i, n in enumerate(moves)]
+                for i, n in enumerate(neighbours(r, self.sc, "accurate")):
+                    same = all(
+                        getattr(n, f.name) == getattr(r, f.name)
+                        for f in dataclasses.fields(r)
+                        if f.name not in SAME_SPEED
+                    )
+                    out.append(((0 if same else 2, p["latency_ms_p50"], i), n))
             # A feasible point slower than the best, or an infeasible one slower still: pruned.
         seen, ranked = set(), []
         for _, n in sorted(out, key=lambda x: x[0]):
@@ -539,6 +569,7 @@ class Search:
             "wall_seconds": round(time.perf_counter() - self.started, 1),
             "eval_rows": len(self.truth),
             "sensitivity_top": getattr(self, "sensitivity", [])[:16],
+            "failed": [{"name": r.name(), "error": f["error"]} for r, f in self.failed.items()],
         }
 
 
