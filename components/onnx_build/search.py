@@ -33,7 +33,7 @@ from pathlib import Path
 
 from components.common.errors import UserError
 from components.common.hashing import digest, file_hash, tree_hash
-from components.common.io import read_jsonl
+from components.common.io import read_json, read_jsonl
 from components.onnx_build.scoring import eval_rows, score
 
 log = logging.getLogger("slm")
@@ -68,10 +68,12 @@ class Recipe:
         return " ".join(parts)
 
 
-def builder_args(recipe: Recipe, nodes: list[str], sensitive_precision: str) -> list[str]:
+def builder_args(recipe: Recipe, nodes: list[str], sensitive_precision: str, tied: bool = False) -> list[str]:
     """The builder's --extra_options (and --target_options) for a recipe. Per-node overrides go in
     target_options' quant_config, whose override list replaces the legacy one whole, so the
-    mixed-precision presets are restated there after the (first-matching) node names."""
+    mixed-precision presets are restated there after the (first-matching) node names. That path
+    also drops the Gather the legacy one quantizes for tied embeddings (a float embedding: +113 MB
+    on SmolLM2), so ``tied`` restates it."""
     opts = {
         "algo_config": recipe.algo,
         "block_size": str(recipe.block),
@@ -92,6 +94,8 @@ def builder_args(recipe: Recipe, nodes: list[str], sensitive_precision: str) -> 
             for sel, _, qtype in (p.partition(":") for p in filter(None, recipe.mixed.split(",")))
         ]
         target = {"quant_config": {"weights": {"overrides": overrides}}}
+        if tied:
+            opts["op_types_to_quantize"] = "MatMul/Gather"
         args = ["--target_options", json.dumps(target, sort_keys=True)]
     elif recipe.mixed:
         opts["matmul_mixed_precision"] = recipe.mixed
@@ -299,6 +303,8 @@ class Search:
         self._nodes = None
         self._charged: set[Path] = set()
         self.failed: dict[Recipe, dict] = {}
+        config = read_json(self.model / "config.json", "merged model")
+        self.tied = bool(config.get("tie_word_embeddings", False))
 
     # -- cached pieces --------------------------------------------------------------
 
@@ -353,7 +359,7 @@ class Search:
         from components.onnx_build.stage import build_checked
 
         nodes = self.sensitive_nodes() if recipe.sensitive else []
-        args = builder_args(recipe, nodes, self.sc.sensitive_precision)
+        args = builder_args(recipe, nodes, self.sc.sensitive_precision, tied=self.tied)
         k = self.key(what="build", args=args, code=builder_version())  # a build depends on the builder, not on us
         folder = self.root / "builds" / k[:24]
         record_file, failed_file = folder / "record.json", folder.with_suffix(".failed.json")
