@@ -58,12 +58,14 @@ class Recipe:
     symmetric: bool
     prune: bool
     sensitive: int  # how many of the most sensitive MatMuls get sensitive_precision
+    embed: bool = True  # the embedding table quantized (the builder's default for tied embeddings)
 
     def name(self) -> str:
         parts = [self.algo, f"b{self.block}", f"L{self.level}"]
         parts += [self.mixed.replace(":int8", "").replace(",", "+")] if self.mixed else []
         parts += [f"top{self.sensitive}"] if self.sensitive else []
         parts += [] if self.symmetric else ["asym"]
+        parts += [] if self.embed else ["float-embed"]
         parts += ["prune"] if self.prune else []
         return " ".join(parts)
 
@@ -84,7 +86,7 @@ def builder_args(recipe: Recipe, nodes: list[str], sensitive_precision: str, tie
         opts["prune_lm_head"] = "true"
     args = []
     picked = nodes[: recipe.sensitive]
-    if picked:
+    if picked or not recipe.embed:
         overrides = [
             {"match": {"name": n}, **({"type": "int8"} if sensitive_precision == "int8" else {"exclude": True})}
             for n in picked
@@ -94,7 +96,7 @@ def builder_args(recipe: Recipe, nodes: list[str], sensitive_precision: str, tie
             for sel, _, qtype in (p.partition(":") for p in filter(None, recipe.mixed.split(",")))
         ]
         target = {"quant_config": {"weights": {"overrides": overrides}}}
-        if tied:
+        if tied and recipe.embed:
             opts["op_types_to_quantize"] = "MatMul/Gather"
         args = ["--target_options", json.dumps(target, sort_keys=True)]
     elif recipe.mixed:
@@ -121,6 +123,7 @@ def project(values: dict, space) -> Recipe:
         symmetric=near(values["symmetric"], space.symmetric),
         prune=near(values["prune"], space.prune_lm_head),
         sensitive=near(values["sensitive"], sorted(space.sensitive_layers)),
+        embed=near(values.get("embed", True), space.quantize_embeddings),
     )
 
 
@@ -143,7 +146,7 @@ def _orders(space) -> dict[str, list]:
     }
 
 
-SAME_SPEED = ("algo", "symmetric")  # the same kernels, so the same latency: accuracy only
+SAME_SPEED = ("algo", "symmetric", "embed")  # the same kernels, so the same latency: accuracy only
 
 
 def neighbours(r: Recipe, space, direction: str) -> list[Recipe]:
@@ -155,6 +158,8 @@ def neighbours(r: Recipe, space, direction: str) -> list[Recipe]:
         if r.algo in algos and algos.index(r.algo) + 1 < len(algos):
             out.append(dataclasses.replace(r, algo=algos[algos.index(r.algo) + 1]))
         out += [dataclasses.replace(r, symmetric=s) for s in space.symmetric if s != r.symmetric]
+        if r.embed and False in space.quantize_embeddings:  # a float embedding: a table lookup, no slower
+            out.append(dataclasses.replace(r, embed=False))
     for dim, order in _orders(space).items():
         if dim == "prune" and direction == "accurate":
             continue  # an unpruned LM head gives generation the same logits, slower
@@ -305,6 +310,8 @@ class Search:
         self.failed: dict[Recipe, dict] = {}
         config = read_json(self.model / "config.json", "merged model")
         self.tied = bool(config.get("tie_word_embeddings", False))
+        if not self.tied:  # an untied embedding is float already (the builder quantizes MatMuls only)
+            self.sc = self.sc.model_copy(update={"quantize_embeddings": [True]})
 
     # -- cached pieces --------------------------------------------------------------
 
