@@ -11,6 +11,9 @@ INT4 defaults keep accuracy: k_quant with the LM head and the most sensitive lay
 int8 (``k_quant_mixed``), block size 16 (docs/field-notes.md: the builder's own defaults lost
 25 points on SmolLM2-135M). The builder's scratch cache is a fresh temporary folder each
 run, so no stale cache can leak into an export.
+
+With ``onnx.search.enabled`` the stage searches the INT4 recipe instead (search.py) on the
+dataset's eval split, ships the chosen build and records the front in build_info.json.
 """
 
 from __future__ import annotations
