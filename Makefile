@@ -87,11 +87,11 @@ IMAGE_ARGS  = --config $(CONFIG) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
 .PHONY: images images-gpu push
 
 images: setup-dev ## build the base and CPU stage images, named from CONFIG (docker SDK)
-	$(PY) -m targets.images build --variant cpu $(IMAGE_ARGS)
+	$(PY) -m engines.images build --variant cpu $(IMAGE_ARGS)
 
 images-gpu: setup-dev ## build the CUDA variants of the GPU stages
-	$(PY) -m targets.images build --variant cuda $(IMAGE_ARGS)
+	$(PY) -m engines.images build --variant cuda $(IMAGE_ARGS)
 
 push: setup-dev ## tag the images as REGISTRY/<stage>:<tag> and push (then compile with images.registry=REGISTRY)
 	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=registry.example.com/team [VARIANT=cuda]" >&2; exit 2; }
-	$(PY) -m targets.images push --variant $(VARIANT) --config $(CONFIG) --registry $(REGISTRY)
+	$(PY) -m engines.images push --variant $(VARIANT) --config $(CONFIG) --registry $(REGISTRY)

@@ -2,8 +2,8 @@
 """The command line, and the DAG: the only place the pipeline's wiring is written.
 
 Every target (local subprocesses, docker, Kubeflow Pipelines, AzureML, Argo) is an adapter in
-``targets/`` over ``DAG`` and over the stage registry in ``components/registry.py``; the engines
-are the registry of ``targets/base.py`` (one module per engine defines its ``Target``).
+``engines/`` over ``DAG`` and over the stage registry in ``stages/registry.py``; the engines
+are the registry of ``engines/base.py`` (one module per engine defines its ``Target``).
 ``HELP`` below is what ``--help`` shows users.
 """
 
@@ -15,8 +15,10 @@ import signal
 import sys
 from pathlib import Path
 
-from components.common.errors import UserError
-from components.registry import Condition, Pipeline, step
+import cli.olive  # noqa: F401 - plugs the Olive import into load_config
+from core.errors import UserError
+from core.spec import Condition, Pipeline
+from stages.registry import step
 
 DAG = Pipeline(
     name="slm-finetune",
@@ -99,7 +101,7 @@ images.registry is set: push them first (make push REGISTRY=...), README "Contai
 
 def _run_epilog() -> str:
     """Examples, then every config key that --set takes, with its default and description."""
-    from components.common.config import Config, describe, flatten
+    from core.config import Config, describe, flatten
 
     lines = [
         "examples:",
@@ -172,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", default=None, help="where the chosen model and search.json go; default: RUN/tune-int4")
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
-    from targets.base import names as target_names
+    from engines.base import names as target_names
 
     engines = target_names()
     comp = sub.add_parser("compile", help="compile the DAG for a cluster engine", epilog=EXAMPLES["compile"])
@@ -308,25 +310,25 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - one line unless --debug
         if args.debug:
             raise
-        from components.common.errors import exit_code, first_line
+        from core.errors import exit_code, first_line
 
         print(f"error: {first_line(e, with_type=True)} (re-run with --debug for the traceback)", file=sys.stderr)
         return exit_code(e)
 
 
 def _dispatch(args) -> int:
-    from components.common.config import load_config
-    from components.common.outputs import claim, config_inputs
+    from core.config import load_config
+    from core.outputs import claim, config_inputs
 
     if args.command == "stages":
-        from targets.local import print_stages
+        from engines.local import print_stages
 
         print_stages(DAG)
         return 0
     if args.command == "import-olive":
         return _import_olive(args.olive, args.out, args.force)
     if args.command == "runs":
-        from targets.local import list_runs, print_runs
+        from engines.local import list_runs, print_runs
 
         print_runs(list_runs(Path(args.root)))
         return 0
@@ -334,18 +336,18 @@ def _dispatch(args) -> int:
         cfg = load_config(args.config, args.overrides)
         claim(args.out, inputs=config_inputs(args.config, cfg), run=True)
         if args.runner == "kfp-local":
-            from targets.kfp_local import run_pipeline as run_kfp_local
+            from engines.kfp_local import run_pipeline as run_kfp_local
 
             return run_kfp_local(DAG, cfg, args.out)
         if args.runner == "docker":
-            from targets.docker import run_pipeline
+            from engines.docker import run_pipeline
         else:
-            from targets.local import run_pipeline
+            from engines.local import run_pipeline
         return run_pipeline(DAG, cfg, args.out, use_cache=not args.no_cache, config_file=args.config)
     if args.command == "tune-int4":
         return _tune_int4(args, load_config)
     if args.command == "compile":
-        from targets.base import get
+        from engines.base import get
 
         cfg = load_config(args.config, args.overrides)
         target = get(args.target)
@@ -364,7 +366,7 @@ def _dispatch(args) -> int:
     if args.command in ("submit", "status", "schedule"):
         return _cluster(args, load_config)
     if args.command == "validate":
-        from targets.validate import validate_file
+        from engines.validate import validate_file
 
         _check_text_file(args.path)
         validate_file(args.path, args.target, strict=args.strict)
@@ -378,9 +380,9 @@ def _warn_local_images(cfg) -> None:
     images.registry was set on purpose (a kind cluster's localhost:5000 is fine then)."""
     if "registry" in cfg.images.model_fields_set:
         return
-    from components.registry import STAGES
-    from targets.compile_common import image_for
-    from targets.validate import registry_warning
+    from engines.compile_common import image_for
+    from engines.validate import registry_warning
+    from stages.registry import STAGES
 
     warning = registry_warning([image_for(spec, cfg) for spec in STAGES.values()])
     if warning:
@@ -390,8 +392,8 @@ def _warn_local_images(cfg) -> None:
 def _tune_int4(args, load_config) -> int:
     import logging
 
-    from components.common.harness import _setup_runtime
-    from components.onnx_build.search import summary_line, table, tune
+    from core.runner import _setup_runtime
+    from stages.onnx_build.search import summary_line, table, tune
 
     run_config = Path(args.run) / "config.yaml"
     cfg = load_config(args.config or (run_config if run_config.is_file() else "configs/default.yaml"), args.overrides)
@@ -406,7 +408,7 @@ def _tune_int4(args, load_config) -> int:
 
 def _cluster(args, load_config) -> int:
     """submit / status / schedule: the engine's Target, through its real client library."""
-    from targets.base import Connection, follow, get, print_status
+    from engines.base import Connection, follow, get, print_status
 
     target = get(args.target)
     conn = Connection(
@@ -422,7 +424,7 @@ def _cluster(args, load_config) -> int:
         cron = args.cron or s.schedule
         if not cron:
             raise UserError(f'schedule: no cron; pass --cron "0 3 * * 1" or set targets.{args.target}.schedule')
-        from components.common.cron import parse as parse_cron
+        from core.cron import parse as parse_cron
 
         try:
             parse_cron(cron, args.target)
@@ -446,15 +448,15 @@ def _cluster(args, load_config) -> int:
 
 def _import_olive(source: str, out: str, force: bool = False) -> int:
     """Write OUT: the comment header (every Olive key: mapped, or not imported and why), then our YAML."""
-    from components.common.config import load_config, read_config_file, validate
-    from components.common.olive import import_olive_config
+    from cli.olive import import_olive_config
+    from core.config import load_config, read_config_file, validate
 
     path = Path(source)
     if not path.exists():
         raise UserError(f"Olive config not found: {source}")
     if path.suffix.lower() != ".json":
         raise UserError(f"{source}: an Olive config is a .json file")
-    from components.common.outputs import claim, config_inputs
+    from core.outputs import claim, config_inputs
 
     if Path(out).suffix.lower() not in (".yaml", ".yml"):
         raise UserError(f"--out {out}: give a .yaml file, e.g. configs/{path.stem}.yaml")

@@ -13,7 +13,7 @@
 #
 # The daemon's data, state and socket live in one temporary folder ($SLM_DOCKER_DIR), so a run
 # leaves nothing behind. No registry is needed: the base image is made with debootstrap from
-# Debian's packages, and the images install wheels downloaded on the host (targets/images.py).
+# Debian's packages, and the images install wheels downloaded on the host (engines/images.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

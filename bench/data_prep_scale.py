@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """data_prep at scale: 1M rows of JSONL (~100 MB) through the real stage, timed, with peak memory.
 
-The stage runs exactly as the pipeline runs it (``python -m components.data_prep``: validation,
+The stage runs exactly as the pipeline runs it (``python -m stages.data_prep``: validation,
 rendering, dedup, stratified split, writing, sealing with content hashes). The baseline, measured
 in the same run on the same file, is the least any reader must do: ``json.loads`` on every line
 into a list. Each runs in its own process; peak memory is that process's max RSS (``wait4``).
@@ -78,7 +78,7 @@ def main() -> int:
         [
             sys.executable,
             "-m",
-            "components.data_prep",
+            "stages.data_prep",
             "--dataset",
             str(out),
             "--data.path",

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 def passes(gen, prompts, batch, latency_prompts):
     """One pass: tokens/s over every prompt at ``batch``, and batch-1 latencies; plus the texts."""
-    from components.evaluate.stage import timed, timed_batches
+    from core.generators import timed, timed_batches
 
     gen.generated_tokens = 0
     texts, speed = timed_batches(gen, prompts, batch)
@@ -95,10 +95,10 @@ def main() -> int:
 
     import torch
 
-    from components.common.io import read_json, read_jsonl
-    from components.common.prompts import parse_label
-    from components.common.scoring import classification_report
-    from components.evaluate.stage import OnnxGenerator, TorchGenerator
+    from core.generators import OnnxGenerator, TorchGenerator
+    from core.io import read_json, read_jsonl
+    from core.prompts import parse_label
+    from core.scoring import classification_report
 
     torch.set_num_threads(args.threads)
     dataset, merged = args.run / "data_prep" / "dataset", args.run / "merge" / "model"

@@ -26,7 +26,7 @@ def child(onnx: str, dataset: str, batch: int, threads: int, steps: int) -> None
     sys.path.insert(0, str(ROOT))
     import onnxruntime_genai as og
 
-    from components.common.io import read_jsonl
+    from core.io import read_jsonl
 
     prompts = [r["prompt"] for r in read_jsonl(Path(dataset) / "eval.jsonl")][:batch]
     options = {"enable_profiling": "ort_profile"} | ({"intra_op_num_threads": threads} if threads else {})

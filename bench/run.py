@@ -25,9 +25,9 @@ def bench_train_step(steps: int) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from components.common.io import read_jsonl
-    from components.common.models import load_model, load_tokenizer
-    from components.train.stage import collate, completion_loss, tokenize
+    from core.io import read_jsonl
+    from core.models import load_model, load_tokenizer
+    from stages.train.stage import collate, completion_loss, tokenize
 
     torch.manual_seed(0)
     base = "embedded:smollm2-135m-instruct"
@@ -68,8 +68,8 @@ def bench_train_step(steps: int) -> None:
 
 
 def bench_generation(run: Path) -> None:
-    from components.common.io import read_jsonl
-    from components.evaluate.stage import OnnxGenerator, TorchGenerator, timed_batches
+    from core.io import read_jsonl
+    from stages.evaluate.stage import OnnxGenerator, TorchGenerator, timed_batches
 
     if not (run / "evaluate").exists():
         print(f"\ngeneration: skipped, no finished run at {run} (run `make run` first)")

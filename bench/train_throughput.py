@@ -7,8 +7,8 @@ peak memory must not carry over) on the same saved model, batch, LoRA placement 
 - ``naive``: what a user writes with plain transformers + peft + bitsandbytes: the model loaded in
   nf4 (double quant, bf16 compute, bf16 storage of the rest), ``get_peft_model``, no gradient
   checkpointing, ``model(**batch).loss``, clip, AdamW;
-- ``stage:<levers>``: ``components.train.stage.build`` (the stage's own model set-up) with a
-  :class:`components.train.fast.FastPath` naming the levers, and the stage's step function
+- ``stage:<levers>``: ``stages.train.stage.build`` (the stage's own model set-up) with a
+  :class:`stages.train.fast.FastPath` naming the levers, and the stage's step function
   (``padded_step`` or, padding-free, ``fast.pack_step`` + ``train_step``). ``stage:default`` is
   what the stage resolves for CUDA from the default config; ``stage:before`` is the stage as it
   was (fp32 upcast by prepare_model_for_kbit_training, gradient checkpointing, bf16 autocast);
@@ -87,6 +87,14 @@ SUITES = {
     "unsloth-llama": _rows("naive unsloth stage:default stage:eager", form="llama"),
     "unsloth-phi3": _rows("naive stage:default stage:eager"),
     "unsloth-tone": _rows("naive unsloth stage:default", form="llama", data="tone", grad_accum=4),
+    # Issue 17's done-when rows in one call: Llama form vs Unsloth, Phi-3 form vs naive, tone vs Unsloth.
+    "issue17": _rows("unsloth stage:default stage:eager", form="llama")
+    + _rows("unsloth stage:default", form="llama", data="tone", grad_accum=4)
+    + _rows("naive stage:default"),
+    # The shortest same-run look at the Llama form: eager, Unsloth, the compiled default.
+    "llama-quick": _rows("stage:eager unsloth stage:default", form="llama"),
+    # Where the Llama form's memory goes: the compiled default, eager, and the compiled graph under a budget.
+    "memory": _rows("unsloth stage:default stage:eager stage:default@0.5", form="llama"),
     # A first look on a fresh machine: does Unsloth run, and the stage's two main paths on the Llama form.
     "probe": _rows("unsloth stage:default stage:fused+liger naive", form="llama"),
     # One lever at a time, on the Llama form.
@@ -131,7 +139,7 @@ def save_random_phi3(folder: Path, tiny: bool, device: str) -> None:
     finally:
         torch.set_default_dtype(old)
     model.save_pretrained(folder, safe_serialization=True)
-    from components.common.models import save_tokenizer
+    from core.tokenizer_io import save_tokenizer
 
     save_tokenizer(tok, folder)
 
@@ -200,8 +208,8 @@ def examples_for(
         return [micros] * steps
     from types import SimpleNamespace
 
-    from components.common.config import Config
-    from components.train.stage import batch_examples, tokenize
+    from core.config import Config
+    from stages.train.stage import batch_examples, tokenize
 
     rows = tone_rows()
     ex = tokenize(rows, tokenizer, seq)
@@ -211,9 +219,9 @@ def examples_for(
 
 def tone_rows() -> list[dict]:
     """The tone set rendered with the production template (prompt + completion), as data_prep does."""
-    from components.common.config import Config
-    from components.common.io import read_jsonl
-    from components.common.prompts import render
+    from core.config import Config
+    from core.io import read_jsonl
+    from core.prompts import render
 
     cfg = Config()  # the default data section on data/tone.jsonl, with the production Phi-3 template
     cfg.data.prompt_format = "template"
@@ -251,7 +259,7 @@ def child(args) -> dict:
         "r": args.r,
         "dropout": args.dropout,
     }
-    from components.common.models import load_tokenizer
+    from core.models import load_tokenizer
 
     tokenizer = load_tokenizer(args.model_dir)
     t0 = time.time()
@@ -283,10 +291,14 @@ def child(args) -> dict:
         def step_fn(micros):
             return padded_lm_step(model, micros, pad, where)
     elif name.startswith("stage:"):
-        from components.common.config import Config
-        from components.train import fast, stage
+        from core.config import Config
+        from stages.train import fast, stage
 
-        lever = name.split(":", 1)[1]
+        # "default@0.5": the same levers under a compiled-graph activation memory budget of 0.5.
+        lever, _, budget = name.split(":", 1)[1].partition("@")
+        if budget:
+            torch._functorch.config.activation_memory_budget = float(budget)
+            info["activation_memory_budget"] = float(budget)
         resolved = lever in ("default", "eager")
         # A named lever set fixes checkpointing and compile; default/eager let the stage choose them.
         levers = LEVERS.get(lever, {})
@@ -358,6 +370,8 @@ def timed_loop(args, info, model, trainable, step_fn, plan) -> dict:
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
             tokens += n
+    if cuda and os.environ.get("BENCH_PROFILE"):
+        profile(args, model, trainable, step_fn, optimizer, plan[-1])
     seconds = sum(times)
     info.update(
         {
@@ -369,6 +383,23 @@ def timed_loop(args, info, model, trainable, step_fn, plan) -> dict:
         }
     )
     return info
+
+
+def profile(args, model, trainable, step_fn, optimizer, micros) -> None:
+    """Two more steps under the profiler: the top kernels by GPU time, to BENCH_PROFILE/<variant>.txt."""
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            step_fn(micros)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+    name = "".join(c if c.isalnum() else "_" for c in args.variant)
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=90)
+    Path(os.environ["BENCH_PROFILE"], f"profile_{name}.txt").write_text(table)
 
 
 def unsloth_child(args, info) -> dict:
@@ -412,7 +443,7 @@ def unsloth_child(args, info) -> dict:
     def step_fn(micros):
         return padded_lm_step(model, micros, pad, where)
 
-    from components.common.models import load_tokenizer
+    from core.models import load_tokenizer
 
     plan = examples_for(
         args.data, args.batch, args.seq, args.accum, args.warmup + args.steps, load_tokenizer(args.model_dir), 32000

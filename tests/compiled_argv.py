@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from components.common.config import encode
-from targets import azureml, kfp
+from core.config import encode
+from engines import azureml, kfp
 
 
 def without_nulls(argv: list[str]) -> list[str]:

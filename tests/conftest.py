@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # helpers.py, for tests in subfolders too
+sys.path.insert(0, str(Path(__file__).parent / "trace"))
+import config_trace  # noqa: E402
 from helpers import run_pipeline  # noqa: E402
 
 
@@ -25,6 +29,8 @@ def tiny_run(tmp_path_factory) -> Path:
             "MLFLOW_TRACKING_URI": store.as_uri(),
             "MLFLOW_EXPERIMENT_NAME": "tiny-run",
             "MLFLOW_ALLOW_FILE_STORE": "true",
+            # Which config fields each stage reads: tests/test_config_reads.py.
+            **config_trace.env(out.parent / "reads"),
         },
         text=False,
     )
@@ -33,6 +39,33 @@ def tiny_run(tmp_path_factory) -> Path:
     (out.parent / "stderr.log").write_bytes(proc.stderr)
     assert proc.returncode == 0, (proc.stdout[-3000:] + proc.stderr[-3000:]).decode(errors="replace")
     return out
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory) -> dict[str, str]:
+    """The env of a process that finds ``HUB_ID`` in an offline Hugging Face hub cache, as a pinned
+    mirror would serve it: two snapshots of the tiny Phi-3, refs ``main`` and ``v2``, whose weights
+    and tokenizers differ (only v2 has a chat template). Only the revision tells them apart."""
+    from helpers import HUB_CHAT, HUB_COMMITS, HUB_ID
+    from safetensors.torch import load_file, save_file
+
+    from core.models import resolve
+
+    root = tmp_path_factory.mktemp("hub")
+    tiny = Path(resolve("tiny-random:phi3"))
+    repo = root / ("models--" + HUB_ID.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    for ref, commit in HUB_COMMITS.items():
+        shutil.copytree(tiny, repo / "snapshots" / commit)
+        (repo / "refs" / ref).write_text(commit)
+    v2 = repo / "snapshots" / HUB_COMMITS["v2"]
+    weights = load_file(v2 / "model.safetensors")
+    weights = {k: (t + 1.0 if k.endswith("embed_tokens.weight") else t).contiguous() for k, t in weights.items()}
+    save_file(weights, v2 / "model.safetensors", metadata={"format": "pt"})
+    tok_cfg = json.loads((v2 / "tokenizer_config.json").read_text())
+    tok_cfg["chat_template"] = HUB_CHAT
+    (v2 / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    return {"HF_HUB_CACHE": str(root), "HF_HUB_OFFLINE": "1"}
 
 
 # --------------------------------------------------------------------------- containers
@@ -55,7 +88,7 @@ def docker_unavailable(reason: str):
 
 @pytest.fixture(scope="session")
 def client():
-    from targets import images as im
+    from engines import images as im
 
     try:
         return im.connect(timeout=30)
@@ -69,9 +102,9 @@ def images(client) -> dict[str, str]:
     import docker
     from helpers import TINY
 
-    from components.common.config import load_config
-    from components.registry import STAGES
-    from targets import images as im
+    from core.config import load_config
+    from engines import images as im
+    from stages.registry import STAGES
 
     cfg = load_config(TINY)
     names = {s: im.stage_image(s, cfg) for s in STAGES}

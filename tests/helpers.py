@@ -8,13 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from components.registry import STAGES
+from stages.registry import STAGES
 
 # (stage, output port) of every stage's artifact, in DAG order.
 STAGE_OUTPUTS = [(name, port.name) for name, spec in STAGES.items() for port in spec.outputs]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-phi3.yaml"
+
+# The offline hub of conftest's ``hub`` fixture: one id, two revisions of the tiny Phi-3.
+HUB_ID = "slm-test/tiny-phi3"
+HUB_COMMITS = {"main": "a" * 40, "v2": "b" * 40}
+HUB_CHAT = "{% for m in messages %}<|v2|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
 
 
 def run_cli(
@@ -34,7 +39,7 @@ def run_pipeline(out: Path, *overrides: str, config: Path = TINY, **kw) -> subpr
 
 
 def stage_cli(stage: str, *args: str, **kw) -> subprocess.CompletedProcess:
-    return run_cli("-m", f"components.{stage}", *args, **kw)
+    return run_cli("-m", f"stages.{stage}", *args, **kw)
 
 
 def summary(out: Path) -> dict:

@@ -19,13 +19,13 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from components.common import promotion
-from components.common.config import Config, load_config
-from components.common.errors import UserError
+from core.config import Config, load_config
+from core.errors import UserError
+from engines import argo, argo_schema, azureml, kfp
+from engines.compile_common import CACHE_CLAIM, CACHE_ENV, CACHE_MOUNT, DETERMINISTIC_EXIT_CODES, settings
+from engines.validate import validate_file
 from pipeline import DAG, main
-from targets import argo, argo_schema, azureml, kfp
-from targets.compile_common import CACHE_CLAIM, CACHE_ENV, CACHE_MOUNT, DETERMINISTIC_EXIT_CODES, settings
-from targets.validate import validate_file
+from runtime import promotion
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ["configs/default.yaml", "configs/phi3-mini.yaml"]
@@ -418,7 +418,7 @@ def test_validate_cli_rejects_bad_azureml_image(tmp_path, capsys):
     ],
 )
 def test_image_reference_grammar(image, ok):
-    from targets.validate import image_problem
+    from engines.validate import image_problem
 
     assert (image_problem("x", image) is None) is ok
 

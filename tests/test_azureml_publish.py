@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, TINY
 
-from components.common import artifacts
-from components.common.config import load_config
-from components.common.errors import UserError
-from components.common.hashing import MARKER
+from core import artifacts
+from core.config import load_config
+from core.errors import UserError
+from core.hashing import MARKER
+from engines.local import stage_argv
 from pipeline import DAG
-from targets.local import stage_argv
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 CFG = load_config(TINY)

@@ -1,4 +1,4 @@
-"""components/train/checkpoints.py: a restore loads exactly the saved trainable parameters, or refuses
+"""stages/train/checkpoints.py: a restore loads exactly the saved trainable parameters, or refuses
 with the names that do not fit (never a partial copy)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.common.errors import UserError
-from components.train.checkpoints import Checkpoints
+from core.errors import UserError
+from stages.train.checkpoints import Checkpoints
 
 
 def model(frozen: tuple[str, ...] = (), **layers: tuple[int, int]) -> torch.nn.Module:

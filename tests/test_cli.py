@@ -10,7 +10,7 @@ import yaml
 from helpers import ROOT, TINY, stage_cli
 
 import pipeline
-from components.common.config import Config, describe, flatten
+from core.config import Config, describe, flatten
 from pipeline import DAG
 
 VERBS = ["run", "compile", "validate", "submit", "status", "schedule", "import-olive", "stages", "runs", "tune-int4"]
@@ -60,15 +60,15 @@ def test_an_error_is_one_line_and_a_hint(tmp_path, capsys):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    from components.common.errors import UserError
+    from core.errors import UserError
 
     with pytest.raises(UserError):
         pipeline.main(["--debug", "run", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")])
 
 
 def test_compiled_parameters_carry_the_descriptions(tmp_path):
-    from components.common.config import load_config
-    from targets import azureml, kfp
+    from core.config import load_config
+    from engines import azureml, kfp
 
     cfg = load_config(TINY)
     path = kfp.compile_pipeline(DAG, cfg, tmp_path / "kfp.yaml")
@@ -161,7 +161,7 @@ def test_validate_of_a_file_that_is_no_pipeline_is_one_line(tmp_path, capsys, ta
     ],
 )
 def test_local_registry(image, local):
-    from targets.validate import local_registry
+    from engines.validate import local_registry
 
     assert local_registry(image) is local
 
@@ -247,7 +247,7 @@ def test_example_paths_in_help_exist():
 def test_help_is_for_users():
     parser, verbs = _verb_parsers()
     top = parser.format_help()
-    assert "targets/" not in top and "registry" not in top.split("positional arguments")[0].replace(
+    assert "engines/" not in top and "registry" not in top.split("positional arguments")[0].replace(
         "stage registry", ""
     )
     assert "validate [--target" in top

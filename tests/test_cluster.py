@@ -19,11 +19,11 @@ import pytest
 import recorders
 import yaml
 
-from components.common.config import load_config
-from components.common.errors import UserError
+from core.config import load_config
+from core.errors import UserError
+from engines import base
+from engines.compile_common import RUN_PARAMETERS, param_name, run_parameters
 from pipeline import DAG, main
-from targets import base
-from targets.compile_common import RUN_PARAMETERS, param_name, run_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "default.yaml")
@@ -83,7 +83,7 @@ def assert_bodies_clean(rec: recorders.Recorder) -> None:
 
 
 def expected_arguments(overrides=()) -> dict:
-    from targets.kfp import kfp_value
+    from engines.kfp import kfp_value
 
     cfg = load_config(CONFIG, list(overrides))
     return {param_name(k): kfp_value(v) for k, v in run_parameters(DAG, cfg).items()}
@@ -683,14 +683,14 @@ def test_a_fourth_engine_is_one_new_file(tmp_path):
 
     from helpers import run_cli
 
-    for item in ("pipeline.py", "components", "targets", "configs"):
+    for item in ("pipeline.py", "core", "runtime", "stages", "engines", "cli", "configs"):
         src = REPO / item
         (
             shutil.copytree(src, tmp_path / item, ignore=shutil.ignore_patterns("__pycache__"))
             if src.is_dir()
             else shutil.copy(src, tmp_path / item)
         )
-    (tmp_path / "targets" / "toy.py").write_text(TOY)
+    (tmp_path / "engines" / "toy.py").write_text(TOY)
     env = {"PYTHONPATH": str(tmp_path)}
 
     def cli(*args: str):

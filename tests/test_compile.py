@@ -19,14 +19,15 @@ import pytest
 import yaml
 from compiled_argv import TASK_ARGVS
 
-from components.common.config import Config, load_config
-from components.common.errors import UserError
-from components.registry import STAGES, Pipeline, Port, Resources, StageSpec, Step
+from core.config import Config, load_config
+from core.errors import UserError
+from core.spec import Pipeline, Port, Resources, StageSpec, Step
+from engines import argo, azureml, kfp
+from engines.compile_common import RUN_PARAMETERS, image_for, kfp_cron, param_name
+from engines.local import stage_argv
+from engines.validate import validate_file
 from pipeline import DAG, main
-from targets import argo, azureml, kfp
-from targets.compile_common import RUN_PARAMETERS, image_for, kfp_cron, param_name
-from targets.local import stage_argv
-from targets.validate import validate_file
+from stages.registry import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ["configs/default.yaml", "configs/phi3-mini.yaml"]
@@ -85,7 +86,7 @@ def test_task_argv_equals_local_runner_argv(compiled, target, config):
     assert sorted(got) == sorted(s.name for s in DAG)
     for s in DAG:
         expected = stage_argv(s, cfg, ROOT)
-        assert expected[:3] == ["python", "-m", f"components.{s.name}"]
+        assert expected[:3] == ["python", "-m", f"stages.{s.name}"]
         assert got[s.name] == expected, f"{target}/{s.name}: the compiled command differs from the local run"
 
 
@@ -335,7 +336,7 @@ def test_azureml_outputs_are_uploaded_not_mounted(compiled, config):
 
 def test_azureml_nodes_name_the_key_vault_and_secret(tmp_path):
     """Stages that read the base model get HF_TOKEN_KEYVAULT_URL + _SECRET (references only)."""
-    from components.common import secrets
+    from runtime import secrets
 
     url = "https://slm-kv.vault.azure.net"
     cases = {
@@ -591,9 +592,9 @@ def test_validate_cli_reports_problems(compiled, tmp_path, capsys):
 
 def test_adapters_never_name_a_stage():
     for module in ("kfp", "kfp_local", "azureml", "argo", "compile_common", "validate"):
-        source = (REPO / "targets" / f"{module}.py").read_text()
+        source = (REPO / "engines" / f"{module}.py").read_text()
         for name in STAGES:
-            assert not re.search(rf"['\"]{name}['\"]", source), f"targets/{module}.py names stage {name!r}"
+            assert not re.search(rf"['\"]{name}['\"]", source), f"engines/{module}.py names stage {name!r}"
 
 
 def test_new_stage_and_new_parameter_reach_every_target(tmp_path):

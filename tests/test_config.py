@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import Config, load_config
-from components.common.errors import UserError
+from core.config import Config, load_config
+from core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def test_run_help_shows_the_default_jobs_values():
     shown = dict(
         line.strip().split(" = ", 1) for line in proc.stdout.splitlines() if line.startswith("  ") and " = " in line
     )
-    from components.common.config import flatten
+    from core.config import flatten
 
     for key, value in flatten(load_config(ROOT / "configs" / "default.yaml")).items():
         if key != "targets":

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-from components.common.config import load_config
+from core.config import load_config
+from engines import base
 from pipeline import DAG
-from targets import base
 
 GOLDEN = Path(__file__).parent / "golden"
 CONFIG = ROOT / "configs" / "default.yaml"

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, TINY, run_cli
 
-from components.common.config import load_config
-from components.registry import STAGES
-from targets import docker as runner
-from targets import images as im
+from core.config import load_config
+from engines import docker as runner
+from engines import images as im
+from stages.registry import STAGES
 
 
 def _run(out: Path, cache: Path, *args: str):
@@ -147,15 +147,15 @@ def test_each_image_runs_its_own_stage(images, client):
         assert config["Entrypoint"] == ["python", "/usr/local/lib/slm-stage.py"], name
         assert f"SLM_STAGE={stage}" in config["Env"], name
         out = client.containers.run(name, ["--help"], network_mode="none", remove=True).decode()
-        assert out.startswith(f"usage: python -m components.{stage} "), (name, out[-500:])  # the stage answered
+        assert out.startswith(f"usage: python -m stages.{stage} "), (name, out[-500:])  # the stage answered
 
 
 def test_sigterm_reaches_train_in_its_container_and_it_checkpoints(docker_run, client, tmp_path, monkeypatch):
     """``docker stop`` (SIGTERM to PID 1) during training: train checkpoints and exits 143, as
     under the subprocess runner. With a shell or a non-exec launcher as PID 1 the signal
     would never reach the stage and it would train on to the end."""
+    from engines.local import stage_argv
     from pipeline import DAG
-    from targets.local import stage_argv
 
     run, _ = docker_run
     monkeypatch.setenv("SLM_CACHE_DIR", str(tmp_path / "cache"))
@@ -229,7 +229,7 @@ def _launcher():
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_entrypoint_is_the_registry_argv(stage):
     """One template: ENV SLM_STAGE from the STAGE build argument, and an exec-form entry point
-    that execs the registry's ``python -m components.<stage>`` (PID 1 stays the stage)."""
+    that execs the registry's ``python -m stages.<stage>`` (PID 1 stays the stage)."""
     text = im.STAGE_DOCKERFILE.read_text()
     entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.MULTILINE).group(1))
     assert entry == ["python", "/usr/local/lib/slm-stage.py"]
@@ -266,7 +266,7 @@ def test_image_requirements_come_from_the_pin_list():
 
 
 def test_image_names_come_from_image_for():
-    from targets.compile_common import image_for
+    from engines.compile_common import image_for
 
     cfg = load_config(TINY)
     assert im.stage_image("train", cfg) == image_for(STAGES["train"], cfg) == "localhost/slm-pipeline/train:0.1.0"

@@ -14,9 +14,9 @@ import pytest
 from helpers import run_cli, stage_cli
 from test_report import Ids, render
 
-from components.common.config import Config, load_config
-from components.common.errors import UserError
-from components.registry import STAGES
+from core.config import Config, load_config
+from core.errors import UserError
+from stages.registry import STAGES
 
 # 1 algo x 1 placement x 2 blocks x 2 sensitive counts: a grid of 4 recipes, 2 thread counts.
 SPACE = [
@@ -87,7 +87,7 @@ def test_tune_int4_finds_the_front_and_a_warm_rerun_scores_nothing(tiny_run, tmp
     genai = json.loads((model / "genai_config.json").read_text())
     threads = genai["model"]["decoder"]["session_options"].get("intra_op_num_threads")
     assert threads == (chosen["threads"] or None)
-    from components.evaluate.stage import OnnxGenerator
+    from core.generators import OnnxGenerator
 
     assert isinstance(OnnxGenerator(model, 2).generate(["<|user|>\nhello<|end|>\n<|assistant|>\n"])[0], str)
     assert "| PyTorch fp32 |" in proc.stdout and "**chosen**" in proc.stdout

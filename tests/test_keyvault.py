@@ -32,8 +32,8 @@ import pytest
 from helpers import ROOT
 from recorders import make_tls
 
-from components.common import secrets
-from components.common.errors import UserError
+from core.errors import UserError
+from runtime import secrets
 
 VAULT_HOST = "slm-test.vault.azure.net"
 VAULT_URL = f"https://{VAULT_HOST}"
@@ -362,7 +362,7 @@ def _data_prep(tmp_path: Path, env: dict) -> subprocess.CompletedProcess:
     full = {**os.environ, **env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     full.pop("HF_TOKEN", None)
     return subprocess.run(
-        [sys.executable, "-m", "components.data_prep", "--dataset", str(tmp_path / "ds"), "--data.max_rows", "40"],
+        [sys.executable, "-m", "stages.data_prep", "--dataset", str(tmp_path / "ds"), "--data.max_rows", "40"],
         cwd=ROOT,
         env=full,
         capture_output=True,

@@ -26,9 +26,9 @@ from google.protobuf import json_format
 from helpers import ROOT, TINY, run_cli, summary
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components.common import artifacts
-from components.registry import STAGES
-from targets.compile_common import k8s_name
+from core import artifacts
+from engines.compile_common import k8s_name
+from stages.registry import STAGES
 
 pytestmark = pytest.mark.usefixtures("images")
 

@@ -17,10 +17,11 @@ from helpers import TINY
 from kfp.local import executor_input_utils, executor_output_utils
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components.common import artifacts, kfp_output
-from components.common.config import load_config
+from core import artifacts
+from core.config import load_config
+from engines import kfp
 from pipeline import DAG
-from targets import kfp
+from runtime import kfp_output
 
 
 def _component_spec(tmp_path: Path, stage: str) -> pipeline_spec_pb2.ComponentSpec:
@@ -106,7 +107,7 @@ def test_data_prep_output_parameters_reach_kfp(tmp_path):
 
 def test_promotion_metadata_carries_the_lineage(tmp_path, tiny_run):
     """What evaluate adds to its metrics on KFP after its gate passed, from the real seals."""
-    from components.common import promotion
+    from core.lineage import lineage_from_seals
 
     spec = _component_spec(tmp_path, "evaluate")
     executor_input = executor_input_utils.construct_executor_input(
@@ -121,7 +122,7 @@ def test_promotion_metadata_carries_the_lineage(tmp_path, tiny_run):
     }
     metrics_dir = tiny_run / "evaluate" / "metrics"
     params = artifacts.verify(metrics_dir)["params"]
-    _, lineage = promotion.lineage_from_seals("evaluate", params, seals)
+    _, lineage = lineage_from_seals("evaluate", params, seals)
     kfp_output.write(
         as_dict,
         {"metrics": artifacts.verify(metrics_dir)},

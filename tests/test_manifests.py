@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.common.config import Config, load_config
+from core.config import Config, load_config
+from engines import argo
+from engines.argo_schema import definition_problems
+from engines.compile_common import CACHE_CLAIM, CACHE_MOUNT, settings
 from pipeline import DAG
-from targets import argo
-from targets.argo_schema import definition_problems
-from targets.compile_common import CACHE_CLAIM, CACHE_MOUNT, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"

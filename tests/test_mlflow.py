@@ -10,7 +10,8 @@ import json
 import recorders
 from mlflow.tracking import MlflowClient
 
-from components.common import artifacts, tracking
+from core import artifacts
+from runtime import tracking
 
 
 def test_stages_log_params_loss_metrics_and_report(tiny_run, monkeypatch):

@@ -12,9 +12,9 @@ import yaml
 from helpers import ROOT, run_cli, summary
 
 import pipeline
-from components.common.config import load_config
-from components.common.errors import UserError
-from components.common.olive import _leaves, import_olive_config
+from cli.olive import _leaves, import_olive_config
+from core.config import load_config
+from core.errors import UserError
 
 COOKBOOK = ROOT / "tests" / "data" / "olive-cookbook" / "olive-config.json"  # older keys (Phi-3 CookBook)
 CURRENT = ROOT / "tests" / "data" / "olive-current.json"  # current keys (HfModel, load_dataset_config, r/alpha)

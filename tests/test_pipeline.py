@@ -9,7 +9,7 @@ import time
 
 from helpers import ROOT, STAGE_OUTPUTS, TINY, run_pipeline, summary
 
-from components.common.hashing import file_hash
+from core.hashing import file_hash
 
 
 def test_full_run_writes_summary_and_metrics(tiny_run):

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, run_cli, run_pipeline, summary
 
-from components.common import artifacts
-from components.common.hashing import code_hash, digest
-from components.registry import STAGES
+from core import artifacts
+from core.hashing import code_hash, digest
+from stages.registry import STAGES
 
 GATED = ["train", "merge", "onnx_build", "evaluate"]
 
@@ -150,12 +150,12 @@ def test_evaluate_writes_its_promotion_record_where_argo_collects_it(tiny_run, t
     artifact `promoted`); a failed gate writes none."""
     from helpers import TINY, stage_cli
 
-    from components.common.config import load_config
+    from core.config import load_config
     from pipeline import DAG
 
     step = DAG["evaluate"]
     params = step.spec.params(load_config(TINY, [f"evaluate.min_accuracy={min_accuracy}"]))
-    inputs = {name: str(tiny_run.joinpath(*src.split("."))) for name, src in step.wires.items()}
+    inputs = {name: str(tiny_run.joinpath(*src)) for name, src in step.wires.items()}
     argv = step.spec.argv(params, inputs, {"metrics": str(tmp_path / "metrics")})
     target = tmp_path / "promotion" / "promoted.json"
     proc = stage_cli("evaluate", *argv[3:], env={"SLM_PROMOTION_FILE": str(target)}, timeout=600)

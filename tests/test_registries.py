@@ -24,10 +24,11 @@ import recorders
 import yaml
 from helpers import TINY, stage_cli
 
-from components.common import artifacts, registries
-from components.common.config import load_config
+from core import artifacts
+from core.config import load_config
+from engines import azureml, kfp
 from pipeline import DAG
-from targets import azureml, kfp
+from runtime import registries
 
 SUB, RG, WSNAME = "00000000-0000-0000-0000-0000000000ee", "slm-rg", "slm-ws"
 MSI_SECRET = "msi-CANARY-secret-77d0"
@@ -41,7 +42,7 @@ KFP_URI = "minio://mlpipeline/v2/artifacts/slm/3f1c9a/onnx-build/onnx_model"
 def _evaluate_argv(tiny_run: Path, tmp_path: Path, *settings: str) -> tuple[list[str], object]:
     cfg = load_config(TINY, list(settings))
     step = DAG["evaluate"]
-    inputs = {name: str(tiny_run.joinpath(*src.split("."))) for name, src in step.wires.items()}
+    inputs = {name: str(tiny_run.joinpath(*src)) for name, src in step.wires.items()}
     argv = step.spec.argv(step.spec.params(cfg), inputs, {"metrics": str(tmp_path / "metrics")})
     return argv[3:], cfg
 

@@ -128,7 +128,7 @@ def section(page: str, name: str) -> str:
 def test_report_holds_the_run_identity_and_where_it_was_measured(tiny_run):
     from helpers import TINY
 
-    from components.common.hashing import ROOT
+    from core.hashing import ROOT
 
     page = (tiny_run / "evaluate" / "metrics" / "report.html").read_text()
     identity = section(page, "identity")
@@ -187,7 +187,7 @@ def test_a_failed_gate_names_only_files_that_exist_and_keeps_its_numbers(tiny_ru
 
 
 def test_per_class_recall_drop_is_flagged_and_gates_when_set():
-    from components.evaluate.stage import class_recall_check
+    from stages.evaluate.stage import class_recall_check
 
     def model(recalls):
         return {"per_class": {c: {"recall": r} for c, r in recalls.items()}}

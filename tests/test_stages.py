@@ -6,8 +6,8 @@ import json
 
 from helpers import stage_cli
 
-from components.common.io import read_jsonl
-from components.common.prompts import parse_label
+from core.io import read_jsonl
+from core.prompts import parse_label
 
 
 def test_data_prep_dedupes_and_splits_without_leakage(tmp_path):
@@ -125,9 +125,9 @@ def test_qlora_nf4_trains_and_merges(tmp_path, tiny_run):
 
     from helpers import TINY
 
-    from components.common.config import load_config
+    from core.config import load_config
+    from engines.local import stage_argv
     from pipeline import DAG
-    from targets.local import stage_argv
 
     shutil.copytree(tiny_run / "data_prep", tmp_path / "data_prep")
     cfg = load_config(TINY, ["train.quantization=nf4"])

@@ -1,4 +1,4 @@
-"""The train stage's padding-free steps (components/train/fast.py) on CPU: the same loss and gradients as
+"""The train stage's padding-free steps (stages/train/fast.py) on CPU: the same loss and gradients as
 the padded micro-batches, for one rank and split over ranks; and the CPU plan stays the plain path.
 The CUDA levers themselves are measured by bench/train_throughput.py on a GPU (docs/benchmarks.md)."""
 
@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from components.common import tiny_models
-from components.common.config import Config, TrainConfig
-from components.train import fast, stage
+from core import tiny_models
+from core.config import Config, TrainConfig
+from stages.train import fast, stage
 
 
 @pytest.fixture(scope="module")

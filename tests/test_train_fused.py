@@ -1,4 +1,4 @@
-"""Fused QLoRA projections (components/train/fused.py) on CPU, against peft's own LoRA layers on the same
+"""Fused QLoRA projections (stages/train/fused.py) on CPU, against peft's own LoRA layers on the same
 nf4 base: the same loss and gradients, a standard PEFT adapter of the original module names, and the
 fused weight dequantizing to exactly the members' weights."""
 
@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from components.common.models import load_model
-from components.train import fused
+from core.models import load_model
+from stages.train import fused
 
 LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -17,8 +19,8 @@ LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "do
 def llama_dir(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from components.common import tiny_models
-    from components.common.models import save_tokenizer
+    from core import tiny_models
+    from core.tokenizer_io import save_tokenizer
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
@@ -162,9 +164,9 @@ def test_fused_run_trains_and_passes_merge_parity(llama_dir, tmp_path, tiny_run)
 
     from helpers import TINY, stage_cli
 
-    from components.common.config import load_config
+    from core.config import load_config
+    from engines.local import stage_argv
     from pipeline import DAG
-    from targets.local import stage_argv
 
     shutil.copytree(tiny_run / "data_prep", tmp_path / "data_prep")
     sets = [
@@ -187,3 +189,42 @@ def test_fused_run_trains_and_passes_merge_parity(llama_dir, tmp_path, tiny_run)
     assert config["target_modules"] == sorted(LLAMA_ALL)
     parity = json.loads((tmp_path / "merge" / "model" / "parity.json").read_text())
     assert parity["relative_diff"] <= parity["tolerance"]
+
+
+@settings(max_examples=40, derandomize=True, deadline=None)
+@given(rows=st.integers(1, 5), groups=st.integers(1, 6), lead=st.integers(0, 2), keep=st.floats(0.0, 1.0))
+def test_packed_dropout_masks_unpack_to_the_same_mask(rows, groups, lead, keep):
+    """The masks the fused backward keeps at one bit an element come back exactly as drawn."""
+    shape = (2,) * lead + (rows, 8 * groups)
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(rows * 31 + groups)) < keep
+    packed = fused.pack_mask(mask)
+    assert packed.dtype == torch.uint8 and packed.shape == shape[:-1] + (groups,)
+    assert torch.equal(fused.unpack_mask(packed), mask)
+
+
+def test_compiled_layer_saves_no_dequantized_weight(llama_dir):
+    """Under torch.compile a decoder layer traces as one graph, and what its backward keeps holds no
+    dequantized weight (the nf4 matmul is one opaque op): the partitioner once saved every layer's."""
+    import torch._dynamo
+
+    model = lora(llama_dir, 0.1, fuse=True)
+    layer = model.get_base_model().model.layers[0]
+    x = torch.randn(2, 24, 128, requires_grad=True)
+    assert torch._dynamo.explain(layer.mlp)(x).graph_break_count == 0
+    weights = {(192, 128), (128, 192), (384, 128)}  # gate, up, down and the fused gate/up, either way round
+    weights |= {(w, h) for h, w in weights}
+    saved: list[tuple] = []
+
+    def pack(t):
+        saved.append((tuple(t.shape), t.dtype))
+        return t
+
+    compiled = torch.compile(layer.mlp, backend="aot_eager", dynamic=False)
+    torch.manual_seed(0)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = compiled(x)
+    y.sum().backward()
+    assert saved and not [s for s, dtype in saved if s in weights and dtype.is_floating_point], saved
+    torch.manual_seed(0)
+    eager = layer.mlp(x)
+    torch.testing.assert_close(y, eager)

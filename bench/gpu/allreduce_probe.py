@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The train stage's per-step gradient all-reduce alone: ``components.train.distributed.all_reduce_gradients``
+"""The train stage's per-step gradient all-reduce alone: ``stages.train.distributed.all_reduce_gradients``
 on fp32 tensors shaped like Phi-3-mini's LoRA (r 64 on qkv_proj, o_proj, gate_up_proj, down_proj:
 100.66 M parameters, 403 MB), timed over ``--reps`` calls after 3 warm-up calls.
 
@@ -23,7 +23,7 @@ def main() -> int:
     import torch
     import torch.distributed as dist
 
-    from components.train.distributed import all_reduce_gradients
+    from stages.train.distributed import all_reduce_gradients
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=10)

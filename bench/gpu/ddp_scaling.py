@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Data-parallel scaling of the train stage: the same job on 1 and on N GPUs.
 
-Runs data_prep once, then the train stage's real command line (``python -m components.train``)
+Runs data_prep once, then the train stage's real command line (``python -m stages.train``)
 with ``train.gpus=1`` and ``train.gpus=N`` for each workload, and reports the stage's own
 tokens/s (training loop only, model load excluded), the scaling and the loss curves (same
 effective batch and seed: they should agree within bf16/atomics noise).
@@ -41,7 +41,7 @@ STEP_LINE = re.compile(r"step (\d+)/(\d+) loss")
 def timed_stage(name: str, cfg, inputs: dict, outputs: dict, log_path: Path) -> tuple[float, dict[int, float]]:
     """Run a stage's real command line; each output line is time-stamped on arrival (gzip log) and
     the arrival time of each ``step k/N`` line is returned."""
-    from components.registry import STAGES
+    from stages.registry import STAGES
 
     spec = STAGES[name]
     argv = spec.argv(spec.params(cfg), inputs, outputs)
@@ -66,7 +66,7 @@ def timed_stage(name: str, cfg, inputs: dict, outputs: dict, log_path: Path) -> 
 def main() -> int:
     from loss_curve import stage
 
-    from components.common.config import Config, load_config  # noqa: F401
+    from core.config import Config, load_config  # noqa: F401
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/phi3-mini.yaml")

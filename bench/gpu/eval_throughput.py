@@ -5,7 +5,7 @@ On one built model (onnx_build's output) and the same prompts, at each batch siz
 
 - ``raw``: the plain onnxruntime-genai loop (encode_batch, GeneratorParams, Generator,
   append_tokens, generate_next_token ``max_new`` times), tokens/s = rows x max_new / seconds;
-- ``stage``: ``components.evaluate.stage.OnnxGenerator`` driven by ``timed_batches``, exactly as the
+- ``stage``: ``stages.evaluate.stage.OnnxGenerator`` driven by ``timed_batches``, exactly as the
   evaluate stage does; tokens/s counts the same positions (rows x decoding steps).
 
 Also the seconds for all rows (``--rows``, tone prompts repeated as needed).
@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def prompts_for(rows: int) -> list[str]:
-    from components.common.config import Config
-    from components.common.io import read_jsonl
-    from components.common.prompts import render
+    from core.config import Config
+    from core.io import read_jsonl
+    from core.prompts import render
 
     cfg = Config()  # the default data section on data/tone.jsonl, with the production Phi-3 template
     cfg.data.prompt_format = "template"
@@ -66,7 +66,7 @@ def main() -> int:
 
     import onnxruntime_genai as og
 
-    from components.evaluate.stage import OnnxGenerator, timed_batches
+    from stages.evaluate.stage import OnnxGenerator, timed_batches
 
     prompts = prompts_for(args.rows)
     stage_gen = OnnxGenerator(Path(args.model), args.max_new)

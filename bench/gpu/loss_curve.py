@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Loss curves of the train stage, fast path vs plain path, on the real tone data.
 
-Runs data_prep once, then the train stage (its real command line, ``python -m components.train``)
+Runs data_prep once, then the train stage (its real command line, ``python -m stages.train``)
 with each ``--set``-style variant, ``train.log_every=1``, and compares the per-step losses of
 each variant with the first one. Two runs of the same variant give the noise floor (CUDA kernels
 are not deterministic), so compare the fast/plain gap to the plain/plain gap.
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def stage(name: str, cfg, inputs: dict, outputs: dict) -> float:
-    from components.registry import STAGES
+    from stages.registry import STAGES
 
     spec = STAGES[name]
     argv = spec.argv(spec.params(cfg), inputs, outputs)
@@ -39,7 +39,7 @@ def stage(name: str, cfg, inputs: dict, outputs: dict) -> float:
 
 
 def main() -> int:
-    from components.common.config import load_config
+    from core.config import load_config
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/tiny-phi3.yaml")

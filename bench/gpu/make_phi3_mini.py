@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def tone_tokenizer(vocab_size: int = 4000):
-    from components.common.tiny_models import tokenizer
+    from core.tiny_models import tokenizer
 
     return tokenizer(vocab_size)
 

@@ -1,10 +1,10 @@
-"""The stage images' entry point: exec ``python -m components.$SLM_STAGE ARGS...``.
+"""The stage images' entry point: exec ``python -m stages.$SLM_STAGE ARGS...``.
 
 images/stage/Dockerfile is one template for the five stages; the stage is a build argument,
 baked into the image as ``ENV SLM_STAGE``. An exec-form ENTRYPOINT expands no variables, and a
 shell-form one would leave a shell as PID 1, which takes the SIGTERM that train turns into a
 checkpoint. This launcher exec()s instead: the stage's Python replaces it as the container's
-PID 1, with the registry's command line (components/registry.py, StageSpec.argv), and gets
+PID 1, with the registry's command line (stages/registry.py, StageSpec.argv), and gets
 every signal itself.
 """
 
@@ -13,7 +13,7 @@ import sys
 
 
 def argv(stage: str, args: list[str]) -> list[str]:
-    return ["python", "-m", f"components.{stage}", *args]
+    return ["python", "-m", f"stages.{stage}", *args]
 
 
 if __name__ == "__main__":

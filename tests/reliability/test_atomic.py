@@ -12,11 +12,11 @@ import time
 import pytest
 from helpers import ROOT, TINY
 
-from components.common import artifacts
-from components.common.config import load_config
-from components.common.errors import UserError
+from core import artifacts
+from core.config import load_config
+from core.errors import UserError
+from engines.local import stage_argv
 from pipeline import DAG
-from targets.local import stage_argv
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 CASES = [(s.name, sig) for s in DAG for sig in (signal.SIGKILL, signal.SIGTERM)]
@@ -51,7 +51,7 @@ def test_killed_stage_leaves_nothing_that_looks_finished(tmp_path, tiny_run, sta
     assert not list(output.parent.glob(f".{output.name}.tmp-*")), "stale temporary output survived a good run"
 
 
-# --- Kills at the dangerous instants of the commit (components/common/faults.py) ----------------
+# --- Kills at the dangerous instants of the commit (core/faults.py) ----------------
 # data_prep stands in for every stage here: the commit code is the harness's, shared by all five,
 # and data_prep is quick and deterministic, so "bit-identical after a re-run" is a file compare.
 
@@ -61,7 +61,7 @@ def data_prep_argv(run, *sets: str) -> list[str]:
 
 
 def files_of(folder) -> dict[str, str]:
-    from components.common.hashing import tree_files
+    from core.hashing import tree_files
 
     return tree_files(folder)
 

@@ -74,7 +74,7 @@ CONFIG_CASES = [
 
 def reseal(folder: Path) -> None:
     """Re-seal an artifact after changing its files, as its stage would have (a valid artifact)."""
-    from components.common.hashing import MARKER, digest, tree_files
+    from core.hashing import MARKER, digest, tree_files
 
     marker = json.loads((folder / MARKER).read_text())
     files = tree_files(folder)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, TINY, run_cli, summary
 
-from components.common.cache import cache_key as local_cache_key
-from components.common.config import load_config
-from components.common.models import resolve
+from core.cache import cache_key as local_cache_key
+from core.config import load_config
+from core.models import resolve
+from engines.local import cached
 from pipeline import DAG
-from targets.local import cached
 
 ALL = ("data_prep", "train", "merge", "onnx_build", "evaluate")
 
@@ -60,6 +60,13 @@ def edit(path: Path, text: str) -> bytes:
     return original
 
 
+def replace(path: Path, old: str, new: str) -> bytes:
+    original = path.read_bytes()
+    assert old.encode() in original
+    path.write_bytes(original.replace(old.encode(), new.encode()))
+    return original
+
+
 # (case, how to change it: returns an undo callable, --set overrides, the stages that must re-run)
 CASES = [
     ("nothing", lambda p: None, [], ()),
@@ -76,17 +83,31 @@ CASES = [
     # stages after it hash that content, so they stay cached.
     (
         "stage-code",
-        lambda p: (p / "components/merge/stage.py", edit(p / "components/merge/stage.py", "\n# edited\n")),
+        lambda p: (p / "stages/merge/stage.py", edit(p / "stages/merge/stage.py", "\n# edited\n")),
         [],
         ALL[2:3],
     ),
     (
         "shared-code",
-        lambda p: (p / "components/common/scoring.py", edit(p / "components/common/scoring.py", "\n# edited\n")),
+        lambda p: (p / "core/scoring.py", edit(p / "core/scoring.py", "\n# edited\n")),
         [],
         ALL,
     ),
-    ("pinned-versions", lambda p: (p / "requirements.txt", edit(p / "requirements.txt", "\n# bumped\n")), [], ALL),
+    # A stage's key takes the pin lines of the packages it imports (hashing.code_hash): pydantic's
+    # is every stage's, matplotlib's only evaluate's, and a comment is no pin.
+    (
+        "pinned-versions",
+        lambda p: (p / "requirements.txt", replace(p / "requirements.txt", "pydantic>=2\n", "pydantic>=2.1\n")),
+        [],
+        ALL,
+    ),
+    (
+        "pin-of-one-stage",
+        lambda p: (p / "requirements.txt", replace(p / "requirements.txt", "matplotlib==3.11.2", "matplotlib==3.11.3")),
+        [],
+        ALL[4:],
+    ),
+    ("comment-in-pins", lambda p: (p / "requirements.txt", edit(p / "requirements.txt", "\n# bumped\n")), [], ()),
 ]
 
 
@@ -123,7 +144,7 @@ def test_base_model_files(project, tmp_path):
 
 def reseal(folder: Path) -> None:
     """Re-seal an artifact after changing a file, as its stage would have: valid, and different."""
-    from components.common.hashing import MARKER, digest, tree_files
+    from core.hashing import MARKER, digest, tree_files
 
     marker = json.loads((folder / MARKER).read_text())
     files = tree_files(folder)
@@ -145,12 +166,12 @@ def copy_run(tiny_run: Path, run: Path, cfg) -> Path:
     """A copy of the shared run whose seals carry the keys the stages would compute now: code
     edited since the shared run was made (a working tree) would otherwise make every check a
     miss. The keys are the harness's own, so a miss below is the hash chain's doing."""
-    from components.common.hashing import MARKER
+    from core.hashing import MARKER
 
     shutil.copytree(tiny_run, run)
     for step in DAG:
         inputs = {
-            name: json.loads((run.joinpath(*src.split(".")) / MARKER).read_text())["content_hash"]
+            name: json.loads((run.joinpath(*src) / MARKER).read_text())["content_hash"]
             for name, src in step.wires.items()
         }
         for port in step.spec.outputs:
@@ -161,9 +182,12 @@ def copy_run(tiny_run: Path, run: Path, cfg) -> Path:
     return run
 
 
-def change_upstream(run: Path, src: str) -> None:
-    folder = run.joinpath(*src.split("."))
-    with open(folder / CHANGED_FILE[src], "a") as f:
+def change_upstream(run: Path, src) -> None:
+    from core.spec import PortRef
+
+    src = PortRef.parse(src)
+    folder = run.joinpath(*src)
+    with open(folder / CHANGED_FILE[str(src)], "a") as f:
         f.write("\n")
     reseal(folder)
 
@@ -180,8 +204,8 @@ def test_downstream_cache_check_sees_a_changed_upstream(tmp_path, tiny_run, stag
 def test_the_chain_check_catches_a_key_that_ignores_inputs(tmp_path, tiny_run, monkeypatch):
     """The check above can fail: with a cache key that forgets the input hashes (a broken chain),
     the downstream stage reports a hit for a changed upstream."""
-    import targets.local as local
-    from components.common.hashing import MARKER
+    import engines.local as local
+    from core.hashing import MARKER
 
     cfg = load_config(TINY)
     run = copy_run(tiny_run, tmp_path / "run", cfg)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, TINY, run_cli, run_pipeline, stage_cli
 
-from components.common.io import read_jsonl
-from components.data_prep.stage import normalize_text
+from core.io import read_jsonl
+from stages.data_prep.stage import normalize_text
 
 GOOD = [{"phrase": f"phrase number {i}", "tone": ["joy", "fear"][i % 2]} for i in range(20)]
 
@@ -270,7 +270,7 @@ def test_recursive_yaml_alias_is_refused(tmp_path):
 
 
 def test_yaml_anchors_of_ordinary_size_still_work(tmp_path):
-    from components.common.config import load_config
+    from core.config import load_config
 
     config = write(tmp_path, "ok.yaml", "data:\n  labels: &l [joy, fear]\nevaluate: {max_samples: 4}\n")
     assert load_config(config).data.labels == ["joy", "fear"]
@@ -357,7 +357,7 @@ def test_invalid_image_reference_is_refused(tmp_path, setting, expected, command
 
 
 def test_valid_image_references_are_accepted():
-    from components.common.config import load_config
+    from core.config import load_config
 
     for registry in ("localhost/slm-pipeline", "myregistry.azurecr.io/team/slm", "localhost:5000/a__b/c-d.e", "slm"):
         assert load_config(TINY, [f"images.registry={registry}", "images.tag=v1.2_3-rc.1"]).images.registry == registry

@@ -1,10 +1,10 @@
 """The invariants of issue 19, one class per section, each held where it is decided:
 
-- ownership: ``components/common/outputs.claim`` (what a verb may write) and
+- ownership: ``core/outputs.claim`` (what a verb may write) and
   ``artifacts.refuse_unowned`` (what may be replaced or deleted);
-- bounds: ``components/common/io.py`` (the one YAML/JSON loader, regular files only);
-- types: pydantic strict, ``components/common/cron.py``, ``components/common/names.py``;
-- data formats: ``components/data_prep/stage._rows``;
+- bounds: ``core/io.py`` (the one YAML/JSON loader, regular files only);
+- types: pydantic strict, ``core/cron.py``, ``core/names.py``;
+- data formats: ``stages/data_prep/stage._rows``;
 - exit codes: every user-input error exits 2, which no compiled retry policy retries.
 
 Hypothesis tests run with a fixed seed (``derandomize``) and a small example budget.
@@ -27,11 +27,15 @@ from helpers import ROOT, TINY, run_cli, run_pipeline, stage_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components.common import cron, names
-from components.common.config import load_config
-from components.common.errors import UserError
-from components.common.io import MAX_DEPTH, load_json, load_yaml
-from components.common.outputs import claim
+# As in every process that compiles or submits (pipeline.py loads the engines): their settings models
+# are plugged into the config, so targets.<engine> is typed at load time. Without it this file passed
+# only when an earlier test module had loaded them.
+import engines.base  # noqa: E402,F401
+from core import cron, names
+from core.config import load_config
+from core.errors import UserError
+from core.io import MAX_DEPTH, load_json, load_yaml
+from core.outputs import claim
 
 PIPELINE = str(ROOT / "pipeline.py")
 PROPERTY = settings(
@@ -86,7 +90,7 @@ def test_compile_and_import_olive_never_overwrite_an_input_or_an_existing_file(t
     one_error(proc, "exists; pass --force")
 
 
-@pytest.mark.parametrize("out", [".", "components", "components/common", str(ROOT)])
+@pytest.mark.parametrize("out", [".", "core", "stages/train", "engines", str(ROOT)])
 def test_run_out_in_the_source_tree_is_refused(tmp_path, out):
     before = snapshot(ROOT / "components")
     proc = run_pipeline(Path(out))
@@ -302,9 +306,9 @@ def test_cron_dialects_and_forms():
 
 def test_validate_applies_the_cron_and_name_rules(tmp_path):
     cfg = load_config(TINY, ["targets.argo.schedule=0 3 * * 1"])
+    from engines import argo
+    from engines.validate import validate_file
     from pipeline import DAG
-    from targets import argo
-    from targets.validate import validate_file
 
     path = argo.compile_pipeline(DAG, cfg, tmp_path / "wf.yaml")
     cron_file = path.with_name("wf.cron.yaml")
@@ -367,8 +371,8 @@ def _write_formats(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_compressed_parquet_and_row_object_files_read_like_jsonl(tmp_path):
-    from components.common.config import DataConfig
-    from components.data_prep.stage import Reader
+    from core.config import DataConfig
+    from stages.data_prep.stage import Reader
 
     plain = tmp_path / "plain.jsonl"
     plain.write_text("\n".join(json.dumps(r) for r in GOOD) + "\n")
@@ -387,8 +391,8 @@ def test_property_text_is_normalized_alike_in_every_format(tmp_path, phrases):
     import csv
     import unicodedata
 
-    from components.common.config import DataConfig
-    from components.data_prep.stage import Reader, normalize_text
+    from core.config import DataConfig
+    from stages.data_prep.stage import Reader, normalize_text
 
     rows = [{"phrase": f"x{p}", "tone": ["joy", "fear"][i % 2]} for i, p in enumerate(phrases)]
     folder = Path(tempfile.mkdtemp(dir=tmp_path))
@@ -447,8 +451,8 @@ def test_dataset_dict_without_train_is_refused_listing_its_splits(tmp_path):
 
 def test_every_user_input_error_class_exits_2_which_no_engine_retries(tmp_path):
     """One command per class of bad input; each exits 2, and 2 is in the codes the compiled retry
-    policies never retry (targets/compile_common.DETERMINISTIC_EXIT_CODES, as Argo compiles it)."""
-    from targets.compile_common import DETERMINISTIC_EXIT_CODES
+    policies never retry (engines/compile_common.DETERMINISTIC_EXIT_CODES, as Argo compiles it)."""
+    from engines.compile_common import DETERMINISTIC_EXIT_CODES
 
     assert 2 in DETERMINISTIC_EXIT_CODES
     bomb = tmp_path / "bomb.yaml"
@@ -497,8 +501,8 @@ def test_every_user_input_error_class_exits_2_which_no_engine_retries(tmp_path):
     ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
 )
 def test_one_map_decides_the_exit_code_and_only_transient_ones_are_retried(error, code):
-    from components.common.errors import exit_code
-    from targets.compile_common import DETERMINISTIC_EXIT_CODES
+    from core.errors import exit_code
+    from engines.compile_common import DETERMINISTIC_EXIT_CODES
 
     assert exit_code(error) == code
     assert (code in DETERMINISTIC_EXIT_CODES) == (code in (2, 3, 4))
@@ -508,7 +512,7 @@ def test_property_exit_code_is_total_and_documented():
     """Every exception class Python raises maps to one of the documented codes."""
     import builtins
 
-    from components.common.errors import exit_code
+    from core.errors import exit_code
 
     classes = [c for c in vars(builtins).values() if isinstance(c, type) and issubclass(c, Exception)]
     for cls in classes:
@@ -527,8 +531,8 @@ def test_two_sigterms_during_cleanup_give_one_line_and_no_traceback(tmp_path, ti
     import subprocess
     import sys
 
+    from engines.local import stage_argv
     from pipeline import DAG
-    from targets.local import stage_argv
 
     settings = ["train.max_steps=400", "train.log_every=1", "train.checkpoint_every=1000"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}

@@ -13,10 +13,10 @@ import sys
 import pytest
 from helpers import ROOT, TINY
 
-from components.common.config import load_config
-from components.common.hashing import file_hash
+from core.config import load_config
+from core.hashing import file_hash
+from engines.local import stage_argv
 from pipeline import DAG
-from targets.local import stage_argv
 
 STEPS, EVERY = 20, 3
 SETTINGS = [f"train.max_steps={STEPS}", f"train.checkpoint_every={EVERY}", "train.log_every=1"]
@@ -80,7 +80,7 @@ def test_kill_then_resume_is_bit_identical(tmp_path, tiny_run, clean_adapter, st
     assert not (run / "train" / "adapter.checkpoints").exists()
 
 
-# Kills at the instants a random step never hits (components/common/faults.py points).
+# Kills at the instants a random step never hits (core/faults.py points).
 DANGEROUS = [
     ("train.before_first_checkpoint", None),  # step 1 done, no checkpoint yet: starts over
     ("train.checkpoint_swap", 2 * EVERY),  # between the renames of the 2nd checkpoint: no "latest"

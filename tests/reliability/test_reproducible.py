@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helpers import STAGE_OUTPUTS, run_pipeline
 
-from components.common.hashing import tree_files
+from core.hashing import tree_files
 
 # Files that legitimately differ between identical runs, and why. Everything else must match.
 EXPECTED_TO_DIFFER = {

@@ -9,7 +9,7 @@ from importlib.metadata import version
 import pytest
 from helpers import ROOT, run_cli, run_pipeline, stage_cli
 
-from components.common.config import load_config
+from core.config import load_config
 
 SECRETS = {
     "HF_TOKEN": "hf_FAKEsecretTOKEN0123456789abcdef",

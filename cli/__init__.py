@@ -1,0 +1,1 @@
+"""The command line: its verbs and the Olive importer."""

@@ -1,1 +1,0 @@
-"""Pipeline stages. Each subpackage is one stage: ``python -m components.<stage>``."""

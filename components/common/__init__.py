@@ -1,1 +1,0 @@
-"""Helpers shared by every stage: config, artifacts, hashing, models, prompts."""

@@ -1,5 +1,0 @@
-from components.common.harness import main
-
-from .stage import run
-
-main("evaluate", run)

@@ -1,0 +1,227 @@
+"""What a stage is (its ports, sections, resources) and how stages form a DAG: the types the stage
+registry (stages/registry.py) is written in.
+
+The registry is data, not code paths. Every orchestration target (local, docker, KFP, AzureML,
+Argo) reads it; none of them names a stage. A stage's parameters are the fields of the
+config sections it declares, flattened to ``--section.key value`` flags, so a new config
+field reaches every target without touching an adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, NamedTuple
+
+from core.config import Config, encode, flatten
+
+# Artifact types and their names on each engine (the artifact contract: core/artifacts.py).
+ARTIFACT_TYPES = {
+    "Dataset": {"kfp": "Dataset", "azureml": "uri_folder"},
+    "Model": {"kfp": "Model", "azureml": "custom_model"},
+    "OnnxModel": {"kfp": "Model", "azureml": "custom_model"},
+    "Metrics": {"kfp": "Metrics", "azureml": "uri_folder"},
+}
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    type: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class OutParam:
+    """A small string value a stage publishes besides its artifacts (an engine's output parameter):
+    KFP ``parameterValues`` in the executor output, an Argo ``outputs.parameters`` file, and the
+    seal's ``parameters`` (what the local runners read). Conditions in the DAG test these."""
+
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: int
+    memory_gb: int
+    gpu: int = 0
+
+
+class External(NamedTuple):
+    """A param naming a file or folder outside the run (data, a local base model): hashed by content
+    into the cache key, and mounted into containers. With ``when``, it counts only while
+    ``params[when] == equals`` (data_prep reads the base model only for its chat template)."""
+
+    key: str
+    when: str | None = None
+    equals: Any = None
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    summary: str
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    sections: tuple[str, ...]
+    cpu: Resources
+    gpu: Resources | None = None  # what the stage asks for when runtime.device is cuda
+    gpu_count: str | None = None  # a param that multiplies the GPU request (train.gpus: data-parallel)
+    external: tuple[External, ...] = ()
+    # Output parameters: the stage sets ``context.output_parameters[name]`` (a string) for each.
+    out_params: tuple[OutParam, ...] = ()
+
+    @property
+    def module(self) -> str:
+        return f"stages.{self.name}"
+
+    def params(self, cfg: Config, every: bool = False) -> dict[str, Any]:
+        """``{"train.lora.r": 16, ...}`` for the sections this stage reads; a default-off
+        subsection's keys only with ``every`` (the flags a stage accepts)."""
+        out: dict[str, Any] = {}
+        for section in self.sections:
+            out.update(flatten(getattr(cfg, section), section + ".", omit_off=not every))
+        return out
+
+    def external_keys(self, params: dict[str, Any]) -> list[str]:
+        """The external params that count for these params."""
+        return [e.key for e in self.external if e.when is None or params.get(e.when) == e.equals]
+
+    def resources(self, cfg: Config) -> Resources:
+        if not (self.gpu and cfg.runtime.device == "cuda"):
+            return self.cpu
+        n = int(self.params(cfg).get(self.gpu_count, 1)) if self.gpu_count else 1
+        if n <= 1:
+            return self.gpu
+        return Resources(cpu=self.gpu.cpu * n, memory_gb=self.gpu.memory_gb * n, gpu=self.gpu.gpu * n)
+
+    def uses_gpu(self, cfg: Config) -> bool:
+        return self.resources(cfg).gpu > 0
+
+    def argv(self, params: dict[str, Any], inputs: dict[str, str], outputs: dict[str, str]) -> list[str]:
+        """The one command line every target runs. Values may be target placeholders."""
+        args = ["python", "-m", self.module]
+        for port in self.inputs:
+            args += [f"--{port.name}", inputs[port.name]]
+        for port in self.outputs:
+            args += [f"--{port.name}", outputs[port.name]]
+        unset = self.unset_params()
+        for key, value in params.items():
+            if value is None and key in unset:
+                continue  # the stage's own default is null too: no `--model.revision null` flag
+            args += [f"--{key}", value if _is_placeholder(value) else encode(value)]
+        return args
+
+    def unset_params(self) -> frozenset[str]:
+        """The parameters whose default is null."""
+        return _null_defaults(self.sections)
+
+
+@cache
+def _null_defaults(sections: tuple[str, ...]) -> frozenset[str]:
+    defaults = Config()
+    return frozenset(k for s in sections for k, v in flatten(getattr(defaults, s), s + ".").items() if v is None)
+
+
+def _is_placeholder(value) -> bool:
+    return not isinstance(value, (str, int, float, bool, list, dict, type(None)))
+
+
+class PortRef(NamedTuple):
+    """An upstream step's output, as a wire names it: ``"train.adapter"`` is parsed here, once."""
+
+    stage: str
+    output: str
+
+    @classmethod
+    def parse(cls, wire: "str | PortRef") -> "PortRef":
+        if isinstance(wire, PortRef):
+            return wire
+        stage, dot, output = str(wire).partition(".")
+        if not (stage and dot and output) or "." in output:
+            raise ValueError(f"wire {wire!r}: expected 'stage.output'")
+        return cls(stage, output)
+
+    def __str__(self) -> str:
+        return f"{self.stage}.{self.output}"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage placed in the DAG, with its inputs wired to upstream outputs."""
+
+    spec: StageSpec
+    wires: dict[str, PortRef] = field(default_factory=dict)  # input name -> the upstream output
+
+    def __post_init__(self):
+        object.__setattr__(self, "wires", {name: PortRef.parse(w) for name, w in self.wires.items()})
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def upstream(self) -> set[str]:
+        return {ref.stage for ref in self.wires.values()}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Run the steps downstream of ``step`` only when its output parameter ``param`` equals
+    ``equals``; otherwise the run ends early, successfully, with ``reason`` as its status.
+    Each engine uses its own conditional (KFP ``dsl.If``, Argo ``when``); the local runners
+    read the parameter from the step's seal."""
+
+    step: str
+    param: str
+    equals: str
+    reason: str = "condition not met"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    steps: tuple[Step, ...]
+    condition: Condition | None = None
+
+    def __post_init__(self):
+        if self.condition is not None:
+            c = self.condition
+            owner = next((s for s in self.steps if s.name == c.step), None)
+            if owner is None or c.param not in {p.name for p in owner.spec.out_params}:
+                raise ValueError(f"condition: {c.step}.{c.param} is not an output parameter of a step")
+        seen: dict[str, Step] = {}
+        for s in self.steps:
+            missing = {p.name for p in s.spec.inputs} - set(s.wires)
+            extra = set(s.wires) - {p.name for p in s.spec.inputs}
+            if missing or extra:
+                raise ValueError(f"{s.name}: unwired inputs {sorted(missing)}, unknown inputs {sorted(extra)}")
+            for port in s.spec.inputs:
+                up_name, out_name = s.wires[port.name]
+                if up_name not in seen:
+                    raise ValueError(f"{s.name}.{port.name}: {up_name!r} is not an earlier step")
+                out = {p.name: p for p in seen[up_name].spec.outputs}.get(out_name)
+                if out is None or out.type != port.type:
+                    raise ValueError(f"{s.name}.{port.name}: {s.wires[port.name]} is not a {port.type} output")
+            seen[s.name] = s
+
+    def __iter__(self):
+        return iter(self.steps)
+
+    def __getitem__(self, name: str) -> Step:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(f"no stage {name!r} in pipeline {self.name!r}; its stages: {', '.join(s.name for s in self)}")
+
+    def gated(self) -> set[str]:
+        """The steps that run only when the condition holds (all of them without one: none)."""
+        return self.downstream(self.condition.step) if self.condition else set()
+
+    def downstream(self, name: str) -> set[str]:
+        """Every step that depends, directly or not, on ``name``."""
+        out: set[str] = set()
+        for s in self.steps:
+            if name in s.upstream() or out & s.upstream():
+                out.add(s.name)
+        return out

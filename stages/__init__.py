@@ -1,0 +1,1 @@
+"""Pipeline stages. Each subpackage is one stage: ``python -m stages.<stage>``."""

@@ -1,0 +1,85 @@
+"""The stage registry: what each stage takes, makes, needs and is called with (core/spec.py's types).
+
+This is data, not code paths: every engine reads it, none names a stage.
+"""
+
+from __future__ import annotations
+
+from core.spec import External, OutParam, Port, Resources, StageSpec, Step
+
+STAGES: dict[str, StageSpec] = {
+    s.name: s
+    for s in (
+        StageSpec(
+            name="data_prep",
+            summary="Load, validate, render, deduplicate and split the dataset.",
+            inputs=(),
+            outputs=(Port("dataset", "Dataset", "train.jsonl, eval.jsonl, stats.json"),),
+            sections=("data", "model"),
+            cpu=Resources(cpu=1, memory_gb=4),
+            external=(
+                External("data.path"),
+                External("data.eval_path"),
+                External("model.base", when="data.prompt_format", equals="chat_template"),
+            ),
+            out_params=(
+                OutParam("dataset_hash", "content hash of the dataset artifact (its seal's content_hash)"),
+                OutParam("changed", "'false' when dataset_hash equals data.promoted_dataset_hash, else 'true'"),
+            ),
+        ),
+        StageSpec(
+            name="train",
+            summary="QLoRA/LoRA fine-tune of the base model; checkpoints and resumes.",
+            inputs=(Port("dataset", "Dataset"),),
+            outputs=(Port("adapter", "Model", "PEFT adapter (safetensors), train log, metrics"),),
+            sections=("model", "train", "runtime"),
+            cpu=Resources(cpu=2, memory_gb=8),
+            gpu=Resources(cpu=8, memory_gb=64, gpu=1),
+            gpu_count="train.gpus",
+            external=(External("model.base"),),
+        ),
+        StageSpec(
+            name="merge",
+            summary="Merge the adapter into the full-precision base and check logit parity.",
+            inputs=(Port("adapter", "Model"),),
+            outputs=(
+                Port(
+                    "model",
+                    "Model",
+                    "merged Hugging Face model (safetensors) + tokenizer + the adapter's "
+                    "train_log.jsonl (evaluate's loss curve)",
+                ),
+            ),
+            sections=("model", "merge", "runtime"),
+            cpu=Resources(cpu=2, memory_gb=16),
+            # merge loads the base on runtime.device: with cuda and no GPU the harness stops it.
+            gpu=Resources(cpu=8, memory_gb=64, gpu=1),
+            external=(External("model.base"),),
+        ),
+        StageSpec(
+            name="onnx_build",
+            summary="Build an onnxruntime-genai model (INT4 by default) with the model builder.",
+            # dataset: the eval split the INT4 recipe search scores its points on (onnx.search.enabled)
+            inputs=(Port("model", "Model"), Port("dataset", "Dataset")),
+            outputs=(Port("onnx_model", "OnnxModel", "onnxruntime-genai model folder"),),
+            sections=("onnx", "runtime"),
+            cpu=Resources(cpu=2, memory_gb=16),
+            gpu=Resources(cpu=8, memory_gb=64, gpu=1),
+        ),
+        StageSpec(
+            name="evaluate",
+            summary="Score the PyTorch and ONNX models on the eval split; apply the quality gate.",
+            inputs=(Port("dataset", "Dataset"), Port("model", "Model"), Port("onnx_model", "OnnxModel")),
+            outputs=(Port("metrics", "Metrics", "metrics.json + report.html (self-contained, charts embedded)"),),
+            sections=("evaluate", "runtime"),
+            cpu=Resources(cpu=2, memory_gb=8),
+            gpu=Resources(cpu=8, memory_gb=64, gpu=1),
+        ),
+    )
+}
+
+
+def step(name: str, **wires: str) -> Step:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; registered: {sorted(STAGES)}")
+    return Step(STAGES[name], wires)
