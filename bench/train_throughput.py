@@ -88,11 +88,13 @@ SUITES = {
     "unsloth-phi3": _rows("naive stage:default stage:eager"),
     "unsloth-tone": _rows("naive unsloth stage:default", form="llama", data="tone", grad_accum=4),
     # Issue 17's done-when rows in one call: Llama form vs Unsloth, Phi-3 form vs naive, tone vs Unsloth.
-    "issue17": _rows("unsloth stage:default stage:eager", form="llama")
+    "issue17": _rows("unsloth stage:default stage:default~independent stage:eager", form="llama")
     + _rows("unsloth stage:default", form="llama", data="tone", grad_accum=4)
     + _rows("naive stage:default"),
     # The shortest same-run look at the Llama form: eager, Unsloth, the compiled default.
     "llama-quick": _rows("stage:eager unsloth stage:default", form="llama"),
+    # The shared sibling dropout mask against one mask a member (peft's semantics), beside Unsloth.
+    "masks": _rows("unsloth stage:default stage:default~independent", form="llama"),
     # Where the Llama form's memory goes: the compiled default, eager, and the compiled graph under a budget.
     "memory": _rows("unsloth stage:default stage:eager stage:default@0.5", form="llama"),
     # A first look on a fresh machine: does Unsloth run, and the stage's two main paths on the Llama form.
@@ -294,8 +296,11 @@ def child(args) -> dict:
         from core.config import Config
         from stages.train import fast, stage
 
-        # "default@0.5": the same levers under a compiled-graph activation memory budget of 0.5.
-        lever, _, budget = name.split(":", 1)[1].partition("@")
+        # "default@0.5": the same levers under a compiled-graph activation memory budget of 0.5;
+        # "default~independent": fused siblings draw one dropout mask each (train.lora.dropout_masks).
+        lever, _, masks = name.split(":", 1)[1].partition("~")
+        lever, _, budget = lever.partition("@")
+        info["dropout_masks"] = masks or "shared"
         if budget:
             torch._functorch.config.activation_memory_budget = float(budget)
             info["activation_memory_budget"] = float(budget)
@@ -315,7 +320,13 @@ def child(args) -> dict:
                     "max_steps": args.planned_steps if data == "synthetic" else Config().train.max_steps,
                     "gradient_checkpointing": gc,
                     "compile": compile_,
-                    "lora": {"r": args.r, "alpha": args.r, "dropout": args.dropout, "target_modules": targets},
+                    "lora": {
+                        "r": args.r,
+                        "alpha": args.r,
+                        "dropout": args.dropout,
+                        "target_modules": targets,
+                        "dropout_masks": info["dropout_masks"],
+                    },
                 },
                 "runtime": {"device": args.device},
             }

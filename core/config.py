@@ -225,6 +225,15 @@ class LoraConfig(Section):
     )  # the train stage also checks r against the layers' widths
     alpha: int = Field(32, gt=0, le=BIG, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    # Fused QLoRA (train.fused_lora) only: q/k/v (and gate/up) read one input. "shared" drops it out once for
+    # all of them, as the LoRA of Phi-3's fused qkv_proj does, so their A matrices run as one matmul.
+    dropout_masks: Literal["shared", "independent"] = Field(
+        "shared",
+        description=(
+            "Fused QLoRA: sibling projections (q/k/v, gate/up) share one dropout mask (shared, faster) "
+            "or draw one each as separate peft layers do (independent)."
+        ),
+    )
     target_modules: list[str] | None = Field(
         None,
         description=(

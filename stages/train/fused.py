@@ -8,8 +8,11 @@ backward pass. :func:`fuse` rewires the LoRA layers of an already built peft mod
   share one nf4 matrix: their packed 4-bit data and block scales are concatenated as they are (nf4
   blocks never straddle rows), so the fused weight dequantizes to exactly the members' weights;
 - one autograd function (:class:`FusedLoRA`) does dequantize + matmul + every member's LoRA in one
-  forward, and keeps only the input, the r-wide LoRA activations and (with dropout) 1-byte masks for
+  forward, and keeps only the input, the r-wide LoRA activations and (with dropout) 1-bit masks for
   the backward, where the weight is dequantized again instead of kept;
+- by default siblings also share one dropout mask of their common input (``train.lora.dropout_masks``),
+  as the LoRA of a fused ``qkv_proj`` does: one mask drawn, kept and applied instead of three, and
+  their A matrices run as one matmul;
 - the double-quantized block scales are expanded to fp32 once at set-up, not on every call.
 
 The LoRA parameters stay where peft put them (``...q_proj.lora_A.default.weight`` and so on), so the
@@ -65,33 +68,42 @@ def unpack_mask(packed: torch.Tensor) -> torch.Tensor:
 
 
 class FusedLoRA(torch.autograd.Function):
-    """y = x W^T + scale * [B_i (drop_i(x) A_i^T)]_i for a 4-bit W whose rows are the members' outputs."""
+    """y = x W^T + scale * [B_i (drop(x) A_i^T)]_i for a 4-bit W whose rows are the members' outputs.
+
+    ``groups`` partitions the members by dropout mask: members of one group see the same dropped-out
+    input, so their A matrices run as one matmul (and one mask is drawn, kept and applied); one group a
+    member is peft's own semantics."""
 
     @staticmethod
-    def forward(ctx, x, data, absmax, blocksize: int, shape: tuple, widths: tuple, scale: float, p: float, *lora):
+    def forward(
+        ctx, x, data, absmax, blocksize: int, shape: tuple, widths: tuple, scale: float, p: float, groups, *lora
+    ):
         dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32
         x2 = x.reshape(-1, shape[1]).to(dtype)
         y = nf4_matmul(x2, data, absmax, blocksize, list(shape), False)
         As, Bs = lora[0::2], lora[1::2]
+        spans, ranks = _spans(widths), [A.shape[0] for A in As]
         packed = p > 0 and shape[1] % 8 == 0
         masks, us = [], []
-        for A, B, (lo, hi) in zip(As, Bs, _spans(widths)):
+        for group in groups:
+            A = _stack([As[i] for i in group], dtype)
             if p > 0:
                 keep = torch.rand_like(x2) >= p
                 masks.append(pack_mask(keep) if packed else keep)
-                u = (x2 * keep) @ (A.to(dtype).t() * (1.0 / (1.0 - p)))
+                u = (x2 * keep) @ (A.t() * (1.0 / (1.0 - p)))
             else:
-                u = x2 @ A.to(dtype).t()
-            y[:, lo:hi].addmm_(u, B.to(dtype).t(), alpha=scale)
+                u = x2 @ A.t()
+            for i, (lo, hi) in zip(group, _spans([ranks[i] for i in group])):
+                y[:, spans[i][0] : spans[i][1]].addmm_(u[:, lo:hi], Bs[i].to(dtype).t(), alpha=scale)
             us.append(u)
         ctx.save_for_backward(x2, data, absmax, *us, *masks, *lora)
-        ctx.meta = (blocksize, shape, widths, scale, p, len(As), x.shape, x.dtype, packed)
+        ctx.meta = (blocksize, shape, widths, scale, p, groups, x.shape, x.dtype, packed)
         return y.view(*x.shape[:-1], shape[0])
 
     @staticmethod
     def backward(ctx, grad):
-        blocksize, shape, widths, scale, p, n, x_shape, x_dtype, packed = ctx.meta
-        saved = ctx.saved_tensors
+        blocksize, shape, widths, scale, p, groups, x_shape, x_dtype, packed = ctx.meta
+        saved, n = ctx.saved_tensors, len(groups)
         x2, data, absmax = saved[:3]
         us = saved[3 : 3 + n]
         masks = saved[3 + n : 3 + 2 * n] if p > 0 else ()
@@ -99,29 +111,38 @@ class FusedLoRA(torch.autograd.Function):
             masks = [unpack_mask(m) for m in masks]
         lora = saved[3 + n + len(masks) :]
         As, Bs = lora[0::2], lora[1::2]
+        spans, ranks = _spans(widths), [A.shape[0] for A in As]
         dtype = x2.dtype
         g = grad.reshape(-1, shape[0]).to(dtype)
         dx = None
         if ctx.needs_input_grad[0]:
             dx = nf4_matmul(g, data, absmax, blocksize, list(shape), True)
-        grads = []
-        for i, (A, B, (lo, hi)) in enumerate(zip(As, Bs, _spans(widths))):
-            gi = g[:, lo:hi]
-            dB = (gi.t() @ us[i]) * scale
-            gu = (gi @ B.to(dtype)) * scale
+        grads = [None] * len(lora)
+        for k, group in enumerate(groups):
+            gus = []
+            for i, (lo, hi) in zip(group, _spans([ranks[i] for i in group])):
+                gi = g[:, spans[i][0] : spans[i][1]]
+                grads[2 * i + 1] = ((gi.t() @ us[k][:, lo:hi]) * scale).to(Bs[i].dtype)
+                gus.append((gi @ Bs[i].to(dtype)) * scale)
+            gu = torch.cat(gus, dim=1) if len(gus) > 1 else gus[0]
+            A = _stack([As[i] for i in group], dtype)
             if p > 0:
-                xd = x2 * masks[i] * (1.0 / (1.0 - p))
-                dA = gu.t() @ xd
+                dA = gu.t() @ (x2 * masks[k] * (1.0 / (1.0 - p)))
                 if dx is not None:
-                    dx.add_((gu @ A.to(dtype)) * masks[i], alpha=1.0 / (1.0 - p))
+                    dx.add_((gu @ A) * masks[k], alpha=1.0 / (1.0 - p))
             else:
                 dA = gu.t() @ x2
                 if dx is not None:
-                    dx.addmm_(gu, A.to(dtype))
-            grads += [dA.to(A.dtype), dB.to(B.dtype)]
+                    dx.addmm_(gu, A)
+            for i, part in zip(group, torch.split(dA, [ranks[i] for i in group])):
+                grads[2 * i] = part.to(As[i].dtype)
         if dx is not None:
             dx = dx.view(*x_shape).to(x_dtype)
-        return (dx, None, None, None, None, None, None, None, *grads)
+        return (dx, None, None, None, None, None, None, None, None, *grads)
+
+
+def _stack(As: list, dtype) -> torch.Tensor:
+    return torch.cat([A.to(dtype) for A in As]) if len(As) > 1 else As[0].to(dtype)
 
 
 def _spans(widths: tuple) -> list[tuple[int, int]]:
@@ -136,7 +157,7 @@ class _Group:
     """The LoRA layers that share one fused nf4 weight; the first one called computes every member's
     output, the others take theirs (each call checks it is the same input)."""
 
-    def __init__(self, members: list, data, absmax, blocksize: int, shape: tuple, widths: tuple):
+    def __init__(self, members: list, data, absmax, blocksize: int, shape: tuple, widths: tuple, shared: bool):
         self.members, self.data, self.absmax = members, data, absmax
         self.blocksize, self.shape, self.widths = blocksize, shape, widths
         lora = members[0]
@@ -144,6 +165,8 @@ class _Group:
         self.scale = float(lora.scaling[adapter])
         drop = lora.lora_dropout[adapter]
         self.p = float(getattr(drop, "p", 0.0))
+        n = len(members)
+        self.groups = (tuple(range(n)),) if shared else tuple((i,) for i in range(n))
         self.params = []
         for m in members:
             self.params += [m.lora_A[adapter].weight, m.lora_B[adapter].weight]
@@ -153,7 +176,16 @@ class _Group:
         if self.outputs is None or self.input is not x or self.outputs[index] is None:
             p = self.p if self.members[0].training else 0.0
             y = FusedLoRA.apply(
-                x, self.data, self.absmax, self.blocksize, self.shape, self.widths, self.scale, p, *self.params
+                x,
+                self.data,
+                self.absmax,
+                self.blocksize,
+                self.shape,
+                self.widths,
+                self.scale,
+                p,
+                self.groups,
+                *self.params,
             )
             self.outputs = list(torch.split(y, list(self.widths), dim=-1)) if len(self.widths) > 1 else [y]
             self.input, self.left = x, len(self.widths)
@@ -204,9 +236,12 @@ def fusable(module) -> bool:
     )
 
 
-def fuse(model) -> dict:
+def fuse(model, shared_dropout: bool = True) -> dict:
     """Route every fusable LoRA layer of ``model`` through :class:`FusedLoRA`, siblings sharing one
-    weight. Returns counts: {"fused_groups": siblings fused, "layers": LoRA layers rerouted}."""
+    weight. ``shared_dropout``: siblings also share one dropout mask of their common input, as the
+    LoRA of a fused ``qkv_proj`` does (``train.lora.dropout_masks: shared``); off, each member draws its
+    own, as peft's separate layers do. Returns counts: {"fused_groups": siblings fused, "layers": LoRA
+    layers rerouted}."""
     groups, singles = 0, 0
     for parent in list(model.modules()):
         children = dict(parent.named_children())
@@ -214,12 +249,12 @@ def fuse(model) -> dict:
         for names in SIBLINGS:
             members = [children.get(n) for n in names]
             if all(m is not None and fusable(m) for m in members) and _same_input(members):
-                _install(members)
+                _install(members, shared_dropout)
                 groups += 1
                 done.update(names)
         for name, child in children.items():
             if name not in done and fusable(child) and not hasattr(child, "_slm_group"):
-                _install([child])
+                _install([child], shared_dropout)
                 singles += 1
     if groups or singles:
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
@@ -241,14 +276,14 @@ def _same_input(members: list) -> bool:
     )
 
 
-def _install(members: list) -> None:
+def _install(members: list, shared_dropout: bool) -> None:
     bases = [m.get_base_layer() for m in members]
     states = [b.weight.quant_state for b in bases]
     data = torch.cat([b.weight.data.reshape(-1) for b in bases])
     absmax = torch.cat([_fp32_absmax(s) for s in states])
     widths = tuple(int(b.out_features) for b in bases)
     shape = (sum(widths), int(bases[0].in_features))
-    group = _Group(members, data, absmax, states[0].blocksize, shape, widths)
+    group = _Group(members, data, absmax, states[0].blocksize, shape, widths, shared_dropout)
     for i, (m, b) in enumerate(zip(members, bases)):
         m._slm_group = group
         m.forward = _forward(group, i)

@@ -305,7 +305,7 @@ def build(cfg, device: str, fp: fast.FastPath, where: str | None = None, longest
     if fp.fused_lora:
         from . import fused
 
-        fused.fuse(model)
+        fused.fuse(model, shared_dropout=tc.lora.dropout_masks == "shared")
     if device == "cuda":
         fp = fast.choose_checkpointing(fp, tc, model.get_base_model().config, per_pass)
         if fp.gradient_checkpointing:
