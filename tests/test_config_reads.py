@@ -45,11 +45,12 @@ def _stage_reads(tiny_run, hub, tmp_path) -> dict[str, set[str]]:
         env={**hub, **config_trace.env(extra)},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # train reads train.fused_lora only for a 4-bit base.
+    # train reads train.fused_lora only for a 4-bit base, and train.lora.dropout_masks only fused.
     proc = stage_cli(
         "train",
         *("--dataset", str(tiny_run / "data_prep" / "dataset"), "--adapter", str(tmp_path / "adapter")),
         *("--model.base", "tiny-random:phi3", "--train.quantization", "nf4", "--train.max_steps", "1"),
+        *("--train.fused_lora", "on"),
         *("--train.batch_size", "2", "--train.max_seq_len", "32", "--runtime.threads", "1"),
         env=config_trace.env(extra),
     )
