@@ -26,7 +26,7 @@ DAG = Pipeline(
         step("data_prep"),
         step("train", dataset="data_prep.dataset"),
         step("merge", adapter="train.adapter"),
-        step("onnx_build", model="merge.model"),
+        step("onnx_build", model="merge.model", dataset="data_prep.dataset"),
         step("evaluate", dataset="data_prep.dataset", model="merge.model", onnx_model="onnx_build.onnx_model"),
     ),
     # The data-change trigger: with data.promoted_dataset_hash set to the promoted model's
@@ -82,6 +82,10 @@ images.registry is set: push them first (make push REGISTRY=...), README "Contai
     "schedule": """examples:
   python pipeline.py schedule --target kfp --cron "0 3 * * 1" --config configs/phi3-mini.yaml
   python pipeline.py schedule --target azureml --timezone Europe/Berlin""",
+    "tune-int4": """examples:
+  python pipeline.py tune-int4 --run runs/default                   # the run's config, onnx.search defaults
+  python pipeline.py tune-int4 --run runs/default --set onnx.search.block_sizes=[32,64] \\
+      --set onnx.search.max_minutes=5""",
     "stages": """example:
   python pipeline.py stages""",
     "runs": """examples:
@@ -159,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
         "kfp-local: the compiled KFP pipeline under KFP's own local orchestrator (DockerRunner)",
     )
     run.add_argument("--no-cache", action="store_true", help="re-run every stage")
+
+    tune = sub.add_parser(
+        "tune-int4",
+        help="search the INT4 recipe for a finished run's merged model (onnx.search; prints the Pareto front)",
+        epilog=EXAMPLES["tune-int4"],
+    )
+    tune.add_argument("--run", required=True, help="a finished run folder (pipeline.py run --out RUN)")
+    tune.add_argument("--config", default=None, help="a YAML config; default: the run's own RUN/config.yaml")
+    tune.add_argument("--out", default=None, help="where the chosen model and search.json go; default: RUN/tune-int4")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
     from engines.base import names as target_names
 
@@ -330,6 +344,8 @@ def _dispatch(args) -> int:
         else:
             from engines.local import run_pipeline
         return run_pipeline(DAG, cfg, args.out, use_cache=not args.no_cache, config_file=args.config)
+    if args.command == "tune-int4":
+        return _tune_int4(args, load_config)
     if args.command == "compile":
         from engines.base import get
 
@@ -371,6 +387,23 @@ def _warn_local_images(cfg) -> None:
     warning = registry_warning([image_for(spec, cfg) for spec in STAGES.values()])
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
+
+
+def _tune_int4(args, load_config) -> int:
+    import logging
+
+    from core.runner import _setup_runtime
+    from stages.onnx_build.search import summary_line, table, tune
+
+    run_config = Path(args.run) / "config.yaml"
+    cfg = load_config(args.config or (run_config if run_config.is_file() else "configs/default.yaml"), args.overrides)
+    logging.basicConfig(level=logging.INFO, format="[tune-int4] %(message)s", stream=sys.stderr)
+    _setup_runtime(cfg.runtime)
+    found = tune(cfg, Path(args.run), args.out and Path(args.out))
+    print(table(found["result"]))
+    print(f"chosen: {found['chosen']['name']} ({summary_line(found['result'])})")
+    print(f"model: {found['out'] / 'model'}; front: {found['out'] / 'search.json'}")
+    return 0
 
 
 def _cluster(args, load_config) -> int:

@@ -317,6 +317,95 @@ class MergeConfig(Section):
     parity_prompts: int = Field(4, gt=0, le=1024, description="Prompts used for the parity check.")
 
 
+MIXED_SELECTORS = ("last_matmul", "mixed_layers")
+
+
+class OnnxSearchConfig(Section):
+    """``pipeline.py tune-int4`` and, enabled, onnx_build: search the INT4 recipe per model
+    (stages/onnx_build/search.py). Lists are the search space; their values are the pinned
+    builder's own option values (algo_config, matmul_mixed_precision, block_size, ...)."""
+
+    enabled: bool = Field(False, description="onnx_build searches the INT4 recipe and ships the fastest one in budget.")
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="The chosen point may be at most this much less accurate than PyTorch."
+    )
+    max_minutes: float = Field(15.0, gt=0, le=1440, description="Wall-time bound of the search (builds + scoring).")
+    max_points: int = Field(10, gt=0, le=200, description="At most this many builds.")
+    algo_configs: list[Literal["default", "rtn", "k_quant"]] = Field(
+        default_factory=lambda: ["default", "rtn", "k_quant"],
+        min_length=1,
+        description="Base quantization methods (the builder's algo_config).",
+    )
+    mixed_precision: list[str] = Field(
+        default_factory=lambda: ["", "last_matmul:int8", "last_matmul:int8,mixed_layers:int8"],
+        min_length=1,
+        description='The builder\'s matmul_mixed_precision values to try ("": none).',
+    )
+    block_sizes: list[Literal[16, 32, 64, 128, 256]] = Field(
+        default_factory=lambda: [16, 32, 64, 128], min_length=1, description="Block sizes to try."
+    )
+    accuracy_levels: list[Literal[1, 2, 3, 4]] = Field(
+        default_factory=lambda: [4], min_length=1, description="MatMulNBits accuracy levels (4: int8 activations)."
+    )
+    symmetric: list[bool] = Field(
+        default_factory=lambda: [True], min_length=1, description="is_symmetric values to try (false: uint4)."
+    )
+    # Off by default: with onnxruntime-genai 0.18 on CPU a pruned head gives padded batches wrong
+    # tokens (2 of 16 rows matched batch 1; docs/benchmarks.md), so only batch-1 serving may use it.
+    prune_lm_head: list[bool] = Field(
+        default_factory=lambda: [False],
+        min_length=1,
+        description="The builder's prune_lm_head: prefill computes the last position's logits only.",
+    )
+    quantize_embeddings: list[bool] = Field(
+        default_factory=lambda: [True, False],
+        min_length=1,
+        description="Quantize the embedding table (true, the builder's default) or keep it float (a lookup: no "
+        "slower, larger; SmolLM2 kept 1.5 points more with it).",
+    )
+    sensitive_layers: list[int] = Field(
+        default_factory=lambda: [0, 8],
+        min_length=1,
+        description="How many of the most sensitive MatMuls (int4 output error on a calibration slice) to upgrade.",
+    )
+    sensitive_precision: Literal["int8", "float"] = Field(
+        "int8", description="What the sensitive MatMuls become: int8, or float (not quantized; fp16 on CUDA)."
+    )
+    calibration_samples: int = Field(
+        16, gt=0, le=4096, description="Training prompts the sensitivity score runs on (never the eval set)."
+    )
+    threads: list[int] = Field(
+        default_factory=lambda: [0, 1],
+        min_length=1,
+        description="onnxruntime intra-op threads to try (0: its default, all cores); the chosen one goes into "
+        "genai_config.json.",
+    )
+    batch_size: int = Field(16, gt=0, le=4096, description="The batch the throughput (and accuracy) is scored at.")
+    max_new_tokens: int = Field(8, gt=0, le=4096, description="Tokens generated per prompt, as evaluate does.")
+    latency_samples: int = Field(20, gt=0, le=4096, description="Prompts timed one by one for p50/p95 latency.")
+    max_samples: int | None = Field(None, gt=0, description="Score on the first N eval rows only (quick runs).")
+
+    @field_validator("mixed_precision")
+    @classmethod
+    def _placements(cls, v):
+        for value in v:
+            for pair in filter(None, value.split(",")):
+                selector, _, qtype = pair.partition(":")
+                if selector not in MIXED_SELECTORS or qtype not in ("int4", "int8"):
+                    raise ValueError(
+                        f"{value!r}: each entry is selector:type with selector in {list(MIXED_SELECTORS)} and type "
+                        'int4 or int8, comma-separated ("" for none)'
+                    )
+        return v
+
+    @field_validator("sensitive_layers", "threads")
+    @classmethod
+    def _non_negative(cls, v):
+        if any(n < 0 or n > 4096 for n in v):
+            raise ValueError(f"{v}: values must be between 0 and 4096")
+        return v
+
+
 class OnnxConfig(Section):
     precision: Literal["int4", "fp16", "fp32"] = Field(
         "int4", description="Weights precision of the onnxruntime-genai model."
@@ -335,6 +424,9 @@ class OnnxConfig(Section):
     )
     extra_options: dict[str, str] = Field(
         default_factory=dict, description="More model-builder extra_options, key: value."
+    )
+    search: OnnxSearchConfig = Field(
+        default_factory=OnnxSearchConfig, description="The INT4 recipe search (pipeline.py tune-int4)."
     )
 
 
@@ -626,14 +718,22 @@ def describe(key: str) -> str:
     return (info.description or "") if info else ""
 
 
-def flatten(model: BaseModel, prefix: str = "") -> dict[str, Any]:
-    """``{"train.lora.r": 16, ...}``: the dotted keys that stages take as ``--train.lora.r``."""
+def default_off(value) -> bool:
+    """A section that is off (``enabled: false``) and at its defaults: stages are not handed its
+    keys, so adding one changes no compiled pipeline and no cache key."""
+    return isinstance(value, Section) and getattr(value, "enabled", None) is False and value == type(value)()
+
+
+def flatten(model: BaseModel, prefix: str = "", omit_off: bool = False) -> dict[str, Any]:
+    """``{"train.lora.r": 16, ...}``: the dotted keys that stages take as ``--train.lora.r``;
+    ``omit_off``: without the keys of default-off sections (``default_off``)."""
     out: dict[str, Any] = {}
     for name in type(model).model_fields:
         value = getattr(model, name)
         key = f"{prefix}{name}"
         if isinstance(value, BaseModel):
-            out.update(flatten(value, key + "."))
+            if not (omit_off and default_off(value)):
+                out.update(flatten(value, key + ".", omit_off))
         else:
             out[key] = value
     return out

@@ -88,7 +88,7 @@ def _parser(spec) -> argparse.ArgumentParser:
         p.add_argument(f"--{port.name}", required=True, metavar="DIR", help=f"input {port.type} artifact")
     for port in spec.outputs:
         p.add_argument(f"--{port.name}", required=True, metavar="DIR", help=f"output {port.type} artifact")
-    for key, default in spec.params(Config()).items():
+    for key, default in spec.params(Config(), every=True).items():
         p.add_argument(f"--{key}", dest=key, metavar="VALUE", help=f"{describe(key)} (default: {default!r})".lstrip())
     return p
 
@@ -214,7 +214,7 @@ def run_stage(spec, run: Callable[..., None], argv: list[str], hooks: list[Hook]
 
 def _prepare(spec, args: dict, tmps: dict[str, Path]) -> tuple[StageContext, Config]:
     tree: dict = {}
-    for key in spec.params(Config()):
+    for key in spec.params(Config(), every=True):
         if args.get(key) is not None:
             set_path(tree, key, parse_value(args[key]))
     cfg = validate(tree, where=f"{spec.name} parameters")

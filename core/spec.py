@@ -76,11 +76,12 @@ class StageSpec:
     def module(self) -> str:
         return f"stages.{self.name}"
 
-    def params(self, cfg: Config) -> dict[str, Any]:
-        """``{"train.lora.r": 16, ...}`` for the sections this stage reads."""
+    def params(self, cfg: Config, every: bool = False) -> dict[str, Any]:
+        """``{"train.lora.r": 16, ...}`` for the sections this stage reads; a default-off
+        subsection's keys only with ``every`` (the flags a stage accepts)."""
         out: dict[str, Any] = {}
         for section in self.sections:
-            out.update(flatten(getattr(cfg, section), section + "."))
+            out.update(flatten(getattr(cfg, section), section + ".", omit_off=not every))
         return out
 
     def external_keys(self, params: dict[str, Any]) -> list[str]:

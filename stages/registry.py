@@ -59,7 +59,8 @@ STAGES: dict[str, StageSpec] = {
         StageSpec(
             name="onnx_build",
             summary="Build an onnxruntime-genai model (INT4 by default) with the model builder.",
-            inputs=(Port("model", "Model"),),
+            # dataset: the eval split the INT4 recipe search scores its points on (onnx.search.enabled)
+            inputs=(Port("model", "Model"), Port("dataset", "Dataset")),
             outputs=(Port("onnx_model", "OnnxModel", "onnxruntime-genai model folder"),),
             sections=("onnx", "runtime"),
             cpu=Resources(cpu=2, memory_gb=16),

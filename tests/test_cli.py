@@ -13,7 +13,7 @@ import pipeline
 from core.config import Config, describe, flatten
 from pipeline import DAG
 
-VERBS = ["run", "compile", "validate", "submit", "status", "schedule", "import-olive", "stages", "runs"]
+VERBS = ["run", "compile", "validate", "submit", "status", "schedule", "import-olive", "stages", "runs", "tune-int4"]
 
 
 def test_every_config_field_has_a_description():

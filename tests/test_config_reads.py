@@ -3,7 +3,8 @@ read by the engines' compilers only, or only on a branch this machine cannot tak
 
 A field that is declared and passed but read by nothing (as model.revision was: in the cache key
 and the lineage, never given to the loader) fails here. Reads are traced (tests/trace/config_trace.py)
-in the stage processes of the session's tiny run, plus runs of the branches that run does not take.
+in the stage processes of the session's tiny run, plus runs of the branches that run does not take
+(onnx_build's INT4 search among them).
 """
 
 from __future__ import annotations
@@ -44,13 +45,27 @@ def _stage_reads(tiny_run, hub, tmp_path) -> dict[str, set[str]]:
         env={**hub, **config_trace.env(extra)},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # train reads train.fused_lora only for a 4-bit base.
+    # train reads train.fused_lora only for a 4-bit base, and train.lora.dropout_masks only fused.
     proc = stage_cli(
         "train",
         *("--dataset", str(tiny_run / "data_prep" / "dataset"), "--adapter", str(tmp_path / "adapter")),
         *("--model.base", "tiny-random:phi3", "--train.quantization", "nf4", "--train.max_steps", "1"),
+        *("--train.fused_lora", "on"),
         *("--train.batch_size", "2", "--train.max_seq_len", "32", "--runtime.threads", "1"),
         env=config_trace.env(extra),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # onnx_build reads onnx.search only with the search on: a one-build space (sensitive_layers=[1]:
+    # the sensitivity pass and its calibration slice run too).
+    space = {"enabled": "true", "algo_configs": "[rtn]", "mixed_precision": '[""]', "block_sizes": "[32]"}
+    space |= {"sensitive_layers": "[1]", "threads": "[1]", "max_samples": "4", "latency_samples": "1"}
+    space |= {"batch_size": "2", "max_new_tokens": "2", "calibration_samples": "2", "max_accuracy_drop": "1"}
+    proc = stage_cli(
+        "onnx_build",
+        *("--model", str(tiny_run / "merge" / "model"), "--dataset", str(tiny_run / "data_prep" / "dataset")),
+        *("--onnx_model", str(tmp_path / "onnx_model"), "--runtime.threads", "1"),
+        *(x for k, v in space.items() for x in (f"--onnx.search.{k}", v)),
+        env={"SLM_CACHE_DIR": str(tmp_path / "cache"), **config_trace.env(extra)},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     reads = config_trace.collect(tiny_run.parent / "reads")
@@ -63,7 +78,7 @@ def test_every_stage_reads_every_field_it_declares(tiny_run, hub, tmp_path):
     reads = _stage_reads(tiny_run, hub, tmp_path)
     problems = []
     for name, spec in STAGES.items():
-        for key in spec.params(Config()):
+        for key in spec.params(Config(), every=True):  # a default-off section's keys too
             listed = (name, key) in UNREAD_HERE
             if key not in reads.get(name, set()) and not listed:
                 problems.append(f"{name} declares {key} but never reads it")
@@ -73,7 +88,7 @@ def test_every_stage_reads_every_field_it_declares(tiny_run, hub, tmp_path):
 
 
 def test_every_field_is_a_stage_parameter_or_engine_only():
-    declared = {k for spec in STAGES.values() for k in spec.params(Config())}
+    declared = {k for spec in STAGES.values() for k in spec.params(Config(), every=True)}
     fields = set(flatten(Config()))
     assert fields - declared == set(ENGINE_ONLY)
     assert not declared & set(ENGINE_ONLY)

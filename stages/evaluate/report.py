@@ -8,7 +8,8 @@ package versions), ``#loss`` (the training loss curve), ``#confusion`` (PyTorch 
 confusion matrices side by side), ``#per-class`` (precision and recall per class, classes INT4
 recalls much worse flagged), ``#agreement`` (PyTorch vs INT4, with the rows where they
 disagree), ``#size-latency`` (size, batch-1 latency and batched throughput, with the machine
-and its load) and ``#gate`` (the verdict).
+and its load), ``#int4-search`` (the INT4 recipe search's front, when onnx_build ran it) and
+``#gate`` (the verdict).
 Rendered with matplotlib's Agg backend: no display needed.
 """
 
@@ -358,6 +359,11 @@ def render(
         + "<p class=note>Figures depend on the machine and on what else ran on it: compare them only with runs "
         "on the same hardware and a similar load.</p></section>"
     )
+
+    if report.get("int4_search"):
+        from stages.evaluate.search_report import section
+
+        parts.append(section(report["int4_search"], _png, _table))
 
     checks = [[c["check"], c["value"], c["threshold"], "pass" if c["ok"] else "FAIL"] for c in verdict["checks"]]
     said = (

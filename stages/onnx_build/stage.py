@@ -11,25 +11,20 @@ INT4 defaults keep accuracy: k_quant with the LM head and the most sensitive lay
 int8 (``k_quant_mixed``), block size 16 (docs/field-notes.md: the builder's own defaults lost
 25 points on SmolLM2-135M). The builder's scratch cache is a fresh temporary folder each
 run, so no stale cache can leak into an export.
+
+With ``onnx.search.enabled`` the stage searches the INT4 recipe instead (search.py) on the
+dataset's eval split, ships the chosen build and records the front in build_info.json.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from core.artifacts import write_json
-from core.errors import UserError
-from core.progress import Progress
+from stages.onnx_build.build import build_checked
 
-log = logging.getLogger("slm")
-
-REQUIRED = ("genai_config.json", "tokenizer.json", "tokenizer_config.json")
 # Run as `python -m` below, so the code hash takes its pins as if imported (hashing.code_hash).
 __runs__ = ("onnxruntime_genai.models.builder", "onnx", "onnx_ir", "onnxscript")
 
@@ -63,58 +58,13 @@ def builder_command(model: Path, out: Path, cache: Path, oc) -> list[str]:
     return cmd
 
 
-def run_builder(cmd: list[str], env: dict, layers: int | None) -> tuple[int, str]:
-    """Run the builder, its output streamed: each "Reading layer N" it prints is one step of progress."""
-    lines = []
-    with Progress("model builder", total=layers, unit="layers read", every_pct=25) as progress:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        try:
-            for line in proc.stdout:
-                lines.append(line)
-                if line.startswith("Reading layer "):
-                    progress.update(1)
-            returncode = proc.wait()
-        except BaseException:  # SIGTERM or Ctrl-C: the builder must not run on (subprocess.run's rule)
-            proc.kill()
-            proc.wait()
-            raise
-    return returncode, "".join(lines)
-
-
-def _layers(model: Path) -> int | None:
-    """The decoder layer count the builder will read, from the model's config.json (None: unknown)."""
-    try:
-        n = json.loads((model / "config.json").read_text()).get("num_hidden_layers")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return n if isinstance(n, int) and n > 0 else None
-
-
-def run(cfg, context, model: Path, onnx_model: Path) -> None:
+def run(cfg, context, model: Path, onnx_model: Path, dataset: Path | None = None) -> None:
     oc = cfg.onnx
-    with tempfile.TemporaryDirectory(prefix="onnx-build-cache-") as cache:
-        cmd = builder_command(model, onnx_model, Path(cache), oc)
-        log.info("model builder: %s %s on %s", oc.precision, oc.execution_provider, model)
-        # The builder stamps the git HEAD of any repository enclosing its install (a venv inside
-        # a checkout: ours) into the graph; point git nowhere so the bytes don't depend on it.
-        env = {**os.environ, "GIT_DIR": os.devnull, "PYTHONUNBUFFERED": "1"}
-        returncode, build_log = run_builder(cmd, env, _layers(model))
-    (onnx_model / "build.log").write_text(build_log)
-    if returncode != 0:
-        tail = [line for line in build_log.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
-        if returncode in (-9, 137):
-            raise UserError("the model builder was killed (out of memory?); give onnx_build more memory")
-        raise UserError(f"the model builder failed (exit {returncode}): {tail[0][:300]}; see build.log")
+    if oc.search.enabled:
+        from stages.onnx_build.search import run_in_stage
 
-    heads = build_log.count("Reading LM head")
-    if heads != 1:
-        raise UserError(
-            f"the builder read the LM head {heads} times (expected once): some other layer is as wide as the "
-            "vocabulary, so the exported graph would be wrong; change the model's vocab_size or layer widths"
-        )
-    missing = [f for f in REQUIRED if not (onnx_model / f).is_file()]
-    if missing or not list(onnx_model.glob("*.onnx")):
-        raise UserError(f"the builder output lacks {missing or ['*.onnx']}")
+        return run_in_stage(cfg, model, dataset, onnx_model)
+    cmd = build_checked(model, onnx_model, lambda cache: builder_command(model, onnx_model, cache, oc))
     genai = json.loads((onnx_model / "genai_config.json").read_text())
     write_json(
         onnx_model / "build_info.json",
