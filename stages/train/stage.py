@@ -167,6 +167,7 @@ class LoRARecipe:
                 done = step + 1
                 if done == 1:
                     faults.point("train.before_first_checkpoint")
+                faults.point(f"train.step_{done}")  # every rank: the multi-node tests lose a node here
                 if self.stop.signal or done % tc.checkpoint_every == 0:
                     self.save_checkpoint(done)
                 if self.stop.signal:
