@@ -280,17 +280,16 @@ class TrainConfig(Section):
     fused_lora: Literal["auto", "on", "off"] = Field(
         "auto", description="nf4: fused QLoRA projections (auto: on for CUDA); the adapter format is unchanged."
     )
-    gpus: int = Field(
-        1,
-        gt=0,
-        le=64,
-        description="Data-parallel ranks per node: one per GPU (torchrun, NCCL); on CPU that many processes (gloo).",
-    )
-    nodes: int = Field(
-        1,
+    # Data-parallel ranks per node: one per GPU (NCCL); with runtime.device cpu that many processes (gloo),
+    # for tests and CPU clusters. The description stays as compiled into the engines' files (goldens).
+    gpus: int = Field(1, gt=0, le=64, description="Data-parallel over this many GPUs (torchrun), CUDA only.")
+    # Unset and 1 are one machine, the same everywhere (compiled files, cache key): 1 is stored as unset.
+    nodes: int | None = Field(
+        None,
         gt=0,
         le=256,
-        description="Machines the data-parallel ranks span (train.gpus each), through the engine's own runtime.",
+        description="Machines the data-parallel ranks span (train.gpus each), through the engine's own runtime; "
+        "unset: 1.",
     )
     checkpoint_every: int = Field(
         20, gt=0, le=BIG, description="Save a resumable checkpoint every N steps (and on SIGTERM)."
@@ -305,15 +304,24 @@ class TrainConfig(Section):
     def _on_off(cls, v):  # true/false (older configs) mean on/off
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
+    @field_validator("nodes")
+    @classmethod
+    def _one_is_unset(cls, v):
+        return None if v == 1 else v
+
+    @property
+    def machines(self) -> int:
+        return self.nodes or 1
+
     @model_validator(mode="after")
     def _ranks_fit_a_step(self):
         """Data parallel splits each step's examples over the ranks, packed padding-free."""
-        ranks, examples = self.gpus * self.nodes, self.batch_size * self.grad_accum
+        ranks, examples = self.gpus * self.machines, self.batch_size * self.grad_accum
         if ranks == 1:
             return self
         if ranks > examples:
             raise ValueError(
-                f"train.nodes x train.gpus = {self.nodes} x {self.gpus} = {ranks} ranks, but a step has only "
+                f"train.nodes x train.gpus = {self.machines} x {self.gpus} = {ranks} ranks, but a step has only "
                 f"train.batch_size x train.grad_accum = {examples} examples and each rank needs one; "
                 "raise the batch or use fewer ranks"
             )
