@@ -84,3 +84,172 @@ def test_only_node_0_writes_the_outputs(env, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "node 0 writes the outputs" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [".dataset.tmp-1"]
+
+
+# ---------------------------------------------------------------------------------------
+# The engines: phi3-mini with train.nodes: 2, train.gpus: 4
+
+
+@pytest.fixture(scope="module")
+def multi_node(tmp_path_factory):
+    """``{target: compiled path}`` and the config."""
+    from helpers import ROOT
+
+    import engines.base  # noqa: F401 - the targets' settings typing, as every compiling process
+    from core.config import load_config
+    from engines import argo, azureml, kfp
+
+    cfg = load_config(ROOT / "configs" / "phi3-mini.yaml", ["train.nodes=2", "train.gpus=4"])
+    out = tmp_path_factory.mktemp("compiled")
+    paths = {
+        "kfp": kfp.compile_pipeline(DAG(), cfg, out / "pipeline.yaml"),
+        "argo": argo.compile_pipeline(DAG(), cfg, out / "workflow.yaml"),
+        "azureml": azureml.compile_pipeline(DAG(), cfg, out / "azureml"),
+    }
+    return paths, cfg
+
+
+def DAG():
+    from pipeline import DAG as dag
+
+    return dag
+
+
+def _kfp_trainjob(path):
+    import yaml
+
+    ir = next(yaml.safe_load_all(path.read_text()))
+    container = ir["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert container["command"] + container["args"][:2] == ["python", "-m", "runtime.trainjob", "run", "--manifest"]
+    assert "resourceAcceleratorLimit" not in str(container.get("resources"))  # the launcher needs no GPU
+    return json.loads(container["args"][2]), container["args"][3:]
+
+
+def _argo_trainjob(path):
+    import yaml
+
+    wf = yaml.safe_load(path.read_text())
+    templates = {t["name"]: t for t in wf["spec"]["templates"]}
+    main = next(t for t in templates["main"]["dag"]["tasks"] if t["name"] == "train")
+    nested = templates[main["template"]]["dag"]["tasks"]
+    assert [(t["name"], t.get("depends") or t.get("dependencies")) for t in nested] == [
+        ("stage-in", None),
+        ("trainjob", ["stage-in"]),
+        ("stage-out", ["trainjob"]),
+    ]
+    resource = templates[nested[1]["template"]]["resource"]
+    assert resource["action"] == "create" and resource["setOwnerReference"] is True
+    assert resource["successCondition"].startswith("status.conditions.0.type == Complete")
+    assert resource["failureCondition"].startswith("status.conditions.0.type == Failed")
+    return yaml.safe_load(resource["manifest"]), wf
+
+
+def _check_trainjob(doc, cfg, job_dir):
+    from engines import trainjob
+    from engines.compile_common import image_for
+    from stages.registry import STAGES
+
+    assert trainjob.problems(doc) == []
+    spec = STAGES["train"]
+    t = doc["spec"]["trainer"]
+    assert (doc["apiVersion"], doc["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    assert doc["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    assert (t["numNodes"], t["numProcPerNode"]) == (2, 4)
+    assert t["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
+    assert t["image"] == image_for(spec, cfg)
+    assert t["command"] == ["python", "-m", "stages.train"]
+    assert t["args"][:4] == ["--dataset", "$(SLM_TRAINJOB_DIR)/dataset", "--adapter", "$(SLM_TRAINJOB_DIR)/adapter"]
+    assert {"name": "SLM_TRAINJOB_DIR", "value": job_dir} in t["env"]
+    patch = doc["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    pod = patch["template"]["spec"]["template"]["spec"]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "slm-model-cache"
+
+
+def test_kfp_launches_a_trainjob_that_passes_the_crd(multi_node):
+    from runtime.trainjob import _flags, with_values
+
+    paths, cfg = multi_node
+    doc, args = _kfp_trainjob(paths["kfp"])
+    _check_trainjob(doc, cfg, "/cache/trainjobs/TRAINJOB")
+    flags = _flags(args)
+    assert (flags["inputs"], flags["outputs"]) == ("dataset", "adapter")
+    assert flags["train.lora.r"] == "{{$.inputs.parameters['train_lora_r']}}"  # the run's value, put in at launch
+    run = with_values(doc, {"train.lora.r": "32"}, "phi3-mini-tone-train-a1b2c")
+    _check_trainjob(run, cfg, "/cache/trainjobs/phi3-mini-tone-train-a1b2c")
+    assert run["metadata"]["name"] == "phi3-mini-tone-train-a1b2c" and "generateName" not in run["metadata"]
+    assert run["spec"]["trainer"]["args"][run["spec"]["trainer"]["args"].index("--train.lora.r") + 1] == "32"
+
+
+def test_argo_creates_the_trainjob_in_a_resource_template(multi_node):
+    from engines import argo_schema
+
+    paths, cfg = multi_node
+    doc, wf = _argo_trainjob(paths["argo"])
+    _check_trainjob(doc, cfg, "/cache/trainjobs/{{workflow.uid}}")
+    args = doc["spec"]["trainer"]["args"]
+    assert args[args.index("--train.lora.r") + 1] == "{{inputs.parameters.train_lora_r}}"
+    assert argo_schema.schema_problems("Workflow", wf) == []
+
+
+def test_a_trainjob_with_an_unknown_key_or_a_wrong_type_fails_the_crd(multi_node):
+    from core.errors import UserError
+    from engines import trainjob
+
+    doc, _ = _kfp_trainjob(multi_node[0]["kfp"])
+    bad = json.loads(json.dumps(doc))
+    bad["spec"]["trainer"]["gpus"] = 4
+    assert trainjob.problems(bad) == ["spec.trainer: unknown key(s) gpus"]
+    bad = json.loads(json.dumps(doc))
+    bad["spec"]["trainer"]["numNodes"] = "2"
+    assert trainjob.problems(bad) == ["spec.trainer.numNodes: '2' is not of type 'integer'"]
+    bad = json.loads(json.dumps(doc))
+    bad["metadata"] = {"name": "Train_1"}
+    assert "RFC 1035" in trainjob.problems(bad)[0]
+    with pytest.raises(UserError, match="unknown key"):
+        trainjob.check({**doc, "spek": {}})
+
+
+def test_azureml_distributes_the_train_node(multi_node):
+    import yaml
+    from azure.ai.ml import load_job
+
+    path = multi_node[0]["azureml"].parent  # compile returns its pipeline.yml
+    node = yaml.safe_load((path / "pipeline.yml").read_text())["jobs"]["train"]
+    assert node["distribution"] == {"process_count_per_instance": 4, "type": "pytorch"}
+    assert node["resources"]["instance_count"] == 2
+    job = load_job(path / "pipeline.yml")
+    assert job._validate().passed
+    train = job.jobs["train"]
+    assert (train.distribution.process_count_per_instance, train.resources.instance_count) == (4, 2)
+    for other in ("data_prep", "merge"):  # one machine each, as before
+        assert "distribution" not in yaml.safe_load((path / "pipeline.yml").read_text())["jobs"][other]
+
+
+def test_the_trainer_schemas_are_the_upstream_files():
+    import hashlib
+    import re
+
+    from engines.trainjob import SCHEMA_DIR
+
+    readme = (SCHEMA_DIR / "README.md").read_text()
+    table = dict(re.findall(r"\| `([^`]+)` \| `[^`]+` \| `([0-9a-f]{64})` \|", readme))
+    assert len(table) == 4 and (SCHEMA_DIR / "LICENSE").is_file()
+    for name, digest in table.items():
+        assert hashlib.sha256((SCHEMA_DIR / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_the_launcher_moves_only_sealed_artifacts(dataset, tmp_path):
+    """Argo's stage-in and stage-out steps (and KFP's launcher) through the job folder: a job folder
+    whose node 0 never sealed the adapter gives no output."""
+    from helpers import run_cli
+
+    job = tmp_path / "job"
+    proc = run_cli("-m", "runtime.trainjob", "stage-in", "--dataset", str(dataset), "--job-dir", str(job))
+    assert proc.returncode == 0, proc.stderr
+    assert (job / "dataset" / "_artifact.json").is_file()
+    (job / "adapter").mkdir()  # what a lost node 0 leaves: no seal
+    (job / "adapter" / "adapter_model.safetensors").write_bytes(b"partial")
+    out = tmp_path / "out"
+    proc = run_cli("-m", "runtime.trainjob", "stage-out", "--adapter", str(out), "--job-dir", str(job))
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stderr.strip().startswith("error: [trainjob]") and len(proc.stderr.strip().splitlines()) == 1
