@@ -8,6 +8,7 @@ SIGKILLed, as a preempted machine), the re-run resumes from rank 0's checkpoint 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from helpers import stage_cli
@@ -40,12 +41,17 @@ def weights(adapter):
     return (adapter / "adapter_model.safetensors").read_bytes()
 
 
-def test_two_nodes_train_the_two_process_adapter_and_resume_after_a_lost_node(dataset, tmp_path):
-    one_node = tmp_path / "one-node"
-    proc = train(dataset, one_node, "--train.gpus", "2")
+@pytest.fixture(scope="module")
+def one_node(dataset, tmp_path_factory):
+    """The reference: one node, two processes (torchrun --standalone)."""
+    out = tmp_path_factory.mktemp("one-node") / "adapter"
+    proc = train(dataset, out, "--train.gpus", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((one_node / "metrics.json").read_text())["ranks"] == 2
+    assert json.loads((out / "metrics.json").read_text())["ranks"] == 2
+    return out
 
+
+def test_two_nodes_train_the_two_process_adapter_and_resume_after_a_lost_node(dataset, one_node, tmp_path):
     two_nodes = tmp_path / "two-nodes"
     proc = train(dataset, two_nodes, "--train.nodes", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -66,6 +72,34 @@ def test_two_nodes_train_the_two_process_adapter_and_resume_after_a_lost_node(da
     assert "resumed from the checkpoint at step 4" in proc.stderr
     assert weights(lost) == weights(one_node)
     assert json.loads((lost / "metrics.json").read_text())["resumed_from_step"] == 4
+
+
+def test_azureml_ranks_join_from_the_environment(dataset, one_node, tmp_path):
+    """AzureML's PyTorch distribution on 2 instances x 1 process: it starts every rank as a stage process
+    with MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NODE_RANK, RANK and LOCAL_RANK; they share the output
+    location, which only rank 0 writes."""
+    import socket
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "adapter"
+    argv = [sys.executable, "-m", "stages.train", "--dataset", str(dataset), "--adapter", str(out), *TRAIN]
+    argv += ["--train.nodes", "2"]
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        env.update({"WORLD_SIZE": "2", "NODE_RANK": str(rank), "RANK": str(rank), "LOCAL_RANK": "0"})
+        procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True))
+    logs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    assert "torchrun" not in logs[0]  # the engine started the ranks
+    assert "node 0 writes the outputs" in logs[1]
+    assert weights(out) == weights(one_node)
 
 
 @pytest.mark.parametrize("env", [{"PET_NODE_RANK": "1"}, {"NODE_RANK": "1", "RANK": "3"}])

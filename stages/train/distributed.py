@@ -138,11 +138,9 @@ def _run_agents(agents: list[list[str]]) -> tuple[list[int], dict]:
     return codes, got
 
 
-def join(cfg, ckpt, dataset: Path, adapter: Path, device: str) -> None:
+def join(train, cfg, ckpt, dataset: Path, adapter: Path, device: str) -> None:
     """This process is one rank that the engine started (AzureML's PyTorch distribution): meet the
-    others through the engine's MASTER_ADDR/MASTER_PORT and train as that rank."""
-    from .stage import train
-
+    others through the engine's MASTER_ADDR/MASTER_PORT and ``train`` (stage.train) as that rank."""
     rank, local, world = ranks.engine_rank()
     expected = cfg.train.gpus * cfg.train.machines
     if world != expected:

@@ -65,7 +65,7 @@ def run(cfg, context, dataset: Path, adapter: Path) -> None:
     from . import distributed
 
     if ranks.engine_rank():  # AzureML started this process as one rank of the run
-        distributed.join(cfg, ckpt, dataset, adapter, device)
+        distributed.join(train, cfg, ckpt, dataset, adapter, device)
         return
     distributed.launch(cfg, ckpt, dataset, adapter, device)  # torchrun's ranks, each running train() below
 
