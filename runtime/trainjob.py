@@ -99,7 +99,13 @@ def launch(manifest: dict, inputs: dict[str, Path], outputs: dict[str, Path], fl
     """Stage in, create the TrainJob, wait, stage out; the outputs' seals."""
     from kubernetes import client, config
 
-    config.load_incluster_config()
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        raise UserError(
+            "a multi-node train creates a Kubeflow Trainer TrainJob from a pod of the cluster; this is no pod "
+            "(kfp.local cannot run it: use train.nodes 1 there, or pipeline.py run)"
+        ) from None
     namespace = NAMESPACE_FILE.read_text().strip()
     name = manifest["metadata"]["generateName"] + secrets.token_hex(3)[:5]
     doc = with_values(manifest, flags, name)
@@ -142,7 +148,10 @@ def main(argv: list[str]) -> int:
         else:  # every flag but --job-dir names a port and its path
             job_dir = Path(flags.pop("job-dir"))
             ports = {name: Path(path) for name, path in flags.items()}
-            stage_in(ports, job_dir) if what == "stage-in" else stage_out(ports, job_dir)
+            if what == "stage-in":
+                stage_in(ports, job_dir)
+            else:
+                stage_out(ports, job_dir)
     except KeyError as e:
         print(f"error: [trainjob] missing flag --{e.args[0]}", file=sys.stderr)
         return 2

@@ -130,11 +130,17 @@ def _run_agents(agents: list[list[str]]) -> tuple[list[int], dict]:
         for proc in procs:
             proc.send_signal(signum)
 
-    previous = signal.signal(signal.SIGTERM, forward)
+    # Agents in their own sessions miss a terminal's Ctrl-C: pass SIGINT on too.
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         codes = [proc.wait() for proc in procs]
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for proc in procs:  # only on an error of this process: no agent outlives the stage
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return codes, got
 
 
