@@ -130,8 +130,9 @@ def _run_agents(agents: list[list[str]]) -> tuple[list[int], dict]:
         for proc in procs:
             proc.send_signal(signum)
 
-    # Agents in their own sessions miss a terminal's Ctrl-C: pass SIGINT on too.
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # Agents in their own sessions (several nodes) miss a terminal's Ctrl-C: pass SIGINT on too.
+    signals = (signal.SIGTERM, signal.SIGINT) if len(procs) > 1 else (signal.SIGTERM,)
+    previous = {sig: signal.signal(sig, forward) for sig in signals}
     try:
         codes = [proc.wait() for proc in procs]
     finally:
