@@ -95,8 +95,8 @@ def wait(api, namespace: str, name: str) -> None:
         time.sleep(POLL_SECONDS)
 
 
-def launch(manifest: dict, inputs: dict[str, Path], outputs: dict[str, Path], flags: dict[str, str]) -> dict:
-    """Stage in, create the TrainJob, wait, stage out; the outputs' seals."""
+def launch(manifest: dict, inputs: dict[str, Path], flags: dict[str, str]) -> Path:
+    """Stage in, create the TrainJob, wait for it; its job folder."""
     from kubernetes import client, config
 
     try:
@@ -115,9 +115,18 @@ def launch(manifest: dict, inputs: dict[str, Path], outputs: dict[str, Path], fl
     api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)
     log.info("created TrainJob %s/%s: %d node(s)", namespace, name, doc["spec"]["trainer"]["numNodes"])
     wait(api, namespace, name)
+    return job_dir
+
+
+def finish(outputs: dict[str, Path], job_dir: Path, executor_input: str | None) -> None:
+    """Stage out, KFP's executor output for the outputs, and the job folder removed (the outputs
+    live on in the engine's artifact store)."""
+    from runtime import kfp_output
+
     seals = stage_out(outputs, job_dir)
-    shutil.rmtree(job_dir, ignore_errors=True)  # the outputs live on in the engine's artifact store
-    return seals
+    if executor_input:
+        kfp_output.write(json.loads(executor_input), seals, [], outputs)
+    shutil.rmtree(job_dir, ignore_errors=True)
 
 
 def _flags(argv: list[str]) -> dict[str, str]:
@@ -165,16 +174,12 @@ def main(argv: list[str]) -> int:
 
 
 def _run(flags: dict[str, str]) -> None:
-    from runtime import kfp_output
-
     manifest = json.loads(flags.pop("manifest"))
     executor_input = flags.pop("kfp-executor-input", None)
     # --inputs/--outputs: the stage's port names (comma-separated); their flags carry this pod's paths.
     inputs = {n: Path(flags.pop(n)) for n in flags.pop("inputs").split(",") if n}
     outputs = {n: Path(flags.pop(n)) for n in flags.pop("outputs").split(",") if n}
-    seals = launch(manifest, inputs, outputs, flags)
-    if executor_input:
-        kfp_output.write(json.loads(executor_input), seals, [], outputs)
+    finish(outputs, launch(manifest, inputs, flags), executor_input)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from helpers import stage_cli
@@ -287,3 +288,36 @@ def test_the_launcher_moves_only_sealed_artifacts(dataset, tmp_path):
     proc = run_cli("-m", "runtime.trainjob", "stage-out", "--adapter", str(out), "--job-dir", str(job))
     assert proc.returncode == 2 and not out.exists()
     assert proc.stderr.strip().startswith("error: [trainjob]") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_kfp_launcher_hands_node_0s_sealed_adapter_to_kfp(one_node, tmp_path):
+    """After the TrainJob: the adapter from the job folder, seal included, at the task's output path, and
+    an executor output that KFP's own reader takes (the next task's input)."""
+    import shutil
+
+    import yaml
+    from google.protobuf import json_format
+    from helpers import TINY
+    from kfp.local import executor_input_utils, executor_output_utils
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    import engines.base  # noqa: F401
+    from core import artifacts
+    from core.config import load_config
+    from engines import kfp
+    from runtime import trainjob
+
+    cfg = load_config(TINY, ["train.nodes=2"])
+    ir = next(yaml.safe_load_all(kfp.compile_pipeline(DAG(), cfg, tmp_path / "pipeline.yaml").read_text()))
+    spec = json_format.ParseDict(ir["components"]["comp-train"], pipeline_spec_pb2.ComponentSpec())
+    task_root = tmp_path / "task"
+    executor_input = executor_input_utils.construct_executor_input(spec, {}, str(task_root), block_input_artifact=False)
+    as_dict = executor_input_utils.executor_input_to_dict(executor_input, spec)
+    job = tmp_path / "job"
+    shutil.copytree(one_node, job / "adapter")  # what node 0 sealed there
+    out = Path(as_dict["outputs"]["artifacts"]["adapter"]["artifacts"][0]["uri"])
+    trainjob.finish({"adapter": out}, job, json.dumps(as_dict))
+    assert artifacts.verify(out, "Model")["content_hash"] == artifacts.verify(one_node, "Model")["content_hash"]
+    assert not job.exists()
+    outputs = executor_output_utils.get_outputs_for_task(executor_input, spec)
+    assert outputs["adapter"].metadata["cache_key"] == artifacts.verify(one_node)["cache_key"]
