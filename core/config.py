@@ -309,19 +309,15 @@ class TrainConfig(Section):
     def _one_is_unset(cls, v):
         return None if v == 1 else v
 
-    @property
-    def machines(self) -> int:
-        return self.nodes or 1
-
     @model_validator(mode="after")
     def _ranks_fit_a_step(self):
         """Data parallel splits each step's examples over the ranks, packed padding-free."""
-        ranks, examples = self.gpus * self.machines, self.batch_size * self.grad_accum
+        ranks, examples = self.gpus * (self.nodes or 1), self.batch_size * self.grad_accum
         if ranks == 1:
             return self
         if ranks > examples:
             raise ValueError(
-                f"train.nodes x train.gpus = {self.machines} x {self.gpus} = {ranks} ranks, but a step has only "
+                f"train.nodes x train.gpus = {self.nodes or 1} x {self.gpus} = {ranks} ranks, but a step has only "
                 f"train.batch_size x train.grad_accum = {examples} examples and each rank needs one; "
                 "raise the batch or use fewer ranks"
             )

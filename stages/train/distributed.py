@@ -51,7 +51,7 @@ log = logging.getLogger("slm")
 def launch(cfg, ckpt, dataset: Path, adapter: Path, device: str) -> None:
     """Run this node's ranks under torchrun (the local runner: every node's) and wait; SIGTERM is
     forwarded (torchrun passes it on)."""
-    per_node, nodes = cfg.train.gpus, cfg.train.machines
+    per_node, nodes = cfg.train.gpus, (cfg.train.nodes or 1)
     if device == "cuda" and torch.cuda.device_count() < per_node:
         raise UserError(f"train.gpus={per_node} but this machine has {torch.cuda.device_count()} GPU(s)")
     with tempfile.TemporaryDirectory(prefix="train-ddp-") as tmp:
@@ -84,7 +84,7 @@ def launch(cfg, ckpt, dataset: Path, adapter: Path, device: str) -> None:
 
 def _agent_flags(cfg) -> list[list[str]]:
     """torchrun's flags, one list per agent this process starts."""
-    per_node, nodes = cfg.train.gpus, cfg.train.machines
+    per_node, nodes = cfg.train.gpus, (cfg.train.nodes or 1)
     if nodes == 1:
         return [["--standalone", f"--nproc-per-node={per_node}"]]
     trainer = ranks.trainer_node()
@@ -149,7 +149,7 @@ def join(train, cfg, ckpt, dataset: Path, adapter: Path, device: str) -> None:
     """This process is one rank that the engine started (AzureML's PyTorch distribution): meet the
     others through the engine's MASTER_ADDR/MASTER_PORT and ``train`` (stage.train) as that rank."""
     rank, local, world = ranks.engine_rank()
-    expected = cfg.train.gpus * cfg.train.machines
+    expected = cfg.train.gpus * (cfg.train.nodes or 1)
     if world != expected:
         raise UserError(
             f"the engine started {world} ranks but train.nodes x train.gpus = {expected}; compile the pipeline again"

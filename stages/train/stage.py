@@ -59,7 +59,7 @@ def run(cfg, context, dataset: Path, adapter: Path) -> None:
     device = device_for(cfg.runtime)
     ckpt = Checkpoints(checkpoint_root(context), context.cache_key)
     context.after_commit.append(ckpt.clear)
-    if cfg.train.gpus * cfg.train.machines == 1:
+    if cfg.train.gpus * (cfg.train.nodes or 1) == 1:
         train(cfg, ckpt, dataset, adapter)
         return
     from . import distributed
@@ -245,7 +245,7 @@ class LoRARecipe:
             "quantization": tc.quantization,
         }
         if self.world > 1:
-            metrics.update({"ranks": self.world, "nodes": tc.machines})
+            metrics.update({"ranks": self.world, "nodes": tc.nodes or 1})
         if self.device == "cuda":
             metrics.update(
                 {
