@@ -68,6 +68,10 @@ def test_two_nodes_train_the_two_process_adapter_and_resume_after_a_lost_node(da
     assert "a re-run resumes from the last checkpoint" in proc.stderr.splitlines()[-1]
     assert not lost.exists()  # nothing that could pass for an adapter
     assert json.loads((tmp_path / "lost-node.checkpoints" / "latest" / "meta.json").read_text())["step"] == 4
+    # Ranks that do not share the checkpoint folder (node-local outputs) refuse to resume apart.
+    codes, logs = engine_ranks(dataset, [lost, tmp_path / "elsewhere"])
+    assert codes == [2, 2], "\n".join(log[-2000:] for log in logs)
+    assert all("storage every node sees" in log.splitlines()[-1] for log in logs)
     proc = train(dataset, lost, "--train.nodes", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from the checkpoint at step 4" in proc.stderr
@@ -75,10 +79,9 @@ def test_two_nodes_train_the_two_process_adapter_and_resume_after_a_lost_node(da
     assert json.loads((lost / "metrics.json").read_text())["resumed_from_step"] == 4
 
 
-def test_azureml_ranks_join_from_the_environment(dataset, one_node, tmp_path):
-    """AzureML's PyTorch distribution on 2 instances x 1 process: it starts every rank as a stage process
-    with MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NODE_RANK, RANK and LOCAL_RANK; they share the output
-    location, which only rank 0 writes."""
+def engine_ranks(dataset, adapters):
+    """Start one stage process per rank as AzureML's PyTorch distribution does (``len(adapters)``
+    instances x 1 process), rank r writing to ``adapters[r]``; (exit codes, stderr logs)."""
     import socket
     import subprocess
     import sys
@@ -88,16 +91,26 @@ def test_azureml_ranks_join_from_the_environment(dataset, one_node, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = tmp_path / "adapter"
-    argv = [sys.executable, "-m", "stages.train", "--dataset", str(dataset), "--adapter", str(out), *TRAIN]
-    argv += ["--train.nodes", "2"]
     procs = []
-    for rank in (0, 1):
+    for rank, out in enumerate(adapters):
+        argv = [sys.executable, "-m", "stages.train", "--dataset", str(dataset), "--adapter", str(out), *TRAIN]
+        argv += ["--train.nodes", str(len(adapters))]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        env.update({"WORLD_SIZE": "2", "NODE_RANK": str(rank), "RANK": str(rank), "LOCAL_RANK": "0"})
-        procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True))
+        env.update({"WORLD_SIZE": str(len(adapters)), "NODE_RANK": str(rank), "RANK": str(rank), "LOCAL_RANK": "0"})
+        procs.append(
+            subprocess.Popen([*argv, "--train.nodes", str(len(adapters))], cwd=ROOT, env=env, stderr=-1, text=True)
+        )
     logs = [p.communicate(timeout=600)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    return [p.returncode for p in procs], logs
+
+
+def test_azureml_ranks_join_from_the_environment(dataset, one_node, tmp_path):
+    """AzureML's PyTorch distribution on 2 instances x 1 process: it starts every rank as a stage process
+    with MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NODE_RANK, RANK and LOCAL_RANK; they share the output
+    location, which only rank 0 writes."""
+    out = tmp_path / "adapter"
+    codes, logs = engine_ranks(dataset, [out, out])
+    assert codes == [0, 0], "\n".join(log[-2000:] for log in logs)
     assert "torchrun" not in logs[0]  # the engine started the ranks
     assert "node 0 writes the outputs" in logs[1]
     assert weights(out) == weights(one_node)

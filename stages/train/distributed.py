@@ -179,6 +179,18 @@ def barrier() -> None:
     dist.barrier()
 
 
+def same_start(step: int, where: Path) -> None:
+    """Every rank resumes at rank 0's step, or every rank stops: a rank that saw another checkpoint (or
+    none) reads a folder the others do not share."""
+    t = torch.tensor([step, -step], device=_where(), dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if int(t[0]) != -int(t[1]):
+        raise UserError(
+            f"the ranks found checkpoints of different steps ({-int(t[1])} to {int(t[0])}) in {where}: it must be "
+            "storage every node sees (set SLM_CHECKPOINT_DIR to a shared volume)"
+        )
+
+
 def all_reduce_gradients(params, bucket: int = 2**26) -> None:
     """Average the gradients over ranks, in flat buckets of at most ~64M elements of one dtype."""
     grads = []

@@ -146,6 +146,8 @@ class LoRARecipe:
         got = self.ckpt.restore(self.model, self.optimizer, self.scheduler)
         if self.dist and not self.rank:
             self.dist.barrier()
+        if self.dist:
+            self.dist.same_start(got[0], self.ckpt.root)
         return got
 
     # ----------------------------------------------------------------------------------- train
