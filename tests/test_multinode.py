@@ -334,3 +334,14 @@ def test_the_kfp_launcher_hands_node_0s_sealed_adapter_to_kfp(one_node, tmp_path
     assert not job.exists()
     outputs = executor_output_utils.get_outputs_for_task(executor_input, spec)
     assert outputs["adapter"].metadata["cache_key"] == artifacts.verify(one_node)["cache_key"]
+
+
+def test_local_nodes_on_one_gpu_machine_get_their_own_gpus(monkeypatch):
+    """Two local "nodes" of 2 GPUs on a 4-GPU machine: each agent sees its own two, as separate
+    machines would (their ranks count local ranks, hence GPUs, from 0)."""
+    from stages.train.distributed import _gpus_per_agent
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert _gpus_per_agent("cuda", 2, 2) == [{"CUDA_VISIBLE_DEVICES": "4,5"}, {"CUDA_VISIBLE_DEVICES": "6,7"}]
+    assert _gpus_per_agent("cuda", 4, 1) == [{}]  # one node: torchrun --standalone sees them all
+    assert _gpus_per_agent("cpu", 1, 2) == [{}, {}]

@@ -52,8 +52,12 @@ def launch(cfg, ckpt, dataset: Path, adapter: Path, device: str) -> None:
     """Run this node's ranks under torchrun (the local runner: every node's) and wait; SIGTERM is
     forwarded (torchrun passes it on)."""
     per_node, nodes = cfg.train.gpus, (cfg.train.nodes or 1)
-    if device == "cuda" and torch.cuda.device_count() < per_node:
-        raise UserError(f"train.gpus={per_node} but this machine has {torch.cuda.device_count()} GPU(s)")
+    local_nodes = 1 if nodes == 1 or ranks.trainer_node() else nodes  # the local runner: every node here
+    if device == "cuda" and torch.cuda.device_count() < per_node * local_nodes:
+        raise UserError(
+            f"train.gpus={per_node} on {local_nodes} node(s) here, but this machine has "
+            f"{torch.cuda.device_count()} GPU(s)"
+        )
     with tempfile.TemporaryDirectory(prefix="train-ddp-") as tmp:
         spec = Path(tmp) / "spec.json"
         spec.write_text(
@@ -70,7 +74,7 @@ def launch(cfg, ckpt, dataset: Path, adapter: Path, device: str) -> None:
         worker = ["-m", "stages.train.rank", str(spec)]
         agents = [[sys.executable, "-m", "torch.distributed.run", *flags, *worker] for flags in _agent_flags(cfg)]
         log.info("data-parallel over %d node(s) x %d rank(s): %s", nodes, per_node, " ".join(agents[0][1:]))
-        codes, got = _run_agents(agents)
+        codes, got = _run_agents(agents, _gpus_per_agent(device, per_node, len(agents)))
     if got["signal"]:
         raise Interrupted(f"{signal.Signals(got['signal']).name}; the ranks checkpointed and stopped")
     failed = {i: c for i, c in enumerate(codes) if c}
@@ -114,13 +118,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_agents(agents: list[list[str]]) -> tuple[list[int], dict]:
+def _gpus_per_agent(device: str, per_node: int, agents: int) -> list[dict[str, str]]:
+    """Each local "node" its own GPUs (their ranks count local ranks from 0, as on separate machines)."""
+    if device != "cuda" or agents == 1:
+        return [{} for _ in range(agents)]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    return [{"CUDA_VISIBLE_DEVICES": ",".join(ids[i * per_node : (i + 1) * per_node])} for i in range(agents)]
+
+
+def _run_agents(agents: list[list[str]], extra: list[dict[str, str]]) -> tuple[list[int], dict]:
     """Start every agent in its own process group (a node: killing it takes its ranks too), wait for all."""
     # Keep NVLink multicast (NVLS) off unless the caller set it: some shared hosts forbid it.
     root = str(Path(__file__).resolve().parents[2])
     env = {"NCCL_NVLS_ENABLE": "0", **os.environ}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    procs = [subprocess.Popen(cmd, env=env, cwd=root, start_new_session=len(agents) > 1) for cmd in agents]
+    procs = [
+        subprocess.Popen(cmd, env={**env, **more}, cwd=root, start_new_session=len(agents) > 1)
+        for cmd, more in zip(agents, extra)
+    ]
     for node, proc in enumerate(procs):
         log.info("node %d: torchrun agent pid %d", node, proc.pid)
     got = {"signal": None}
