@@ -289,7 +289,17 @@ class TrainConfig(Section):
     fused_lora: Literal["auto", "on", "off"] = Field(
         "auto", description="nf4: fused QLoRA projections (auto: on for CUDA); the adapter format is unchanged."
     )
+    # Data-parallel ranks per node: one per GPU (NCCL); with runtime.device cpu that many processes (gloo),
+    # for tests and CPU clusters. The description stays as compiled into the engines' files (goldens).
     gpus: int = Field(1, gt=0, le=64, description="Data-parallel over this many GPUs (torchrun), CUDA only.")
+    # Unset and 1 are one machine, the same everywhere (compiled files, cache key): 1 is stored as unset.
+    nodes: int | None = Field(
+        None,
+        gt=0,
+        le=256,
+        description="Machines the data-parallel ranks span (train.gpus each), through the engine's own runtime; "
+        "unset: 1.",
+    )
     checkpoint_every: int = Field(
         20, gt=0, le=BIG, description="Save a resumable checkpoint every N steps (and on SIGTERM)."
     )
@@ -302,6 +312,30 @@ class TrainConfig(Section):
     @classmethod
     def _on_off(cls, v):  # true/false (older configs) mean on/off
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    @field_validator("nodes")
+    @classmethod
+    def _one_is_unset(cls, v):
+        return None if v == 1 else v
+
+    @model_validator(mode="after")
+    def _ranks_fit_a_step(self):
+        """Data parallel splits each step's examples over the ranks, packed padding-free."""
+        ranks, examples = self.gpus * (self.nodes or 1), self.batch_size * self.grad_accum
+        if ranks == 1:
+            return self
+        if ranks > examples:
+            raise ValueError(
+                f"train.nodes x train.gpus = {self.nodes or 1} x {self.gpus} = {ranks} ranks, but a step has only "
+                f"train.batch_size x train.grad_accum = {examples} examples and each rank needs one; "
+                "raise the batch or use fewer ranks"
+            )
+        if self.padding_free == "off":
+            raise ValueError(
+                f"train.padding_free=off: data parallel over {ranks} ranks (train.nodes x train.gpus) runs "
+                "padding-free steps; set it to auto or on"
+            )
+        return self
 
 
 class MergeConfig(Section):

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from core import artifacts
+from core import artifacts, ranks
 from core.cache import cache_key
 from core.config import Config, describe, parse_value, set_path, validate
 from core.errors import TRANSIENT, UserError, exit_code, first_line
@@ -191,8 +192,14 @@ def run_stage(spec, run: Callable[..., None], argv: list[str], hooks: list[Hook]
     try:
         for hook in hooks:
             hook.before({f: values[f] for f in hook.flags if f in values})
-        ctx, cfg = _prepare(spec, args, tmps)
+        writer = ranks.writes_outputs()
+        ctx, cfg = _prepare(spec, args, tmps, writer)
         run(StageConfig(cfg, spec.sections), context=ctx, **ctx.inputs, **tmps)
+        if not writer:  # another node of a multi-node run: node 0 writes and seals the outputs
+            for tmp in tmps.values():
+                artifacts.abort(tmp)
+            log.info("done in %.1fs; node 0 writes the outputs", time.time() - started)
+            return
         _seal(ctx, tmps, started)
         for done in ctx.after_commit:
             done()
@@ -212,7 +219,7 @@ def run_stage(spec, run: Callable[..., None], argv: list[str], hooks: list[Hook]
         sys.exit(code)
 
 
-def _prepare(spec, args: dict, tmps: dict[str, Path]) -> tuple[StageContext, Config]:
+def _prepare(spec, args: dict, tmps: dict[str, Path], writer: bool = True) -> tuple[StageContext, Config]:
     tree: dict = {}
     for key in spec.params(Config(), every=True):
         if args.get(key) is not None:
@@ -226,6 +233,9 @@ def _prepare(spec, args: dict, tmps: dict[str, Path]) -> tuple[StageContext, Con
     chain, lineage = lineage_from_seals(spec.name, params, seals)
     finals = {p.name: Path(args[p.name]) for p in spec.outputs}
     for name, path in finals.items():
+        if not writer:  # never next to the shared output: node 0's temporary lives there
+            tmps[name] = Path(tempfile.mkdtemp(prefix=f"slm-{spec.name}-{name}-"))
+            continue
         # Named before it exists: a SIGTERM inside begin(), right after the mkdir, still cleans it up.
         tmps[name] = artifacts.tmp_path(path)
         tmps[name] = artifacts.begin(path)

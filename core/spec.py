@@ -68,6 +68,9 @@ class StageSpec:
     cpu: Resources
     gpu: Resources | None = None  # what the stage asks for when runtime.device is cuda
     gpu_count: str | None = None  # a param that multiplies the GPU request (train.gpus: data-parallel)
+    # A param naming the machines the stage spans (train.nodes): above 1 the engines compile the stage
+    # to their multi-node runtime (engines/trainjob.py, AzureML's distribution).
+    node_count: str | None = None
     external: tuple[External, ...] = ()
     # Output parameters: the stage sets ``context.output_parameters[name]`` (a string) for each.
     out_params: tuple[OutParam, ...] = ()
@@ -95,6 +98,10 @@ class StageSpec:
         if n <= 1:
             return self.gpu
         return Resources(cpu=self.gpu.cpu * n, memory_gb=self.gpu.memory_gb * n, gpu=self.gpu.gpu * n)
+
+    def nodes(self, cfg: Config) -> int:
+        """The machines the stage runs on; the resources are per machine."""
+        return int(self.params(cfg).get(self.node_count) or 1) if self.node_count else 1
 
     def uses_gpu(self, cfg: Config) -> bool:
         return self.resources(cfg).gpu > 0

@@ -29,6 +29,7 @@ from core.config import Config, encode
 from core.errors import UserError
 from core.spec import Pipeline, Step
 
+from . import trainjob
 from .base import RunStatus, Target
 from .compile_common import (
     CACHE_CLAIM,
@@ -129,6 +130,7 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
     run_params = run_parameters(dag, cfg)
 
     templates: dict[str, Any] = {}
+    extra_templates: list[Any] = []  # the multi-node stages' inner templates
     for step in dag:
         spec = step.spec
         res = spec.resources(cfg)
@@ -145,6 +147,9 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
         if promoting:
             env.append(Env(name=promotion.PROMOTION_FILE_ENV, value=PROMOTION_PATH))
         argv = template_argv(step, cfg)
+        if trainjob.multi_node(spec, cfg):  # a nested DAG: stage the data in, the TrainJob, collect
+            templates[step.name] = _trainjob_dag(step, cfg, s, env, extra_templates)
+            continue
         templates[step.name] = Container(
             name=k8s_name(step.name),
             image=image_for(spec, cfg),
@@ -239,9 +244,101 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
         security_context=PodSecurityContext(fs_group=IMAGE_GID) if s.cache_claim else None,
         arguments=[Parameter(name=param_name(k), value=encode(v)) for k, v in run_params.items()],
         labels={"app.kubernetes.io/name": k8s_name(dag.name), "slm-pipeline/config": k8s_name(cfg.name)},
-        templates=list(templates.values()),
+        templates=list(templates.values()) + extra_templates,
         _dag=build_dag,
     )
+
+
+# A TrainJob's first condition once its JobSet ended (engines/trainjob.py). Argo reads these as label
+# selectors over gjson paths, which cannot search a list by type: the controller sets no other
+# condition before Complete or Failed on a TrainJob that was never suspended.
+TRAINJOB_SUCCESS = f"status.conditions.0.type == {trainjob.COMPLETE}, status.conditions.0.status == True"
+TRAINJOB_FAILURE = f"status.conditions.0.type == {trainjob.FAILED}, status.conditions.0.status == True"
+
+
+def _trainjob_dag(step: Step, cfg: Config, s, env: list, extra_templates: list):
+    """The stage on ``train.nodes`` machines: copy its inputs into the job folder on the cache volume,
+    create the TrainJob (a ``resource`` template waiting on its status), copy node 0's sealed outputs
+    out as the task's artifacts. The nested DAG has the stage's inputs and outputs, so the tasks
+    around it are those of the one-node stage."""
+    import yaml
+    from hera.workflows import DAG, Artifact, Container, Parameter, Resource, Resources, RetryStrategy, Task
+    from hera.workflows.models import ArchiveStrategy, Backoff, NoneStrategy, VolumeMount
+
+    spec, name = step.spec, k8s_name(step.name)
+    job_dir = f"{trainjob.JOB_ROOT}/{{{{workflow.uid}}}}"
+    params = {k: _Ref(f"{{{{inputs.parameters.{param_name(k)}}}}}") for k in task_params(spec, cfg)}
+    argv = [a.text if isinstance(a, _Ref) else a for a in trainjob.job_argv(spec, params)]
+    doc = trainjob.manifest(spec, cfg, s, argv, job_dir)
+    declared = [Parameter(name=param_name(k)) for k in task_params(spec, cfg)]
+    small = spec.cpu
+    mounts = [VolumeMount(name=CACHE_VOLUME, mount_path=CACHE_MOUNT)]
+
+    def copier(what: str, flags: list[str], **io) -> Container:
+        return Container(
+            name=f"{name}-{what}",
+            image=image_for(spec, cfg),
+            command=["python", "-m", "runtime.trainjob", what],
+            args=[*flags, "--job-dir", job_dir],
+            env=env,
+            volume_mounts=mounts,
+            resources=Resources(cpu_request=small.cpu, memory_request=f"{small.memory_gb}Gi"),
+            **io,
+        )
+
+    stage_in = copier(
+        "stage-in",
+        [x for p in spec.inputs for x in (f"--{p.name}", f"{{{{inputs.artifacts.{p.name}.path}}}}")],
+        inputs=[Artifact(name=p.name, path=f"{IN_DIR}/{p.name}") for p in spec.inputs],
+    )
+    stage_out = copier(
+        "stage-out",
+        [x for p in spec.outputs for x in (f"--{p.name}", f"{{{{outputs.artifacts.{p.name}.path}}}}")],
+        outputs=[
+            Artifact(name=p.name, path=f"{OUT_DIR}/{p.name}", archive=ArchiveStrategy(none=NoneStrategy()))
+            for p in spec.outputs
+        ],
+    )
+    create = Resource(
+        name=f"{name}-trainjob",
+        action="create",
+        set_owner_reference=True,  # deleted with the workflow
+        manifest=yaml.safe_dump(doc, sort_keys=False),
+        success_condition=TRAINJOB_SUCCESS,
+        failure_condition=TRAINJOB_FAILURE,
+        inputs=declared,
+        # A failed TrainJob (a lost node) is created anew; it resumes from rank 0's checkpoint.
+        retry_strategy=RetryStrategy(
+            limit=str(s.retries),
+            retry_policy="Always",
+            backoff=Backoff(duration=f"{s.retry_backoff_seconds}s", factor="2", cap=BACKOFF_CAP),
+        ),
+    )
+    extra_templates += [stage_in, create, stage_out]
+    tasks = [
+        Task(
+            name="stage-in",
+            template=stage_in,
+            arguments=[Artifact(name=p.name, from_=f"{{{{inputs.artifacts.{p.name}}}}}") for p in spec.inputs],
+        ),
+        Task(
+            name="trainjob",
+            template=create,
+            dependencies=["stage-in"],
+            arguments=[Parameter(name=p.name, value=f"{{{{inputs.parameters.{p.name}}}}}") for p in declared],
+        ),
+        Task(name="stage-out", template=stage_out, dependencies=["trainjob"]),
+    ]
+    # Built whole, not under `with`: hera's context would need the Workflow, which is assembled later.
+    nested = DAG(
+        name=name,
+        inputs=[Artifact(name=p.name) for p in spec.inputs] + declared,
+        outputs=[
+            Artifact(name=p.name, from_=f"{{{{tasks.stage-out.outputs.artifacts.{p.name}}}}}") for p in spec.outputs
+        ],
+        tasks=tasks,
+    )
+    return nested
 
 
 def _assemble(cls, dag: Pipeline, cfg: Config, **extra):

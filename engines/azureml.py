@@ -193,6 +193,8 @@ def build_pipeline(dag: Pipeline, cfg: Config):
             node.name = step.name  # not the Python variable's name
             node.display_name = step.name
             node.compute = s.compute_gpu if step.spec.uses_gpu(cfg) else s.compute_cpu
+            if step.spec.nodes(cfg) > 1:
+                _distribute(node, step.spec, cfg)
             for port in step.spec.outputs:
                 node.outputs[port.name].mode = OUTPUT_MODE
             env = dict(STAGE_ENV)
@@ -216,6 +218,18 @@ def build_pipeline(dag: Pipeline, cfg: Config):
     )(body)()
     job.settings.continue_on_step_failure = False
     return job, components
+
+
+def _distribute(node, spec: StageSpec, cfg: Config) -> None:
+    """``train.nodes`` instances, ``train.gpus`` processes on each: AzureML's PyTorch distribution starts
+    every rank as a stage process with MASTER_ADDR, NODE_RANK, RANK, WORLD_SIZE set (core/ranks.py); node
+    0's rank 0 writes the outputs, the other processes leave them alone."""
+    from azure.ai.ml import PyTorchDistribution
+    from azure.ai.ml.entities import JobResourceConfiguration
+
+    per_node = int(spec.params(cfg).get(spec.gpu_count, 1)) if spec.gpu_count else 1
+    node.distribution = PyTorchDistribution(process_count_per_instance=per_node)
+    node.resources = JobResourceConfiguration(instance_count=spec.nodes(cfg))
 
 
 def compile_pipeline(dag: Pipeline, cfg: Config, out: str | Path) -> Path:

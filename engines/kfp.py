@@ -29,6 +29,7 @@ from core.spec import ARTIFACT_TYPES, Pipeline, StageSpec, Step
 from runtime import promotion, registries
 from runtime.kfp_output import CONFUSION_SUFFIX, REPORT_SUFFIX
 
+from . import trainjob
 from .compile_common import (
     CACHE_CLAIM,
     CACHE_ENV,
@@ -86,6 +87,7 @@ def make_component(spec: StageSpec, cfg: Config):
     from kfp import dsl
 
     params = task_params(spec, cfg)
+    launcher = _trainjob(spec, cfg) if trainjob.multi_node(spec, cfg) else None
     P = inspect.Parameter
     sig: list[inspect.Parameter] = []
     for port in spec.inputs:
@@ -120,6 +122,8 @@ def make_component(spec: StageSpec, cfg: Config):
             {p.name: ns[p.name].path for p in spec.inputs},
             {p.name: ns[p.name].path for p in spec.outputs},
         )
+        if launcher:  # the stage on train.nodes machines: a TrainJob, created and awaited (runtime/trainjob.py)
+            argv = [*LAUNCHER, "--manifest", launcher, *_port_names(spec), *argv[3:]]
         argv += [EXECUTOR_INPUT_FLAG, dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER]
         return dsl.ContainerSpec(image=image_for(spec, cfg), command=argv[:3], args=argv[3:])
 
@@ -127,6 +131,22 @@ def make_component(spec: StageSpec, cfg: Config):
     container.__doc__ = _docstring(spec.summary, params)  # KFP takes the inputs' descriptions from "Args:"
     container.__signature__ = inspect.Signature(sig)
     return dsl.container_component(container)
+
+
+LAUNCHER = ["python", "-m", "runtime.trainjob", "run"]
+
+
+def _trainjob(spec: StageSpec, cfg: Config) -> str:
+    """The TrainJob the launcher creates, as JSON: the stage's command line with the config's values;
+    the launcher puts in the run's values of the run parameters and its name (engines/trainjob.py)."""
+    s = settings(cfg, "kfp")
+    argv = trainjob.job_argv(spec, task_params(spec, cfg))
+    doc = trainjob.manifest(spec, cfg, s, argv, f"{trainjob.JOB_ROOT}/{trainjob.JOB_TOKEN}")
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def _port_names(spec: StageSpec) -> list[str]:
+    return ["--inputs", ",".join(p.name for p in spec.inputs), "--outputs", ",".join(p.name for p in spec.outputs)]
 
 
 def _docstring(summary: str, params: dict) -> str:
@@ -243,7 +263,8 @@ def _gate_pipeline(dag: Pipeline, cfg: Config, run_params: dict, add):
 
 
 def _configure_task(task, step: Step, cfg: Config, s, kubernetes) -> None:
-    res = step.spec.resources(cfg)
+    # A multi-node stage's task only launches its TrainJob: the nodes have the stage's resources.
+    res = step.spec.cpu if trainjob.multi_node(step.spec, cfg) else step.spec.resources(cfg)
     task.set_display_name(step.name)
     task.set_cpu_request(str(res.cpu))
     task.set_cpu_limit(str(res.cpu))

@@ -36,6 +36,7 @@ STAGES: dict[str, StageSpec] = {
             cpu=Resources(cpu=2, memory_gb=8),
             gpu=Resources(cpu=8, memory_gb=64, gpu=1),
             gpu_count="train.gpus",
+            node_count="train.nodes",
             external=(External("model.base"),),
         ),
         StageSpec(

@@ -28,8 +28,6 @@ ENGINE_ONLY = {
 
 # Declared by a stage but read there only on a branch no test machine takes; (stage, field): why.
 UNREAD_HERE = {
-    ("train", "train.gpus"): "read with runtime.device=cuda only (torchrun's world size); "
-    "the engines size the GPU request by it (StageSpec.gpu_count)",
     ("data_prep", "model.allow_pickle"): "data_prep loads only the tokenizer, never weights; "
     "it declares the model section whole",
 }

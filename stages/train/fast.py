@@ -61,12 +61,13 @@ def liger_available() -> bool:
     return True
 
 
-def resolve(tc, device: str) -> FastPath:
+def resolve(tc, device: str, world: int = 1) -> FastPath:
     """The levers for this config on this device. Gradient checkpointing and compile "auto" are settled
     later (:func:`choose_checkpointing`, :func:`choose_compile`), once the model's size is known."""
     cuda = device == "cuda"
     notes = []
-    padding_free = tc.padding_free == "on" or (tc.padding_free == "auto" and cuda)
+    # Data parallel splits a step's examples over the ranks as padding-free passes (pack_step), on CPU too.
+    padding_free = tc.padding_free == "on" or (tc.padding_free == "auto" and (cuda or world > 1))
     liger = False
     if cuda and tc.kernels != "none":
         liger = liger_available()
@@ -255,8 +256,8 @@ def pack_step(micros: list[list[dict]], tc, pad_id: int, rank: int = 0, world: i
     mine = flat[rank::world]
     if not mine:
         raise UserError(
-            f"train.gpus={world} is more than the {len(flat)} examples of a step "
-            "(batch_size x grad_accum); lower train.gpus or raise the batch"
+            f"{world} ranks (train.nodes x train.gpus) are more than the {len(flat)} examples of a step "
+            "(batch_size x grad_accum); use fewer ranks or raise the batch"
         )
     cap, rows_per_pass = tc.max_seq_len, tc.batch_size
     rows: list[list[tuple[int, dict]]] = [[]]

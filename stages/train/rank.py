@@ -1,4 +1,4 @@
-"""One rank of data-parallel training: what torchrun runs on each GPU (distributed.launch starts it).
+"""One rank of data-parallel training: what torchrun runs per GPU or CPU rank (distributed.launch starts it).
 
 Its own module, so that distributed.py (the collectives, which the recipe calls) does not import
 the recipe back.
@@ -16,8 +16,10 @@ import torch
 import torch.distributed as dist
 
 from core.config import Config
+from core.models import device_for
 from core.runner import Interrupted, StageConfig
 
+from .distributed import init
 from .stage import Checkpoints, train
 
 log = logging.getLogger("slm")
@@ -29,8 +31,11 @@ def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     full = Config.model_validate(spec["config"])  # the stage's sections (model, train, runtime)
     cfg = StageConfig(full, tuple(spec["config"]))
-    torch.cuda.set_device(local)
-    dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+    # runtime.threads, as the stage process sets it; unset: this machine's cores shared by its ranks
+    # (torchrun sets OMP_NUM_THREADS=1 only for more than one rank per node, so the split would change the math).
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(full.runtime.threads or max(1, (os.cpu_count() or 1) // local_world))
+    init(device_for(full.runtime), local)
     if rank:
         logging.getLogger("slm").setLevel(logging.WARNING)
     try:

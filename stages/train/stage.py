@@ -22,7 +22,8 @@ Features, and what each costs:
   preemptible nodes send it) before exiting. More often loses less work to a kill and costs more
   writes. They live beside the output (``<adapter>.checkpoints/``) or under ``SLM_CHECKPOINT_DIR``,
   and count only for the same cache key.
-- **Data parallel** (distributed.py, ``train.gpus: N`` on CUDA): N ranks, the one-GPU run's semantics.
+- **Data parallel** (distributed.py, ``train.gpus: N`` per node on ``train.nodes: M`` machines): N x M ranks
+  (NCCL on CUDA, gloo on CPU), the one-GPU run's semantics.
 
 Outputs (Model artifact): the PEFT adapter (safetensors), ``train_log.jsonl`` (loss per logged step),
 ``metrics.json`` and ``sample_prompts.json`` (for the merge parity check).
@@ -33,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import faults
+from core import faults, ranks
 from core.artifacts import write_json
 from core.errors import UserError
 from core.io import read_jsonl
@@ -59,13 +59,15 @@ def run(cfg, context, dataset: Path, adapter: Path) -> None:
     device = device_for(cfg.runtime)
     ckpt = Checkpoints(checkpoint_root(context), context.cache_key)
     context.after_commit.append(ckpt.clear)
-    world = cfg.train.gpus if device == "cuda" else 1
-    if world > 1 and "LOCAL_RANK" not in os.environ:
-        from .distributed import launch  # torchrun, one process per GPU, each running train() below
-
-        launch(cfg, ckpt, dataset, adapter, world)
+    if cfg.train.gpus * (cfg.train.nodes or 1) == 1:
+        train(cfg, ckpt, dataset, adapter)
         return
-    train(cfg, ckpt, dataset, adapter)
+    from . import distributed
+
+    if ranks.engine_rank():  # AzureML started this process as one rank of the run
+        distributed.join(train, cfg, ckpt, dataset, adapter, device)
+        return
+    distributed.launch(cfg, ckpt, dataset, adapter, device)  # torchrun's ranks, each running train() below
 
 
 def train(cfg, ckpt: Checkpoints, dataset: Path, adapter: Path, rank: int = 0, world: int = 1) -> None:
@@ -99,11 +101,13 @@ class LoRARecipe:
         tc = self.tc
         # Bit-identical resume holds on CPU only (see the module docstring).
         seed_everything(tc.seed, deterministic=self.device == "cpu")
-        self.fp = fast.resolve(tc, self.device)
+        self.fp = fast.resolve(tc, self.device, self.world)
         for note in self.fp.notes:
             log.info(note)
         if self.world > 1 and not self.fp.padding_free:
-            raise UserError("train.gpus > 1 runs padding-free steps: leave train.padding_free at auto or on")
+            raise UserError(
+                "train.nodes x train.gpus > 1 runs padding-free steps: leave train.padding_free at auto or on"
+            )
         self.tokenizer = load_tokenizer(self.cfg.model)
         self.tokenizer.padding_side = "right"  # positions count from the first token (see collate)
         self._setup_data(dataset)
@@ -134,7 +138,6 @@ class LoRARecipe:
         log.info("fast path: %s", {k: v for k, v in vars(self.fp).items() if k != "notes"})
         if self.dist:
             self.dist.broadcast_parameters(self.trainable)
-            torch.manual_seed(self.tc.seed + self.rank)  # LoRA dropout: another mask on each rank
 
     def load_checkpoint(self) -> tuple[int, list]:
         """(first step, loss history): from the latest checkpoint, else (0, [])."""
@@ -143,6 +146,8 @@ class LoRARecipe:
         got = self.ckpt.restore(self.model, self.optimizer, self.scheduler)
         if self.dist and not self.rank:
             self.dist.barrier()
+        if self.dist:
+            self.dist.same_start(got[0], self.ckpt.root)
         return got
 
     # ----------------------------------------------------------------------------------- train
@@ -164,6 +169,7 @@ class LoRARecipe:
                 done = step + 1
                 if done == 1:
                     faults.point("train.before_first_checkpoint")
+                faults.point(f"train.step_{done}")  # every rank: the multi-node tests lose a node here
                 if self.stop.signal or done % tc.checkpoint_every == 0:
                     self.save_checkpoint(done)
                 if self.stop.signal:
@@ -173,6 +179,10 @@ class LoRARecipe:
     def _step(self, step: int) -> float:
         """One optimizer step over ``grad_accum`` micro-batches; returns its loss."""
         tc = self.tc
+        if self.dist:
+            # LoRA dropout: another mask on each rank, drawn from (seed, rank, step), so a run resumed
+            # from rank 0's checkpoint draws on every rank what the run that never stopped drew.
+            torch.manual_seed(int(np.random.SeedSequence([tc.seed, self.rank, step]).generate_state(1)[0]))
         micros = [batch_examples(self.examples, tc, step, m) for m in range(tc.grad_accum)]
         if self.fp.padding_free:
             passes = fast.pack_step(micros, tc, self.tokenizer.pad_token_id, self.rank, self.world)
@@ -236,6 +246,8 @@ class LoRARecipe:
             "device": self.device,
             "quantization": tc.quantization,
         }
+        if self.world > 1:
+            metrics.update({"ranks": self.world, "nodes": tc.nodes or 1})
         if self.device == "cuda":
             metrics.update(
                 {
