@@ -117,9 +117,10 @@ def multi(tmp_path_factory) -> dict:
         run_stage("merge", tc, adapter=d / "adapter", model=d / "model")
         run_stage("onnx_build", tc, model=d / "model", onnx_model=d / "merged_int4")
         out["tasks"][task.name] = d
-    base_model = Path(resolve(cfg.model.base))
-    targets = union_target_modules(cfg, TARGET_MODULES["phi3"])
-    out["base"] = adapter_base.build(cfg, base_model, targets, tmp / "serve" / "base")
+    # the union the config declares is the union the adapters were trained on
+    assert union_target_modules(cfg, TARGET_MODULES["phi3"]) == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
+    adapters = [d / "adapter" for d in out["tasks"].values()]
+    out["base"] = adapter_base.build_for_adapters(cfg, adapters, tmp / "serve" / "base")
     for name, d in out["tasks"].items():
         adapter_export.export(d / "adapter", out["base"], tmp / "serve" / "adapters" / f"{name}.onnx_adapter")
     return out
@@ -200,6 +201,12 @@ def test_export_names_the_parameter_that_does_not_fit(multi, tmp_path):
     with pytest.raises(UserError, match=r"model\.layers\.0\.attn\.o_proj\.lora_A\.MatMul\.weight has shape \[100, 8\]"):
         adapter_export.export(bad, multi["base"], out)
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
+    # a lora_B without its lora_A
+    weights = load_file(multi["tasks"]["tone"] / "adapter" / "adapter_model.safetensors")
+    del weights[key]
+    save_file(weights, bad / "adapter_model.safetensors")
+    with pytest.raises(UserError, match=r"o_proj\.lora_B\.MatMul\.weight has no lora_A/lora_B partner"):
+        adapter_export.export(bad, multi["base"], out)
     # a module the base was not built for
     narrow = adapter_base.AdapterBase(
         multi["base"].path,
@@ -313,3 +320,18 @@ def test_a_config_without_tasks_is_the_single_task_job():
 
     assert load_config(ROOT / "configs" / "tiny-phi3.yaml").tasks is None
     assert Config().tasks is None and "tasks: null" in to_yaml(Config())
+
+
+def test_no_active_adapter_is_the_plain_base_and_switching_changes_answers(multi):
+    serve, d = multi["root"] / "serve", multi["tasks"]["sentiment"]
+    gen = switching.SwitchingGenerator(
+        multi["base"].path, {n: serve / "adapters" / f"{n}.onnx_adapter" for n in multi["tasks"]}, 4
+    )
+    rows, labels = switching._task_rows(switching.TaskEval("sentiment", d / "dataset", None, None), 24)
+    gen.active = None  # the empty defaults: the random base never learnt these labels
+    plain = switching.score(gen, rows, labels, 8)[0]["accuracy"]
+    gen.active = "sentiment"
+    switched = switching.score(gen, rows, labels, 8)[0]["accuracy"]
+    gen.active = "tone"  # the other task's adapter answers with its own labels
+    other = switching.score(gen, rows, labels, 8)[0]
+    assert plain < 0.5 < switched and other["unparsed"] > len(rows) // 2, (plain, switched, other["unparsed"])

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.artifacts import write_json
 from core.errors import QualityGateError, UserError
 from core.io import read_json, read_jsonl
 from core.prompts import parse_label
@@ -123,7 +124,7 @@ def evaluate_tasks(base: Path, tasks: list[TaskEval], ec, out: Path) -> dict:
     report["verdict"] = {"passed": not failures, "failures": failures}
     out.mkdir(parents=True, exist_ok=True)
     name = "metrics.json" if not failures else "metrics.rejected.json"  # a failed gate leaves no metrics.json
-    (out / name).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_json(out / name, report)
     if failures:
         raise QualityGateError("quality gate failed: " + "; ".join(failures) + f" (full report: {out / name})")
     return report
@@ -140,12 +141,13 @@ def rss():
 before = rss()
 def answer(model, adapters=None, name=None):
     tok = og.Tokenizer(model)
+    tokens = tok.encode(spec["prompt"])
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=64, do_sample=False)
+    params.set_search_options(max_length=len(tokens) + 8, do_sample=False)
     gen = og.Generator(model, params)
     if adapters is not None:
         gen.set_active_adapter(adapters, name)
-    gen.append_tokens(tok.encode(spec["prompt"]))
+    gen.append_tokens(tokens)
     while not gen.is_done():
         gen.generate_next_token()
 kept = []

@@ -204,3 +204,36 @@ def load(path: Path) -> AdapterBase:
         raise UserError(f"{path} is not an adapter-ready base (no adapter_base.json); build it with adapter_base.build")
     info = json.loads(meta.read_text())
     return AdapterBase(path, info["inputs"], info["target_modules"], info["dtype"])
+
+
+def trained_targets(adapters: list[Path]) -> list[str]:
+    """The union of the target modules the tasks' PEFT adapters were trained on (their adapter_config.json)."""
+    union: set[str] = set()
+    for adapter in adapters:
+        try:
+            targets = json.loads((adapter / "adapter_config.json").read_text())["target_modules"]
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"{adapter} is no PEFT adapter with target_modules ({type(e).__name__}: {e})") from None
+        union |= set([targets] if isinstance(targets, str) else targets)
+    return sorted(union)
+
+
+def base_folder(model_cfg) -> Path:
+    """The base model as a local folder for the builder: built-in and local sources as they resolve,
+    a hub id as its snapshot at ``model.revision`` (from the hub cache when offline)."""
+    from core.models import resolve
+
+    source = resolve(model_cfg.base)
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, revision=model_cfg.revision))
+    except Exception as e:  # noqa: BLE001 - the hub client's errors are many; one line says which
+        raise UserError(f"model.base {source!r}: no snapshot at revision {model_cfg.revision}: {e}") from None
+
+
+def build_for_adapters(cfg, adapters: list[Path], out: Path) -> AdapterBase:
+    """The DAG's step: the adapter-ready base of ``cfg.model`` for the trained tasks' ``adapters``."""
+    return build(cfg, base_folder(cfg.model), trained_targets(adapters), out)

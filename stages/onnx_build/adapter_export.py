@@ -87,10 +87,13 @@ def check(tensors: dict[str, np.ndarray], base: AdapterBase) -> None:
         if t.ndim != 2 or any(t.shape[i] != d for i, d in fixed):
             shown = ["r" if isinstance(d, str) else d for d in want]
             raise UserError(f"adapter parameter {name} has shape {list(t.shape)}, the base's input is {shown}")
-        if ".lora_A." in name:
-            other = tensors.get(name.replace(".lora_A.", ".lora_B."))
-            if other is None or other.shape[0] != t.shape[1]:
-                raise UserError(f"adapter parameter {name} has rank {t.shape[1]} but its lora_B does not match it")
+        a, b = (
+            (name, name.replace(".lora_A.", ".lora_B."))
+            if ".lora_A." in name
+            else (name.replace(".lora_B.", ".lora_A."), name)
+        )
+        if a not in tensors or b not in tensors or tensors[a].shape[1] != tensors[b].shape[0]:
+            raise UserError(f"adapter parameter {name} has no lora_A/lora_B partner of the same rank")
 
 
 def export(adapter: Path, base: AdapterBase, out_file: Path) -> dict:
@@ -110,7 +113,11 @@ def export(adapter: Path, base: AdapterBase, out_file: Path) -> dict:
     fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in arrays.items()})
     out_file.parent.mkdir(parents=True, exist_ok=True)
     partial = out_file.with_name(out_file.name + ".partial")
-    fmt.export_adapter(str(partial))
+    try:
+        fmt.export_adapter(str(partial))
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     del arrays
     partial.replace(out_file)  # never a half-written file under the final name
     ranks = {n.rsplit(".lora_A.", 1)[0]: int(t.shape[1]) for n, t in tensors.items() if ".lora_A." in n}
