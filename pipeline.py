@@ -302,9 +302,24 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code(e)
 
 
-def _dispatch(args) -> int:
+def _dag_config(path, overrides):
+    """The config the DAG runs: a ``tasks:`` list is refused until the DAG fans out over it (issue 21),
+    so it is never silently run as the single task of data/train/evaluate."""
     from core.config import load_config
+
+    cfg = load_config(path, overrides)
+    if cfg.tasks:
+        raise UserError(
+            f"the config sets tasks: ({len(cfg.tasks)}); the pipeline does not fan out over tasks yet: "
+            "build and serve them with the steps of docs/multi-adapter.md, or remove tasks:"
+        )
+    return cfg
+
+
+def _dispatch(args) -> int:
     from core.outputs import claim, config_inputs
+
+    load_config = _dag_config
 
     if args.command == "stages":
         from engines.local import print_stages

@@ -96,11 +96,11 @@ def multi_config(tmp: Path) -> dict:
     }
 
 
-def run_stage(stage: str, cfg, **ports: Path) -> None:
+def run_stage(stage: str, cfg, timeout: int = 600, **ports: Path) -> None:
     """One stage process, as every engine runs it: its ports and its config sections as flags."""
     args = [x for name, path in ports.items() for x in (f"--{name}", str(path))]
     args += [x for k, v in STAGES[stage].params(cfg).items() for x in (f"--{k}", encode(v))]
-    proc = stage_cli(stage, *args)
+    proc = stage_cli(stage, *args, timeout=timeout)
     assert proc.returncode == 0, f"{stage}: {proc.stderr[-3000:]}"
 
 
@@ -232,6 +232,7 @@ def test_switched_adapters_match_their_merged_builds(multi, tmp_path):
     for name, t in report["tasks"].items():
         assert t["samples"] >= 20, name
         assert t["switched"]["accuracy"] >= t["merged"]["accuracy"] - 0.01, (name, t)
+    assert report["memory"]["adapters"] == 2 and report["memory"]["ratio_added"] < 1.0
     assert report["tasks"]["sentiment"]["labels"] == ["negative", "positive"]
     assert report["tasks"]["sentiment"]["switched"]["accuracy"] > 0.5  # learnt, not a coin
 
@@ -239,7 +240,7 @@ def test_switched_adapters_match_their_merged_builds(multi, tmp_path):
 def test_the_gate_fails_a_task_under_its_floor(multi, tmp_path):
     with pytest.raises(QualityGateError, match=r"tone: switched accuracy [0-9.]+ < min_accuracy 1.0"):
         switching.evaluate_tasks(
-            multi["base"].path, _tasks(multi, min_accuracy=1.0)[:1], multi["cfg"].evaluate, tmp_path
+            multi["base"].path, _tasks(multi, min_accuracy=1.0)[:1], multi["cfg"].evaluate, tmp_path, memory=False
         )
     assert (tmp_path / "metrics.rejected.json").is_file() and not (tmp_path / "metrics.json").exists()
 
@@ -335,3 +336,15 @@ def test_no_active_adapter_is_the_plain_base_and_switching_changes_answers(multi
     gen.active = "tone"  # the other task's adapter answers with its own labels
     other = switching.score(gen, rows, labels, 8)[0]
     assert plain < 0.5 < switched and other["unparsed"] > len(rows) // 2, (plain, switched, other["unparsed"])
+
+
+@pytest.mark.parametrize("verb", ["run", "compile"])
+def test_the_dag_refuses_a_tasks_config_until_it_fans_out(tmp_path, verb):
+    from helpers import run_cli
+
+    config = _tasks_yaml(tmp_path, "  - {name: a, data: {path: data/tone.jsonl}}\n")
+    target = ["--target", "kfp"] if verb == "compile" else []
+    proc = run_cli(str(ROOT / "pipeline.py"), verb, *target, "--config", str(config), "--out", str(tmp_path / "out"))
+    first = proc.stderr.strip().splitlines()[0]
+    assert proc.returncode != 0 and "does not fan out over tasks yet" in first, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

@@ -77,10 +77,11 @@ def _task_rows(task: TaskEval, max_samples: int | None) -> tuple[list[dict], lis
     return read_jsonl(task.dataset / "eval.jsonl")[:max_samples], labels
 
 
-def evaluate_tasks(base: Path, tasks: list[TaskEval], ec, out: Path) -> dict:
+def evaluate_tasks(base: Path, tasks: list[TaskEval], ec, out: Path, memory: bool = True) -> dict:
     """Score every task switched on ``base`` and merged; write ``out``/metrics.json; fail the gate.
 
-    ``ec``: the evaluate section (batch_size, max_new_tokens, max_samples)."""
+    ``ec``: the evaluate section (batch_size, max_new_tokens, max_samples); ``memory``: add
+    :func:`measure_rss` of base + adapters against the merged builds (``report["memory"]``)."""
     switched = SwitchingGenerator(base, {t.name: t.adapter for t in tasks}, ec.max_new_tokens)
     report: dict = {"base": str(base), "tasks": {}}
     failures = []
@@ -121,6 +122,8 @@ def evaluate_tasks(base: Path, tasks: list[TaskEval], ec, out: Path) -> dict:
             merged["accuracy"],
             agreement,
         )
+    if memory:
+        report["memory"] = measure_rss(base, {t.name: t.adapter for t in tasks}, [t.merged for t in tasks])
     report["verdict"] = {"passed": not failures, "failures": failures}
     out.mkdir(parents=True, exist_ok=True)
     name = "metrics.json" if not failures else "metrics.rejected.json"  # a failed gate leaves no metrics.json
