@@ -1,10 +1,15 @@
 """Issue 21 on the embedded SmolLM2-135M: two tasks, one adapter-ready INT4 base, switched per request.
 
     .venv/bin/python bench/multi_adapter.py OUT_DIR [--steps 40]
+    .venv/bin/python bench/multi_adapter.py OUT_DIR --memory-only
 
 Each task runs the real data_prep, train, merge and onnx_build stage processes (its merged INT4
 build); then the shared base, the adapter exports, switched-vs-merged scoring and the memory of
 base + 2 adapters against the 2 merged builds side by side (process RSS). Writes OUT_DIR/result.json.
+
+``--memory-only`` skips training: two random-valued PEFT adapters (the tasks' ranks and targets)
+and two plain INT4 builds of the base stand in for the merged builds. Memory does not depend on
+the values, and a merged build has the base's shapes and size.
 """
 
 from __future__ import annotations
@@ -57,15 +62,64 @@ def config(out: Path, steps: int) -> dict:
     }
 
 
+def memory_only(cfg, out: Path) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from core.models import load_model
+    from stages.onnx_build import stage as onnx_stage
+
+    base_dir = adapter_base.base_folder(cfg.model)
+    adapters = {}
+    for task in cfg.tasks:
+        torch.manual_seed(0)
+        lora = LoraConfig(
+            r=task.lora.r,
+            lora_alpha=task.lora.alpha,
+            init_lora_weights=False,
+            target_modules=task.lora.target_modules or TARGET_MODULES["llama"],
+        )
+        adapters[task.name] = out / task.name / "adapter"
+        get_peft_model(load_model(cfg.model), lora).save_pretrained(adapters[task.name])
+    start = time.perf_counter()
+    base = adapter_base.build_for_adapters(cfg, list(adapters.values()), out / "serve" / "base")
+    seconds = {"adapter_base": round(time.perf_counter() - start, 1)}
+    files = {}
+    for name, adapter in adapters.items():
+        files[name] = out / "serve" / "adapters" / f"{name}.onnx_adapter"
+        adapter_export.export(adapter, base, files[name])
+    merged = []
+    for name in adapters:
+        merged.append(out / name / "merged_int4")
+        start = time.perf_counter()
+        onnx_stage.run(cfg, None, base_dir, merged[-1])
+        seconds[f"{name}.int4_build"] = round(time.perf_counter() - start, 1)
+    return {
+        "seconds": seconds,
+        "memory": switching.measure_rss(base.path, files, merged),
+        "bytes": {
+            "base": folder_bytes(base.path),
+            **{n: f.stat().st_size for n, f in files.items()},
+            **{str(m.parent.name) + ".merged": folder_bytes(m) for m in merged},
+        },
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--memory-only", action="store_true")
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "multi.yaml").write_text(yaml.safe_dump(config(out, args.steps)))
     cfg = load_config(out / "multi.yaml")
+    if args.memory_only:
+        result = memory_only(cfg, out)
+        (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return
     seconds, tasks = {}, []
     for task in cfg.tasks:
         tc, d = task_config(cfg, task.name), out / task.name
