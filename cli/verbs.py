@@ -205,11 +205,24 @@ def _runs_args(p) -> None:
 # Handlers: (parsed arguments, the DAG) -> exit code
 
 
-def run(args, dag) -> int:
+def dag_config(path, overrides):
+    """The config the DAG runs: a ``tasks:`` list is refused until the DAG fans out over it (issue 21),
+    so it is never silently run as the single task of data/train/evaluate."""
     from core.config import load_config
+
+    cfg = load_config(path, overrides)
+    if cfg.tasks:
+        raise UserError(
+            f"the config sets tasks: ({len(cfg.tasks)}); the pipeline does not fan out over tasks yet: "
+            "build and serve them with the steps of docs/multi-adapter.md, or remove tasks:"
+        )
+    return cfg
+
+
+def run(args, dag) -> int:
     from core.outputs import claim, config_inputs
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = dag_config(args.config, args.overrides)
     claim(args.out, inputs=config_inputs(args.config, cfg), run=True)
     if args.runner == "kfp-local":
         from engines.kfp_local import run_pipeline as run_kfp_local
@@ -223,11 +236,10 @@ def run(args, dag) -> int:
 
 
 def compile_(args, dag) -> int:
-    from core.config import load_config
     from core.outputs import claim, config_inputs
     from engines.base import get
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = dag_config(args.config, args.overrides)
     target = get(args.target)
     path = claim(
         args.out,
@@ -304,7 +316,6 @@ def tune_int4(args, dag) -> int:
 
 def cluster(args, dag) -> int:
     """submit / status / schedule: the engine's Target, through its real client library."""
-    from core.config import load_config
     from engines.base import Connection, follow, get, print_status
     from engines.compile_common import settings
 
@@ -317,7 +328,7 @@ def cluster(args, dag) -> int:
         workspace=args.workspace,
     )
     if args.command == "schedule":
-        cfg = load_config(args.config, args.overrides)
+        cfg = dag_config(args.config, args.overrides)
         s = settings(cfg, args.target)
         cron = args.cron or s.schedule
         if not cron:
@@ -331,7 +342,7 @@ def cluster(args, dag) -> int:
         print(target.schedule(dag, cfg, conn, cron, args.timezone or s.schedule_timezone))
         return 0
     if args.command == "submit":
-        cfg = load_config(args.config, args.overrides)
+        cfg = dag_config(args.config, args.overrides)
         status = target.submit(dag, cfg, conn)
         print(f"submitted {target.title} run {status.run_id}" + (f": {status.url}" if status.url else ""), flush=True)
     else:

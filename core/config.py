@@ -549,6 +549,34 @@ TARGET_SETTINGS = _Plugged("the engines' settings models")
 OLIVE_IMPORT = _Plugged("the Olive importer")
 
 
+class TaskGate(Section):
+    min_accuracy: float = Field(0.85, ge=0, le=1, description="The task's switched-adapter accuracy must reach this.")
+    max_switch_drop: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Switched on the shared base, the task may trail its merged build by at most this much accuracy.",
+    )
+
+
+class TaskConfig(Section):
+    """One task of a multi-adapter job: its data, its LoRA and its gate; model and onnx are shared."""
+
+    name: JobName = Field(description="The task's name: its adapter's name on the base (a DNS-1123 label).")
+    data: DataConfig = Field(description="The task's dataset and how it becomes prompts.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="The task's LoRA settings.")
+    gate: TaskGate = Field(default_factory=TaskGate, description="The task's quality gate.")
+
+    @model_validator(mode="after")
+    def _no_full_modules(self):
+        if self.lora.modules_to_save:
+            raise ValueError(
+                f"task {self.name}: lora.modules_to_save {self.lora.modules_to_save} cannot be served from a shared "
+                "base (an adapter carries LoRA weights only); drop it"
+            )
+        return self
+
+
 class Config(Section):
     name: JobName = Field(
         "slm-finetune-default",
@@ -565,6 +593,23 @@ class Config(Section):
     targets: dict[str, Any] = Field(
         default_factory=dict, description="Per-engine settings: targets.kfp, targets.azureml, targets.argo."
     )
+    tasks: list[TaskConfig] | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Several tasks on one INT4 base (docs/multi-adapter.md): each its own data, LoRA and gate, sharing model "
+            "and onnx; unset: the single task of data/train/evaluate."
+        ),
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct_tasks(cls, v):
+        names = [t.name for t in v or []]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"task names {twice} are listed twice; each names its adapter")
+        return v
 
     @field_validator("targets")
     @classmethod

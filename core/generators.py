@@ -103,7 +103,7 @@ class OnnxGenerator:
         params = og.GeneratorParams(self.model)
         width = tokens.as_numpy().shape[1]
         params.set_search_options(max_length=width + self.max_new_tokens, batch_size=len(prompts), do_sample=False)
-        generator = og.Generator(self.model, params)
+        generator = self.new_generator(params)
         generator.append_tokens(tokens)
         steps = 0
         while not generator.is_done() and steps < self.max_new_tokens:
@@ -116,6 +116,10 @@ class OnnxGenerator:
             texts.append(self.tokenizer.decode(new))
             self.generated_tokens += until_eos(new, self.stop_ids)
         return texts
+
+    def new_generator(self, params):
+        """The generator for one batch, before any token is appended (switching.py sets its adapter here)."""
+        return self.og.Generator(self.model, params)
 
 
 def _preload_cuda_libraries() -> None:
