@@ -23,11 +23,10 @@ from pathlib import Path
 
 from core.artifacts import write_json
 from core.errors import QualityGateError, UserError
+from core.generators import OnnxGenerator, timed_batches
 from core.io import read_json, read_jsonl
 from core.prompts import parse_label
 from core.scoring import classification_report
-
-from core.generators import OnnxGenerator, timed_batches
 
 log = logging.getLogger("slm")
 
