@@ -291,7 +291,9 @@ class TrainConfig(Section):
     )
     # Data-parallel ranks per node: one per GPU (NCCL); with runtime.device cpu that many processes (gloo),
     # for tests and CPU clusters. The description stays as compiled into the engines' files (goldens).
-    gpus: int = Field(1, gt=0, le=64, description="Data-parallel over this many GPUs (torchrun), CUDA only.")
+    gpus: int = Field(
+        1, gt=0, le=64, description="Data-parallel processes a machine (torchrun): GPUs on CUDA, gloo processes on CPU."
+    )
     # Unset and 1 are one machine, the same everywhere (compiled files, cache key): 1 is stored as unset.
     nodes: int | None = Field(
         None,

@@ -345,3 +345,12 @@ def test_local_nodes_on_one_gpu_machine_get_their_own_gpus(monkeypatch):
     assert _gpus_per_agent("cuda", 2, 2) == [{"CUDA_VISIBLE_DEVICES": "4,5"}, {"CUDA_VISIBLE_DEVICES": "6,7"}]
     assert _gpus_per_agent("cuda", 4, 1) == [{}]  # one node: torchrun --standalone sees them all
     assert _gpus_per_agent("cpu", 1, 2) == [{}, {}]
+
+
+@pytest.mark.parametrize("target", ["kfp", "argo", "azureml"])
+def test_validate_accepts_the_multi_node_files(multi_node, target):
+    """`pipeline.py validate` agrees with the engines' own checks on what compile wrote for 2 nodes."""
+    from engines.validate import validate_file
+
+    paths, _ = multi_node
+    validate_file(str(paths[target]), target, strict=False)
