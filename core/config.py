@@ -386,12 +386,14 @@ class OnnxSearchConfig(Section):
     symmetric: list[bool] = Field(
         default_factory=lambda: [True], min_length=1, description="is_symmetric values to try (false: uint4)."
     )
-    # Off by default: with onnxruntime-genai 0.18 on CPU a pruned head gives padded batches wrong
-    # tokens (2 of 16 rows matched batch 1; docs/benchmarks.md), so only batch-1 serving may use it.
+    # Off by default: onnxruntime-genai 0.18 pads a batch on the right, so a pruned head gives the
+    # shorter rows of a padded batch wrong tokens. The pipeline's generator runs a pruned model in
+    # batches of one token length (core/generators.py), but a server batching with genai would not.
     prune_lm_head: list[bool] = Field(
         default_factory=lambda: [False],
         min_length=1,
-        description="The builder's prune_lm_head: prefill computes the last position's logits only.",
+        description="The builder's prune_lm_head: prefill computes the last position's logits only (serve such a "
+        "model at batch 1 or in batches of one token length, as evaluate does).",
     )
     quantize_embeddings: list[bool] = Field(
         default_factory=lambda: [True, False],

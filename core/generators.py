@@ -78,8 +78,13 @@ class TorchGenerator:
 
 class OnnxGenerator:
     def __init__(self, path: Path, max_new_tokens: int, threads: int | None = None):
-        if read_json(Path(path) / "build_info.json", "onnx model").get("execution_provider") == "cuda":
+        info = read_json(Path(path) / "build_info.json", "onnx model")
+        if info.get("execution_provider") == "cuda":
             _preload_cuda_libraries()
+        # A pruned LM head computes the logits of the last position only; onnxruntime-genai pads a
+        # batch on the right, so a shorter row's last position is padding and its tokens come out
+        # wrong (docs/benchmarks.md). Such a model is run in batches of one token length (no padding).
+        self.pruned = "prune_lm_head=true" in info.get("options", [])
         import onnxruntime_genai as og
 
         self.og, self.path, self.max_new_tokens = og, path, max_new_tokens
@@ -98,6 +103,18 @@ class OnnxGenerator:
         self.decode_positions = 0  # rows x decoding steps, EOS or not: what raw decode throughput counts
 
     def generate(self, prompts: list[str]) -> list[str]:
+        if not self.pruned or len(prompts) < 2:
+            return self._generate(prompts)
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(len(self.tokenizer.encode(p)), []).append(i)
+        texts = [""] * len(prompts)
+        for rows in groups.values():
+            for i, text in zip(rows, self._generate([prompts[i] for i in rows])):
+                texts[i] = text
+        return texts
+
+    def _generate(self, prompts: list[str]) -> list[str]:
         og = self.og
         tokens = self.tokenizer.encode_batch(prompts)
         params = og.GeneratorParams(self.model)
