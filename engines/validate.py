@@ -309,17 +309,8 @@ def check_kfp(path: Path) -> list[str]:
         json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
     except json_format.ParseError as e:
         return [f"PipelineSpec: {e}"]
-    problems: list[str] = []
-    for extra in docs[1:]:
-        try:
-            json_format.ParseDict(extra, pipeline_spec_pb2.PlatformSpec())
-        except json_format.ParseError as e:
-            problems.append(f"PlatformSpec: {e}")
-    sidecar = path.with_name(path.stem + ".recurring-run.json")
-    if sidecar.is_file():  # compile's recurring run, beside the pipeline
-        body = load_file(sidecar)
-        expr = ((body.get("trigger") or {}).get("cron_schedule") or {}).get("cron") if isinstance(body, dict) else None
-        problems += cron_problems(f"{sidecar.name}: trigger.cron_schedule.cron", [expr], "kfp")
+    problems = _kfp_platform_spec_problems(docs[1:])
+    problems += _kfp_recurring_run_problems(path)
     spec = docs[0]
     problems += _kfp_api_server_problems(spec)
     components = spec.get("components", {})
@@ -327,7 +318,48 @@ def check_kfp(path: Path) -> list[str]:
     if "root" not in spec or "dag" not in spec["root"]:
         return problems + ["root: no dag"]
 
-    # Components -> executors, and the placeholders each executor's command uses.
+    users, found = _kfp_component_problems(components, executors)
+    problems += found
+    problems += _kfp_executor_problems(components, executors, users)
+
+    # Every DAG (root and any sub-DAG component): tasks, their wiring and bindings.
+    dags = [("root", spec["root"])] + [(n, c) for n, c in components.items() if "dag" in c]
+    loop_items = _kfp_loop_items(components, spec["root"])
+    for owner, holder in dags:
+        problems += _check_kfp_dag(owner, holder, components, loop_items)
+
+    problems += _kfp_platform_executor_problems(docs[1:], executors)
+    return problems
+
+
+def _kfp_platform_spec_problems(extras: list) -> list[str]:
+    """The documents after the pipeline spec are platform specs; each must parse as the proto."""
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    problems: list[str] = []
+    for extra in extras:
+        try:
+            json_format.ParseDict(extra, pipeline_spec_pb2.PlatformSpec())
+        except json_format.ParseError as e:
+            problems.append(f"PlatformSpec: {e}")
+    return problems
+
+
+def _kfp_recurring_run_problems(path: Path) -> list[str]:
+    """Compile writes a recurring run beside the pipeline; its cron must be one KFP accepts."""
+    sidecar = path.with_name(path.stem + ".recurring-run.json")
+    if not sidecar.is_file():
+        return []
+    body = load_file(sidecar)
+    expr = ((body.get("trigger") or {}).get("cron_schedule") or {}).get("cron") if isinstance(body, dict) else None
+    return cron_problems(f"{sidecar.name}: trigger.cron_schedule.cron", [expr], "kfp")
+
+
+def _kfp_component_problems(components: dict, executors: dict) -> tuple[dict[str, list[str]], list[str]]:
+    """Components -> executors (the components using each executor), and each component's
+    parameter defaults against their declared types."""
+    problems: list[str] = []
     users: dict[str, list[str]] = {}
     for cname, comp in components.items():
         label = comp.get("executorLabel")
@@ -342,6 +374,13 @@ def check_kfp(path: Path) -> list[str]:
                     f"components.{cname}.inputDefinitions.parameters.{pname}: default {pdef['defaultValue']!r} "
                     f"is not a {pdef.get('parameterType')}"
                 )
+    return users, problems
+
+
+def _kfp_executor_problems(components: dict, executors: dict, users: dict[str, list[str]]) -> list[str]:
+    """Each container executor's image and resources, the placeholders its command uses
+    (declared by every component using it), and executors no component uses."""
+    problems: list[str] = []
     for label, ex in executors.items():
         container = ex.get("container")
         if container is None:
@@ -349,12 +388,7 @@ def check_kfp(path: Path) -> list[str]:
         bad = image_problem(f"deploymentSpec.executors.{label}.container.image", container.get("image"))
         if bad:
             problems.append(bad)
-        for field in ("resourceCpuLimit", "resourceCpuRequest", "resourceMemoryLimit", "resourceMemoryRequest"):
-            value = (container.get("resources") or {}).get(field)
-            if value is not None and "{{$" not in str(value):  # a placeholder, set from a task input
-                bad = quantity_problem(f"deploymentSpec.executors.{label}.container.resources.{field}", value)
-                if bad:
-                    problems.append(bad)
+        problems += _kfp_resource_problems(label, container)
         text = " ".join(map(str, container.get("command", []) + container.get("args", [])))
         for comp_name in users.get(label, []):
             comp = components[comp_name]
@@ -368,14 +402,26 @@ def check_kfp(path: Path) -> list[str]:
     for label in executors:
         if label not in users:
             problems.append(f"deploymentSpec.executors.{label}: no component uses it")
+    return problems
 
-    # Every DAG (root and any sub-DAG component): tasks, their wiring and bindings.
-    dags = [("root", spec["root"])] + [(n, c) for n, c in components.items() if "dag" in c]
-    loop_items = _kfp_loop_items(components, spec["root"])
-    for owner, holder in dags:
-        problems += _check_kfp_dag(owner, holder, components, loop_items)
 
-    for i, extra in enumerate(docs[1:], 1):
+def _kfp_resource_problems(label: str, container: dict) -> list[str]:
+    """CPU and memory are Kubernetes quantities; no schema checks them."""
+    problems = []
+    for field in ("resourceCpuLimit", "resourceCpuRequest", "resourceMemoryLimit", "resourceMemoryRequest"):
+        value = (container.get("resources") or {}).get(field)
+        if value is not None and "{{$" not in str(value):  # a placeholder, set from a task input
+            bad = quantity_problem(f"deploymentSpec.executors.{label}.container.resources.{field}", value)
+            if bad:
+                problems.append(bad)
+    return problems
+
+
+def _kfp_platform_executor_problems(extras: list, executors: dict) -> list[str]:
+    """A platform spec's Kubernetes settings name existing executors, and each secret as env
+    has a name and keys."""
+    problems = []
+    for extra in extras:
         k8s = (extra.get("platforms") or {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
         for label, conf in k8s.items():
             if label not in executors:
@@ -602,20 +648,8 @@ def check_azureml(path: Path) -> list[str]:
     for key, rule in (("display_name", names.display_name), ("experiment_name", names.azureml_name)):
         if key in tree:
             problems += name_problems(key, tree[key], rule)
-    comps: dict[str, dict] = {}
-    for name, node in tree["jobs"].items():
-        ref = node.get("component") if isinstance(node, dict) else None
-        if isinstance(ref, dict):
-            comps[name] = ref
-        elif isinstance(ref, str) and not ref.startswith("azureml:"):
-            file = path.parent / (ref[5:] if ref.startswith("file:") else ref)
-            if not file.is_file():
-                problems.append(f"jobs.{name}.component: no file {ref!r} next to {path.name}")
-                continue
-            loaded = _load_yaml_docs(file)
-            comps[name] = loaded[0] if loaded and isinstance(loaded[0], dict) else {}
-        else:
-            problems.append(f"jobs.{name}.component: must be a component file or an inline component, got {ref!r}")
+    comps, found = _azureml_components(path, tree["jobs"])
+    problems += found
     if problems:
         return problems
 
@@ -629,6 +663,35 @@ def check_azureml(path: Path) -> list[str]:
     if not result.passed:
         problems += [f"azure-ai-ml: {k}: {v}" for k, v in sorted(result.error_messages.items())]
 
+    problems += _azureml_command_problems(comps)
+    problems += _azureml_wiring_problems(tree, comps)
+    return schedule_problems + problems
+
+
+def _azureml_components(path: Path, jobs: dict) -> tuple[dict[str, dict], list[str]]:
+    """Each job's component: inline, or a local file next to the pipeline (loaded here, since
+    the wiring checks read its inputs and outputs). A registered ``azureml:`` one is refused."""
+    problems: list[str] = []
+    comps: dict[str, dict] = {}
+    for name, node in jobs.items():
+        ref = node.get("component") if isinstance(node, dict) else None
+        if isinstance(ref, dict):
+            comps[name] = ref
+        elif isinstance(ref, str) and not ref.startswith("azureml:"):
+            file = path.parent / (ref[5:] if ref.startswith("file:") else ref)
+            if not file.is_file():
+                problems.append(f"jobs.{name}.component: no file {ref!r} next to {path.name}")
+                continue
+            loaded = _load_yaml_docs(file)
+            comps[name] = loaded[0] if loaded and isinstance(loaded[0], dict) else {}
+        else:
+            problems.append(f"jobs.{name}.component: must be a component file or an inline component, got {ref!r}")
+    return comps, problems
+
+
+def _azureml_command_problems(comps: dict[str, dict]) -> list[str]:
+    """A component's code path is portable, and its command's placeholders are declared."""
+    problems = []
     for name, comp in comps.items():
         if "code" in comp and Path(str(comp["code"])).is_absolute():
             problems.append(f"jobs.{name}: component code path {comp['code']!r} is absolute (not portable)")
@@ -636,8 +699,12 @@ def check_azureml(path: Path) -> list[str]:
         for io, key in _AML_PLACEHOLDER.findall(str(comp.get("command", ""))):
             if key not in declared[io]:
                 problems.append(f"jobs.{name}.component.command: ${{{{{io}.{key}}}}} is not a declared {io[:-1]}")
+    return problems
 
-    parent_inputs = tree.get("inputs") or {}
+
+def _azureml_wiring_problems(tree: dict, comps: dict[str, dict]) -> list[str]:
+    """Each job's image, input bindings and outputs against its component, and no cycle."""
+    problems = []
     edges: dict[str, set[str]] = {}
     for name, node in tree["jobs"].items():
         comp = comps[name]
@@ -660,33 +727,37 @@ def check_azureml(path: Path) -> list[str]:
             ref = binding.get("path", binding.get("value")) if isinstance(binding, dict) else binding
             if explicit_type and explicit_type != decl.get("type"):
                 problems.append(f"{where}: bound as {explicit_type}, but the component declares {decl.get('type')}")
-            if not isinstance(ref, str) or "${{" not in ref:
-                continue
-            m_out, m_in = _AML_PARENT_OUT.match(ref), _AML_PARENT_IN.match(ref)
-            if m_out:
-                up, output = m_out.groups()
-                if up not in tree["jobs"]:
-                    problems.append(f"{where}: {ref} names no job {up!r}")
-                    continue
-                up_out = (comps.get(up, {}).get("outputs") or {}).get(output)
-                if up_out is None:
-                    problems.append(f"{where}: {ref}: job {up!r} has no output {output!r}")
-                    continue
-                if up_out.get("type") != decl.get("type"):
-                    problems.append(f"{where}: expects {decl.get('type')}, but {up}.{output} is {up_out.get('type')}")
-                edges[name].add(up)
-            elif m_in:
-                if m_in.group(1) not in parent_inputs:
-                    problems.append(f"{where}: {ref} names no pipeline input {m_in.group(1)!r}")
-            else:
-                problems.append(f"{where}: unrecognised reference {ref!r}")
+            if isinstance(ref, str) and "${{" in ref:
+                problems += _azureml_reference_problems(where, ref, decl, tree, comps, edges[name])
         for oname, obind in (node.get("outputs") or {}).items():
             if oname not in (comp.get("outputs") or {}):
                 problems.append(f"jobs.{name}.outputs.{oname}: component has no output {oname!r}")
     cycle = _cycle(edges)
     if cycle:
         problems.append(f"jobs: dependency cycle {' -> '.join(cycle)}")
-    return schedule_problems + problems
+    return problems
+
+
+def _azureml_reference_problems(where: str, ref: str, decl: dict, tree: dict, comps: dict, ups: set) -> list[str]:
+    """One ``${{parent...}}`` binding: an upstream job's output of the declared type (added to
+    ``ups``, the job's edges), or a pipeline input."""
+    m_out, m_in = _AML_PARENT_OUT.match(ref), _AML_PARENT_IN.match(ref)
+    if m_out:
+        up, output = m_out.groups()
+        if up not in tree["jobs"]:
+            return [f"{where}: {ref} names no job {up!r}"]
+        up_out = (comps.get(up, {}).get("outputs") or {}).get(output)
+        if up_out is None:
+            return [f"{where}: {ref}: job {up!r} has no output {output!r}"]
+        ups.add(up)
+        if up_out.get("type") != decl.get("type"):
+            return [f"{where}: expects {decl.get('type')}, but {up}.{output} is {up_out.get('type')}"]
+        return []
+    if m_in:
+        if m_in.group(1) not in (tree.get("inputs") or {}):
+            return [f"{where}: {ref} names no pipeline input {m_in.group(1)!r}"]
+        return []
+    return [f"{where}: unrecognised reference {ref!r}"]
 
 
 def _check_azureml_schedule(path: Path) -> list[str]:
