@@ -127,7 +127,7 @@ def main() -> None:
             ("data_prep", {"dataset": d / "dataset"}),
             ("train", {"dataset": d / "dataset", "adapter": d / "adapter"}),
             ("merge", {"adapter": d / "adapter", "model": d / "model"}),
-            ("onnx_build", {"model": d / "model", "onnx_model": d / "merged_int4"}),
+            ("onnx_build", {"model": d / "model", "dataset": d / "dataset", "onnx_model": d / "merged_int4"}),
         ):
             start = time.perf_counter()
             if not list(ports.values())[-1].exists():  # its output: a rerun resumes

@@ -115,7 +115,7 @@ def multi(tmp_path_factory) -> dict:
         run_stage("data_prep", tc, dataset=d / "dataset")
         run_stage("train", tc, dataset=d / "dataset", adapter=d / "adapter")
         run_stage("merge", tc, adapter=d / "adapter", model=d / "model")
-        run_stage("onnx_build", tc, model=d / "model", onnx_model=d / "merged_int4")
+        run_stage("onnx_build", tc, model=d / "model", dataset=d / "dataset", onnx_model=d / "merged_int4")
         out["tasks"][task.name] = d
     # the union the config declares is the union the adapters were trained on
     assert union_target_modules(cfg, TARGET_MODULES["phi3"]) == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]

@@ -30,6 +30,7 @@ from core.artifacts import write_json
 from core.errors import UserError
 
 from . import stage as onnx_stage
+from .build import layers as decoder_layers
 
 # PEFT target module -> the graph's modules it becomes, under attn/ or mlp/ of every layer.
 # Phi-3's fused projections are split by the builder (make_attention_unpacked_lora / make_mlp_unpacked_lora).
@@ -150,7 +151,7 @@ def build(cfg, model: Path, target_modules: list[str], out: Path) -> AdapterBase
     """Build the adapter-ready base of ``model`` (a Hugging Face folder: the *unmerged* base) for
     the union ``target_modules`` into ``out`` (absent or empty), with ``cfg.onnx``'s settings.
     On failure ``out`` is left as it was: the build happens in a sibling folder."""
-    layers = onnx_stage._layers(model)
+    layers = decoder_layers(model)
     if layers is None:
         raise UserError(f"{model}/config.json gives no num_hidden_layers; cannot list the LoRA nodes")
     excluded = lora_node_names(target_modules, layers)
