@@ -183,7 +183,27 @@ def render(
 
     matplotlib.use("Agg")
     models = ["pytorch", onnx_key]
-    labels = report["labels"]
+    parts = [
+        _head(report, onnx_key, lineage, verdict),
+        identity_section(identity or {}, lineage),
+        _config_section(lineage, config, versions),
+        _loss_section(history),
+        _confusion_section(report, models),
+        _per_class_section(report, models, onnx_key),
+        _agreement_section(report, rows, predictions, onnx_key),
+        _speed_section(report, models),
+    ]
+    if report.get("int4_search"):
+        from stages.evaluate.search_report import section
+
+        parts.append(section(report["int4_search"], _png, _table))
+    parts.append(_gate_section(verdict))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _head(report: dict, onnx_key: str, lineage: dict, verdict: dict) -> str:
+    """The title, the FAILED banner when the gate failed, and the one-line verdict."""
     esc = html.escape
     parts = [
         f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>slm-pipeline report</title>"
@@ -202,9 +222,10 @@ def render(
         f"{onnx_key} accuracy {report[onnx_key]['accuracy']:.1%} · PyTorch {report['pytorch']['accuracy']:.1%} · "
         f"agreement {report['agreement']:.1%} · {report['samples']} held-out rows</p>"
     )
-    parts.append(identity_section(identity or {}, lineage))
+    return "\n".join(parts)
 
-    # config and lineage
+
+def _config_section(lineage: dict, config: dict, versions: dict) -> str:
     lin_rows = [
         ["dataset hash", lineage.get("dataset_hash")],
         ["base model", lineage.get("base_model")],
@@ -213,7 +234,7 @@ def render(
     ]
     lin_rows += [[f"code {k}", v] for k, v in (lineage.get("code_version") or {}).items()]
     cfg_rows = [[stage, key, json.dumps(value)] for stage, params in config.items() for key, value in params.items()]
-    parts.append(
+    return (
         '<section id="config"><h2>Config and lineage</h2>'
         + _table(["", "value"], lin_rows, "mono")
         + "<h3>Package versions</h3>"
@@ -223,7 +244,8 @@ def render(
         + "</details></section>"
     )
 
-    # training loss
+
+def _loss_section(history: list[dict] | None) -> str:
     if history:
         loss = (
             _png(loss_figure(history), f"training loss by step, {len(history)} logged steps")
@@ -232,9 +254,11 @@ def render(
         )
     else:
         loss = "<p>No training log came with the merged model (it was not made by this pipeline's merge stage).</p>"
-    parts.append(f'<section id="loss"><h2>Training loss</h2>{loss}</section>')
+    return f'<section id="loss"><h2>Training loss</h2>{loss}</section>'
 
-    parts.append(
+
+def _confusion_section(report: dict, models: list[str]) -> str:
+    return (
         '<section id="confusion"><h2>Confusion matrices: PyTorch and INT4</h2>'
         + _png(
             confusion_figure(report, models),
@@ -243,6 +267,9 @@ def render(
         + "</section>"
     )
 
+
+def _per_class_section(report: dict, models: list[str], onnx_key: str) -> str:
+    labels, esc = report["labels"], html.escape
     recall = report.get("class_recall") or {"drops": {}, "flagged": [], "flag_at": None}
     pc_rows = [
         [label]
@@ -269,7 +296,7 @@ def render(
             if recall["flag_at"] is not None
             else ""
         )
-    parts.append(
+    return (
         '<section id="per-class"><h2>Per-class precision and recall</h2>'
         + _png(per_class_figure(report, models, labels), "precision and recall per class, one bar per model")
         + said
@@ -283,6 +310,8 @@ def render(
         + "</section>"
     )
 
+
+def _agreement_section(report: dict, rows: list[dict], predictions: dict, onnx_key: str) -> str:
     differ = [i for i, (a, b) in enumerate(zip(predictions["pytorch"], predictions[onnx_key])) if a != b]
     dis_rows = [
         [
@@ -295,7 +324,7 @@ def render(
         for i in differ[:MAX_DISAGREEMENTS]
     ]
     more = f"<p>… and {len(differ) - MAX_DISAGREEMENTS} more.</p>" if len(differ) > MAX_DISAGREEMENTS else ""
-    parts.append(
+    return (
         f'<section id="agreement"><h2>PyTorch vs {onnx_key} agreement</h2>'
         f"<p>The two models give the same label on {report['agreement']:.1%} of the {report['samples']} rows; "
         f"they disagree on {len(differ)}.</p>"
@@ -308,6 +337,8 @@ def render(
         + "</section>"
     )
 
+
+def _speed_section(report: dict, models: list[str]) -> str:
     env = report.get("environment") or {}
     sl_rows = [
         [
@@ -330,7 +361,7 @@ def render(
         ["platform", env.get("platform")],
     ]
     n = min((report[m].get("latency_samples") or 0) for m in models)
-    parts.append(
+    return (
         '<section id="size-latency"><h2>Size, latency and throughput</h2>'
         + _png(size_latency_figure(report, models), "size on disk and batch-1 latency p50/p95 per model")
         + _table(
@@ -360,23 +391,19 @@ def render(
         "on the same hardware and a similar load.</p></section>"
     )
 
-    if report.get("int4_search"):
-        from stages.evaluate.search_report import section
 
-        parts.append(section(report["int4_search"], _png, _table))
-
+def _gate_section(verdict: dict) -> str:
+    cls, esc = ("pass" if verdict["passed"] else "fail"), html.escape
     checks = [[c["check"], c["value"], c["threshold"], "pass" if c["ok"] else "FAIL"] for c in verdict["checks"]]
     said = (
         "PASSED: the INT4 model may be promoted"
         if verdict["passed"]
         else "FAILED: " + esc("; ".join(verdict["failures"]))
     )
-    parts.append(
+    return (
         f'<section id="gate"><h2>Quality gate</h2><p class="{cls}">{said}'
         "</p>" + _table(["check", "value", "threshold", "result"], checks) + "</section>"
     )
-    parts.append("</body></html>")
-    return "\n".join(parts)
 
 
 def write(path: Path, **kwargs) -> Path:
