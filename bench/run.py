@@ -68,8 +68,8 @@ def bench_train_step(steps: int) -> None:
 
 
 def bench_generation(run: Path) -> None:
+    from core.generators import OnnxGenerator, TorchGenerator, timed_batches
     from core.io import read_jsonl
-    from stages.evaluate.stage import OnnxGenerator, TorchGenerator, timed_batches
 
     if not (run / "evaluate").exists():
         print(f"\ngeneration: skipped, no finished run at {run} (run `make run` first)")

@@ -66,7 +66,7 @@ def main() -> int:
 
     import onnxruntime_genai as og
 
-    from stages.evaluate.stage import OnnxGenerator, timed_batches
+    from core.generators import OnnxGenerator, timed_batches
 
     prompts = prompts_for(args.rows)
     stage_gen = OnnxGenerator(Path(args.model), args.max_new)

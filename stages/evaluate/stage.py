@@ -42,10 +42,39 @@ def run(cfg, context, dataset: Path, model: Path, onnx_model: Path, metrics: Pat
     labels = read_json(dataset / "stats.json", "dataset")["labels"]
     rows = read_jsonl(dataset / "eval.jsonl")[: ec.max_samples]
     prompts, truth = [r["prompt"] for r in rows], [r["label"] for r in rows]
+    onnx_key, build_info = _onnx_build_info(onnx_model)
+    onnx_gen = OnnxGenerator(onnx_model, ec.max_new_tokens)  # first: fails fast, before the PyTorch load
+    torch_gen = TorchGenerator(model, device_for(cfg.runtime), ec.max_new_tokens)
+    report = {"labels": labels, "samples": len(rows), "environment": environment(cfg.runtime)}
+    if build_info.get("search"):  # onnx_build searched the recipe: the report plots its front
+        report["int4_search"] = build_info["search"]
+    predictions = {}
+    for name, gen in (("pytorch", torch_gen), (onnx_key, onnx_gen)):
+        report[name], predictions[name] = measure(name, gen, prompts, truth, labels, ec)
+    drop = _compare(report, predictions, onnx_key, ec)
+    verdict = quality_gate(report, onnx_key, labels, ec, drop)
+    report["verdict"] = verdict  # metrics.json (or, failed, metrics.rejected.json) keeps it with the numbers
+    write_json(metrics / "metrics.json", report)
+    page = write_report(report, onnx_key, rows, predictions, model, context, verdict, metrics / "report.html")
+    if verdict["failures"]:
+        # The Metrics output is not sealed on a failed gate: the numbers and the same page, with its
+        # FAILED banner, go beside where it would have been. Only these paths are named.
+        rejected, rejected_page = rejected_paths(context)
+        write_json(rejected, report)
+        shutil.copyfile(page, rejected_page)
+        log.info("report: %s", rejected_page)
+        raise QualityGateError(
+            "quality gate failed: " + "; ".join(verdict["failures"]) + f" (full report: {rejected}, {rejected_page})"
+        )
+    log.info("report: %s", context.finals["metrics"] / "report.html")
+
+
+def _onnx_build_info(onnx_model: Path) -> tuple[str, dict]:
+    """The report's key for the ONNX model (``onnx_int4``) and its build_info.json; a CUDA build on an
+    onnxruntime without the CUDA provider is a one-line error here, before anything loads."""
     if not (onnx_model / "genai_config.json").is_file():
         raise UserError(f"{onnx_model} has no genai_config.json; it is not an onnxruntime-genai model")
     build_info = read_json(onnx_model / "build_info.json", "onnx model")
-    onnx_key = f"onnx_{build_info.get('precision', 'int4')}"
     if build_info.get("execution_provider") == "cuda":
         import onnxruntime
 
@@ -55,49 +84,52 @@ def run(cfg, context, dataset: Path, model: Path, onnx_model: Path, metrics: Pat
                 "CUDAExecutionProvider: install onnxruntime-gpu (and onnxruntime-genai-cuda) in the evaluate image, "
                 "or build with onnx.execution_provider=cpu"
             )
-    onnx_gen = OnnxGenerator(onnx_model, ec.max_new_tokens)  # first: fails fast, before the PyTorch load
-    torch_gen = TorchGenerator(model, device_for(cfg.runtime), ec.max_new_tokens)
-    report = {"labels": labels, "samples": len(rows), "environment": environment(cfg.runtime)}
-    if build_info.get("search"):  # onnx_build searched the recipe: the report plots its front
-        report["int4_search"] = build_info["search"]
-    predictions = {}
-    for name, gen in (("pytorch", torch_gen), (onnx_key, onnx_gen)):
-        gen.generate(prompts[: ec.batch_size])  # warm-up (CUDA context, kernels, allocator): not timed
-        gen.generated_tokens = 0
-        load_before = _loadavg()
-        with Progress(f"evaluate {name}", total=len(prompts), unit="rows") as progress:
-            texts, speed = timed_batches(gen, prompts, ec.batch_size, progress)
-        predicted = [parse_label(t, labels) for t in texts]
-        with Progress(
-            f"evaluate {name} latency (batch 1)", total=min(LATENCY_SAMPLES, len(prompts)), unit="prompts"
-        ) as progress:
-            latencies = []
-            for p in prompts[:LATENCY_SAMPLES]:
-                latencies.append(timed(gen, [p])[1])
-                progress.update(1)
-        report[name] = {
-            **classification_report(truth, predicted, labels),
-            **speed,
-            "batch_size": ec.batch_size,
-            "latency_samples": len(latencies),
-            "load_average": {"before": load_before, "after": _loadavg()},
-            "latency_ms_p50": round(percentile(latencies, 0.5) * 1000, 2),
-            "latency_ms_p95": round(percentile(latencies, 0.95) * 1000, 2),
-            "size_bytes": folder_bytes(gen.path),
-            "examples": [
-                {"prompt": p[-80:], "generated": t, "label": y} for p, t, y in list(zip(prompts, texts, truth))[:5]
-            ],
-        }
-        predictions[name] = predicted
-        log.info(
-            "%s: accuracy %.3f, macro-F1 %.3f, %.0f tokens/s",
-            name,
-            report[name]["accuracy"],
-            report[name]["macro_f1"],
-            speed["tokens_per_second"],
-        )
+    return f"onnx_{build_info.get('precision', 'int4')}", build_info
 
-    agreement = sum(a == b for a, b in zip(predictions["pytorch"], predictions[onnx_key])) / len(rows)
+
+def measure(name: str, gen, prompts: list[str], truth: list[str], labels: list[str], ec) -> tuple[dict, list]:
+    """One model over the eval rows: its classification report, batched throughput and batch-1
+    latency. Returns (the report's entry for it, its parsed label per row)."""
+    gen.generate(prompts[: ec.batch_size])  # warm-up (CUDA context, kernels, allocator): not timed
+    gen.generated_tokens = 0
+    load_before = _loadavg()
+    with Progress(f"evaluate {name}", total=len(prompts), unit="rows") as progress:
+        texts, speed = timed_batches(gen, prompts, ec.batch_size, progress)
+    predicted = [parse_label(t, labels) for t in texts]
+    with Progress(
+        f"evaluate {name} latency (batch 1)", total=min(LATENCY_SAMPLES, len(prompts)), unit="prompts"
+    ) as progress:
+        latencies = []
+        for p in prompts[:LATENCY_SAMPLES]:
+            latencies.append(timed(gen, [p])[1])
+            progress.update(1)
+    entry = {
+        **classification_report(truth, predicted, labels),
+        **speed,
+        "batch_size": ec.batch_size,
+        "latency_samples": len(latencies),
+        "load_average": {"before": load_before, "after": _loadavg()},
+        "latency_ms_p50": round(percentile(latencies, 0.5) * 1000, 2),
+        "latency_ms_p95": round(percentile(latencies, 0.95) * 1000, 2),
+        "size_bytes": folder_bytes(gen.path),
+        "examples": [
+            {"prompt": p[-80:], "generated": t, "label": y} for p, t, y in list(zip(prompts, texts, truth))[:5]
+        ],
+    }
+    log.info(
+        "%s: accuracy %.3f, macro-F1 %.3f, %.0f tokens/s",
+        name,
+        entry["accuracy"],
+        entry["macro_f1"],
+        speed["tokens_per_second"],
+    )
+    return entry, predicted
+
+
+def _compare(report: dict, predictions: dict, onnx_key: str, ec) -> float:
+    """Agreement, the summary and the gate's settings into ``report``; returns PyTorch's accuracy
+    minus the ONNX model's."""
+    agreement = sum(a == b for a, b in zip(predictions["pytorch"], predictions[onnx_key])) / report["samples"]
     drop = report["pytorch"]["accuracy"] - report[onnx_key]["accuracy"]
     report["agreement"] = round(agreement, 4)
     report["summary"] = {
@@ -111,7 +143,12 @@ def run(cfg, context, dataset: Path, model: Path, onnx_model: Path, metrics: Pat
         "max_int4_drop": ec.max_int4_drop,
         "max_class_recall_drop": ec.max_class_recall_drop,
     }
+    return drop
 
+
+def quality_gate(report: dict, onnx_key: str, labels: list[str], ec, drop: float) -> dict:
+    """The verdict: passed, the failures (one line each) and every check with its value and threshold.
+    Also records the per-class recall drops in ``report["class_recall"]``."""
     failures = []
     if report[onnx_key]["accuracy"] < ec.min_accuracy:
         failures.append(
@@ -124,7 +161,7 @@ def run(cfg, context, dataset: Path, model: Path, onnx_model: Path, metrics: Pat
     )
     if failure:
         failures.append(failure)
-    verdict = {
+    return {
         "passed": not failures,
         "failures": failures,
         "checks": [
@@ -143,20 +180,6 @@ def run(cfg, context, dataset: Path, model: Path, onnx_model: Path, metrics: Pat
             *checks_per_class,
         ],
     }
-    report["verdict"] = verdict  # metrics.json (or, failed, metrics.rejected.json) keeps it with the numbers
-    write_json(metrics / "metrics.json", report)
-    page = write_report(report, onnx_key, rows, predictions, model, context, verdict, metrics / "report.html")
-    if failures:
-        # The Metrics output is not sealed on a failed gate: the numbers and the same page, with its
-        # FAILED banner, go beside where it would have been. Only these paths are named.
-        rejected, rejected_page = rejected_paths(context)
-        write_json(rejected, report)
-        shutil.copyfile(page, rejected_page)
-        log.info("report: %s", rejected_page)
-        raise QualityGateError(
-            "quality gate failed: " + "; ".join(failures) + f" (full report: {rejected}, {rejected_page})"
-        )
-    log.info("report: %s", context.finals["metrics"] / "report.html")
 
 
 def class_recall_check(report: dict, onnx_key: str, labels: list[str], limit: float | None):
