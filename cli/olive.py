@@ -225,6 +225,25 @@ def import_olive_config(olive: dict, source: Path | str = "olive config") -> Oli
     data_configs = _data_configs(olive, r)
     passes = _passes(olive, r)
     used_data: set[str] = set()
+    lora_seen = _map_passes(passes, r, imp, data_configs, used_data, folder)
+    if passes and not lora_seen:
+        r.fail("passes", "no LoRA or QLoRA pass: this pipeline fine-tunes; there is nothing to import as training")
+    _systems(olive, r, imp)
+    _data_configs_unused(data_configs, used_data, imp)
+    _top_level(olive, imp)
+
+    # Every leaf is mapped or listed: whatever the code above did not read is "not imported".
+    accounted = set(imp.mapped) | set(imp.ignored)
+    for leaf in _leaves(olive, ""):
+        if not _covered(leaf, accounted):
+            imp.skip(leaf, "no equivalent here")
+    _check_values(imp, r)
+    return imp
+
+
+def _map_passes(passes: list, r: _Reader, imp: OliveImport, data_configs: dict, used: set, folder: Path) -> bool:
+    """Each Olive pass onto its stage: the first LoRA/QLoRA pass onto train, MergeAdapterWeights
+    onto merge, the first ModelBuilder onto onnx_build; others listed. True when a LoRA pass was seen."""
     lora_seen = builder_seen = False
     for key, ptype, conf, opt_key in passes:
         kind = ptype.lower()
@@ -235,7 +254,7 @@ def import_olive_config(olive: dict, source: Path | str = "olive config") -> Oli
             lora_seen = True
             imp.note(f"{key}.type", f"the train stage ({ptype})")
             imp.set("train.quantization", LORA_PASSES[kind], f"{key}.type")
-            _lora(conf, opt_key, kind, r, imp, data_configs, used_data, folder)
+            _lora(conf, opt_key, kind, r, imp, data_configs, used, folder)
         elif kind == MERGE_PASS:
             imp.note(f"{key}.type", "merge stage")
             for k in conf:
@@ -252,19 +271,7 @@ def import_olive_config(olive: dict, source: Path | str = "olive config") -> Oli
                 key,
                 f"pass type {ptype!r} has no stage here (the DAG is LoRA/QLoRA -> MergeAdapterWeights -> ModelBuilder)",
             )
-    if passes and not lora_seen:
-        r.fail("passes", "no LoRA or QLoRA pass: this pipeline fine-tunes; there is nothing to import as training")
-    _systems(olive, r, imp)
-    _data_configs_unused(data_configs, used_data, imp)
-    _top_level(olive, imp)
-
-    # Every leaf is mapped or listed: whatever the code above did not read is "not imported".
-    accounted = set(imp.mapped) | set(imp.ignored)
-    for leaf in _leaves(olive, ""):
-        if not _covered(leaf, accounted):
-            imp.skip(leaf, "no equivalent here")
-    _check_values(imp, r)
-    return imp
+    return lora_seen
 
 
 def import_olive(olive: dict, source: Path | str = "olive config") -> dict:
@@ -458,45 +465,59 @@ def _lora(
         elif k == "eval_data_config":
             _eval_data(v, k_key, r, imp, data_configs, used, folder)
         elif k == "eval_dataset_size":
-            size = r.number(v, k_key)
-            if 0 < size < 1:
-                imp.set("data.eval_fraction", size, k_key)
-            elif size >= 1:
-                imp.skip(
-                    k_key, f"an absolute count ({v}); the held-out split here is a fraction: set data.eval_fraction"
-                )
-            else:
-                r.fail(k_key, f"{v} must be a fraction between 0 and 1 or a positive count")
+            _eval_dataset_size(v, k_key, r, imp)
         elif k == "training_args":
-            args = r.obj(v, k_key)
-            for a, av in args.items():
-                a_key = f"{k_key}.{a}"
-                if a in _TRAIN_ARGS:
-                    ours = _TRAIN_ARGS[a]
-                    if a in ("max_steps", "warmup_steps") and av == -1:
-                        imp.note(a_key, "-1: the default")
-                        continue
-                    value = r.number(av, a_key) if a in ("learning_rate", "weight_decay") else r.integer(av, a_key)
-                    imp.set(ours, value, a_key)
-                elif a == "gradient_checkpointing":
-                    imp.set("train.gradient_checkpointing", "on" if r.boolean(av, a_key) else "off", a_key)
-                elif a in _TRAIN_ARGS_NOTED:
-                    imp.skip(a_key, _TRAIN_ARGS_NOTED[a])
-                else:
-                    imp.skip(a_key, "a transformers TrainingArguments option with no equivalent here")
+            _training_args(v, k_key, r, imp)
         elif kind == "qlora" and k in ("quant_type", "double_quant", "compute_dtype"):
-            if k == "quant_type" and str(v).lower() != "nf4":
-                r.fail(k_key, f"{v!r}: only nf4 4-bit quantization is supported")
-            imp.note(
-                k_key,
-                {
-                    "quant_type": "nf4 (train.quantization)",
-                    "double_quant": "double quantization is always on with nf4",
-                    "compute_dtype": "bf16 compute on GPU, fp32 on CPU",
-                }[k],
-            )
+            _qlora_option(k, v, k_key, r, imp)
         else:
             imp.skip(k_key, f"a {kind} pass option with no equivalent here")
+
+
+def _eval_dataset_size(v, k_key: str, r: _Reader, imp: OliveImport) -> None:
+    """Olive's held-out size is a fraction or a count; only a fraction maps onto ours."""
+    size = r.number(v, k_key)
+    if 0 < size < 1:
+        imp.set("data.eval_fraction", size, k_key)
+    elif size >= 1:
+        imp.skip(k_key, f"an absolute count ({v}); the held-out split here is a fraction: set data.eval_fraction")
+    else:
+        r.fail(k_key, f"{v} must be a fraction between 0 and 1 or a positive count")
+
+
+def _training_args(v, k_key: str, r: _Reader, imp: OliveImport) -> None:
+    """The transformers TrainingArguments a LoRA pass carries: the ones we have are set, the
+    rest listed as skipped with the reason."""
+    args = r.obj(v, k_key)
+    for a, av in args.items():
+        a_key = f"{k_key}.{a}"
+        if a in _TRAIN_ARGS:
+            ours = _TRAIN_ARGS[a]
+            if a in ("max_steps", "warmup_steps") and av == -1:
+                imp.note(a_key, "-1: the default")
+                continue
+            value = r.number(av, a_key) if a in ("learning_rate", "weight_decay") else r.integer(av, a_key)
+            imp.set(ours, value, a_key)
+        elif a == "gradient_checkpointing":
+            imp.set("train.gradient_checkpointing", "on" if r.boolean(av, a_key) else "off", a_key)
+        elif a in _TRAIN_ARGS_NOTED:
+            imp.skip(a_key, _TRAIN_ARGS_NOTED[a])
+        else:
+            imp.skip(a_key, "a transformers TrainingArguments option with no equivalent here")
+
+
+def _qlora_option(k: str, v, k_key: str, r: _Reader, imp: OliveImport) -> None:
+    """QLoRA's quantization options are fixed here (nf4, double quant): noted, or refused."""
+    if k == "quant_type" and str(v).lower() != "nf4":
+        r.fail(k_key, f"{v!r}: only nf4 4-bit quantization is supported")
+    imp.note(
+        k_key,
+        {
+            "quant_type": "nf4 (train.quantization)",
+            "double_quant": "double quantization is always on with nf4",
+            "compute_dtype": "bf16 compute on GPU, fp32 on CPU",
+        }[k],
+    )
 
 
 def _data_config(ref, key: str, r: _Reader, data_configs: dict, used: set) -> tuple[str, dict]:
@@ -692,6 +713,24 @@ def _builder(conf: dict, key: str, r: _Reader, imp: OliveImport) -> None:
 def _systems(olive: dict, r: _Reader, imp: OliveImport) -> None:
     engine = r.obj(olive.get("engine"), "engine")
     systems = r.obj(olive.get("systems"), "systems")
+    target = _engine_systems(olive, engine, systems, r, imp)
+    chosen = target if isinstance(target, str) else (next(iter(systems)) if len(systems) == 1 else None)
+    for name, system in systems.items():
+        skey = f"systems.{name}"
+        system = r.obj(system, skey, optional=False)
+        stype = r.string(system.get("type", "LocalSystem"), f"{skey}.type")
+        if stype != "LocalSystem":
+            imp.skip(skey, f"a {stype} system: run on a cluster with pipeline.py submit --target kfp|azureml|argo")
+            continue
+        imp.note(f"{skey}.type", "this machine, or the cluster's nodes")
+        conf_key, accs = _local_system(system, skey, r, imp)
+        for i, acc in enumerate(accs):
+            _accelerator(acc, f"{conf_key}.accelerators[{i}]", name, chosen, r, imp)
+
+
+def _engine_systems(olive: dict, engine: dict, systems: dict, r: _Reader, imp: OliveImport):
+    """The target and host systems the engine (or, in older configs, the top level) names;
+    returns the target, a system's name or an inline system."""
     target_key = "engine.target" if "target" in engine else "target"
     target = engine.get("target", olive.get("target"))
     host_key = "engine.host" if "host" in engine else "host"
@@ -713,69 +752,64 @@ def _systems(olive: dict, r: _Reader, imp: OliveImport) -> None:
         else:
             r.obj(value, key)
             imp.skip(key, "an inline system: name one in systems")
-    chosen = target if isinstance(target, str) else (next(iter(systems)) if len(systems) == 1 else None)
-    for name, system in systems.items():
-        skey = f"systems.{name}"
-        system = r.obj(system, skey, optional=False)
-        stype = r.string(system.get("type", "LocalSystem"), f"{skey}.type")
-        if stype != "LocalSystem":
-            imp.skip(skey, f"a {stype} system: run on a cluster with pipeline.py submit --target kfp|azureml|argo")
-            continue
-        imp.note(f"{skey}.type", "this machine, or the cluster's nodes")
-        conf = system
-        conf_key = skey
-        if "config" in system:
-            conf = r.obj(system["config"], f"{skey}.config")
-            conf_key = f"{skey}.config"
-        accs = conf.get("accelerators", [])
-        if not isinstance(accs, list):
-            r.fail(f"{conf_key}.accelerators", f"expected a list, got {_kind(accs)}")
-        for k in conf:
-            if k not in ("accelerators",) and not (conf is system and k == "type"):
-                imp.skip(f"{conf_key}.{k}", "a system option with no equivalent here")
-        for i, acc in enumerate(accs):
-            akey = f"{conf_key}.accelerators[{i}]"
-            acc = r.obj(acc, akey, optional=False)
-            device = None
-            if "device" in acc:
-                device = r.string(acc["device"], f"{akey}.device").lower()
-                if device not in ("gpu", "cpu"):
-                    r.fail(f"{akey}.device", f"{acc['device']!r}: expected gpu or cpu")
-            providers = (
-                r.strings(acc.get("execution_providers", []) or [], f"{akey}.execution_providers")
-                if acc.get("execution_providers")
-                else []
+    return target
+
+
+def _local_system(system: dict, skey: str, r: _Reader, imp: OliveImport) -> tuple[str, list]:
+    """A LocalSystem's options (under ``config`` in older configs): only its accelerators map;
+    returns their key's prefix and the list."""
+    conf = system
+    conf_key = skey
+    if "config" in system:
+        conf = r.obj(system["config"], f"{skey}.config")
+        conf_key = f"{skey}.config"
+    accs = conf.get("accelerators", [])
+    if not isinstance(accs, list):
+        r.fail(f"{conf_key}.accelerators", f"expected a list, got {_kind(accs)}")
+    for k in conf:
+        if k not in ("accelerators",) and not (conf is system and k == "type"):
+            imp.skip(f"{conf_key}.{k}", "a system option with no equivalent here")
+    return conf_key, accs
+
+
+def _accelerator(acc, akey: str, name: str, chosen: str | None, r: _Reader, imp: OliveImport) -> None:
+    """One accelerator: its device (given, or read from its execution providers) sets
+    runtime.device and onnx.execution_provider when its system is the target."""
+    acc = r.obj(acc, akey, optional=False)
+    device = None
+    if "device" in acc:
+        device = r.string(acc["device"], f"{akey}.device").lower()
+        if device not in ("gpu", "cpu"):
+            r.fail(f"{akey}.device", f"{acc['device']!r}: expected gpu or cpu")
+    providers = (
+        r.strings(acc.get("execution_providers", []) or [], f"{akey}.execution_providers")
+        if acc.get("execution_providers")
+        else []
+    )
+    unknown = [p for p in providers if p not in _GPU_PROVIDERS | _CPU_PROVIDERS]
+    for j, p in enumerate(providers):
+        if p in unknown:
+            imp.skip(
+                f"{akey}.execution_providers[{j}]"
+                if isinstance(acc["execution_providers"], list)
+                else f"{akey}.execution_providers",
+                f"{p}: models are built for cpu or cuda",
             )
-            unknown = [p for p in providers if p not in _GPU_PROVIDERS | _CPU_PROVIDERS]
-            for j, p in enumerate(providers):
-                if p in unknown:
-                    imp.skip(
-                        f"{akey}.execution_providers[{j}]"
-                        if isinstance(acc["execution_providers"], list)
-                        else f"{akey}.execution_providers",
-                        f"{p}: models are built for cpu or cuda",
-                    )
-            if device is None:
-                device = (
-                    "gpu"
-                    if any(p in _GPU_PROVIDERS for p in providers)
-                    else "cpu"
-                    if providers and not unknown
-                    else None
-                )
-            if name != chosen or device is None:
-                if name != chosen:
-                    imp.skip(akey, f"system {name!r} is not the target")
-                continue
-            ours = "cuda" if device == "gpu" else "cpu"
-            src = f"{akey}.device" if "device" in acc else f"{akey}.execution_providers"
-            imp.set("runtime.device", ours, src)
-            imp.set("onnx.execution_provider", ours, src)
-            if "device" in acc and providers and not unknown:
-                imp.note(f"{akey}.execution_providers", f"onnx.execution_provider={ours}")
-            for k in acc:
-                if k not in ("device", "execution_providers"):
-                    imp.skip(f"{akey}.{k}", "an accelerator option with no equivalent here")
+    if device is None:
+        device = "gpu" if any(p in _GPU_PROVIDERS for p in providers) else "cpu" if providers and not unknown else None
+    if name != chosen or device is None:
+        if name != chosen:
+            imp.skip(akey, f"system {name!r} is not the target")
+        return
+    ours = "cuda" if device == "gpu" else "cpu"
+    src = f"{akey}.device" if "device" in acc else f"{akey}.execution_providers"
+    imp.set("runtime.device", ours, src)
+    imp.set("onnx.execution_provider", ours, src)
+    if "device" in acc and providers and not unknown:
+        imp.note(f"{akey}.execution_providers", f"onnx.execution_provider={ours}")
+    for k in acc:
+        if k not in ("device", "execution_providers"):
+            imp.skip(f"{akey}.{k}", "an accelerator option with no equivalent here")
 
 
 _TOP_NOTES = {
