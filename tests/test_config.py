@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import cli.olive  # noqa: F401 - plugs the Olive import into load_config, as pipeline.py does
 from core.config import Config, load_config
 from core.errors import UserError
 
