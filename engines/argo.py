@@ -96,32 +96,13 @@ def template_argv(step: Step, cfg: Config) -> list[str]:
 
 def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
     """Everything a Workflow and a CronWorkflow share, as hera constructor arguments."""
-    from hera.workflows import (
-        DAG,
-        Artifact,
-        Container,
-        Env,
-        Parameter,
-        Resources,
-        RetryStrategy,
-        SecretEnv,
-        Task,
-    )
+    from hera.workflows import DAG, Parameter, Task
     from hera.workflows.models import (
-        ArchiveStrategy,
         ArtifactRepositoryRef,
-        Backoff,
-        NoneStrategy,
         PersistentVolumeClaimVolumeSource,
         PodSecurityContext,
-        Toleration,
-        ValueFrom,
         Volume,
-        VolumeMount,
     )
-
-    from core.artifacts import PARAMETERS_DIR_ENV
-    from runtime import promotion
 
     from .docker import IMAGE_GID
 
@@ -132,85 +113,13 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
     templates: dict[str, Any] = {}
     extra_templates: list[Any] = []  # the multi-node stages' inner templates
     for step in dag:
-        spec = step.spec
-        res = spec.resources(cfg)
-        env: list[Any] = [Env(name=k, value=v) for k, v in STAGE_ENV.items()]
-        if s.cache_claim:
-            env += [Env(name=k, value=v) for k, v in CACHE_ENV.items()]
-        if s.hf_token_secret and needs_hf_token(spec, cfg):
-            env.append(
-                SecretEnv(name=s.hf_token_env, secret_name=s.hf_token_secret, secret_key=s.hf_token_key, optional=True)
-            )
-        if spec.out_params:
-            env.append(Env(name=PARAMETERS_DIR_ENV, value=PARAMS_DIR))
-        promoting = promotion.promotes(spec)
-        if promoting:
-            env.append(Env(name=promotion.PROMOTION_FILE_ENV, value=PROMOTION_PATH))
-        argv = template_argv(step, cfg)
-        if trainjob.multi_node(spec, cfg):  # a nested DAG: stage the data in, the TrainJob, collect
+        env = _stage_env(step.spec, cfg, s)
+        if trainjob.multi_node(step.spec, cfg):  # a nested DAG: stage the data in, the TrainJob, collect
             templates[step.name] = _trainjob_dag(step, cfg, s, env, extra_templates)
             continue
-        templates[step.name] = Container(
-            name=k8s_name(step.name),
-            image=image_for(spec, cfg),
-            command=argv[:3],
-            args=argv[3:],
-            inputs=[Artifact(name=p.name, path=f"{IN_DIR}/{p.name}") for p in spec.inputs]
-            + [Parameter(name=param_name(k)) for k in task_params(spec, cfg)],
-            outputs=[
-                Artifact(name=p.name, path=f"{OUT_DIR}/{p.name}", archive=ArchiveStrategy(none=NoneStrategy()))
-                for p in spec.outputs
-            ]
-            + [Parameter(name=p.name, value_from=ValueFrom(path=f"{PARAMS_DIR}/{p.name}")) for p in spec.out_params]
-            + (
-                [Artifact(name=PROMOTION_ARTIFACT, path=PROMOTION_PATH, archive=ArchiveStrategy(none=NoneStrategy()))]
-                if promoting
-                else []
-            ),
-            resources=Resources(
-                cpu_request=res.cpu,
-                cpu_limit=res.cpu,
-                memory_request=f"{res.memory_gb}Gi",
-                memory_limit=f"{res.memory_gb}Gi",
-                gpus=res.gpu or None,
-                gpu_flag=GPU_RESOURCE,
-            ),
-            # limit and factor as strings: Argo's JSON schema types them so (its CRD takes either).
-            retry_strategy=RetryStrategy(
-                limit=str(s.retries),
-                retry_policy="Always",
-                expression=retry_expression(),
-                backoff=Backoff(duration=f"{s.retry_backoff_seconds}s", factor="2", cap=BACKOFF_CAP),
-            ),
-            env=env,
-            volume_mounts=[VolumeMount(name=CACHE_VOLUME, mount_path=CACHE_MOUNT)] if s.cache_claim else None,
-            tolerations=[Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")]
-            if (res.gpu and s.gpu_toleration)
-            else None,
-        )
-    tasks = []
-    for step in dag:
-        arguments: list[Any] = []
-        for port_name, (up, out) in step.wires.items():
-            arguments.append(Artifact(name=port_name, from_=f"{{{{tasks.{k8s_name(up)}.outputs.artifacts.{out}}}}}"))
-        for key, value in task_params(step.spec, cfg).items():
-            if key in run_params:
-                arguments.append(
-                    Parameter(name=param_name(key), value=f"{{{{workflow.parameters.{param_name(key)}}}}}")
-                )
-            else:
-                if "{{" in encode(value):
-                    raise UserError(f"{step.name}: {key} = {value!r}: Argo would read '{{{{' as a template tag")
-                arguments.append(Parameter(name=param_name(key), value=encode(value)))
-        tasks.append((step, arguments))
-
-    # The data-change trigger: every step behind the DAG's condition gets the same `when`. Argo
-    # counts a skipped dependency as done, so each gated task must test it, not only the first.
-    gated = dag.gated()
-    when = None
-    if gated:
-        c = dag.condition
-        when = f"{{{{tasks.{k8s_name(c.step)}.outputs.parameters.{c.param}}}}} == {c.equals}"
+        templates[step.name] = _container(step, cfg, s, env)
+    tasks = [(step, _task_arguments(step, cfg, run_params)) for step in dag]
+    gated, when = dag.gated(), _when(dag)
 
     def build_dag():
         with DAG(name=ENTRYPOINT) as main:
@@ -247,6 +156,105 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
         templates=list(templates.values()) + extra_templates,
         _dag=build_dag,
     )
+
+
+def _stage_env(spec, cfg: Config, s) -> list[Any]:
+    """A stage container's environment: the stage's own, the cache, the HF token secret, and where
+    output parameters and the promotion record go."""
+    from hera.workflows import Env, SecretEnv
+
+    from core.artifacts import PARAMETERS_DIR_ENV
+    from runtime import promotion
+
+    env: list[Any] = [Env(name=k, value=v) for k, v in STAGE_ENV.items()]
+    if s.cache_claim:
+        env += [Env(name=k, value=v) for k, v in CACHE_ENV.items()]
+    if s.hf_token_secret and needs_hf_token(spec, cfg):
+        env.append(
+            SecretEnv(name=s.hf_token_env, secret_name=s.hf_token_secret, secret_key=s.hf_token_key, optional=True)
+        )
+    if spec.out_params:
+        env.append(Env(name=PARAMETERS_DIR_ENV, value=PARAMS_DIR))
+    if promotion.promotes(spec):
+        env.append(Env(name=promotion.PROMOTION_FILE_ENV, value=PROMOTION_PATH))
+    return env
+
+
+def _container(step, cfg: Config, s, env: list[Any]):
+    """One stage as a container template: its ports as artifacts, its parameters, resources, retries."""
+    from hera.workflows import Artifact, Container, Parameter, Resources, RetryStrategy
+    from hera.workflows.models import ArchiveStrategy, Backoff, NoneStrategy, Toleration, ValueFrom, VolumeMount
+
+    from runtime import promotion
+
+    spec = step.spec
+    res = spec.resources(cfg)
+    argv = template_argv(step, cfg)
+    return Container(
+        name=k8s_name(step.name),
+        image=image_for(spec, cfg),
+        command=argv[:3],
+        args=argv[3:],
+        inputs=[Artifact(name=p.name, path=f"{IN_DIR}/{p.name}") for p in spec.inputs]
+        + [Parameter(name=param_name(k)) for k in task_params(spec, cfg)],
+        outputs=[
+            Artifact(name=p.name, path=f"{OUT_DIR}/{p.name}", archive=ArchiveStrategy(none=NoneStrategy()))
+            for p in spec.outputs
+        ]
+        + [Parameter(name=p.name, value_from=ValueFrom(path=f"{PARAMS_DIR}/{p.name}")) for p in spec.out_params]
+        + (
+            [Artifact(name=PROMOTION_ARTIFACT, path=PROMOTION_PATH, archive=ArchiveStrategy(none=NoneStrategy()))]
+            if promotion.promotes(spec)
+            else []
+        ),
+        resources=Resources(
+            cpu_request=res.cpu,
+            cpu_limit=res.cpu,
+            memory_request=f"{res.memory_gb}Gi",
+            memory_limit=f"{res.memory_gb}Gi",
+            gpus=res.gpu or None,
+            gpu_flag=GPU_RESOURCE,
+        ),
+        # limit and factor as strings: Argo's JSON schema types them so (its CRD takes either).
+        retry_strategy=RetryStrategy(
+            limit=str(s.retries),
+            retry_policy="Always",
+            expression=retry_expression(),
+            backoff=Backoff(duration=f"{s.retry_backoff_seconds}s", factor="2", cap=BACKOFF_CAP),
+        ),
+        env=env,
+        volume_mounts=[VolumeMount(name=CACHE_VOLUME, mount_path=CACHE_MOUNT)] if s.cache_claim else None,
+        tolerations=[Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")]
+        if (res.gpu and s.gpu_toleration)
+        else None,
+    )
+
+
+def _task_arguments(step, cfg: Config, run_params: dict) -> list[Any]:
+    """A DAG task's arguments: its wires as artifacts from the upstream task, its parameters from the
+    run's parameters where the run may change them, else as constants."""
+    from hera.workflows import Artifact, Parameter
+
+    arguments: list[Any] = []
+    for port_name, (up, out) in step.wires.items():
+        arguments.append(Artifact(name=port_name, from_=f"{{{{tasks.{k8s_name(up)}.outputs.artifacts.{out}}}}}"))
+    for key, value in task_params(step.spec, cfg).items():
+        if key in run_params:
+            arguments.append(Parameter(name=param_name(key), value=f"{{{{workflow.parameters.{param_name(key)}}}}}"))
+        else:
+            if "{{" in encode(value):
+                raise UserError(f"{step.name}: {key} = {value!r}: Argo would read '{{{{' as a template tag")
+            arguments.append(Parameter(name=param_name(key), value=encode(value)))
+    return arguments
+
+
+def _when(dag: Pipeline) -> str | None:
+    """The data-change trigger: every step behind the DAG's condition gets the same `when`. Argo
+    counts a skipped dependency as done, so each gated task must test it, not only the first."""
+    if not dag.gated():
+        return None
+    c = dag.condition
+    return f"{{{{tasks.{k8s_name(c.step)}.outputs.parameters.{c.param}}}}} == {c.equals}"
 
 
 # A TrainJob's first condition once its JobSet ended (engines/trainjob.py). Argo reads these as label
