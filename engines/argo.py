@@ -97,14 +97,6 @@ def template_argv(step: Step, cfg: Config) -> list[str]:
 def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
     """Everything a Workflow and a CronWorkflow share, as hera constructor arguments."""
     from hera.workflows import DAG, Parameter, Task
-    from hera.workflows.models import (
-        ArtifactRepositoryRef,
-        PersistentVolumeClaimVolumeSource,
-        PodSecurityContext,
-        Volume,
-    )
-
-    from .docker import IMAGE_GID
 
     s = settings(cfg, "argo")
     check_names(dag, cfg)
@@ -137,24 +129,34 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
         entrypoint=ENTRYPOINT,
         namespace=s.namespace,
         service_account_name=s.service_account,
-        artifact_repository_ref=ArtifactRepositoryRef(
-            config_map=s.artifact_repository_configmap, key=s.artifact_repository_key
-        )
-        if s.artifact_repository_key
-        else None,
-        volumes=[
-            Volume(
-                name=CACHE_VOLUME, persistent_volume_claim=PersistentVolumeClaimVolumeSource(claim_name=s.cache_claim)
-            )
-        ]
-        if s.cache_claim
-        else None,
-        # The images run as 10001:10001; fsGroup makes the cache volume writable for them.
-        security_context=PodSecurityContext(fs_group=IMAGE_GID) if s.cache_claim else None,
+        **_storage(s),
         arguments=[Parameter(name=param_name(k), value=encode(v)) for k, v in run_params.items()],
         labels={"app.kubernetes.io/name": k8s_name(dag.name), "slm-pipeline/config": k8s_name(cfg.name)},
         templates=list(templates.values()) + extra_templates,
         _dag=build_dag,
+    )
+
+
+def _storage(s) -> dict[str, Any]:
+    """The artifact repository and the cache volume, as Workflow arguments."""
+    from hera.workflows.models import (
+        ArtifactRepositoryRef,
+        PersistentVolumeClaimVolumeSource,
+        PodSecurityContext,
+        Volume,
+    )
+
+    from .docker import IMAGE_GID
+
+    repository = s.artifact_repository_key and ArtifactRepositoryRef(
+        config_map=s.artifact_repository_configmap, key=s.artifact_repository_key
+    )
+    claim = s.cache_claim and PersistentVolumeClaimVolumeSource(claim_name=s.cache_claim)
+    return dict(
+        artifact_repository_ref=repository or None,
+        volumes=[Volume(name=CACHE_VOLUME, persistent_volume_claim=claim)] if claim else None,
+        # The images run as 10001:10001; fsGroup makes the cache volume writable for them.
+        security_context=PodSecurityContext(fs_group=IMAGE_GID) if s.cache_claim else None,
     )
 
 
