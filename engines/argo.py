@@ -271,9 +271,8 @@ def _trainjob_dag(step: Step, cfg: Config, s, env: list, extra_templates: list):
     create the TrainJob (a ``resource`` template waiting on its status), copy node 0's sealed outputs
     out as the task's artifacts. The nested DAG has the stage's inputs and outputs, so the tasks
     around it are those of the one-node stage."""
-    import yaml
-    from hera.workflows import DAG, Artifact, Container, Parameter, Resource, Resources, RetryStrategy, Task
-    from hera.workflows.models import ArchiveStrategy, Backoff, NoneStrategy, VolumeMount
+    from hera.workflows import DAG, Artifact, Parameter, Task
+    from hera.workflows.models import ArchiveStrategy, NoneStrategy
 
     spec, name = step.spec, k8s_name(step.name)
     job_dir = f"{trainjob.JOB_ROOT}/{{{{workflow.uid}}}}"
@@ -281,20 +280,9 @@ def _trainjob_dag(step: Step, cfg: Config, s, env: list, extra_templates: list):
     argv = [a.text if isinstance(a, _Ref) else a for a in trainjob.job_argv(spec, params)]
     doc = trainjob.manifest(spec, cfg, s, argv, job_dir)
     declared = [Parameter(name=param_name(k)) for k in task_params(spec, cfg)]
-    small = spec.cpu
-    mounts = [VolumeMount(name=CACHE_VOLUME, mount_path=CACHE_MOUNT)]
 
-    def copier(what: str, flags: list[str], **io) -> Container:
-        return Container(
-            name=f"{name}-{what}",
-            image=image_for(spec, cfg),
-            command=["python", "-m", "runtime.trainjob", what],
-            args=[*flags, "--job-dir", job_dir],
-            env=env,
-            volume_mounts=mounts,
-            resources=Resources(cpu_request=small.cpu, memory_request=f"{small.memory_gb}Gi"),
-            **io,
-        )
+    def copier(what: str, flags: list[str], **io):
+        return _job_copier(what, flags, step, cfg, job_dir, env, **io)
 
     stage_in = copier(
         "stage-in",
@@ -309,21 +297,7 @@ def _trainjob_dag(step: Step, cfg: Config, s, env: list, extra_templates: list):
             for p in spec.outputs
         ],
     )
-    create = Resource(
-        name=f"{name}-trainjob",
-        action="create",
-        set_owner_reference=True,  # deleted with the workflow
-        manifest=yaml.safe_dump(doc, sort_keys=False),
-        success_condition=TRAINJOB_SUCCESS,
-        failure_condition=TRAINJOB_FAILURE,
-        inputs=declared,
-        # A failed TrainJob (a lost node) is created anew; it resumes from rank 0's checkpoint.
-        retry_strategy=RetryStrategy(
-            limit=str(s.retries),
-            retry_policy="Always",
-            backoff=Backoff(duration=f"{s.retry_backoff_seconds}s", factor="2", cap=BACKOFF_CAP),
-        ),
-    )
+    create = _trainjob_resource(name, doc, declared, s)
     extra_templates += [stage_in, create, stage_out]
     tasks = [
         Task(
@@ -349,6 +323,48 @@ def _trainjob_dag(step: Step, cfg: Config, s, env: list, extra_templates: list):
         tasks=tasks,
     )
     return nested
+
+
+def _job_copier(what: str, flags: list[str], step: Step, cfg: Config, job_dir: str, env: list, **io):
+    """A small container of the stage's image that copies between the job folder and the artifacts
+    (``python -m runtime.trainjob stage-in|stage-out``)."""
+    from hera.workflows import Container, Resources
+    from hera.workflows.models import VolumeMount
+
+    small = step.spec.cpu
+    return Container(
+        name=f"{k8s_name(step.name)}-{what}",
+        image=image_for(step.spec, cfg),
+        command=["python", "-m", "runtime.trainjob", what],
+        args=[*flags, "--job-dir", job_dir],
+        env=env,
+        volume_mounts=[VolumeMount(name=CACHE_VOLUME, mount_path=CACHE_MOUNT)],
+        resources=Resources(cpu_request=small.cpu, memory_request=f"{small.memory_gb}Gi"),
+        **io,
+    )
+
+
+def _trainjob_resource(name: str, doc: dict, declared: list, s):
+    """The ``resource`` template that creates the TrainJob and waits on its status."""
+    import yaml
+    from hera.workflows import Resource, RetryStrategy
+    from hera.workflows.models import Backoff
+
+    return Resource(
+        name=f"{name}-trainjob",
+        action="create",
+        set_owner_reference=True,  # deleted with the workflow
+        manifest=yaml.safe_dump(doc, sort_keys=False),
+        success_condition=TRAINJOB_SUCCESS,
+        failure_condition=TRAINJOB_FAILURE,
+        inputs=declared,
+        # A failed TrainJob (a lost node) is created anew; it resumes from rank 0's checkpoint.
+        retry_strategy=RetryStrategy(
+            limit=str(s.retries),
+            retry_policy="Always",
+            backoff=Backoff(duration=f"{s.retry_backoff_seconds}s", factor="2", cap=BACKOFF_CAP),
+        ),
+    )
 
 
 def _assemble(cls, dag: Pipeline, cfg: Config, **extra):
