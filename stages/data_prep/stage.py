@@ -54,25 +54,8 @@ MIN_EVAL_ROWS = 2
 
 def run(cfg, context, dataset: Path) -> None:
     data = cfg.data
-    tokenizer = None
-    if data.prompt_format == "chat_template":
-        from core.models import load_tokenizer
-
-        tokenizer = load_tokenizer(cfg.model)
-        if not tokenizer.chat_template:
-            raise UserError(f"{cfg.model.base} has no chat template; use data.prompt_format: template")
-
-    source = find_input(data.path, "data.path")
-    eval_source = None
-    if data.eval_path:
-        eval_source = find_input(data.eval_path, "data.eval_path")
-        if source.resolve() == eval_source.resolve():
-            raise UserError(
-                f"data.eval_path is the same file as data.path ({data.path}): every eval prompt would be removed "
-                "from training; give a separate eval file, or unset data.eval_path to split data.path by "
-                "data.eval_fraction"
-            )
-
+    tokenizer = _chat_tokenizer(cfg) if data.prompt_format == "chat_template" else None
+    source, eval_source = _sources(data)
     reader = Reader(data, tokenizer)
     examples = reader.read(source, "data.path")
     evals_in = reader.read(eval_source, "data.eval_path") if eval_source else None
@@ -82,19 +65,7 @@ def run(cfg, context, dataset: Path) -> None:
     labels = list(data.labels) if data.labels else sorted(reader.first_seen)
     reader.check_labels(labels)
     dupes = reader.duplicates
-    if evals_in is None:
-        train, evals = stratified_split(examples, data.eval_fraction, data.seed)
-        leaked = 0
-    else:
-        evals = evals_in
-        eval_prompts = {e["prompt"] for e in evals}
-        train = [e for e in examples if e["prompt"] not in eval_prompts]
-        leaked = len(examples) - len(train)
-        if not train:
-            raise UserError(
-                f"every prompt of data.path ({data.path}) also occurs in data.eval_path ({data.eval_path}); "
-                "nothing is left to train on"
-            )
+    train, evals, leaked = _split(examples, evals_in, data)
     check_sizes(train, evals, data, reader)
 
     write_jsonl(dataset / "train.jsonl", train)
@@ -119,6 +90,46 @@ def run(cfg, context, dataset: Path) -> None:
     write_json(dataset / "stats.json", stats)
     log.info("train %d, eval %d, %d duplicates removed, labels %s", len(train), len(evals), dupes, labels)
     publish_change(context, dataset, data.promoted_dataset_hash)
+
+
+def _chat_tokenizer(cfg):
+    from core.models import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    if not tokenizer.chat_template:
+        raise UserError(f"{cfg.model.base} has no chat template; use data.prompt_format: template")
+    return tokenizer
+
+
+def _sources(data) -> tuple[Path, Path | None]:
+    """data.path and data.eval_path as found files; the same file twice is refused."""
+    source = find_input(data.path, "data.path")
+    eval_source = None
+    if data.eval_path:
+        eval_source = find_input(data.eval_path, "data.eval_path")
+        if source.resolve() == eval_source.resolve():
+            raise UserError(
+                f"data.eval_path is the same file as data.path ({data.path}): every eval prompt would be removed "
+                "from training; give a separate eval file, or unset data.eval_path to split data.path by "
+                "data.eval_fraction"
+            )
+    return source, eval_source
+
+
+def _split(examples: list[dict], evals_in: list[dict] | None, data) -> tuple[list, list, int]:
+    """(train, eval, train rows removed because their prompt is in the eval set): a stratified split
+    of data.path, or data.path minus the given eval set's prompts."""
+    if evals_in is None:
+        train, evals = stratified_split(examples, data.eval_fraction, data.seed)
+        return train, evals, 0
+    eval_prompts = {e["prompt"] for e in evals_in}
+    train = [e for e in examples if e["prompt"] not in eval_prompts]
+    if not train:
+        raise UserError(
+            f"every prompt of data.path ({data.path}) also occurs in data.eval_path ({data.eval_path}); "
+            "nothing is left to train on"
+        )
+    return train, evals_in, len(examples) - len(train)
 
 
 def publish_change(context, dataset: Path, promoted: str | None) -> None:
