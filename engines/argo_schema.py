@@ -38,6 +38,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .crd import strict
+
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas" / "argo-workflows"
 DERIVED_DIR = SCHEMA_DIR / "derived"
 CRD_FILES = {
@@ -131,31 +133,6 @@ def _load_json_schema() -> dict:
 # Strict versions of the schemas
 
 
-def _strict_crd(node: Any, path: tuple = ()) -> None:
-    """In place: close every object schema the way the API server's strict validation does."""
-    if isinstance(node, list):
-        for item in node:
-            _strict_crd(item, path)
-        return
-    if not isinstance(node, dict):
-        return
-    props = node.get("properties")
-    open_ = node.get("x-kubernetes-preserve-unknown-fields") or path == ("metadata",)
-    if node.get("type") == "object" and "additionalProperties" not in node and not open_:
-        node["additionalProperties"] = False
-    if isinstance(props, dict):
-        if "required" in node:
-            node["required"] = [r for r in node["required"] if "default" not in props.get(r, {})]
-        for key, sub in props.items():
-            _strict_crd(sub, path + (key,))
-    for key in ("items", "additionalProperties"):
-        if isinstance(node.get(key), dict):
-            _strict_crd(node[key], path + ("*",))
-    for key in ("anyOf", "allOf", "oneOf"):
-        if key in node:
-            _strict_crd(node[key], path)
-
-
 def _strict_json(node: Any) -> None:
     """In place: an object schema that lists its properties accepts no other key."""
     if isinstance(node, list):
@@ -223,7 +200,7 @@ OPEN = "open"
 def _crd_schema(kind: str) -> dict:
     """``kind``'s CRD schema, strict, with inline templates typed as templates."""
     schema = _load_crd_openapi(kind)
-    _strict_crd(schema)
+    strict(schema)
     _link_inline(schema, kind)
     return schema
 

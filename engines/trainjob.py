@@ -25,6 +25,7 @@ from core.errors import UserError
 from core.spec import StageSpec
 
 from .compile_common import CACHE_ENV, CACHE_MOUNT, GPU_RESOURCE, STAGE_ENV, image_for, k8s_name
+from .crd import strict
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 API_VERSION, KIND = f"{GROUP}/{VERSION}", "TrainJob"
@@ -136,36 +137,8 @@ def _validator():
     crd = yaml.load((SCHEMA_DIR / CRD_FILE).read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", None))
     version = next(v for v in crd["spec"]["versions"] if v["name"] == VERSION)
     schema = version["schema"]["openAPIV3Schema"]
-    _close(schema)
+    strict(schema)
     return Draft7Validator(schema)
-
-
-def _close(node: Any, path: tuple = ()) -> None:
-    """In place: every object schema accepts only its listed keys (``kubectl --validate=strict``), except
-    ``x-kubernetes-preserve-unknown-fields`` subtrees and ``metadata`` (the API server's ObjectMeta).
-    A required key with a default may be left out (the API server fills it in). Int-or-string fields
-    already carry ``anyOf: [integer, string]`` beside ``x-kubernetes-int-or-string``."""
-    if isinstance(node, list):
-        for item in node:
-            _close(item, path)
-        return
-    if not isinstance(node, dict):
-        return
-    props = node.get("properties")
-    if node.get("type") == "object" and "additionalProperties" not in node:
-        if not node.get("x-kubernetes-preserve-unknown-fields") and path != ("metadata",):
-            node["additionalProperties"] = False
-    if isinstance(props, dict):
-        if "required" in node:
-            node["required"] = [r for r in node["required"] if "default" not in props.get(r, {})]
-        for key, sub in props.items():
-            _close(sub, path + (key,))
-    for key in ("items", "additionalProperties"):
-        if isinstance(node.get(key), dict):
-            _close(node[key], path + ("*",))
-    for key in ("anyOf", "allOf", "oneOf"):
-        if key in node:
-            _close(node[key], path)
 
 
 NAME_RULE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # the CRD's CEL rule on metadata.name
