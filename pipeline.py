@@ -17,8 +17,8 @@ import sys
 import cli.olive  # noqa: F401 - plugs the Olive import into load_config
 from cli.verbs import add_verbs
 from core.errors import UserError
-from core.spec import Condition, Pipeline
-from stages.registry import step
+from core.spec import Condition, Pipeline, TaskPipeline
+from stages.registry import each_task, once, step
 
 DAG = Pipeline(
     name="slm-finetune",
@@ -35,6 +35,31 @@ DAG = Pipeline(
         step="data_prep", param="changed", equals="true", reason="dataset unchanged since the promoted model"
     ),
 )
+
+# A multi-task job (``tasks:``, docs/multi-adapter.md): each task's data_prep, train, merge and
+# merged INT4 build in parallel; one adapter-ready INT4 base for all the adapters; one evaluation
+# that serves every task from that base, switching per request, against its merged build.
+TASKS_DAG = TaskPipeline(
+    name="slm-finetune-tasks",
+    steps=(
+        each_task("data_prep"),
+        each_task("train", dataset="data_prep.dataset"),
+        each_task("merge", adapter="train.adapter"),
+        each_task("onnx_build", model="merge.model", dataset="data_prep.dataset"),
+        once("adapter_build", adapter="train.adapter"),
+        once(
+            "evaluate_tasks",
+            dataset="data_prep.dataset",
+            onnx_model="onnx_build.onnx_model",
+            onnx_base="adapter_build.onnx_base",
+        ),
+    ),
+)
+
+
+def dag_for(cfg) -> Pipeline:
+    """The DAG a config runs: its tasks' (``tasks:``), or the single-task one."""
+    return TASKS_DAG.expand(t.name for t in cfg.tasks) if cfg.tasks else DAG
 
 
 HELP = """Fine-tune a small language model into an evaluated INT4 ONNX model.
@@ -78,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SLM_DEBUG"] = "1"  # the stages print their tracebacks too
     signal.signal(signal.SIGTERM, _terminated)  # like Ctrl-C: the runner stops its stage before exiting
     try:
-        return args.handler(args, DAG)
+        return args.handler(args, dag_for)
     except UserError as e:
         if args.debug:
             raise

@@ -202,27 +202,21 @@ def _runs_args(p) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Handlers: (parsed arguments, the DAG) -> exit code
+# Handlers: (parsed arguments, the DAG of a config: pipeline.dag_for) -> exit code
 
 
-def dag_config(path, overrides):
-    """The config the DAG runs: a ``tasks:`` list is refused until the DAG fans out over it (issue 21),
-    so it is never silently run as the single task of data/train/evaluate."""
+def dag_config(path, overrides, dags):
+    """The config and the DAG it runs (``dags``: pipeline.py's ``dag_for``; a ``tasks:`` list fans out)."""
     from core.config import load_config
 
     cfg = load_config(path, overrides)
-    if cfg.tasks:
-        raise UserError(
-            f"the config sets tasks: ({len(cfg.tasks)}); the pipeline does not fan out over tasks yet: "
-            "build and serve them with the steps of docs/multi-adapter.md, or remove tasks:"
-        )
-    return cfg
+    return cfg, dags(cfg)
 
 
-def run(args, dag) -> int:
+def run(args, dags) -> int:
     from core.outputs import claim, config_inputs
 
-    cfg = dag_config(args.config, args.overrides)
+    cfg, dag = dag_config(args.config, args.overrides, dags)
     claim(args.out, inputs=config_inputs(args.config, cfg), run=True)
     if args.runner == "kfp-local":
         from engines.kfp_local import run_pipeline as run_kfp_local
@@ -235,11 +229,11 @@ def run(args, dag) -> int:
     return run_pipeline(dag, cfg, args.out, use_cache=not args.no_cache, config_file=args.config)
 
 
-def compile_(args, dag) -> int:
+def compile_(args, dags) -> int:
     from core.outputs import claim, config_inputs
     from engines.base import get
 
-    cfg = dag_config(args.config, args.overrides)
+    cfg, dag = dag_config(args.config, args.overrides, dags)
     target = get(args.target)
     path = claim(
         args.out,
@@ -255,7 +249,7 @@ def compile_(args, dag) -> int:
     return 0
 
 
-def validate(args, dag) -> int:
+def validate(args, dags) -> int:
     from engines.validate import validate_file
 
     _check_text_file(args.path)
@@ -264,21 +258,22 @@ def validate(args, dag) -> int:
     return 0
 
 
-def stages(args, dag) -> int:
+def stages(args, dags) -> int:
+    from core.config import Config
     from engines.local import print_stages
 
-    print_stages(dag)
+    print_stages(dags(Config()))
     return 0
 
 
-def runs(args, dag) -> int:
+def runs(args, dags) -> int:
     from engines.local import list_runs, print_runs
 
     print_runs(list_runs(Path(args.root)))
     return 0
 
 
-def import_olive(args, dag) -> int:
+def import_olive(args, dags) -> int:
     return _import_olive(args.olive, args.out, args.force)
 
 
@@ -296,7 +291,7 @@ def _warn_local_images(cfg) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
-def tune_int4(args, dag) -> int:
+def tune_int4(args, dags) -> int:
     import logging
 
     from core.config import load_config
@@ -314,7 +309,7 @@ def tune_int4(args, dag) -> int:
     return 0
 
 
-def cluster(args, dag) -> int:
+def cluster(args, dags) -> int:
     """submit / status / schedule: the engine's Target, through its real client library."""
     from engines.base import Connection, follow, get, print_status
     from engines.compile_common import settings
@@ -328,7 +323,7 @@ def cluster(args, dag) -> int:
         workspace=args.workspace,
     )
     if args.command == "schedule":
-        cfg = dag_config(args.config, args.overrides)
+        cfg, dag = dag_config(args.config, args.overrides, dags)
         s = settings(cfg, args.target)
         cron = args.cron or s.schedule
         if not cron:
@@ -342,10 +337,13 @@ def cluster(args, dag) -> int:
         print(target.schedule(dag, cfg, conn, cron, args.timezone or s.schedule_timezone))
         return 0
     if args.command == "submit":
-        cfg = dag_config(args.config, args.overrides)
+        cfg, dag = dag_config(args.config, args.overrides, dags)
         status = target.submit(dag, cfg, conn)
         print(f"submitted {target.title} run {status.run_id}" + (f": {status.url}" if status.url else ""), flush=True)
     else:
+        from core.config import Config
+
+        dag = dags(Config())  # the run's own steps come from the engine: status lists what it reports
         status = target.status(dag, conn, args.run_id)
     if args.wait:
         status = follow(lambda: target.status(dag, conn, status.run_id), status)

@@ -184,6 +184,13 @@ def run_stage(spec, run: Callable[..., None], argv: list[str], hooks: list[Hook]
     """Parse, verify the inputs, run, seal, then the hooks; exits non-zero on any failure."""
     _logging(spec.name)
     argv, values = take_flags(argv, {f for h in hooks for f in h.flags})
+    if any(p.per_task for p in spec.inputs):  # a gathering stage: its ports are the tasks' (core/spec.py)
+        tasks = spec.tasks_in(argv)
+        if not tasks:
+            gathered = ", ".join(f"--{p.name}_<task>" for p in spec.inputs if p.per_task)
+            print(f"error: [{spec.name}] no per-task inputs given: it takes {gathered} for each task", file=sys.stderr)
+            sys.exit(2)
+        spec = spec.for_tasks(tasks)
     parser = _parser(spec)
     args = vars(parser.parse_args(_joined(parser, argv)))
     signal.signal(signal.SIGTERM, _raise_interrupted)

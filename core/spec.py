@@ -9,7 +9,7 @@ field reaches every target without touching an adapter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any, NamedTuple
 
@@ -29,6 +29,17 @@ class Port:
     name: str
     type: str
     description: str = ""
+    # A gather input of a step that runs once for all tasks (``tasks:``): it becomes one port a task,
+    # ``{name}_{task}`` (StageSpec.for_tasks), wired to that task's step; that port has ``task`` and
+    # ``gathers`` (this port's name) set.
+    per_task: bool = False
+    task: str | None = None
+    gathers: str | None = None
+
+
+def task_id(task: str) -> str:
+    """A task's name as it appears in step and port names: an identifier (AzureML node names are)."""
+    return task.replace("-", "_")
 
 
 @dataclass(frozen=True)
@@ -79,12 +90,39 @@ class StageSpec:
     def module(self) -> str:
         return f"stages.{self.name}"
 
+    def for_tasks(self, tasks: tuple[str, ...]) -> "StageSpec":
+        """This spec with each per-task input as one concrete port a task (``adapter_tone``, ...)."""
+        if not any(p.per_task for p in self.inputs):
+            return self
+        ports = []
+        for port in self.inputs:
+            if not port.per_task:
+                ports.append(port)
+                continue
+            ports += [
+                Port(
+                    f"{port.name}_{task_id(t)}", port.type, f"{port.description} (task {t})", task=t, gathers=port.name
+                )
+                for t in tasks
+            ]
+        return replace(self, inputs=tuple(ports))
+
+    def tasks_in(self, flags) -> tuple[str, ...]:
+        """The tasks a command line's per-task input flags name (``--adapter_tone`` -> ``tone``):
+        how a gathering stage's process learns its concrete ports (task names are DNS labels)."""
+        first = next((p.name for p in self.inputs if p.per_task), None)
+        if first is None:
+            return ()
+        prefix = f"--{first}_"
+        ids = [f.split("=", 1)[0][len(prefix) :] for f in flags if f.startswith(prefix)]
+        return tuple(i.replace("_", "-") for i in ids)
+
     def params(self, cfg: Config, every: bool = False) -> dict[str, Any]:
         """``{"train.lora.r": 16, ...}`` for the sections this stage reads; a default-off
         subsection's keys only with ``every`` (the flags a stage accepts)."""
         out: dict[str, Any] = {}
         for section in self.sections:
-            out.update(flatten(getattr(cfg, section), section + ".", omit_off=not every))
+            out.update(_section_params(cfg, section, omit_off=not every))
         return out
 
     def external_keys(self, params: dict[str, Any]) -> list[str]:
@@ -125,10 +163,28 @@ class StageSpec:
         return _null_defaults(self.sections)
 
 
+def per_task_inputs(spec: StageSpec, inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"adapter": {"tone": path, ...}}``: a gathering stage's per-task inputs, by port and task."""
+    out: dict[str, dict[str, Any]] = {}
+    for port in spec.inputs:
+        if port.gathers:
+            out.setdefault(port.gathers, {})[port.task] = inputs[port.name]
+    return out
+
+
 @cache
 def _null_defaults(sections: tuple[str, ...]) -> frozenset[str]:
     defaults = Config()
-    return frozenset(k for s in sections for k, v in flatten(getattr(defaults, s), s + ".").items() if v is None)
+    return frozenset(k for s in sections for k, v in _section_params(defaults, s).items() if v is None)
+
+
+def _section_params(cfg: Config, section: str, omit_off: bool = False) -> dict[str, Any]:
+    """A section's flat parameters; a list section (``tasks``) is one parameter: what each item sets
+    (its defaults are the schema's, so the stage rebuilds the same items)."""
+    value = getattr(cfg, section)
+    if value is None or isinstance(value, list):
+        return {section: None if value is None else [v.model_dump(mode="json", exclude_defaults=True) for v in value]}
+    return flatten(value, section + ".", omit_off=omit_off)
 
 
 def _is_placeholder(value) -> bool:
@@ -156,17 +212,38 @@ class PortRef(NamedTuple):
 
 @dataclass(frozen=True)
 class Step:
-    """One stage placed in the DAG, with its inputs wired to upstream outputs."""
+    """One stage placed in the DAG, with its inputs wired to upstream outputs. ``task``: the task of a
+    multi-task DAG this step runs for (its parameters are that task's config, core/tasks.py)."""
 
     spec: StageSpec
     wires: dict[str, PortRef] = field(default_factory=dict)  # input name -> the upstream output
+    task: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "wires", {name: PortRef.parse(w) for name, w in self.wires.items()})
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        return step_name(self.spec.name, self.task)
+
+    def config(self, cfg: Config) -> Config:
+        """The config this step runs with: its task's single-task config, or ``cfg``."""
+        if self.task is None:
+            return cfg
+        from core.tasks import task_config
+
+        return task_config(cfg, self.task)
+
+    def params(self, cfg: Config) -> dict[str, Any]:
+        return self.spec.params(self.config(cfg))
+
+    def binds(self, key: str) -> bool:
+        """Whether the run parameter ``key`` reaches this step: not a key its task owns."""
+        if self.task is None:
+            return True
+        from core.tasks import task_owned
+
+        return not task_owned(key)
 
     def upstream(self) -> set[str]:
         return {ref.stage for ref in self.wires.values()}
@@ -232,3 +309,57 @@ class Pipeline:
             if name in s.upstream() or out & s.upstream():
                 out.add(s.name)
         return out
+
+
+def step_name(stage: str, task: str | None = None) -> str:
+    """A step's name in the DAG: its stage's, with its task's for a step that runs once a task."""
+    return stage if task is None else f"{stage}_{task_id(task)}"
+
+
+@dataclass(frozen=True)
+class TaskStep:
+    """A step of a multi-task DAG: once a task (``each_task``; its wires to other each-task steps
+    stay within the task), or once for all tasks, gathering their outputs through per-task ports."""
+
+    spec: StageSpec
+    wires: dict[str, str]
+    each_task: bool = False
+
+    def expand(self, tasks: tuple[str, ...], each: set[str]) -> list[Step]:
+        """The concrete steps for ``tasks``; ``each``: the stages that run once a task."""
+        refs = {k: PortRef.parse(w) for k, w in self.wires.items()}
+        if self.each_task:
+            return [
+                Step(
+                    self.spec,
+                    {k: PortRef(step_name(r.stage, t if r.stage in each else None), r.output) for k, r in refs.items()},
+                    task=t,
+                )
+                for t in tasks
+            ]
+        wires: dict[str, PortRef] = {}
+        for port in self.spec.inputs:
+            ref = refs[port.name]
+            if port.per_task:
+                wires.update({f"{port.name}_{task_id(t)}": PortRef(step_name(ref.stage, t), ref.output) for t in tasks})
+            else:
+                wires[port.name] = ref
+        return [Step(self.spec.for_tasks(tasks), wires)]
+
+
+@dataclass(frozen=True)
+class TaskPipeline:
+    """The DAG of a multi-task job (``tasks:``), written once; :meth:`expand` makes the concrete
+    :class:`Pipeline` for a config's tasks, which every engine renders as it renders the
+    single-task one."""
+
+    name: str
+    steps: tuple[TaskStep, ...]
+
+    def __post_init__(self):
+        self.expand(("a", "b"))  # the wiring is checked at import, as a Pipeline's is
+
+    def expand(self, tasks) -> Pipeline:
+        tasks = tuple(tasks)
+        each = {s.spec.name for s in self.steps if s.each_task}
+        return Pipeline(self.name, tuple(step for s in self.steps for step in s.expand(tasks, each)))

@@ -24,6 +24,15 @@ def task_config(cfg: Config, name: str) -> Config:
     )
 
 
+# The keys task_config gives each task its own value of: a task's step compiles them in (the task's
+# value), while the other run parameters stay the run's knobs for every step.
+TASK_KEYS = ("data.", "train.lora.", "evaluate.min_accuracy")
+
+
+def task_owned(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in TASK_KEYS)
+
+
 def union_target_modules(cfg: Config, default: list[str]) -> list[str]:
     """The target modules the shared base is built for: every task's (``default`` where unset)."""
     return sorted({m for t in cfg.tasks or [] for m in (t.lora.target_modules or default)})

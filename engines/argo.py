@@ -105,12 +105,13 @@ def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
     templates: dict[str, Any] = {}
     extra_templates: list[Any] = []  # the multi-node stages' inner templates
     for step in dag:
-        env = _stage_env(step.spec, cfg, s)
-        if trainjob.multi_node(step.spec, cfg):  # a nested DAG: stage the data in, the TrainJob, collect
-            templates[step.name] = _trainjob_dag(step, cfg, s, env, extra_templates)
+        scfg = step.config(cfg)  # a task's step: its task's config
+        env = _stage_env(step.spec, scfg, s)
+        if trainjob.multi_node(step.spec, scfg):  # a nested DAG: stage the data in, the TrainJob, collect
+            templates[step.name] = _trainjob_dag(step, scfg, s, env, extra_templates)
             continue
-        templates[step.name] = _container(step, cfg, s, env)
-    tasks = [(step, _task_arguments(step, cfg, run_params)) for step in dag]
+        templates[step.name] = _container(step, scfg, s, env)
+    tasks = [(step, _task_arguments(step, step.config(cfg), run_params)) for step in dag]
     gated, when = dag.gated(), _when(dag)
 
     def build_dag():
@@ -241,7 +242,7 @@ def _task_arguments(step, cfg: Config, run_params: dict) -> list[Any]:
     for port_name, (up, out) in step.wires.items():
         arguments.append(Artifact(name=port_name, from_=f"{{{{tasks.{k8s_name(up)}.outputs.artifacts.{out}}}}}"))
     for key, value in task_params(step.spec, cfg).items():
-        if key in run_params:
+        if key in run_params and step.binds(key):
             arguments.append(Parameter(name=param_name(key), value=f"{{{{workflow.parameters.{param_name(key)}}}}}"))
         else:
             if "{{" in encode(value):

@@ -42,6 +42,7 @@ from .compile_common import (
     STAGE_ENV,
     WORKDIR,
     EngineSettings,
+    bound_run_keys,
     check_names,
     image_for,
     needs_hf_token,
@@ -91,7 +92,7 @@ def registers_model(spec: StageSpec, cfg: Config) -> str | None:
 
 
 def model_port(spec: StageSpec) -> str:
-    return next(p.name for p in spec.inputs if p.type == "OnnxModel")
+    return promotion.model_port(spec)
 
 
 def azure_value(value: Any) -> Any:
@@ -128,7 +129,8 @@ def command_line(spec: StageSpec, cfg: Config) -> str:
     return f"cd {WORKDIR} && " + " ".join(a.shell() if isinstance(a, _Ref) else shlex.quote(a) for a in argv)
 
 
-def make_component(spec: StageSpec, cfg: Config):
+def make_component(spec: StageSpec, cfg: Config, name: str | None = None):
+    """The stage as a CommandComponent; ``name``: the step's (a task's steps share a stage)."""
     from azure.ai.ml import Input, Output
     from azure.ai.ml.entities import CommandComponent, Environment
 
@@ -156,9 +158,9 @@ def make_component(spec: StageSpec, cfg: Config):
         for p in spec.outputs
     }
     return CommandComponent(
-        name=spec.name,
+        name=name or spec.name,
         version=cfg.images.tag,
-        display_name=spec.name,
+        display_name=name or spec.name,
         description=spec.summary,
         inputs=inputs,
         outputs=outputs,
@@ -174,7 +176,7 @@ def build_pipeline(dag: Pipeline, cfg: Config):
     s = settings(cfg, "azureml")
     check_names(dag, cfg)
     run_params = run_parameters(dag, cfg)
-    components = {step.name: make_component(step.spec, cfg) for step in dag}
+    components = {step.name: make_component(step.spec, step.config(cfg), step.name) for step in dag}
     sig = pipeline_signature(run_params, lambda v: _PY_TYPES[_KIND_TYPES[value_kind(v)]], azure_value)
 
     def body(**pipeline_inputs):
@@ -183,9 +185,8 @@ def build_pipeline(dag: Pipeline, cfg: Config):
             kwargs: dict[str, Any] = {}
             for port_name, (up, out) in step.wires.items():
                 kwargs[port_name] = nodes[up].outputs[out]
-            for key in step.spec.params(cfg):
-                if key in run_params:
-                    kwargs[param_name(key)] = pipeline_inputs[param_name(key)]
+            for key in bound_run_keys(step, cfg, run_params):
+                kwargs[param_name(key)] = pipeline_inputs[param_name(key)]
             asset = registers_model(step.spec, cfg)
             if asset:
                 kwargs[model_port(step.spec) + URI_SUFFIX] = kwargs[model_port(step.spec)]

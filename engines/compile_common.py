@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from core import cron, names
 from core.config import Config, format_validation_error
 from core.errors import UserError
-from core.spec import Pipeline, StageSpec
+from core.spec import Pipeline, StageSpec, Step
 
 # The per-run knobs, as dotted config keys. Order is the order shown in each engine's UI.
 RUN_PARAMETERS: tuple[str, ...] = (
@@ -156,7 +156,7 @@ def value_kind(value: Any) -> str:
 
 def check_names(dag: Pipeline, cfg: Config) -> None:
     """Every run parameter is read by some stage, and no two keys share an engine name."""
-    keys = {k for step in dag for k in step.spec.params(cfg)}
+    keys = {k for step in dag for k in step.params(cfg)}
     missing = [k for k in RUN_PARAMETERS if k not in keys]
     if missing:
         raise UserError(f"RUN_PARAMETERS names keys no stage reads: {missing}")
@@ -177,8 +177,13 @@ def run_parameters(dag: Pipeline, cfg: Config) -> dict[str, Any]:
     check_names(dag, cfg)
     values: dict[str, Any] = {}
     for step in dag:
-        values.update(step.spec.params(cfg))
-    return {k: values[k] for k in RUN_PARAMETERS}
+        values.update({k: v for k, v in step.params(cfg).items() if step.binds(k)})
+    return {k: values[k] for k in RUN_PARAMETERS if k in values}
+
+
+def bound_run_keys(step: Step, cfg: Config, run_params: dict[str, Any]) -> list[str]:
+    """The run parameters a step takes from the pipeline's inputs (a task's own keys are compiled in)."""
+    return [k for k in step.params(cfg) if k in run_params and step.binds(k)]
 
 
 def pipeline_signature(

@@ -44,7 +44,7 @@ def external_mounts(dag: Pipeline, cfg: Config, cwd: Path | None = None) -> dict
     cwd = Path(cwd or Path.cwd())
     mounts: dict[str, str] = {}
     for step in dag:
-        params = step.spec.params(cfg)
+        params = step.params(cfg)
         for key in step.spec.external_keys(params):
             value = params.get(key)
             if not isinstance(value, str) or not value or ":" in value.split("/")[0]:

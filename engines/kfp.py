@@ -37,6 +37,7 @@ from .compile_common import (
     GPU_RESOURCE,
     STAGE_ENV,
     EngineSettings,
+    bound_run_keys,
     check_names,
     image_for,
     kfp_cron,
@@ -166,7 +167,7 @@ def build_pipeline(dag: Pipeline, cfg: Config):
     s = settings(cfg, "kfp")
     check_names(dag, cfg)
     run_params = run_parameters(dag, cfg)
-    components = {step.name: make_component(step.spec, cfg) for step in dag}
+    components = {step.name: make_component(step.spec, step.config(cfg)) for step in dag}
 
     sig = pipeline_signature(run_params, lambda v: _KIND_TYPES[value_kind(v)], kfp_value)
     pipeline_param_names = [p.name for p in sig]
@@ -177,11 +178,10 @@ def build_pipeline(dag: Pipeline, cfg: Config):
         kwargs: dict[str, Any] = {}
         for port_name, (up, out) in step.wires.items():
             kwargs[port_name] = tasks[up].outputs[out] if up in tasks else artifacts_in[f"{up}_{out}"]
-        for key in step.spec.params(cfg):
-            if key in run_params:
-                kwargs[param_name(key)] = channels[param_name(key)]
+        for key in bound_run_keys(step, cfg, run_params):
+            kwargs[param_name(key)] = channels[param_name(key)]
         task = components[step.name](**kwargs)
-        _configure_task(task, step, cfg, s, kubernetes)
+        _configure_task(task, step, step.config(cfg), s, kubernetes)
         tasks[step.name] = task
 
     gate = _gate_pipeline(dag, cfg, run_params, add) if gated else None
@@ -222,7 +222,7 @@ def _gate_artifacts(dag: Pipeline) -> dict[str, tuple[str, str]]:
 
 def _gate_parameters(dag: Pipeline, cfg: Config, run_params: dict) -> list[str]:
     gated = dag.gated()
-    keys = {k for step in dag if step.name in gated for k in step.spec.params(cfg) if k in run_params}
+    keys = {k for step in dag if step.name in gated for k in bound_run_keys(step, cfg, run_params)}
     return [param_name(k) for k in run_params if k in keys]
 
 

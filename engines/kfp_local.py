@@ -36,31 +36,34 @@ from .docker import chown_tree, run_user
 
 
 def _localize_inputs(dag: Pipeline, cfg: Config, inputs_dir: Path) -> Config:
-    """Copy the host files the config names under ``inputs_dir``; point the config at them."""
-    updates: dict[str, str] = {}
+    """Copy the host files the config names under ``inputs_dir``; point the config at them (a task's
+    files where its task names them)."""
+    from core.tasks import task_owned
+
+    tree = cfg.model_dump(mode="json")
+    done: set[tuple] = set()
     for step in dag:
-        params = step.spec.params(cfg)
+        params = step.params(cfg)
         for key in step.spec.external_keys(params):
+            owner = step.task if step.task is not None and task_owned(key) else None
             value = params.get(key)
-            if not isinstance(value, str) or key in updates or ":" in value.split("/")[0]:
+            if not isinstance(value, str) or (owner, key) in done or ":" in value.split("/")[0]:
                 continue  # unset, done, or a built-in source (embedded:..., tiny-random:...)
             host = Path(value).expanduser()
             if not host.exists():
                 continue  # a hub id; the stage reports a missing file itself
-            target = inputs_dir / key / host.name
+            target = inputs_dir / (owner or "") / key / host.name
             target.parent.mkdir(parents=True, exist_ok=True)
             if host.is_dir():
                 shutil.copytree(host, target, dirs_exist_ok=True)
             else:
                 shutil.copy2(host, target)
-            updates[key] = str(target)
-    tree = cfg.model_dump(mode="json")
-    for key, value in updates.items():
-        *parents, leaf = key.split(".")
-        node = tree
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+            node = next(t for t in tree["tasks"] if t["name"] == owner) if owner else tree
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = str(target)
+            done.add((owner, key))
     return Config.model_validate(tree)
 
 

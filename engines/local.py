@@ -36,7 +36,7 @@ Executor = Callable[[Step, list, Path], int]
 def stage_argv(step: Step, cfg: Config, root: str) -> list[str]:
     """The stage's command line with artifacts under ``root``: what every target runs."""
     paths = artifact_paths_for(step, root)
-    return step.spec.argv(step.spec.params(cfg), paths["inputs"], paths["outputs"])
+    return step.spec.argv(step.params(cfg), paths["inputs"], paths["outputs"])
 
 
 def artifact_paths_for(step: Step, root: str) -> dict[str, dict[str, str]]:
@@ -87,7 +87,7 @@ def cached(step: Step, cfg: Config, run_dir: Path) -> bool:
             name: artifacts.verify(run_dir.joinpath(*src), deep=False)["content_hash"]
             for name, src in step.wires.items()
         }
-        key = cache_key(step.spec, step.spec.params(cfg), inputs)
+        key = cache_key(step.spec, step.params(cfg), inputs)
         for port in step.spec.outputs:
             marker = artifacts.verify(run_dir / step.name / port.name, port.type)
             if marker.get("cache_key") != key:
@@ -326,13 +326,16 @@ def promote(dag: Pipeline, cfg: Config, run_dir: Path, metrics: dict) -> dict | 
     seals = {
         (s.name, p.name): (p, artifacts.read_marker(run_dir / s.name / p.name)) for s in dag for p in s.spec.outputs
     }
-    model = next(((k, seal) for k, (p, seal) in seals.items() if p.type == "OnnxModel" and seal), None)
+    promoter = next((s for s in dag if promotion.promotes(s.spec)), None)
+    if promoter is None:
+        return None
+    stage, port = promoter.wires[promotion.model_port(promoter.spec)]  # the model the gate passed
+    model_seal = seals[(stage, port)][1]
     metrics_seal = next((seal for p, seal in seals.values() if p.type == "Metrics" and seal), None)
-    if model is None or metrics_seal is None:
+    if model_seal is None or metrics_seal is None:
         return None
     dataset = next((seal for p, seal in seals.values() if p.type == "Dataset" and seal), None) or {}
-    chain = metrics_seal.get("lineage_params") or {s.name: s.spec.params(cfg) for s in dag}
-    (stage, port), model_seal = model
+    chain = metrics_seal.get("lineage_params") or {s.name: s.params(cfg) for s in dag}
     record = promotion.record(
         run_dir / stage / port,
         model_seal,

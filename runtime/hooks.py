@@ -21,7 +21,7 @@ MODEL_URI_FLAG = "--model-uri"  # AzureML: the azureml:// URI of the promoted mo
 
 def _promoted_input(spec) -> str | None:
     """The input a promoting stage promotes (its ONNX model); None for other stages."""
-    return next((p.name for p in spec.inputs if p.type == "OnnxModel"), None) if promotion.promotes(spec) else None
+    return promotion.model_port(spec) if promotion.promotes(spec) else None
 
 
 class KeyVault(Hook):

@@ -37,7 +37,20 @@ PROMOTION_FILE_ENV = "SLM_PROMOTION_FILE"
 
 def promotes(spec) -> bool:
     """A stage that scores an ONNX model into metrics: when it returns, its gate passed."""
-    return any(p.type == "OnnxModel" for p in spec.inputs) and any(p.type == "Metrics" for p in spec.outputs)
+    return model_port(spec) is not None and any(p.type == "Metrics" for p in spec.outputs)
+
+
+def model_port(spec) -> str | None:
+    """The input a promoting stage promotes: its ONNX model (a multi-task job's: the one base, not
+    the tasks' merged builds it gathers for comparison)."""
+    return next((p.name for p in spec.inputs if p.type == "OnnxModel" and p.gathers is None), None)
+
+
+def adapters(model_path: Path, metrics: dict) -> dict:
+    """A multi-task job's promoted adapters (``adapters/<task>.onnx_adapter`` beside its base), each
+    with its task's metrics; none for a single-task model."""
+    files = sorted((Path(model_path) / "adapters").glob("*.onnx_adapter"))
+    return {f.stem: {"path": str(f), "bytes": f.stat().st_size, "metrics": metrics.get(f.stem, {})} for f in files}
 
 
 def write(path: Path, record: dict) -> None:
@@ -63,6 +76,7 @@ def record(
         },
         "metrics": metrics,
         "lineage": lin,
+        **({"adapters": found} if (found := adapters(model_path, metrics)) else {}),
     }
 
 

@@ -5,7 +5,7 @@ This is data, not code paths: every engine reads it, none names a stage.
 
 from __future__ import annotations
 
-from core.spec import External, OutParam, Port, Resources, StageSpec, Step
+from core.spec import External, OutParam, Port, Resources, StageSpec, Step, TaskStep
 
 STAGES: dict[str, StageSpec] = {
     s.name: s
@@ -76,6 +76,36 @@ STAGES: dict[str, StageSpec] = {
             cpu=Resources(cpu=2, memory_gb=8),
             gpu=Resources(cpu=8, memory_gb=64, gpu=1),
         ),
+        # The multi-task DAG's own stages (``tasks:``, docs/multi-adapter.md).
+        StageSpec(
+            name="adapter_build",
+            summary="Build one adapter-ready INT4 base for every task's adapter, and export each as .onnx_adapter.",
+            inputs=(Port("adapter", "Model", "the task's PEFT adapter", per_task=True),),
+            outputs=(
+                Port(
+                    "onnx_base",
+                    "OnnxModel",
+                    "adapter-ready onnxruntime-genai model + adapters/<task>.onnx_adapter",
+                ),
+            ),
+            sections=("model", "onnx", "runtime"),
+            cpu=Resources(cpu=2, memory_gb=16),
+            gpu=Resources(cpu=8, memory_gb=64, gpu=1),
+            external=(External("model.base"),),
+        ),
+        StageSpec(
+            name="evaluate_tasks",
+            summary="Score every task switched on the one base against its merged INT4 build; apply the gates.",
+            inputs=(
+                Port("dataset", "Dataset", "the task's dataset", per_task=True),
+                Port("onnx_model", "OnnxModel", "the task's merged INT4 build", per_task=True),
+                Port("onnx_base", "OnnxModel"),
+            ),
+            outputs=(Port("metrics", "Metrics", "metrics.json (per task, and base + adapters memory) + report.html"),),
+            sections=("evaluate", "runtime", "tasks"),
+            cpu=Resources(cpu=2, memory_gb=8),
+            gpu=Resources(cpu=8, memory_gb=64, gpu=1),
+        ),
     )
 }
 
@@ -84,3 +114,13 @@ def step(name: str, **wires: str) -> Step:
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; registered: {sorted(STAGES)}")
     return Step(STAGES[name], wires)
+
+
+def each_task(name: str, **wires: str) -> TaskStep:
+    """A step of the multi-task DAG that runs once a task, with that task's config."""
+    return TaskStep(step(name).spec, wires, each_task=True)
+
+
+def once(name: str, **wires: str) -> TaskStep:
+    """A step of the multi-task DAG that runs once; its per-task inputs gather every task's output."""
+    return TaskStep(step(name).spec, wires)

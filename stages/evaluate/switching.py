@@ -124,6 +124,12 @@ def evaluate_tasks(base: Path, tasks: list[TaskEval], ec, out: Path, memory: boo
     if memory:
         report["memory"] = measure_rss(base, {t.name: t.adapter for t in tasks}, [t.merged for t in tasks])
     report["verdict"] = {"passed": not failures, "failures": failures}
+    report["summary"] = {  # what `pipeline.py runs` and the run's summary.json show
+        name: {"switched_accuracy": t["switched"]["accuracy"], "merged_accuracy": t["merged"]["accuracy"]}
+        for name, t in report["tasks"].items()
+    }
+    if memory:
+        report["summary"]["memory_ratio_rss"] = report["memory"]["ratio_rss"]
     out.mkdir(parents=True, exist_ok=True)
     name = "metrics.json" if not failures else "metrics.rejected.json"  # a failed gate leaves no metrics.json
     write_json(out / name, report)

@@ -1,0 +1,6 @@
+from runtime.harness import main
+from stages.registry import STAGES
+
+from .stage import run
+
+main(STAGES["adapter_build"], run)
