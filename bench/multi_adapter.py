@@ -29,9 +29,9 @@ from test_multi_adapter import run_stage, sentiment_rows  # noqa: E402 - the tes
 from core.config import load_config  # noqa: E402
 from core.models import TARGET_MODULES, resolve  # noqa: E402
 from core.tasks import task_config, union_target_modules  # noqa: E402
-from stages.evaluate import switching  # noqa: E402
+from stages.adapter_build import adapter_base, adapter_export  # noqa: E402
 from stages.evaluate.stage import folder_bytes  # noqa: E402
-from stages.onnx_build import adapter_base, adapter_export  # noqa: E402
+from stages.evaluate_tasks import switching  # noqa: E402
 
 
 def config(out: Path, steps: int) -> dict:

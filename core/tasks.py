@@ -24,6 +24,10 @@ def task_config(cfg: Config, name: str) -> Config:
     )
 
 
+# The folder a multi-task job serves from (adapter_build's output, docs/multi-adapter.md): the
+# adapter-ready model, and one .onnx_adapter a task.
+SERVE_BASE, SERVE_ADAPTERS = "base", "adapters"
+
 # The keys task_config gives each task its own value of: a task's step compiles them in (the task's
 # value), while the other run parameters stay the run's knobs for every step.
 TASK_KEYS = ("data.", "train.lora.", "evaluate.min_accuracy")

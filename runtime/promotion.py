@@ -49,7 +49,9 @@ def model_port(spec) -> str | None:
 def adapters(model_path: Path, metrics: dict) -> dict:
     """A multi-task job's promoted adapters (``adapters/<task>.onnx_adapter`` beside its base), each
     with its task's metrics; none for a single-task model."""
-    files = sorted((Path(model_path) / "adapters").glob("*.onnx_adapter"))
+    from core.tasks import SERVE_ADAPTERS
+
+    files = sorted((Path(model_path) / SERVE_ADAPTERS).glob("*.onnx_adapter"))
     return {f.stem: {"path": str(f), "bytes": f.stat().st_size, "metrics": metrics.get(f.stem, {})} for f in files}
 
 

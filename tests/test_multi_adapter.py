@@ -3,7 +3,7 @@
 On the tiny Phi-3 (its fused qkv_proj / gate_up_proj are what the export must split): two tasks,
 the bundled tone set and a sentiment set made here with its own labels, each through the real
 data_prep, train, merge and onnx_build stage processes; then the shared base, the adapter
-exports and the switched-vs-merged scoring. One session fixture builds it all.
+exports and the switched-vs-merged scoring. One session fixture runs the two-task DAG (``pipeline.py run``).
 """
 
 from __future__ import annotations
@@ -16,17 +16,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import ROOT, stage_cli
+from helpers import ROOT, run_cli
 
-from core.config import encode, load_config
+from core.artifacts import read_marker
+from core.config import load_config
 from core.errors import QualityGateError, UserError
 from core.io import read_jsonl
 from core.models import TARGET_MODULES, resolve
+from core.spec import step_name
 from core.tasks import task_config, union_target_modules
-from stages.evaluate import switching
-from stages.onnx_build import adapter_base, adapter_export
+from pipeline import TASKS_DAG
+from stages.adapter_build import adapter_base, adapter_export
+from stages.evaluate_tasks import switching
 from stages.onnx_build import stage as onnx_stage
-from stages.registry import STAGES
 
 POSITIVE = ["great", "lovely", "wonderful", "excellent", "superb", "delightful"]
 NEGATIVE = ["awful", "terrible", "horrible", "dreadful", "boring", "ugly"]
@@ -96,34 +98,67 @@ def multi_config(tmp: Path) -> dict:
     }
 
 
-def run_stage(stage: str, cfg, timeout: int = 600, **ports: Path) -> None:
-    """One stage process, as every engine runs it: its ports and its config sections as flags."""
-    args = [x for name, path in ports.items() for x in (f"--{name}", str(path))]
-    args += [x for k, v in STAGES[stage].params(cfg).items() for x in (f"--{k}", encode(v))]
-    proc = stage_cli(stage, *args, timeout=timeout)
-    assert proc.returncode == 0, f"{stage}: {proc.stderr[-3000:]}"
+STEPS = {"dataset": "data_prep", "adapter": "train", "model": "merge", "merged_int4": "onnx_build"}
 
 
 @pytest.fixture(scope="session")
 def multi(tmp_path_factory) -> dict:
+    """The two-task DAG as a user runs it: ``pipeline.py run`` on the config's ``tasks:`` (the local
+    runner over pipeline.TASKS_DAG). Each task's outputs are linked under ROOT/<task>/, the served
+    folder (adapter_build's output: base/ + adapters/) as ROOT/serve."""
     tmp = tmp_path_factory.mktemp("multi")
     (tmp / "multi.yaml").write_text(yaml.safe_dump(multi_config(tmp)))
     cfg = load_config(tmp / "multi.yaml")
-    out = {"cfg": cfg, "root": tmp, "tasks": {}}
+    run = tmp / "run"
+    proc = run_cli(
+        str(ROOT / "pipeline.py"), "run", "--config", str(tmp / "multi.yaml"), "--out", str(run), timeout=2400
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = {"cfg": cfg, "root": tmp, "run": run, "tasks": {}, "stdout": proc.stdout}
     for task in cfg.tasks:
-        tc, d = task_config(cfg, task.name), tmp / task.name
-        run_stage("data_prep", tc, dataset=d / "dataset")
-        run_stage("train", tc, dataset=d / "dataset", adapter=d / "adapter")
-        run_stage("merge", tc, adapter=d / "adapter", model=d / "model")
-        run_stage("onnx_build", tc, model=d / "model", dataset=d / "dataset", onnx_model=d / "merged_int4")
+        d = tmp / task.name
+        d.mkdir()
+        for name, stage in STEPS.items():
+            step = step_name(stage, task.name)
+            (d / name).symlink_to(next((run / step).iterdir()))  # the step's one output folder
         out["tasks"][task.name] = d
+    (tmp / "serve").symlink_to(run / "adapter_build" / "onnx_base")
     # the union the config declares is the union the adapters were trained on
     assert union_target_modules(cfg, TARGET_MODULES["phi3"]) == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
-    adapters = [d / "adapter" for d in out["tasks"].values()]
-    out["base"] = adapter_base.build_for_adapters(cfg, adapters, tmp / "serve" / "base")
-    for name, d in out["tasks"].items():
-        adapter_export.export(d / "adapter", out["base"], tmp / "serve" / "adapters" / f"{name}.onnx_adapter")
+    out["base"] = adapter_base.load(tmp / "serve" / "base")
     return out
+
+
+def test_the_run_fans_out_over_the_tasks_and_promotes_base_and_adapters(multi):
+    run, cfg = multi["run"], multi["cfg"]
+    summary = json.loads((run / "summary.json").read_text())
+    expected = [step.name for step in TASKS_DAG.expand(t.name for t in cfg.tasks)]
+    assert list(summary["stages"]) == expected and len(expected) == 10
+    assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]
+    # each task's steps ran with that task's own config
+    for task, r in (("tone", 8), ("sentiment", 16)):
+        seal = read_marker(run / step_name("train", task) / "adapter")
+        assert (
+            seal["params"]["train.lora.r"] == r
+            and seal["params"]["data.path"] == cfg.tasks[0 if task == "tone" else 1].data.path
+        )
+    metrics = json.loads((run / "evaluate_tasks" / "metrics" / "metrics.json").read_text())
+    assert set(metrics["tasks"]) == {"tone", "sentiment"} and metrics["verdict"]["passed"]
+    for name, t in metrics["tasks"].items():
+        assert t["samples"] >= 20, name
+        assert t["switched"]["accuracy"] >= t["merged"]["accuracy"] - 0.01, (name, t)
+    assert metrics["tasks"]["sentiment"]["switched"]["accuracy"] > 0.5  # learnt, not a coin
+    assert metrics["memory"]["adapters"] == 2
+    page = (run / "evaluate_tasks" / "metrics" / "report.html").read_text()
+    assert 'id="task-tone"' in page and 'id="task-sentiment"' in page and 'id="memory"' in page
+    promoted = json.loads((run / "promoted.json").read_text())
+    assert promoted["model"]["path"] == str(run / "adapter_build" / "onnx_base")
+    assert set(promoted["adapters"]) == {"tone", "sentiment"}
+    for name, a in promoted["adapters"].items():
+        assert (
+            Path(a["path"]).is_file()
+            and a["metrics"]["switched_accuracy"] == metrics["tasks"][name]["switched"]["accuracy"]
+        )
 
 
 def _graph(path: Path):
@@ -224,17 +259,6 @@ def _tasks(multi, **gate) -> list[switching.TaskEval]:
         switching.TaskEval(name, d / "dataset", serve / "adapters" / f"{name}.onnx_adapter", d / "merged_int4", **gate)
         for name, d in multi["tasks"].items()
     ]
-
-
-def test_switched_adapters_match_their_merged_builds(multi, tmp_path):
-    report = switching.evaluate_tasks(multi["base"].path, _tasks(multi), multi["cfg"].evaluate, tmp_path)
-    assert (tmp_path / "metrics.json").is_file() and report["verdict"]["passed"]
-    for name, t in report["tasks"].items():
-        assert t["samples"] >= 20, name
-        assert t["switched"]["accuracy"] >= t["merged"]["accuracy"] - 0.01, (name, t)
-    assert report["memory"]["adapters"] == 2
-    assert report["tasks"]["sentiment"]["labels"] == ["negative", "positive"]
-    assert report["tasks"]["sentiment"]["switched"]["accuracy"] > 0.5  # learnt, not a coin
 
 
 def test_the_gate_fails_a_task_under_its_floor(multi, tmp_path):

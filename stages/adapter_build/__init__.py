@@ -2,8 +2,8 @@
 adapter exported onto it (docs/multi-adapter.md).
 
 The base is built from the unmerged base model for the union of the tasks' trained target
-modules (``onnx_build.adapter_base``); each task's PEFT adapter becomes
+modules (``adapter_build.adapter_base``); each task's PEFT adapter becomes
 ``adapters/<task>.onnx_adapter`` under the graph's input names, checked against them
-(``onnx_build.adapter_export``). The output folder is what a server runs from: ``base/`` (the
+(``adapter_build.adapter_export``). The output folder is what a server runs from: ``base/`` (the
 model) and ``adapters/``.
 """

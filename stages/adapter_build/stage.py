@@ -5,20 +5,19 @@ from pathlib import Path
 
 from core.artifacts import write_json
 from core.spec import per_task_inputs
-from stages.onnx_build import adapter_base, adapter_export
+from core.tasks import SERVE_ADAPTERS, SERVE_BASE
+
+from . import adapter_base, adapter_export
 
 log = logging.getLogger("slm")
-
-# The output is the folder a server runs from (docs/multi-adapter.md): base/ and adapters/<task>.onnx_adapter.
-BASE, ADAPTERS = "base", "adapters"
 
 
 def run(cfg, context, onnx_base: Path, **adapters: Path) -> None:
     """Build the base for ``adapters`` (``adapter_<task>``: each task's train output) into ``onnx_base``."""
     by_task = per_task_inputs(context.spec, adapters)["adapter"]
-    base = adapter_base.build_for_adapters(cfg, list(by_task.values()), onnx_base / BASE)
+    base = adapter_base.build_for_adapters(cfg, list(by_task.values()), onnx_base / SERVE_BASE)
     exported = {}
     for task, adapter in by_task.items():
-        exported[task] = adapter_export.export(adapter, base, onnx_base / ADAPTERS / f"{task}.onnx_adapter")
+        exported[task] = adapter_export.export(adapter, base, onnx_base / SERVE_ADAPTERS / f"{task}.onnx_adapter")
         log.info("%s: %d parameters over %d modules", task, exported[task]["parameters"], exported[task]["modules"])
     write_json(onnx_base / "adapters.json", {"target_modules": base.target_modules, "adapters": exported})

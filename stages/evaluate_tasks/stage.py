@@ -6,11 +6,11 @@ from pathlib import Path
 from core.errors import QualityGateError, UserError
 from core.io import read_json
 from core.spec import per_task_inputs
-from stages.adapter_build.stage import ADAPTERS, BASE
+from core.tasks import SERVE_ADAPTERS, SERVE_BASE
 from stages.evaluate.stage import rejected_paths
-from stages.evaluate.switching import TaskEval, evaluate_tasks
 
 from . import report as html_report
+from .switching import TaskEval, evaluate_tasks
 
 
 def run(cfg, context, onnx_base: Path, metrics: Path, **inputs: Path) -> None:
@@ -23,7 +23,7 @@ def run(cfg, context, onnx_base: Path, metrics: Path, **inputs: Path) -> None:
         TaskEval(
             name,
             ports["dataset"][name],
-            onnx_base / ADAPTERS / f"{name}.onnx_adapter",
+            onnx_base / SERVE_ADAPTERS / f"{name}.onnx_adapter",
             ports["onnx_model"][name],
             tasks[name].gate.min_accuracy,
             tasks[name].gate.max_switch_drop,
@@ -33,7 +33,7 @@ def run(cfg, context, onnx_base: Path, metrics: Path, **inputs: Path) -> None:
     for old in rejected_paths(context):  # an earlier failed gate's: never left to describe this run
         old.unlink(missing_ok=True)
     try:
-        report = evaluate_tasks(onnx_base / BASE, evals, cfg.evaluate, metrics)
+        report = evaluate_tasks(onnx_base / SERVE_BASE, evals, cfg.evaluate, metrics)
     except QualityGateError:
         # Unsealed on a failed gate: the numbers and the page go beside where the output would have been.
         report = read_json(metrics / "metrics.rejected.json", "metrics")

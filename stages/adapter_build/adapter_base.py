@@ -28,9 +28,8 @@ from pathlib import Path
 
 from core.artifacts import write_json
 from core.errors import UserError
-
-from . import stage as onnx_stage
-from .build import layers as decoder_layers
+from stages.onnx_build import stage as onnx_stage
+from stages.onnx_build.build import layers as decoder_layers
 
 # PEFT target module -> the graph's modules it becomes, under attn/ or mlp/ of every layer.
 # Phi-3's fused projections are split by the builder (make_attention_unpacked_lora / make_mlp_unpacked_lora).
