@@ -69,6 +69,12 @@ class StageConfig:
     def sections(self) -> dict:
         return {s: getattr(self._cfg, s) for s in self._sections}
 
+    def model_copy(self, update: dict) -> "StageConfig":
+        """The same view with some declared sections replaced (pydantic's name: stages call it on either)."""
+        if set(update) - set(self._sections):
+            raise AttributeError(f"the stage declares the sections {self._sections}, not {sorted(set(update))}")
+        return StageConfig(self._cfg.model_copy(update=update), self._sections)
+
 
 class Hook:
     """Engine work around a stage. ``flags``: the command-line flags it owns (each takes one

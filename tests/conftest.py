@@ -42,6 +42,15 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def multi(tmp_path_factory) -> dict:
+    """The two-task DAG, run once (tests/multi_tasks.py); its stages' config reads are traced."""
+    from multi_tasks import run_tasks
+
+    tmp = tmp_path_factory.mktemp("multi")
+    return run_tasks(tmp, env=config_trace.env(tmp / "reads"))
+
+
+@pytest.fixture(scope="session")
 def hub(tmp_path_factory) -> dict[str, str]:
     """The env of a process that finds ``HUB_ID`` in an offline Hugging Face hub cache, as a pinned
     mirror would serve it: two snapshots of the tiny Phi-3, refs ``main`` and ``v2``, whose weights

@@ -26,10 +26,6 @@ ENGINE_ONLY = {
     "targets": "per-engine settings (engines/base.py)",
 }
 
-# Fields no stage declares and no compiler reads yet: the multi-adapter fan-out (issue 21) reads
-# them through core/tasks.py, which is not wired into the DAG yet (checked below, by tracing it).
-FAN_OUT = {"tasks": "each task becomes the single-task config its stages run with (core.tasks.task_config)"}
-
 # Declared by a stage but read there only on a branch no test machine takes; (stage, field): why.
 UNREAD_HERE = {
     ("data_prep", "model.allow_pickle"): "data_prep loads only the tokenizer, never weights; "
@@ -37,7 +33,7 @@ UNREAD_HERE = {
 }
 
 
-def _stage_reads(tiny_run, hub, tmp_path) -> dict[str, set[str]]:
+def _stage_reads(tiny_run, multi, hub, tmp_path) -> dict[str, set[str]]:
     extra = tmp_path / "reads"
     # data_prep reads the model section only with the chat template; the hub's v2 has one.
     proc = stage_cli(
@@ -71,13 +67,14 @@ def _stage_reads(tiny_run, hub, tmp_path) -> dict[str, set[str]]:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     reads = config_trace.collect(tiny_run.parent / "reads")
-    for who, keys in config_trace.collect(extra).items():
+    # the multi-task stages (adapter_build, evaluate_tasks) in the session's two-task run
+    for who, keys in [*config_trace.collect(multi["root"] / "reads").items(), *config_trace.collect(extra).items()]:
         reads.setdefault(who, set()).update(keys)
     return reads
 
 
-def test_every_stage_reads_every_field_it_declares(tiny_run, hub, tmp_path):
-    reads = _stage_reads(tiny_run, hub, tmp_path)
+def test_every_stage_reads_every_field_it_declares(tiny_run, multi, hub, tmp_path):
+    reads = _stage_reads(tiny_run, multi, hub, tmp_path)
     problems = []
     for name, spec in STAGES.items():
         for key in spec.params(Config(), every=True):  # a default-off section's keys too
@@ -92,25 +89,8 @@ def test_every_stage_reads_every_field_it_declares(tiny_run, hub, tmp_path):
 def test_every_field_is_a_stage_parameter_or_engine_only():
     declared = {k for spec in STAGES.values() for k in spec.params(Config(), every=True)}
     fields = set(flatten(Config()))
-    assert fields - declared == set(ENGINE_ONLY) | set(FAN_OUT)
-    assert not declared & (set(ENGINE_ONLY) | set(FAN_OUT))
-
-
-def test_the_fan_out_reads_the_tasks_field(tmp_path):
-    from core.tasks import task_config, union_target_modules
-
-    (tmp_path / "t.yaml").write_text(
-        "tasks:\n  - {name: one, data: {path: data/tone.jsonl}}\n  - {name: two, data: {path: data/tone.jsonl}}\n"
-    )
-    cfg = load_config(tmp_path / "t.yaml")
-    reads: set[str] = set()
-    stop = config_trace.install(reads)
-    try:
-        [task_config(cfg, t) for t in ("one", "two")]
-        union_target_modules(cfg, ["q_proj"])
-    finally:
-        stop()
-    assert set(FAN_OUT) <= reads, f"never read by the fan-out: {sorted(set(FAN_OUT) - reads)}"
+    assert fields - declared == set(ENGINE_ONLY)
+    assert not declared & set(ENGINE_ONLY)
 
 
 def test_the_compilers_read_the_engine_only_fields(tmp_path):
