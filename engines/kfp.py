@@ -83,8 +83,9 @@ def metrics_ports(spec: StageSpec) -> list[str]:
     return [p.name for p in spec.outputs if ARTIFACT_TYPES[p.type]["kfp"] == "Metrics"]
 
 
-def make_component(spec: StageSpec, cfg: Config):
-    """The stage as a KFP container component (a ``@dsl.container_component`` built from data)."""
+def make_component(spec: StageSpec, cfg: Config, step_name: str | None = None):
+    """The stage as a KFP container component (a ``@dsl.container_component`` built from data);
+    ``step_name``: the step's (a task's steps share a stage; KFP names the task after it)."""
     from kfp import dsl
 
     params = task_params(spec, cfg)
@@ -128,7 +129,7 @@ def make_component(spec: StageSpec, cfg: Config):
         argv += [EXECUTOR_INPUT_FLAG, dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER]
         return dsl.ContainerSpec(image=image_for(spec, cfg), command=argv[:3], args=argv[3:])
 
-    container.__name__ = container.__qualname__ = spec.name
+    container.__name__ = container.__qualname__ = step_name or spec.name
     container.__doc__ = _docstring(spec.summary, params)  # KFP takes the inputs' descriptions from "Args:"
     container.__signature__ = inspect.Signature(sig)
     return dsl.container_component(container)
@@ -167,7 +168,7 @@ def build_pipeline(dag: Pipeline, cfg: Config):
     s = settings(cfg, "kfp")
     check_names(dag, cfg)
     run_params = run_parameters(dag, cfg)
-    components = {step.name: make_component(step.spec, step.config(cfg)) for step in dag}
+    components = {step.name: make_component(step.spec, step.config(cfg), step.name) for step in dag}
 
     sig = pipeline_signature(run_params, lambda v: _KIND_TYPES[value_kind(v)], kfp_value)
     pipeline_param_names = [p.name for p in sig]

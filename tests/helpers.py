@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stages.registry import STAGES
+from pipeline import DAG
 
+# The single-task DAG's stages, in order (the registry also holds the multi-task DAG's own).
+DAG_SPECS = {step.name: step.spec for step in DAG}
 # (stage, output port) of every stage's artifact, in DAG order.
-STAGE_OUTPUTS = [(name, port.name) for name, spec in STAGES.items() for port in spec.outputs]
+STAGE_OUTPUTS = [(name, port.name) for name, spec in DAG_SPECS.items() for port in spec.outputs]
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny-phi3.yaml"

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TINY, run_cli
+from helpers import DAG_SPECS, ROOT, TINY, run_cli
 
 from core.config import load_config
 from engines import docker as runner
@@ -82,7 +82,7 @@ def test_full_dag_runs_in_the_stage_images(docker_run, images):
     run, proc = docker_run
     s = _summary(run)
     assert s["status"] == "ok"
-    assert list(s["stages"]) == list(STAGES)
+    assert list(s["stages"]) == list(DAG_SPECS)
     for name, st in s["stages"].items():
         assert st["status"] == "ok" and not st["cached"], (name, st)
         assert f"image {images[name]} as" in proc.stdout  # each stage ran in its own image
@@ -91,7 +91,7 @@ def test_full_dag_runs_in_the_stage_images(docker_run, images):
     # the stages' own logs were streamed through
     assert "[train] step" in proc.stderr + proc.stdout
     assert "[evaluate]" in proc.stderr + proc.stdout
-    for stage in STAGES.values():
+    for stage in DAG_SPECS.values():
         for port in stage.outputs:
             marker = json.loads((run / stage.name / port.name / "_artifact.json").read_text())
             assert marker["stage"] == stage.name
@@ -113,7 +113,7 @@ def test_stages_run_as_non_root(docker_run, client, images):
     run, _ = docker_run
     uid, gid = runner.run_user()
     assert uid != 0 and gid != 0
-    written = [p for p in run.rglob("*") if p.relative_to(run).parts[0] in STAGES]
+    written = [p for p in run.rglob("*") if p.relative_to(run).parts[0] in DAG_SPECS]
     assert written
     owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in written}
     assert owners == {(uid, gid)}, f"files in the run folder are owned by {owners}, expected {(uid, gid)}"
@@ -137,7 +137,7 @@ def test_a_failing_stage_stops_the_run(images, client, tmp_path):
     assert "data.path: no/such/file.jsonl not found" in proc.stderr + proc.stdout
     stages = _summary(tmp_path / "run")["stages"]
     assert stages["data_prep"]["status"] == "failed" and stages["data_prep"]["exit_code"] == 2
-    assert all(stages[s]["status"] == "not run" for s in list(STAGES)[1:])
+    assert all(stages[s]["status"] == "not run" for s in list(DAG_SPECS)[1:])
     assert client.containers.list(all=True, filters={"label": im.LABEL_RUN}) == []
 
 

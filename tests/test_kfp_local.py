@@ -22,13 +22,14 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from google.protobuf import json_format
-from helpers import ROOT, TINY, run_cli, summary
+from helpers import DAG_SPECS, ROOT, TINY, run_cli, summary
 from kfp.pipeline_spec import pipeline_spec_pb2
+from multi_tasks import multi_config
 
 from core import artifacts
 from engines.compile_common import k8s_name
-from stages.registry import STAGES
 
 pytestmark = pytest.mark.usefixtures("images")
 
@@ -63,8 +64,8 @@ def _task_dir(out: Path, stage: str) -> Path:
 def test_every_task_succeeds_under_kfp_local(kfp_run):
     out, _ = kfp_run
     stages = summary(out)["stages"]
-    assert list(stages) == list(STAGES)
-    assert {name: s["status"] for name, s in stages.items()} == {name: "ok" for name in STAGES}
+    assert list(stages) == list(DAG_SPECS)
+    assert {name: s["status"] for name, s in stages.items()} == {name: "ok" for name in DAG_SPECS}
 
 
 def test_metrics_equal_the_subprocess_runner(kfp_run, tiny_run):
@@ -100,7 +101,7 @@ def test_killed_train_task_is_retried_by_kfp_and_resumes_bit_identical(kfp_run, 
 
 def test_each_task_registers_its_outputs_in_the_executor_output(kfp_run):
     out, _ = kfp_run
-    for stage, spec in STAGES.items():
+    for stage, spec in DAG_SPECS.items():
         task = _task_dir(out, stage)
         doc = json.loads((task / "executor_output.json").read_text())
         json_format.ParseDict(doc, pipeline_spec_pb2.ExecutorOutput())  # what KFP's launcher parses
@@ -196,9 +197,41 @@ def test_unchanged_dataset_skips_train_under_kfp_local(kfp_unchanged):
     assert "dataset unchanged since the promoted model" in s["reason"] and promoted in s["reason"]
     assert {n: st["status"] for n, st in s["stages"].items()} == {
         "data_prep": "ok",
-        **{n: "skipped" for n in STAGES if n != "data_prep"},
+        **{n: "skipped" for n in DAG_SPECS if n != "data_prep"},
     }
     assert _executor_output(out, "data_prep")["parameterValues"]["changed"] == "false"
     run = Path(s["kfp_run"])
     assert sorted(p.name for p in run.iterdir()) == ["data-prep"]  # KFP started no other task
     assert "(skipped: dataset unchanged" in log
+
+
+@pytest.fixture(scope="module")
+def kfp_tasks(tmp_path_factory) -> Path:
+    """The two-task job (tests/multi_tasks.py) under KFP's own orchestrator."""
+    tmp = tmp_path_factory.mktemp("kfp-tasks")
+    (tmp / "multi.yaml").write_text(yaml.safe_dump(multi_config(tmp)))
+    out = tmp / "run"
+    proc = run_cli(
+        str(ROOT / "pipeline.py"),
+        *("run", "--runner", "kfp-local", "--config", str(tmp / "multi.yaml"), "--out", str(out)),
+        timeout=2400,
+    )
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_the_two_task_dag_runs_under_kfp_local_as_it_runs_locally(kfp_tasks, multi):
+    from pipeline import TASKS_DAG
+
+    stages = summary(kfp_tasks)["stages"]
+    assert list(stages) == [s.name for s in TASKS_DAG.expand(t.name for t in multi["cfg"].tasks)]
+    assert all(s["status"] == "ok" for s in stages.values()), stages
+    task = Path(summary(kfp_tasks)["kfp_run"]) / k8s_name("evaluate_tasks")
+    metrics = json.loads((task / "metrics" / "metrics.json").read_text())
+    local = json.loads((multi["run"] / "evaluate_tasks" / "metrics" / "metrics.json").read_text())
+    assert metrics["verdict"]["passed"] and set(metrics["tasks"]) == {"tone", "sentiment"}
+    for name, t in metrics["tasks"].items():  # the same config and seeds: the same models
+        assert t["switched"]["accuracy"] == local["tasks"][name]["switched"]["accuracy"], name
+        assert t["merged"]["accuracy"] == local["tasks"][name]["merged"]["accuracy"], name
+    served = task.parent / k8s_name("adapter_build") / "onnx_base"
+    assert sorted(p.name for p in (served / "adapters").iterdir()) == ["sentiment.onnx_adapter", "tone.onnx_adapter"]
