@@ -85,6 +85,8 @@ class StageSpec:
     external: tuple[External, ...] = ()
     # Output parameters: the stage sets ``context.output_parameters[name]`` (a string) for each.
     out_params: tuple[OutParam, ...] = ()
+    # Keys of its sections the stage does not take (no flag, not in its cache key): what it has no use for.
+    ignores: tuple[str, ...] = ()
 
     @property
     def module(self) -> str:
@@ -123,6 +125,8 @@ class StageSpec:
         out: dict[str, Any] = {}
         for section in self.sections:
             out.update(_section_params(cfg, section, omit_off=not every))
+        for key in self.ignores:
+            out.pop(key, None)
         return out
 
     def external_keys(self, params: dict[str, Any]) -> list[str]:
@@ -160,7 +164,7 @@ class StageSpec:
 
     def unset_params(self) -> frozenset[str]:
         """The parameters whose default is null."""
-        return _null_defaults(self.sections)
+        return _null_defaults(self.sections) - frozenset(self.ignores)
 
 
 def per_task_inputs(spec: StageSpec, inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
