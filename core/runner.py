@@ -243,7 +243,7 @@ def _prepare(spec, args: dict, tmps: dict[str, Path], writer: bool = True) -> tu
         _setup_runtime(cfg.runtime)
     inputs = {p.name: Path(args[p.name]) for p in spec.inputs}
     seals = {p.name: artifacts.verify(inputs[p.name], p.type) for p in spec.inputs}
-    chain, lineage = lineage_from_seals(spec.name, params, seals)
+    chain, lineage = lineage_from_seals(spec.name, params, seals, {p.name: p.task for p in spec.inputs if p.task})
     finals = {p.name: Path(args[p.name]) for p in spec.outputs}
     for name, path in finals.items():
         if not writer:  # never next to the shared output: node 0's temporary lives there

@@ -85,7 +85,7 @@ class StageSpec:
     external: tuple[External, ...] = ()
     # Output parameters: the stage sets ``context.output_parameters[name]`` (a string) for each.
     out_params: tuple[OutParam, ...] = ()
-    # Keys of its sections the stage does not take (no flag, not in its cache key): what it has no use for.
+    # Keys of its sections the stage does not take (no flag, not in its cache key), or prefixes ending in '.'.
     ignores: tuple[str, ...] = ()
 
     @property
@@ -125,9 +125,11 @@ class StageSpec:
         out: dict[str, Any] = {}
         for section in self.sections:
             out.update(_section_params(cfg, section, omit_off=not every))
-        for key in self.ignores:
-            out.pop(key, None)
-        return out
+        return {k: v for k, v in out.items() if not self.ignored(k)}
+
+    def ignored(self, key: str) -> bool:
+        """Whether ``key`` is one the stage does not take (``ignores``: keys, or prefixes ending in '.')."""
+        return any(key == i or (i.endswith(".") and key.startswith(i)) for i in self.ignores)
 
     def external_keys(self, params: dict[str, Any]) -> list[str]:
         """The external params that count for these params."""
@@ -164,7 +166,7 @@ class StageSpec:
 
     def unset_params(self) -> frozenset[str]:
         """The parameters whose default is null."""
-        return _null_defaults(self.sections) - frozenset(self.ignores)
+        return frozenset(k for k in _null_defaults(self.sections) if not self.ignored(k))
 
 
 def per_task_inputs(spec: StageSpec, inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -229,6 +231,11 @@ class Step:
     @property
     def name(self) -> str:
         return step_name(self.spec.name, self.task)
+
+    @property
+    def chain_key(self) -> str:
+        """Its key in a model's lineage chain (core/lineage.py): the stage, ``stage[task]`` for a task's."""
+        return self.spec.name if self.task is None else f"{self.spec.name}[{self.task}]"
 
     def config(self, cfg: Config) -> Config:
         """The config this step runs with: its task's single-task config, or ``cfg``."""

@@ -92,6 +92,9 @@ STAGES: dict[str, StageSpec] = {
             cpu=Resources(cpu=2, memory_gb=16),
             gpu=Resources(cpu=8, memory_gb=64, gpu=1),
             external=(External("model.base"),),
+            # The base is built with the onnx section's recipe (a search picks one per merged model, and
+            # one base serves every task); the builder reads the weights, the placeholder only the config.
+            ignores=("onnx.search.", "model.allow_pickle"),
         ),
         StageSpec(
             name="evaluate_tasks",

@@ -95,7 +95,7 @@ def run_tasks(tmp: Path, env: dict | None = None) -> dict:
     cfg = load_config(tmp / "multi.yaml")
     run = tmp / "run"
     proc = run_cli(
-        str(ROOT / "pipeline.py"), "run", "--config", str(tmp / "multi.yaml"), "--out", str(run), timeout=2400
+        str(ROOT / "pipeline.py"), "run", "--config", str(tmp / "multi.yaml"), "--out", str(run), timeout=2400, env=env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = {"cfg": cfg, "root": tmp, "run": run, "tasks": {}, "stdout": proc.stdout}

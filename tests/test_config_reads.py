@@ -30,6 +30,8 @@ ENGINE_ONLY = {
 UNREAD_HERE = {
     ("data_prep", "model.allow_pickle"): "data_prep loads only the tokenizer, never weights; "
     "it declares the model section whole",
+    ("adapter_build", "model.revision"): "read for a hub id only (adapter_base.base_folder: the snapshot at that "
+    "revision); the tests' base is a built-in tiny model",
 }
 
 

@@ -55,7 +55,12 @@ def test_the_run_fans_out_over_the_tasks_and_promotes_base_and_adapters(multi):
     promoted = json.loads((run / "promoted.json").read_text())
     assert promoted["model"]["path"] == str(run / "adapter_build" / "onnx_base")
     assert set(promoted["adapters"]) == {"tone", "sentiment"}
+    lineage = json.loads((run / "evaluate_tasks" / "metrics" / "_artifact.json").read_text())["lineage_params"]
+    assert {"train[tone]", "train[sentiment]", "adapter_build", "evaluate_tasks"} <= set(lineage)
+    assert lineage["train[tone]"]["train.lora.r"] == 8 and lineage["train[sentiment]"]["train.lora.r"] == 16
     for name, a in promoted["adapters"].items():
+        dataset = read_marker(run / step_name("data_prep", name) / "dataset")["content_hash"]
+        assert a["lineage"]["dataset_hash"] == dataset and a["lineage"]["base_model"] == cfg.model.base
         assert (
             Path(a["path"]).is_file()
             and a["metrics"]["switched_accuracy"] == metrics["tasks"][name]["switched"]["accuracy"]
