@@ -17,7 +17,7 @@ leaves out.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -48,12 +48,12 @@ class StageParams(BaseModel):
         return tuple(cls.model_fields)
 
     @classmethod
-    def of(cls, cfg: Config):
+    def of(cls, cfg: Config) -> Self:
         """The view of a whole config: its sections themselves, not copies."""
         return cls(**{s: getattr(cfg, s) for s in cls.sections()})
 
     @classmethod
-    def from_tree(cls, tree: dict, where: str):
+    def from_tree(cls, tree: dict, where: str) -> Self:
         """Validated from ``{"train": {"lora": {"r": 16}}, ...}`` (a stage's flags); a section the tree
         leaves out takes the schema's default, as ``Config`` gives it."""
         full = {
