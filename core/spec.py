@@ -3,8 +3,8 @@ registry (stages/registry.py) is written in.
 
 The registry is data, not code paths. Every orchestration target (local, docker, KFP, AzureML,
 Argo) reads it; none of them names a stage. A stage's parameters are the fields of the
-config sections it declares, flattened to ``--section.key value`` flags, so a new config
-field reaches every target without touching an adapter.
+config sections its view (core/params.py) declares, flattened to ``--section.key value`` flags,
+so a new config field reaches every target without touching an adapter.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any, NamedTuple
 
 from core.config import Config, encode, flatten
+from core.params import StageParams
 
 # Artifact types and their names on each engine (the artifact contract: core/artifacts.py).
 ARTIFACT_TYPES = {
@@ -75,7 +76,7 @@ class StageSpec:
     summary: str
     inputs: tuple[Port, ...]
     outputs: tuple[Port, ...]
-    sections: tuple[str, ...]
+    view: type[StageParams]  # the typed parameters ``run`` gets; its fields are the sections the stage reads
     cpu: Resources
     gpu: Resources | None = None  # what the stage asks for when runtime.device is cuda
     gpu_count: str | None = None  # a param that multiplies the GPU request (train.gpus: data-parallel)
@@ -119,7 +120,11 @@ class StageSpec:
         ids = [f.split("=", 1)[0][len(prefix) :] for f in flags if f.startswith(prefix)]
         return tuple(i.replace("_", "-") for i in ids)
 
-    def params(self, cfg: Config, every: bool = False) -> dict[str, Any]:
+    @property
+    def sections(self) -> tuple[str, ...]:
+        return self.view.sections()
+
+    def params(self, cfg: Config | StageParams, every: bool = False) -> dict[str, Any]:
         """``{"train.lora.r": 16, ...}`` for the sections this stage reads; a default-off
         subsection's keys only with ``every`` (the flags a stage accepts)."""
         out: dict[str, Any] = {}
