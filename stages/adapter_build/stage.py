@@ -7,7 +7,6 @@ from core.artifacts import write_json
 from core.runner import StageContext
 from core.spec import per_task_inputs
 from core.tasks import SERVE_ADAPTERS, SERVE_BASE
-
 from stages.registry import AdapterBuildParams
 
 from . import adapter_base, adapter_export
