@@ -17,7 +17,7 @@ import pytest
 from helpers import ROOT
 
 from core import artifacts
-from core.config import Config, LoraConfig, ModelConfig, TrainConfig, load_config
+from core.config import Config, LoraConfig, ModelConfig, TrainConfig, encode, load_config, parse_value
 from core.params import StageParams
 from core.runner import StageContext, run_stage
 from stages.registry import STAGES, TrainParams
@@ -31,7 +31,9 @@ CHANGED = {
     "onnx": ("onnx.precision", "fp16"),
     "evaluate": ("evaluate.max_samples", 3),
     "runtime": ("runtime.device", "cpu"),
+    "tasks": ("tasks", '[{"name": "a", "data": {"seed": 3}}, {"name": "b", "data": {}}]'),
 }
+TASKS = ("a", "b")  # a gathering stage's per-task ports: one a task
 
 
 def _sealed(path: Path, type_: str) -> Path:
@@ -43,7 +45,7 @@ def _sealed(path: Path, type_: str) -> Path:
 
 def _ports(spec, root: Path) -> list[str]:
     argv = []
-    for p in spec.inputs:
+    for p in spec.for_tasks(TASKS).inputs:
         argv += [f"--{p.name}", str(_sealed(root / "in" / p.name, p.type))]
     for p in spec.outputs:
         argv += [f"--{p.name}", str(root / "out" / p.name)]
@@ -82,10 +84,10 @@ def test_run_stage_hands_the_stage_its_view(name, tmp_path):
     assert params == spec.view.of(expected)
     assert spec.params(params) == spec.params(expected) == ctx.params
     for key, value in flags:
-        assert spec.params(params)[key] == value
+        assert encode(spec.params(params)[key]) == encode(parse_value(str(value)))
     for p in spec.outputs:
         assert artifacts.verify(tmp_path / "out" / p.name, p.type)["params"] == ctx.params
-    assert set(got["ports"]) == {p.name for p in (*spec.inputs, *spec.outputs)}
+    assert set(got["ports"]) == {p.name for p in (*spec.for_tasks(TASKS).inputs, *spec.outputs)}
 
 
 def test_reading_an_undeclared_section_fails_the_stage_and_writes_nothing(tmp_path, capsys):
