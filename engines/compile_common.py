@@ -100,6 +100,11 @@ class EngineSettings(BaseModel):
             cron.parse(v, cls.cron_dialect)
         return v
 
+    def registry_env(self, config_name: str) -> dict[str, str]:
+        """The env that tells a promoting task's stage which model registry to register in
+        (runtime/registries.py); ``config_name``: its config's, the model's default name."""
+        return {}
+
 
 def settings(cfg: Config, target: str) -> Any:
     """The typed ``targets.<target>`` section (the engine's ``Target.settings`` model, see
