@@ -23,6 +23,7 @@ from .compile_common import (
     CACHE_MOUNT,
     DETERMINISTIC_EXIT_CODES,
     STAGE_ENV,
+    bound_run_keys,
     check_names,
     image_for,
     k8s_name,
@@ -193,7 +194,8 @@ def plan(step: Step, cfg: Config, s, run_params: dict[str, Any]) -> TaskPlan:
     ``step.config``), ``s``: the engine's settings."""
     spec, scfg = step.spec, step.config(cfg)
     values = task_params(spec, scfg)
-    params = tuple(Param(k, v, k in run_params and step.binds(k)) for k, v in values.items())
+    bound = set(bound_run_keys(step, cfg, run_params))
+    params = tuple(Param(k, v, k in bound) for k, v in values.items())
     claim = getattr(s, "cache_claim", None)  # AzureML has no cache volume
     env = {**STAGE_ENV, **(CACHE_ENV if claim else {})}
     if promotion.promotes(spec):
