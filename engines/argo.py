@@ -83,13 +83,6 @@ def _retry(r: Retry, expression: str | None = None):
     )
 
 
-class _ParamRef:
-    """A parameter's Argo tag, put where the stage's command line takes a value (not encoded)."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-
 def _param_ref(name: str) -> str:
     return f"{{{{inputs.parameters.{name}}}}}"
 
@@ -270,8 +263,7 @@ def _trainjob_dag(plan: TaskPlan, s, env: list, extra_templates: list):
 
     spec, name = plan.spec, plan.k8s_name
     job_dir = f"{trainjob.JOB_ROOT}/{{{{workflow.uid}}}}"
-    params = {p.key: _ParamRef(_param_ref(p.name)) for p in plan.params}
-    argv = [a.text if isinstance(a, _ParamRef) else a for a in trainjob.job_argv(spec, params)]
+    argv = trainjob.job_argv(plan, lambda p: _param_ref(p.name))
     doc = trainjob.manifest(plan, s, argv, job_dir)
     declared = [Parameter(name=p.name) for p in plan.params]
 

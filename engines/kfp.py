@@ -130,7 +130,7 @@ LAUNCHER = ["python", "-m", "runtime.trainjob", "run"]
 def _trainjob(plan: TaskPlan, s) -> str:
     """The TrainJob the launcher creates, as JSON: the stage's command line with the config's values;
     the launcher puts in the run's values of the run parameters and its name (engines/trainjob.py)."""
-    argv = trainjob.job_argv(plan.spec, plan.values())
+    argv = trainjob.job_argv(plan)
     doc = trainjob.manifest(plan, s, argv, f"{trainjob.JOB_ROOT}/{trainjob.JOB_TOKEN}")
     return json.dumps(doc, separators=(",", ":"))
 

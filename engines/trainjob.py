@@ -18,14 +18,13 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from core.errors import UserError
-from core.spec import StageSpec
 
 from .compile_common import CACHE_MOUNT, GPU_RESOURCE, k8s_name
 from .crd import strict
-from .plan import TaskPlan
+from .plan import Param, TaskPlan
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 API_VERSION, KIND = f"{GROUP}/{VERSION}", "TrainJob"
@@ -48,12 +47,15 @@ CRD_FILE = "trainer.kubeflow.org_trainjobs.yaml"
 COMPLETE, FAILED = "Complete", "Failed"
 
 
-def job_argv(spec: StageSpec, params: dict[str, Any]) -> list[str]:
-    """The stage's command line on every node: its inputs and outputs in the job folder."""
+def job_argv(plan: TaskPlan, param: Callable[[Param], str] | None = None) -> list[str]:
+    """The stage's command line on every node, its inputs and outputs in the job folder; ``param``:
+    the engine's tag for a parameter, or None for the config's values."""
     where = f"$({JOB_DIR_ENV})"
-    return spec.argv(
-        params, {p.name: f"{where}/{p.name}" for p in spec.inputs}, {p.name: f"{where}/{p.name}" for p in spec.outputs}
-    )
+    if param is None:  # values: a null the stage defaults to null too is no flag (StageSpec.argv)
+        spec = plan.spec
+        paths = {p.name: f"{where}/{p.name}" for p in (*spec.inputs, *spec.outputs)}
+        return spec.argv(plan.values(), paths, paths)
+    return plan.render_argv(param, lambda port: f"{where}/{port}", lambda port: f"{where}/{port}")
 
 
 def manifest(plan: TaskPlan, s, argv: list[str], job_dir: str) -> dict:
