@@ -178,7 +178,10 @@ class PipelinePlan:
         return iter(self.tasks)
 
     def __getitem__(self, name: str) -> TaskPlan:
-        return next(t for t in self.tasks if t.name == name)
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(f"no step {name!r} in the plan; its steps: {', '.join(t.name for t in self.tasks)}")
 
 
 def plan_pipeline(dag: Pipeline, cfg: Config, target: str) -> PipelinePlan:
