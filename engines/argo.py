@@ -27,28 +27,21 @@ from typing import Any
 from core import names
 from core.config import Config, encode
 from core.errors import UserError
-from core.spec import Pipeline, Step
+from core.spec import Pipeline
 
 from . import trainjob
 from .base import RunStatus, Target
 from .compile_common import (
     CACHE_CLAIM,
-    CACHE_ENV,
-    CACHE_MOUNT,
     DETERMINISTIC_EXIT_CODES,
     GPU_RESOURCE,
-    STAGE_ENV,
     EngineSettings,
-    check_names,
-    image_for,
     k8s_name,
-    needs_hf_token,
     out_path,
     param_name,
-    run_parameters,
     settings,
-    task_params,
 )
+from .plan import Retry, TaskPlan, plan_pipeline
 from .validate import check_argo
 
 ENTRYPOINT = "main"
@@ -60,69 +53,75 @@ PARAMS_DIR = "/tmp/parameters/outputs"  # the stage writes one file per output p
 PROMOTION_PATH = "/tmp/promotion/promoted.json"
 PROMOTION_ARTIFACT = "promoted"
 CACHE_VOLUME = "model-cache"
-# The longest wait between two tries (Argo's ``backoff.cap``; KFP's ``backoffMaxDuration``).
-# Not ``maxDuration``: that is a deadline counted from the first attempt, so a stage that
-# ran longer than it would never be retried.
-BACKOFF_CAP = "1h"
 
 
-def retry_expression() -> str:
+def retry_expression(fatal_exit_codes: tuple[int, ...] = DETERMINISTIC_EXIT_CODES) -> str:
     """Argo's retry condition: retry errors and failures, except the exit codes no retry can fix.
 
     ``lastRetry.status`` is ``Error`` (pod deleted, node lost, controller error) or ``Failed``
     (the main container exited non-zero); ``lastRetry.exitCode`` is a string, "-1" when
     unknown. With ``retryPolicy: Always`` both the policy and this expression must hold.
     """
-    codes = ", ".join(str(c) for c in DETERMINISTIC_EXIT_CODES)
+    codes = ", ".join(str(c) for c in fatal_exit_codes)
     return (
         f"lastRetry.status == 'Error' or (lastRetry.status == 'Failed' and asInt(lastRetry.exitCode) not in [{codes}])"
     )
 
 
-class _Ref:
-    def __init__(self, text: str):
-        self.text = text
+def _retry(r: Retry, expression: str | None = None):
+    """Argo's retry strategy for a plan's policy (``backoff.cap``: the longest wait between two tries).
+    Limit and factor as strings: Argo's JSON schema types them so (its CRD takes either)."""
+    from hera.workflows import RetryStrategy
+    from hera.workflows.models import Backoff
 
-
-def template_argv(step: Step, cfg: Config) -> list[str]:
-    spec = step.spec
-    argv = spec.argv(
-        {k: _Ref(f"{{{{inputs.parameters.{param_name(k)}}}}}") for k in task_params(spec, cfg)},
-        {p.name: _Ref(f"{{{{inputs.artifacts.{p.name}.path}}}}") for p in spec.inputs},
-        {p.name: _Ref(f"{{{{outputs.artifacts.{p.name}.path}}}}") for p in spec.outputs},
+    cap = f"{r.cap_seconds // 3600}h" if r.cap_seconds % 3600 == 0 else f"{r.cap_seconds}s"
+    return RetryStrategy(
+        limit=str(r.limit),
+        retry_policy="Always",
+        expression=expression,
+        backoff=Backoff(duration=f"{r.backoff_seconds}s", factor=str(r.factor), cap=cap),
     )
-    return [a.text if isinstance(a, _Ref) else a for a in argv]
+
+
+def _param_ref(name: str) -> str:
+    return f"{{{{inputs.parameters.{name}}}}}"
+
+
+def template_argv(plan: TaskPlan) -> list[str]:
+    return plan.render_argv(
+        lambda p: _param_ref(p.name),
+        lambda port: f"{{{{inputs.artifacts.{port}.path}}}}",
+        lambda port: f"{{{{outputs.artifacts.{port}.path}}}}",
+    )
 
 
 def _spec_kwargs(dag: Pipeline, cfg: Config) -> dict[str, Any]:
     """Everything a Workflow and a CronWorkflow share, as hera constructor arguments."""
     from hera.workflows import DAG, Parameter, Task
 
-    s = settings(cfg, "argo")
-    check_names(dag, cfg)
-    run_params = run_parameters(dag, cfg)
+    plans = plan_pipeline(dag, cfg, "argo")
+    s, run_params = plans.settings, plans.run_params
 
     templates: dict[str, Any] = {}
     extra_templates: list[Any] = []  # the multi-node stages' inner templates
-    for step in dag:
-        scfg = step.config(cfg)  # a task's step: its task's config
-        env = _stage_env(step.spec, scfg, s)
-        if trainjob.multi_node(step.spec, scfg):  # a nested DAG: stage the data in, the TrainJob, collect
-            templates[step.name] = _trainjob_dag(step, scfg, s, env, extra_templates)
+    for plan in plans:
+        env = _stage_env(plan)
+        if plan.multi_node:  # a nested DAG: stage the data in, the TrainJob, collect
+            templates[plan.name] = _trainjob_dag(plan, s, env, extra_templates)
             continue
-        templates[step.name] = _container(step, scfg, s, env)
-    tasks = [(step, _task_arguments(step, step.config(cfg), run_params)) for step in dag]
+        templates[plan.name] = _container(plan, s, env)
+    arguments = {plan.name: _task_arguments(plan) for plan in plans}
     gated, when = dag.gated(), _when(dag)
 
     def build_dag():
         with DAG(name=ENTRYPOINT) as main:
-            for step, arguments in tasks:
+            for plan in plans:
                 Task(
-                    name=k8s_name(step.name),
-                    template=templates[step.name],
-                    arguments=arguments,
-                    dependencies=sorted(k8s_name(u) for u in step.upstream()) or None,
-                    when=when if step.name in gated else None,
+                    name=plan.k8s_name,
+                    template=templates[plan.name],
+                    arguments=arguments[plan.name],
+                    dependencies=sorted(k8s_name(ref.stage) for ref in plan.wires.values()) or None,
+                    when=when if plan.name in gated else None,
                 )
         return main
 
@@ -161,55 +160,48 @@ def _storage(s) -> dict[str, Any]:
     )
 
 
-def _stage_env(spec, cfg: Config, s) -> list[Any]:
-    """A stage container's environment: the stage's own, the cache, the HF token secret, and where
-    output parameters and the promotion record go."""
+def _stage_env(plan: TaskPlan) -> list[Any]:
+    """A stage container's environment: the plan's, its secret, and where output parameters and the
+    promotion record go."""
     from hera.workflows import Env, SecretEnv
 
     from core.artifacts import PARAMETERS_DIR_ENV
     from runtime import promotion
 
-    env: list[Any] = [Env(name=k, value=v) for k, v in STAGE_ENV.items()]
-    if s.cache_claim:
-        env += [Env(name=k, value=v) for k, v in CACHE_ENV.items()]
-    if s.hf_token_secret and needs_hf_token(spec, cfg):
-        env.append(
-            SecretEnv(name=s.hf_token_env, secret_name=s.hf_token_secret, secret_key=s.hf_token_key, optional=True)
-        )
-    if spec.out_params:
+    env: list[Any] = [Env(name=k, value=v) for k, v in plan.env.items()]
+    if plan.secret:
+        ref = plan.secret
+        env.append(SecretEnv(name=ref.env, secret_name=ref.secret, secret_key=ref.key, optional=ref.optional))
+    if plan.out_params:
         env.append(Env(name=PARAMETERS_DIR_ENV, value=PARAMS_DIR))
-    if promotion.promotes(spec):
+    if plan.promotes:
         env.append(Env(name=promotion.PROMOTION_FILE_ENV, value=PROMOTION_PATH))
     return env
 
 
-def _container(step, cfg: Config, s, env: list[Any]):
+def _volume_mounts(plan: TaskPlan) -> list[Any] | None:
+    from hera.workflows.models import VolumeMount
+
+    return [VolumeMount(name=CACHE_VOLUME, mount_path=path) for path in plan.mounts.values()] or None
+
+
+def _container(plan: TaskPlan, s, env: list[Any]):
     """One stage as a container template: its ports as artifacts, its parameters, resources, retries."""
-    from hera.workflows import Artifact, Container, Parameter, Resources, RetryStrategy
-    from hera.workflows.models import ArchiveStrategy, Backoff, NoneStrategy, Toleration, ValueFrom, VolumeMount
+    from hera.workflows import Artifact, Container, Parameter, Resources
+    from hera.workflows.models import ArchiveStrategy, NoneStrategy, Toleration, ValueFrom
 
-    from runtime import promotion
-
-    spec = step.spec
-    res = spec.resources(cfg)
-    argv = template_argv(step, cfg)
+    res, argv = plan.resources, template_argv(plan)
+    unarchived = ArchiveStrategy(none=NoneStrategy())
     return Container(
-        name=k8s_name(step.name),
-        image=image_for(spec, cfg),
+        name=plan.k8s_name,
+        image=plan.image,
         command=argv[:3],
         args=argv[3:],
-        inputs=[Artifact(name=p.name, path=f"{IN_DIR}/{p.name}") for p in spec.inputs]
-        + [Parameter(name=param_name(k)) for k in task_params(spec, cfg)],
-        outputs=[
-            Artifact(name=p.name, path=f"{OUT_DIR}/{p.name}", archive=ArchiveStrategy(none=NoneStrategy()))
-            for p in spec.outputs
-        ]
-        + [Parameter(name=p.name, value_from=ValueFrom(path=f"{PARAMS_DIR}/{p.name}")) for p in spec.out_params]
-        + (
-            [Artifact(name=PROMOTION_ARTIFACT, path=PROMOTION_PATH, archive=ArchiveStrategy(none=NoneStrategy()))]
-            if promotion.promotes(spec)
-            else []
-        ),
+        inputs=[Artifact(name=p.name, path=f"{IN_DIR}/{p.name}") for p in plan.inputs]
+        + [Parameter(name=p.name) for p in plan.params],
+        outputs=[Artifact(name=p.name, path=f"{OUT_DIR}/{p.name}", archive=unarchived) for p in plan.outputs]
+        + [Parameter(name=p.name, value_from=ValueFrom(path=f"{PARAMS_DIR}/{p.name}")) for p in plan.out_params]
+        + ([Artifact(name=PROMOTION_ARTIFACT, path=PROMOTION_PATH, archive=unarchived)] if plan.promotes else []),
         resources=Resources(
             cpu_request=res.cpu,
             cpu_limit=res.cpu,
@@ -218,36 +210,30 @@ def _container(step, cfg: Config, s, env: list[Any]):
             gpus=res.gpu or None,
             gpu_flag=GPU_RESOURCE,
         ),
-        # limit and factor as strings: Argo's JSON schema types them so (its CRD takes either).
-        retry_strategy=RetryStrategy(
-            limit=str(s.retries),
-            retry_policy="Always",
-            expression=retry_expression(),
-            backoff=Backoff(duration=f"{s.retry_backoff_seconds}s", factor="2", cap=BACKOFF_CAP),
-        ),
+        retry_strategy=_retry(plan.retry, retry_expression(plan.retry.fatal_exit_codes)),
         env=env,
-        volume_mounts=[VolumeMount(name=CACHE_VOLUME, mount_path=CACHE_MOUNT)] if s.cache_claim else None,
+        volume_mounts=_volume_mounts(plan),
         tolerations=[Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")]
         if (res.gpu and s.gpu_toleration)
         else None,
     )
 
 
-def _task_arguments(step, cfg: Config, run_params: dict) -> list[Any]:
+def _task_arguments(plan: TaskPlan) -> list[Any]:
     """A DAG task's arguments: its wires as artifacts from the upstream task, its parameters from the
     run's parameters where the run may change them, else as constants."""
     from hera.workflows import Artifact, Parameter
 
     arguments: list[Any] = []
-    for port_name, (up, out) in step.wires.items():
+    for port_name, (up, out) in plan.wires.items():
         arguments.append(Artifact(name=port_name, from_=f"{{{{tasks.{k8s_name(up)}.outputs.artifacts.{out}}}}}"))
-    for key, value in task_params(step.spec, cfg).items():
-        if key in run_params and step.binds(key):
-            arguments.append(Parameter(name=param_name(key), value=f"{{{{workflow.parameters.{param_name(key)}}}}}"))
+    for p in plan.params:
+        if p.run:
+            arguments.append(Parameter(name=p.name, value=f"{{{{workflow.parameters.{p.name}}}}}"))
         else:
-            if "{{" in encode(value):
-                raise UserError(f"{step.name}: {key} = {value!r}: Argo would read '{{{{' as a template tag")
-            arguments.append(Parameter(name=param_name(key), value=encode(value)))
+            if "{{" in encode(p.value):
+                raise UserError(f"{plan.name}: {p.key} = {p.value!r}: Argo would read '{{{{' as a template tag")
+            arguments.append(Parameter(name=p.name, value=encode(p.value)))
     return arguments
 
 
@@ -267,7 +253,7 @@ TRAINJOB_SUCCESS = f"status.conditions.0.type == {trainjob.COMPLETE}, status.con
 TRAINJOB_FAILURE = f"status.conditions.0.type == {trainjob.FAILED}, status.conditions.0.status == True"
 
 
-def _trainjob_dag(step: Step, cfg: Config, s, env: list, extra_templates: list):
+def _trainjob_dag(plan: TaskPlan, s, env: list, extra_templates: list):
     """The stage on ``train.nodes`` machines: copy its inputs into the job folder on the cache volume,
     create the TrainJob (a ``resource`` template waiting on its status), copy node 0's sealed outputs
     out as the task's artifacts. The nested DAG has the stage's inputs and outputs, so the tasks
@@ -275,15 +261,14 @@ def _trainjob_dag(step: Step, cfg: Config, s, env: list, extra_templates: list):
     from hera.workflows import DAG, Artifact, Parameter, Task
     from hera.workflows.models import ArchiveStrategy, NoneStrategy
 
-    spec, name = step.spec, k8s_name(step.name)
+    spec, name = plan.spec, plan.k8s_name
     job_dir = f"{trainjob.JOB_ROOT}/{{{{workflow.uid}}}}"
-    params = {k: _Ref(f"{{{{inputs.parameters.{param_name(k)}}}}}") for k in task_params(spec, cfg)}
-    argv = [a.text if isinstance(a, _Ref) else a for a in trainjob.job_argv(spec, params)]
-    doc = trainjob.manifest(spec, cfg, s, argv, job_dir)
-    declared = [Parameter(name=param_name(k)) for k in task_params(spec, cfg)]
+    argv = trainjob.job_argv(plan, lambda p: _param_ref(p.name))
+    doc = trainjob.manifest(plan, s, argv, job_dir)
+    declared = [Parameter(name=p.name) for p in plan.params]
 
     def copier(what: str, flags: list[str], **io):
-        return _job_copier(what, flags, step, cfg, job_dir, env, **io)
+        return _job_copier(what, flags, plan, job_dir, env, **io)
 
     stage_in = copier(
         "stage-in",
@@ -298,7 +283,7 @@ def _trainjob_dag(step: Step, cfg: Config, s, env: list, extra_templates: list):
             for p in spec.outputs
         ],
     )
-    create = _trainjob_resource(name, doc, declared, s)
+    create = _trainjob_resource(name, doc, declared, plan.retry)
     extra_templates += [stage_in, create, stage_out]
     tasks = [
         Task(
@@ -326,30 +311,28 @@ def _trainjob_dag(step: Step, cfg: Config, s, env: list, extra_templates: list):
     return nested
 
 
-def _job_copier(what: str, flags: list[str], step: Step, cfg: Config, job_dir: str, env: list, **io):
+def _job_copier(what: str, flags: list[str], plan: TaskPlan, job_dir: str, env: list, **io):
     """A small container of the stage's image that copies between the job folder and the artifacts
     (``python -m runtime.trainjob stage-in|stage-out``)."""
     from hera.workflows import Container, Resources
-    from hera.workflows.models import VolumeMount
 
-    small = step.spec.cpu
+    small = plan.launcher_resources
     return Container(
-        name=f"{k8s_name(step.name)}-{what}",
-        image=image_for(step.spec, cfg),
+        name=f"{plan.k8s_name}-{what}",
+        image=plan.image,
         command=["python", "-m", "runtime.trainjob", what],
         args=[*flags, "--job-dir", job_dir],
         env=env,
-        volume_mounts=[VolumeMount(name=CACHE_VOLUME, mount_path=CACHE_MOUNT)],
+        volume_mounts=_volume_mounts(plan),
         resources=Resources(cpu_request=small.cpu, memory_request=f"{small.memory_gb}Gi"),
         **io,
     )
 
 
-def _trainjob_resource(name: str, doc: dict, declared: list, s):
+def _trainjob_resource(name: str, doc: dict, declared: list, retry: Retry):
     """The ``resource`` template that creates the TrainJob and waits on its status."""
     import yaml
-    from hera.workflows import Resource, RetryStrategy
-    from hera.workflows.models import Backoff
+    from hera.workflows import Resource
 
     return Resource(
         name=f"{name}-trainjob",
@@ -360,11 +343,7 @@ def _trainjob_resource(name: str, doc: dict, declared: list, s):
         failure_condition=TRAINJOB_FAILURE,
         inputs=declared,
         # A failed TrainJob (a lost node) is created anew; it resumes from rank 0's checkpoint.
-        retry_strategy=RetryStrategy(
-            limit=str(s.retries),
-            retry_policy="Always",
-            backoff=Backoff(duration=f"{s.retry_backoff_seconds}s", factor="2", cap=BACKOFF_CAP),
-        ),
+        retry_strategy=_retry(retry),
     )
 
 

@@ -39,20 +39,14 @@ from runtime import promotion, registries, secrets
 
 from .base import RunStatus, Target
 from .compile_common import (
-    STAGE_ENV,
     WORKDIR,
     EngineSettings,
-    bound_run_keys,
-    check_names,
-    image_for,
-    needs_hf_token,
     param_name,
     pipeline_signature,
-    run_parameters,
     settings,
-    task_params,
     value_kind,
 )
+from .plan import TaskPlan, plan_pipeline
 from .validate import check_azureml
 
 logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
@@ -83,12 +77,9 @@ OUTPUT_MODE = "upload"
 URI_SUFFIX = "_uri"
 
 
-def registers_model(spec: StageSpec, cfg: Config) -> str | None:
-    """The model asset a promoting stage registers (runtime/registries.py), or None."""
-    s = settings(cfg, "azureml")
-    if not (s.register_model and promotion.promotes(spec)):
-        return None
-    return s.model_name or param_name(cfg.name)
+def registers_model(plan: TaskPlan) -> str | None:
+    """The model asset a promoting step registers (runtime/registries.py, named in its env), or None."""
+    return plan.env.get(registries.AZUREML_MODEL_ENV)
 
 
 def model_port(spec: StageSpec) -> str:
@@ -112,60 +103,58 @@ class _Ref:
         return f"'{self.text}'" if self.quote else self.text
 
 
-def command_line(spec: StageSpec, cfg: Config) -> str:
-    params = task_params(spec, cfg)
-    argv = spec.argv(
-        {
-            k: _Ref(f"${{{{inputs.{param_name(k)}}}}}", _KIND_TYPES[value_kind(v)] == "string")
-            for k, v in params.items()
-        },
-        {p.name: _Ref(f"${{{{inputs.{p.name}}}}}", False) for p in spec.inputs},
-        {p.name: _Ref(f"${{{{outputs.{p.name}}}}}", False) for p in spec.outputs},
+def command_line(plan: TaskPlan) -> str:
+    argv = plan.render_argv(
+        lambda p: _Ref(f"${{{{inputs.{p.name}}}}}", _KIND_TYPES[p.kind] == "string"),
+        lambda port: _Ref(f"${{{{inputs.{port}}}}}", False),
+        lambda port: _Ref(f"${{{{outputs.{port}}}}}", False),
     )
-    if registers_model(spec, cfg):
-        argv += ["--model-uri", _Ref(f"${{{{inputs.{model_port(spec)}{URI_SUFFIX}}}}}", False)]
+    if registers_model(plan):
+        argv += ["--model-uri", _Ref(f"${{{{inputs.{model_port(plan.spec)}{URI_SUFFIX}}}}}", False)]
     # No code upload: the job starts in AzureML's own working folder, so go to the repo first
     # (relative paths in the config, such as data.path, are relative to it).
     return f"cd {WORKDIR} && " + " ".join(a.shell() if isinstance(a, _Ref) else shlex.quote(a) for a in argv)
 
 
-def make_component(spec: StageSpec, cfg: Config, name: str | None = None):
-    """The stage as a CommandComponent; ``name``: the step's (a task's steps share a stage)."""
+def make_component(plan: TaskPlan, version: str):
+    """The step as a CommandComponent, named after the step (a task's steps share a stage);
+    ``version``: the images' tag."""
     from azure.ai.ml import Input, Output
     from azure.ai.ml.entities import CommandComponent, Environment
 
+    spec = plan.spec
     inputs: dict[str, Any] = {
         p.name: Input(type=ARTIFACT_TYPES[p.type]["azureml"], description=p.description or None) for p in spec.inputs
     }
-    if registers_model(spec, cfg):
+    if registers_model(plan):
         port = next(p for p in spec.inputs if p.name == model_port(spec))
         inputs[port.name + URI_SUFFIX] = Input(
             type=ARTIFACT_TYPES[port.type]["azureml"],
             mode="direct",
             description=f"where {port.name} lies: the model asset points there",
         )
-    for key, value in task_params(spec, cfg).items():
-        if inputs.get(param_name(key)):
-            raise UserError(f"{spec.name}: parameter {key!r} collides with an input port")
-        v = azure_value(value)
+    for p in plan.params:
+        if inputs.get(p.name):
+            raise UserError(f"{spec.name}: parameter {p.key!r} collides with an input port")
+        v = azure_value(p.value)
         if isinstance(v, str) and "'" in v:
-            raise UserError(f"{spec.name}: {key} = {v!r}: AzureML's command line cannot carry a single quote")
-        inputs[param_name(key)] = Input(
-            type=_KIND_TYPES[value_kind(value)], default=v, description=f"{describe(key)} (--{key})".lstrip()
+            raise UserError(f"{spec.name}: {p.key} = {v!r}: AzureML's command line cannot carry a single quote")
+        inputs[p.name] = Input(
+            type=_KIND_TYPES[p.kind], default=v, description=f"{describe(p.key)} (--{p.key})".lstrip()
         )
     outputs = {
         p.name: Output(type=ARTIFACT_TYPES[p.type]["azureml"], mode=OUTPUT_MODE, description=p.description or None)
         for p in spec.outputs
     }
     return CommandComponent(
-        name=name or spec.name,
-        version=cfg.images.tag,
-        display_name=name or spec.name,
+        name=plan.name,
+        version=version,
+        display_name=plan.name,
         description=spec.summary,
         inputs=inputs,
         outputs=outputs,
-        command=command_line(spec, cfg),
-        environment=Environment(image=image_for(spec, cfg)),
+        command=command_line(plan),
+        environment=Environment(image=plan.image),
     )
 
 
@@ -173,41 +162,19 @@ def build_pipeline(dag: Pipeline, cfg: Config):
     """The azure-ai-ml PipelineJob and ``{stage: CommandComponent}``."""
     from azure.ai.ml.dsl import pipeline
 
-    s = settings(cfg, "azureml")
-    check_names(dag, cfg)
-    run_params = run_parameters(dag, cfg)
-    components = {step.name: make_component(step.spec, step.config(cfg), step.name) for step in dag}
+    plans = plan_pipeline(dag, cfg, "azureml")
+    s, run_params = plans.settings, plans.run_params
+    components = {plan.name: make_component(plan, cfg.images.tag) for plan in plans}
     sig = pipeline_signature(run_params, lambda v: _PY_TYPES[_KIND_TYPES[value_kind(v)]], azure_value)
 
     def body(**pipeline_inputs):
         nodes: dict[str, Any] = {}
-        for step in dag:
-            kwargs: dict[str, Any] = {}
-            for port_name, (up, out) in step.wires.items():
-                kwargs[port_name] = nodes[up].outputs[out]
-            for key in bound_run_keys(step, cfg, run_params):
-                kwargs[param_name(key)] = pipeline_inputs[param_name(key)]
-            asset = registers_model(step.spec, cfg)
-            if asset:
-                kwargs[model_port(step.spec) + URI_SUFFIX] = kwargs[model_port(step.spec)]
-            node = components[step.name](**kwargs)
-            node.name = step.name  # not the Python variable's name
-            node.display_name = step.name
-            node.compute = s.compute_gpu if step.spec.uses_gpu(cfg) else s.compute_cpu
-            if step.spec.nodes(cfg) > 1:
-                _distribute(node, step.spec, cfg)
-            for port in step.spec.outputs:
-                node.outputs[port.name].mode = OUTPUT_MODE
-            env = dict(STAGE_ENV)
-            if s.hf_token_secret and needs_hf_token(step.spec, cfg):
-                env[HF_SECRET_REF_ENV] = s.hf_token_secret  # a reference to a Key Vault secret, never its value
-                if s.key_vault_url:
-                    env[HF_VAULT_URL_ENV] = s.key_vault_url
-            if asset:
-                node.inputs[model_port(step.spec) + URI_SUFFIX].mode = "direct"
-                env[registries.AZUREML_MODEL_ENV] = asset
-            node.environment_variables = env
-            nodes[step.name] = node
+        for plan in plans:
+            kwargs: dict[str, Any] = {port: nodes[up].outputs[out] for port, (up, out) in plan.wires.items()}
+            kwargs.update({param_name(k): pipeline_inputs[param_name(k)] for k in plan.bound_keys})
+            if registers_model(plan):
+                kwargs[model_port(plan.spec) + URI_SUFFIX] = kwargs[model_port(plan.spec)]
+            nodes[plan.name] = _node(components[plan.name](**kwargs), plan, s)
 
     body.__name__ = body.__qualname__ = param_name(cfg.name).replace("-", "_")
     body.__signature__ = inspect.Signature(sig)
@@ -221,16 +188,36 @@ def build_pipeline(dag: Pipeline, cfg: Config):
     return job, components
 
 
-def _distribute(node, spec: StageSpec, cfg: Config) -> None:
+def _node(node, plan: TaskPlan, s):
+    """A pipeline node for ``plan``: its compute, distribution, output modes and environment, where
+    the Hugging Face token is a Key Vault reference (runtime/secrets.py reads it in the stage)."""
+    node.name = plan.name  # not the Python variable's name
+    node.display_name = plan.name
+    node.compute = s.compute_gpu if plan.resources.gpu else s.compute_cpu
+    if plan.multi_node:
+        _distribute(node, plan)
+    for port in plan.outputs:
+        node.outputs[port.name].mode = OUTPUT_MODE
+    env = dict(plan.env)
+    if plan.secret:
+        env[HF_SECRET_REF_ENV] = plan.secret.secret  # the secret's name in the vault, never its value
+        if s.key_vault_url:
+            env[HF_VAULT_URL_ENV] = s.key_vault_url
+    if registers_model(plan):
+        node.inputs[model_port(plan.spec) + URI_SUFFIX].mode = "direct"
+    node.environment_variables = env
+    return node
+
+
+def _distribute(node, plan: TaskPlan) -> None:
     """``train.nodes`` instances, ``train.gpus`` processes on each: AzureML's PyTorch distribution starts
     every rank as a stage process with MASTER_ADDR, NODE_RANK, RANK, WORLD_SIZE set (core/ranks.py); node
     0's rank 0 writes the outputs, the other processes leave them alone."""
     from azure.ai.ml import PyTorchDistribution
     from azure.ai.ml.entities import JobResourceConfiguration
 
-    per_node = int(spec.params(cfg).get(spec.gpu_count, 1)) if spec.gpu_count else 1
-    node.distribution = PyTorchDistribution(process_count_per_instance=per_node)
-    node.resources = JobResourceConfiguration(instance_count=spec.nodes(cfg))
+    node.distribution = PyTorchDistribution(process_count_per_instance=plan.procs_per_node)
+    node.resources = JobResourceConfiguration(instance_count=plan.nodes)
 
 
 def compile_pipeline(dag: Pipeline, cfg: Config, out: str | Path) -> Path:
@@ -415,6 +402,9 @@ class AzureMLSettings(EngineSettings):
     # config's name); register_model false: the metrics and report only.
     register_model: bool = True
     model_name: str | None = None
+
+    def registry_env(self, config_name: str) -> dict[str, str]:
+        return {registries.AZUREML_MODEL_ENV: self.model_name or param_name(config_name)} if self.register_model else {}
 
     @field_validator("model_name")
     @classmethod

@@ -7,7 +7,9 @@
 - the naming, typing and encoding rules that turn a registry parameter into an engine
   parameter, so that the engine's command line is the local runner's command line.
 
-No adapter names a stage: they iterate ``for step in dag`` over the stage registry.
+No adapter names a stage: they iterate ``for step in dag`` over the stage registry. What each
+step runs (image, command line, env, secret, resources, retry, mounts) is decided from these once,
+in engines/plan.py; the adapters render that plan.
 """
 
 from __future__ import annotations
@@ -99,6 +101,11 @@ class EngineSettings(BaseModel):
         if v is not None:
             cron.parse(v, cls.cron_dialect)
         return v
+
+    def registry_env(self, config_name: str) -> dict[str, str]:
+        """The env that tells a promoting task's stage which model registry to register in
+        (runtime/registries.py); ``config_name``: its config's, the model's default name."""
+        return {}
 
 
 def settings(cfg: Config, target: str) -> Any:

@@ -25,31 +25,24 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from core import names
 from core.config import Config
 from core.errors import UserError
-from core.spec import ARTIFACT_TYPES, Pipeline, StageSpec, Step
-from runtime import promotion, registries
+from core.spec import ARTIFACT_TYPES, Pipeline, StageSpec
+from runtime import registries
 from runtime.kfp_output import CONFUSION_SUFFIX, REPORT_SUFFIX
 
 from . import trainjob
 from .compile_common import (
     CACHE_CLAIM,
-    CACHE_ENV,
-    CACHE_MOUNT,
     GPU_RESOURCE,
-    STAGE_ENV,
     EngineSettings,
-    bound_run_keys,
-    check_names,
-    image_for,
     kfp_cron,
-    needs_hf_token,
     out_path,
     param_name,
     pipeline_signature,
     run_parameters,
     settings,
-    task_params,
     value_kind,
 )
+from .plan import PipelinePlan, TaskPlan, plan_pipeline
 from .validate import check_kfp
 
 # The stage writes KFP's executor output itself (runtime/kfp_output.py) when given
@@ -83,13 +76,13 @@ def metrics_ports(spec: StageSpec) -> list[str]:
     return [p.name for p in spec.outputs if ARTIFACT_TYPES[p.type]["kfp"] == "Metrics"]
 
 
-def make_component(spec: StageSpec, cfg: Config, step_name: str | None = None):
-    """The stage as a KFP container component (a ``@dsl.container_component`` built from data);
-    ``step_name``: the step's (a task's steps share a stage; KFP names the task after it)."""
+def make_component(plan: TaskPlan, s):
+    """The step as a KFP container component (a ``@dsl.container_component`` built from data),
+    named after the step (a task's steps share a stage; KFP names the task after it)."""
     from kfp import dsl
 
-    params = task_params(spec, cfg)
-    launcher = _trainjob(spec, cfg) if trainjob.multi_node(spec, cfg) else None
+    spec, params = plan.spec, plan.values()
+    launcher = _trainjob(plan, s) if plan.multi_node else None
     P = inspect.Parameter
     sig: list[inspect.Parameter] = []
     for port in spec.inputs:
@@ -119,17 +112,13 @@ def make_component(spec: StageSpec, cfg: Config, step_name: str | None = None):
 
     def container(*args):
         ns = dict(zip(names, args))
-        argv = spec.argv(
-            {key: ns[param_name(key)] for key in params},
-            {p.name: ns[p.name].path for p in spec.inputs},
-            {p.name: ns[p.name].path for p in spec.outputs},
-        )
+        argv = plan.render_argv(lambda p: ns[p.name], lambda port: ns[port].path, lambda port: ns[port].path)
         if launcher:  # the stage on train.nodes machines: a TrainJob, created and awaited (runtime/trainjob.py)
             argv = [*LAUNCHER, "--manifest", launcher, *_port_names(spec), *argv[3:]]
         argv += [EXECUTOR_INPUT_FLAG, dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER]
-        return dsl.ContainerSpec(image=image_for(spec, cfg), command=argv[:3], args=argv[3:])
+        return dsl.ContainerSpec(image=plan.image, command=argv[:3], args=argv[3:])
 
-    container.__name__ = container.__qualname__ = step_name or spec.name
+    container.__name__ = container.__qualname__ = plan.name
     container.__doc__ = _docstring(spec.summary, params)  # KFP takes the inputs' descriptions from "Args:"
     container.__signature__ = inspect.Signature(sig)
     return dsl.container_component(container)
@@ -138,12 +127,11 @@ def make_component(spec: StageSpec, cfg: Config, step_name: str | None = None):
 LAUNCHER = ["python", "-m", "runtime.trainjob", "run"]
 
 
-def _trainjob(spec: StageSpec, cfg: Config) -> str:
+def _trainjob(plan: TaskPlan, s) -> str:
     """The TrainJob the launcher creates, as JSON: the stage's command line with the config's values;
     the launcher puts in the run's values of the run parameters and its name (engines/trainjob.py)."""
-    s = settings(cfg, "kfp")
-    argv = trainjob.job_argv(spec, task_params(spec, cfg))
-    doc = trainjob.manifest(spec, cfg, s, argv, f"{trainjob.JOB_ROOT}/{trainjob.JOB_TOKEN}")
+    argv = trainjob.job_argv(plan)
+    doc = trainjob.manifest(plan, s, argv, f"{trainjob.JOB_ROOT}/{trainjob.JOB_TOKEN}")
     return json.dumps(doc, separators=(",", ":"))
 
 
@@ -165,10 +153,9 @@ def build_pipeline(dag: Pipeline, cfg: Config):
     """The KFP pipeline (a GraphComponent) for ``dag`` under ``cfg``."""
     from kfp import dsl, kubernetes
 
-    s = settings(cfg, "kfp")
-    check_names(dag, cfg)
-    run_params = run_parameters(dag, cfg)
-    components = {step.name: make_component(step.spec, step.config(cfg), step.name) for step in dag}
+    plans = plan_pipeline(dag, cfg, "kfp")
+    s, run_params = plans.settings, plans.run_params
+    components = {plan.name: make_component(plan, s) for plan in plans}
 
     sig = pipeline_signature(run_params, lambda v: _KIND_TYPES[value_kind(v)], kfp_value)
     pipeline_param_names = [p.name for p in sig]
@@ -176,16 +163,17 @@ def build_pipeline(dag: Pipeline, cfg: Config):
     gated = dag.gated()
 
     def add(step, tasks: dict, channels: dict, artifacts_in: dict | None = None):
+        plan = plans[step.name]
         kwargs: dict[str, Any] = {}
-        for port_name, (up, out) in step.wires.items():
+        for port_name, (up, out) in plan.wires.items():
             kwargs[port_name] = tasks[up].outputs[out] if up in tasks else artifacts_in[f"{up}_{out}"]
-        for key in bound_run_keys(step, cfg, run_params):
+        for key in plan.bound_keys:
             kwargs[param_name(key)] = channels[param_name(key)]
-        task = components[step.name](**kwargs)
-        _configure_task(task, step, step.config(cfg), s, kubernetes)
-        tasks[step.name] = task
+        task = components[plan.name](**kwargs)
+        _configure_task(task, plan, s, kubernetes)
+        tasks[plan.name] = task
 
-    gate = _gate_pipeline(dag, cfg, run_params, add) if gated else None
+    gate = _gate_pipeline(dag, plans, add) if gated else None
 
     def body(*args):
         channels = dict(zip(pipeline_param_names, args))
@@ -197,7 +185,7 @@ def build_pipeline(dag: Pipeline, cfg: Config):
             c = dag.condition
             kwargs = {c.param: tasks[c.step].outputs[c.param]}
             kwargs.update({name: tasks[up].outputs[out] for name, (up, out) in _gate_artifacts(dag).items()})
-            kwargs.update({name: channels[name] for name in _gate_parameters(dag, cfg, run_params)})
+            kwargs.update({name: channels[name] for name in _gate_parameters(dag, plans)})
             gate(**kwargs).set_display_name(CONDITION_NAME)
 
     body.__name__ = body.__qualname__ = param_name(cfg.name).replace("-", "_")
@@ -221,13 +209,13 @@ def _gate_artifacts(dag: Pipeline) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _gate_parameters(dag: Pipeline, cfg: Config, run_params: dict) -> list[str]:
+def _gate_parameters(dag: Pipeline, plans: PipelinePlan) -> list[str]:
     gated = dag.gated()
-    keys = {k for step in dag if step.name in gated for k in bound_run_keys(step, cfg, run_params)}
-    return [param_name(k) for k in run_params if k in keys]
+    keys = {k for plan in plans if plan.name in gated for k in plan.bound_keys}
+    return [param_name(k) for k in plans.run_params if k in keys]
 
 
-def _gate_pipeline(dag: Pipeline, cfg: Config, run_params: dict, add):
+def _gate_pipeline(dag: Pipeline, plans: PipelinePlan, add):
     """The steps behind the DAG's condition, as a nested pipeline whose body is one ``dsl.If``
     on its own input parameter (the condition step's output, passed in by the caller).
 
@@ -245,8 +233,8 @@ def _gate_pipeline(dag: Pipeline, cfg: Config, run_params: dict, add):
     for name, (up, port) in _gate_artifacts(dag).items():
         ptype = {p.name: p.type for p in steps[up].spec.outputs}[port]
         sig.append(P(name, P.POSITIONAL_OR_KEYWORD, annotation=dsl.Input[_artifact_class(ptype)]))
-    kinds = {param_name(k): v for k, v in run_params.items()}
-    for name in _gate_parameters(dag, cfg, run_params):
+    kinds = {param_name(k): v for k, v in plans.run_params.items()}
+    for name in _gate_parameters(dag, plans):
         sig.append(P(name, P.POSITIONAL_OR_KEYWORD, annotation=_KIND_TYPES[value_kind(kinds[name])]))
     names = [p.name for p in sig]
 
@@ -263,10 +251,10 @@ def _gate_pipeline(dag: Pipeline, cfg: Config, run_params: dict, add):
     return dsl.pipeline(name=CONDITION_NAME, description=f"{c.reason}: the steps after {c.step} are skipped")(gate)
 
 
-def _configure_task(task, step: Step, cfg: Config, s, kubernetes) -> None:
+def _configure_task(task, plan: TaskPlan, s, kubernetes) -> None:
     # A multi-node stage's task only launches its TrainJob: the nodes have the stage's resources.
-    res = step.spec.cpu if trainjob.multi_node(step.spec, cfg) else step.spec.resources(cfg)
-    task.set_display_name(step.name)
+    res = plan.launcher_resources if plan.multi_node else plan.resources
+    task.set_display_name(plan.name)
     task.set_cpu_request(str(res.cpu))
     task.set_cpu_limit(str(res.cpu))
     task.set_memory_request(f"{res.memory_gb}Gi")
@@ -276,33 +264,24 @@ def _configure_task(task, step: Step, cfg: Config, s, kubernetes) -> None:
         task.set_accelerator_limit(res.gpu)
         if s.gpu_toleration:
             kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    r = plan.retry  # KFP retries every failure; it has no exit-code condition
     task.set_retry(
-        num_retries=s.retries,
-        backoff_duration=f"{s.retry_backoff_seconds}s",
-        backoff_factor=2.0,
-        backoff_max_duration="3600s",
+        num_retries=r.limit,
+        backoff_duration=f"{r.backoff_seconds}s",
+        backoff_factor=float(r.factor),
+        backoff_max_duration=f"{r.cap_seconds}s",
     )
     task.set_caching_options(enable_caching=s.enable_caching)
-    env = dict(STAGE_ENV)
-    if s.cache_claim:
-        kubernetes.mount_pvc(task, pvc_name=s.cache_claim, mount_path=CACHE_MOUNT)
-        env.update(CACHE_ENV)
-    if s.model_registry and promotion.promotes(step.spec):  # runtime/registries.py
-        env.update(
-            {
-                registries.REGISTRY_URL_ENV: s.model_registry.url,
-                registries.REGISTRY_MODEL_ENV: s.model_registry.model_name or cfg.name,
-                registries.REGISTRY_AUTHOR_ENV: s.model_registry.author,
-            }
-        )
-    for name, value in env.items():
+    for claim, path in plan.mounts.items():
+        kubernetes.mount_pvc(task, pvc_name=claim, mount_path=path)
+    for name, value in plan.env.items():
         task.set_env_variable(name, value)
-    if s.hf_token_secret and needs_hf_token(step.spec, cfg):
+    if plan.secret:
         kubernetes.use_secret_as_env(
             task,
-            secret_name=s.hf_token_secret,
-            secret_key_to_env={s.hf_token_key: s.hf_token_env},
-            optional=True,  # only gated or private models need it
+            secret_name=plan.secret.secret,
+            secret_key_to_env={plan.secret.key: plan.secret.env},
+            optional=plan.secret.optional,
         )
 
 
@@ -560,6 +539,16 @@ class KfpSettings(EngineSettings):
     cache_claim: names.DnsSubdomain | None = CACHE_CLAIM  # the model-cache PVC mounted at /cache; null: none
     gpu_toleration: bool = True  # tolerate the usual nvidia.com/gpu taint on GPU tasks
     model_registry: ModelRegistrySettings | None = None  # null: promotion is the metrics artifact's metadata only
+
+    def registry_env(self, config_name: str) -> dict[str, str]:
+        r = self.model_registry
+        if r is None:
+            return {}
+        return {
+            registries.REGISTRY_URL_ENV: r.url,
+            registries.REGISTRY_MODEL_ENV: r.model_name or config_name,
+            registries.REGISTRY_AUTHOR_ENV: r.author,
+        }
 
 
 class KfpTarget(Target):

@@ -18,14 +18,13 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from core.config import Config
 from core.errors import UserError
-from core.spec import StageSpec
 
-from .compile_common import CACHE_ENV, CACHE_MOUNT, GPU_RESOURCE, STAGE_ENV, image_for, k8s_name
+from .compile_common import CACHE_MOUNT, GPU_RESOURCE, k8s_name
 from .crd import strict
+from .plan import Param, TaskPlan
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 API_VERSION, KIND = f"{GROUP}/{VERSION}", "TrainJob"
@@ -48,55 +47,57 @@ CRD_FILE = "trainer.kubeflow.org_trainjobs.yaml"
 COMPLETE, FAILED = "Complete", "Failed"
 
 
-def multi_node(spec: StageSpec, cfg: Config) -> bool:
-    return spec.nodes(cfg) > 1
-
-
-def job_argv(spec: StageSpec, params: dict[str, Any]) -> list[str]:
-    """The stage's command line on every node: its inputs and outputs in the job folder."""
+def job_argv(plan: TaskPlan, param: Callable[[Param], str] | None = None) -> list[str]:
+    """The stage's command line on every node, its inputs and outputs in the job folder; ``param``:
+    the engine's tag for a parameter, or None for the config's values."""
     where = f"$({JOB_DIR_ENV})"
-    return spec.argv(
-        params, {p.name: f"{where}/{p.name}" for p in spec.inputs}, {p.name: f"{where}/{p.name}" for p in spec.outputs}
-    )
+    if param is None:  # values: a null the stage defaults to null too is no flag (StageSpec.argv)
+        spec = plan.spec
+        paths = {p.name: f"{where}/{p.name}" for p in (*spec.inputs, *spec.outputs)}
+        return spec.argv(plan.values(), paths, paths)
+    return plan.render_argv(param, lambda port: f"{where}/{port}", lambda port: f"{where}/{port}")
 
 
-def manifest(spec: StageSpec, cfg: Config, s, argv: list[str], job_dir: str) -> dict:
-    """The TrainJob for ``spec`` under ``cfg``; ``s``: the engine's settings (cache claim, secret, tolerations)."""
-    if not s.cache_claim:
+def manifest(plan: TaskPlan, s, argv: list[str], job_dir: str) -> dict:
+    """The TrainJob for the step ``plan``; ``s``: the engine's settings (the GPU toleration)."""
+    if not plan.mounts:
         raise UserError(
-            f"{spec.name}.nodes > 1 needs the cache volume every node mounts (the job folder and the "
+            f"{plan.spec.name}.nodes > 1 needs the cache volume every node mounts (the job folder and the "
             "checkpoints): set the engine's cache_claim to a ReadWriteMany PVC"
         )
-    res = spec.resources(cfg)
+    res = plan.resources
     quantities: dict[str, Any] = {"cpu": str(res.cpu), "memory": f"{res.memory_gb}Gi"}
     if res.gpu:
         quantities[GPU_RESOURCE] = str(res.gpu)
-    env = [{"name": k, "value": v} for k, v in {**STAGE_ENV, **CACHE_ENV, JOB_DIR_ENV: job_dir}.items()]
-    if s.hf_token_secret and "model.base" in spec.params(cfg):
-        ref = {"name": s.hf_token_secret, "key": s.hf_token_key, "optional": True}
-        env.append({"name": s.hf_token_env, "valueFrom": {"secretKeyRef": ref}})
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in {**plan.env, JOB_DIR_ENV: job_dir}.items()]
+    if plan.secret:
+        ref = {"name": plan.secret.secret, "key": plan.secret.key, "optional": plan.secret.optional}
+        env.append({"name": plan.secret.env, "valueFrom": {"secretKeyRef": ref}})
     trainer = {
-        "image": image_for(spec, cfg),
+        "image": plan.image,
         "command": argv[:3],
         "args": argv[3:],
         "env": env,
-        "numNodes": spec.nodes(cfg),
-        "numProcPerNode": int(spec.params(cfg).get(spec.gpu_count, 1)) if spec.gpu_count else 1,
+        "numNodes": plan.nodes,
+        "numProcPerNode": plan.procs_per_node,
         "resourcesPerNode": {"requests": quantities, "limits": dict(quantities)},
     }
     doc = {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {
-            "generateName": generate_name(cfg, spec),
-            "labels": {"app.kubernetes.io/name": "slm-pipeline", "slm-pipeline/config": k8s_name(cfg.name)[:63]},
+            "generateName": generate_name(plan.config_name, plan.spec.name),
+            "labels": {
+                "app.kubernetes.io/name": "slm-pipeline",
+                "slm-pipeline/config": k8s_name(plan.config_name)[:63],
+            },
         },
         "spec": {
             "runtimeRef": {"apiGroup": GROUP, "kind": "ClusterTrainingRuntime", "name": RUNTIME},
             "trainer": trainer,
         },
     }
-    replicated = {"name": NODE, "template": {"spec": {"template": {"spec": _pod_patch(s, bool(res.gpu))}}}}
+    replicated = {"name": NODE, "template": {"spec": {"template": {"spec": _pod_patch(plan, s)}}}}
     doc["spec"]["runtimePatches"] = [
         {"manager": MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [replicated]}}}}
     ]
@@ -104,24 +105,25 @@ def manifest(spec: StageSpec, cfg: Config, s, argv: list[str], job_dir: str) -> 
     return doc
 
 
-def _pod_patch(s, gpu: bool) -> dict:
+def _pod_patch(plan: TaskPlan, s) -> dict:
     """The cache volume (and its mount, writable for the images' group) and the GPU toleration."""
     from .docker import IMAGE_GID
 
+    [(claim, path)] = plan.mounts.items()
     pod: dict[str, Any] = {
-        "volumes": [{"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": s.cache_claim}}],
-        "containers": [{"name": NODE, "volumeMounts": [{"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT}]}],
+        "volumes": [{"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim}}],
+        "containers": [{"name": NODE, "volumeMounts": [{"name": CACHE_VOLUME, "mountPath": path}]}],
         "securityContext": {"fsGroup": IMAGE_GID},
     }
-    if gpu and s.gpu_toleration:
+    if plan.resources.gpu and s.gpu_toleration:
         pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     return pod
 
 
-def generate_name(cfg: Config, spec: StageSpec) -> str:
+def generate_name(config_name: str, stage: str) -> str:
     """``<config>-<stage>-``: RFC 1035 as the CRD's rule on the name asks, short enough for the 5
     characters the API server adds (63 in all)."""
-    base = re.sub(r"^[^a-z]+", "", k8s_name(f"{cfg.name}-{spec.name}"))[:52].rstrip("-") or "train"
+    base = re.sub(r"^[^a-z]+", "", k8s_name(f"{config_name}-{stage}"))[:52].rstrip("-") or "train"
     return base + "-"
 
 
