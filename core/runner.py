@@ -181,7 +181,7 @@ def run_stage(spec: StageSpec, run: Callable[..., None], argv: list[str], hooks:
     _logging(spec.name)
     argv, values = take_flags(argv, {f for h in hooks for f in h.flags})
     if any(p.per_task for p in spec.inputs):  # a gathering stage: its ports are the tasks' (core/spec.py)
-        tasks = spec.tasks_in(argv)
+        tasks = spec.tasks_in(argv) or (("TASK",) if {"-h", "--help"} & set(argv) else ())  # help: the pattern
         if not tasks:
             gathered = ", ".join(f"--{p.name}_<task>" for p in spec.inputs if p.per_task)
             print(f"error: [{spec.name}] no per-task inputs given: it takes {gathered} for each task", file=sys.stderr)
