@@ -213,14 +213,12 @@ def examples_for(
         ids = torch.randint(0, min(vocab, 32000), (accum * batch, seq), generator=g).tolist()
         micros = [[{"input_ids": r, "labels": list(r)} for r in ids[m * batch : (m + 1) * batch]] for m in range(accum)]
         return [micros] * steps
-    from types import SimpleNamespace
-
-    from core.config import Config
+    from core.config import TrainConfig
     from stages.train.stage import batch_examples, tokenize
 
     rows = tone_rows()
     ex = tokenize(rows, tokenizer, seq)
-    tc = SimpleNamespace(batch_size=batch, grad_accum=accum, seed=Config().train.seed)
+    tc = TrainConfig(batch_size=batch, grad_accum=accum)  # the schema's seed
     return [[batch_examples(ex, tc, s, m) for m in range(accum)] for s in range(steps)]
 
 
@@ -299,6 +297,7 @@ def child(args) -> dict:
             return padded_lm_step(model, micros, pad, where)
     elif name.startswith("stage:"):
         from core.config import Config
+        from stages.registry import TrainParams
         from stages.train import fast, stage
 
         # "default@0.5": the same levers under a compiled-graph activation memory budget of 0.5;
@@ -340,7 +339,7 @@ def child(args) -> dict:
             fp = fast.resolve(cfg.train, args.device)
         else:
             fp = fast.FastPath(device=args.device, **LEVERS[lever])
-        model, trainable, _modules, fp = stage.build(cfg, args.device, fp, where, seq)
+        model, trainable, _modules, fp = stage.build(TrainParams.of(cfg), args.device, fp, where, seq)
         info["fast_path"] = {k: v for k, v in vars(fp).items() if k not in ("notes", "device")}
         pad = tokenizer.pad_token_id
 

@@ -21,7 +21,7 @@ def config_hash(stage_params: dict[str, dict]) -> str:
 def code_version(stages) -> dict:
     """``git describe`` where there is a checkout (not in the images), and always the content
     hash of the code every stage runs (the one the cache keys use)."""
-    out = {"code_hash": digest({s: code_hash(s) for s in sorted(stages)})}
+    out = {"code_hash": digest({s: code_hash(chain_stage(s)) for s in sorted(stages)})}
     try:
         proc = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--tags"], cwd=ROOT, capture_output=True, text=True, timeout=10
@@ -44,12 +44,23 @@ def lineage(stage_params: dict[str, dict], dataset_hash: str | None) -> dict:
     }
 
 
-def lineage_from_seals(own_stage: str, own_params: dict, input_seals: dict[str, dict]) -> tuple[dict, dict]:
+def lineage_from_seals(
+    own_stage: str, own_params: dict, input_seals: dict[str, dict], tasks: dict[str, str] | None = None
+) -> tuple[dict, dict]:
     """From inside a stage: the lineage params of every upstream stage (each seal carries its
-    chain's) plus this one, and the lineage."""
+    chain's) plus this one, and the lineage. ``tasks``: the task of each per-task input of a
+    gathering stage; that input's chain is kept under ``stage[task]``, so that the tasks' trains
+    do not overwrite each other."""
     chain: dict[str, dict] = {}
-    for seal in input_seals.values():
-        chain.update(seal.get("lineage_params") or {})
+    for name, seal in input_seals.items():
+        task = (tasks or {}).get(name)
+        for key, params in (seal.get("lineage_params") or {}).items():
+            chain[f"{key}[{task}]" if task and "[" not in key else key] = params
     chain[own_stage] = own_params
     dataset = next((s["content_hash"] for s in input_seals.values() if s.get("type") == "Dataset"), None)
     return chain, lineage(chain, dataset)
+
+
+def chain_stage(key: str) -> str:
+    """The stage of a chain key (``train`` or, a task's, ``train[tone]``)."""
+    return key.split("[", 1)[0]

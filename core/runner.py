@@ -1,8 +1,9 @@
-"""The stage core every stage shares: argv -> typed config -> ``run(...)`` -> sealed outputs.
+"""The stage core every stage shares: argv -> typed parameters -> ``run(...)`` -> sealed outputs.
 
 ``python -m stages.<stage> --<input> DIR ... --<output> DIR ... --<section.key> VALUE`` is the
-same command line on every engine. :func:`run_stage` parses it, verifies the input seals, gives
-the stage temporary output folders and seals them only when ``run`` returns. Whatever an engine
+same command line on every engine. :func:`run_stage` parses it into the stage's view
+(``spec.view``, core/params.py), verifies the input seals, gives the stage temporary output
+folders and calls ``run(params, ctx, **ports)``; it seals the outputs only when ``run`` returns. Whatever an engine
 adds (KFP's executor output, Argo's parameter files, Key Vault, MLflow, promotion and the model
 registries) is a :class:`Hook`, chosen from the environment by runtime/hooks.py: this module
 knows no engine. One map, :func:`failure`, turns an exception into the exit code and the line.
@@ -25,9 +26,11 @@ from typing import Callable
 
 from core import artifacts, ranks
 from core.cache import cache_key
-from core.config import Config, describe, parse_value, set_path, validate
+from core.config import Config, describe, parse_value, set_path
 from core.errors import TRANSIENT, UserError, exit_code, first_line
 from core.lineage import lineage_from_seals
+from core.params import StageParams
+from core.spec import StageSpec
 
 log = logging.getLogger("slm")
 
@@ -38,9 +41,9 @@ class Interrupted(BaseException):
 
 @dataclass
 class StageContext:
-    """What a stage's ``run`` and the hooks are given besides the config."""
+    """What a stage's ``run`` and the hooks are given besides its parameters."""
 
-    spec: object
+    spec: StageSpec
     cache_key: str
     params: dict  # the stage's flat parameters, as sealed
     inputs: dict[str, Path]
@@ -52,28 +55,6 @@ class StageContext:
     output_parameters: dict[str, str] = field(default_factory=dict)
     output_seals: dict[str, dict] = field(default_factory=dict)  # set once sealed
     model_uri: str | None = None  # the promoted model's location as the engine names it (hooks set it)
-
-
-class StageConfig:
-    """The config sections a stage declares (its spec's ``sections``), by attribute: reading any
-    other section is an error, so a stage cannot depend on a setting its cache key leaves out."""
-
-    def __init__(self, cfg: Config, sections: tuple[str, ...]):
-        self._cfg, self._sections = cfg, tuple(sections)
-
-    def __getattr__(self, name: str):
-        if name.startswith("_") or name not in self._sections:
-            raise AttributeError(f"the stage declares the sections {self._sections}, not {name!r}")
-        return getattr(self._cfg, name)
-
-    def sections(self) -> dict:
-        return {s: getattr(self._cfg, s) for s in self._sections}
-
-    def model_copy(self, update: dict) -> "StageConfig":
-        """The same view with some declared sections replaced (pydantic's name: stages call it on either)."""
-        if set(update) - set(self._sections):
-            raise AttributeError(f"the stage declares the sections {self._sections}, not {sorted(set(update))}")
-        return StageConfig(self._cfg.model_copy(update=update), self._sections)
 
 
 class Hook:
@@ -89,14 +70,23 @@ class Hook:
         """Once every output is sealed."""
 
 
-def _parser(spec) -> argparse.ArgumentParser:
+class _IntoTree(argparse.Action):
+    """``--train.lora.r 16`` -> ``params["train"]["lora"]["r"] = 16``: the parameter flags build the
+    view's tree as they are read (``parse_value`` inverts ``core.config.encode``)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        set_path(namespace.params, self.dest, parse_value(value, option_string))
+
+
+def _parser(spec: StageSpec) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m {spec.module}", description=spec.summary)
     for port in spec.inputs:
         p.add_argument(f"--{port.name}", required=True, metavar="DIR", help=f"input {port.type} artifact")
     for port in spec.outputs:
         p.add_argument(f"--{port.name}", required=True, metavar="DIR", help=f"output {port.type} artifact")
     for key, default in spec.params(Config(), every=True).items():
-        p.add_argument(f"--{key}", dest=key, metavar="VALUE", help=f"{describe(key)} (default: {default!r})".lstrip())
+        help = f"{describe(key)} (default: {default!r})".lstrip()
+        p.add_argument(f"--{key}", dest=key, action=_IntoTree, default=argparse.SUPPRESS, metavar="VALUE", help=help)
     return p
 
 
@@ -186,7 +176,7 @@ def failure(e: BaseException) -> tuple[int, str]:
     return code, f"{why}; no output was written"
 
 
-def run_stage(spec, run: Callable[..., None], argv: list[str], hooks: list[Hook] = ()) -> None:
+def run_stage(spec: StageSpec, run: Callable[..., None], argv: list[str], hooks: list[Hook] = ()) -> None:
     """Parse, verify the inputs, run, seal, then the hooks; exits non-zero on any failure."""
     _logging(spec.name)
     argv, values = take_flags(argv, {f for h in hooks for f in h.flags})
@@ -198,16 +188,17 @@ def run_stage(spec, run: Callable[..., None], argv: list[str], hooks: list[Hook]
             sys.exit(2)
         spec = spec.for_tasks(tasks)
     parser = _parser(spec)
-    args = vars(parser.parse_args(_joined(parser, argv)))
     signal.signal(signal.SIGTERM, _raise_interrupted)
     tmps: dict[str, Path] = {}
     started = time.time()
     try:
+        # In here: a value the bounded YAML reader refuses is the one-line error below.
+        args = vars(parser.parse_args(_joined(parser, argv), namespace=argparse.Namespace(params={})))
         for hook in hooks:
             hook.before({f: values[f] for f in hook.flags if f in values})
         writer = ranks.writes_outputs()
-        ctx, cfg = _prepare(spec, args, tmps, writer)
-        run(StageConfig(cfg, spec.sections), context=ctx, **ctx.inputs, **tmps)
+        params, ctx = _prepare(spec, args, tmps, writer)
+        run(params, ctx, **ctx.inputs, **tmps)
         if not writer:  # another node of a multi-node run: node 0 writes and seals the outputs
             for tmp in tmps.values():
                 artifacts.abort(tmp)
@@ -232,18 +223,16 @@ def run_stage(spec, run: Callable[..., None], argv: list[str], hooks: list[Hook]
         sys.exit(code)
 
 
-def _prepare(spec, args: dict, tmps: dict[str, Path], writer: bool = True) -> tuple[StageContext, Config]:
-    tree: dict = {}
-    for key in spec.params(Config(), every=True):
-        if args.get(key) is not None:
-            set_path(tree, key, parse_value(args[key]))
-    cfg = validate(tree, where=f"{spec.name} parameters")
-    params = spec.params(cfg)
+def _prepare(
+    spec: StageSpec, args: dict, tmps: dict[str, Path], writer: bool = True
+) -> tuple[StageParams, StageContext]:
+    view = spec.view.from_tree(args["params"], where=f"{spec.name} parameters")
+    params = spec.params(view)
     if "runtime" in spec.sections:
-        _setup_runtime(cfg.runtime)
+        _setup_runtime(view.runtime)
     inputs = {p.name: Path(args[p.name]) for p in spec.inputs}
     seals = {p.name: artifacts.verify(inputs[p.name], p.type) for p in spec.inputs}
-    chain, lineage = lineage_from_seals(spec.name, params, seals)
+    chain, lineage = lineage_from_seals(spec.name, params, seals, {p.name: p.task for p in spec.inputs if p.task})
     finals = {p.name: Path(args[p.name]) for p in spec.outputs}
     for name, path in finals.items():
         if not writer:  # never next to the shared output: node 0's temporary lives there
@@ -254,7 +243,7 @@ def _prepare(spec, args: dict, tmps: dict[str, Path], writer: bool = True) -> tu
         tmps[name] = artifacts.begin(path)
     key = cache_key(spec, params, {n: s["content_hash"] for n, s in seals.items()})
     ctx = StageContext(spec, key, params, inputs, seals, finals, chain, lineage)
-    return ctx, cfg
+    return view, ctx
 
 
 def _seal(ctx: StageContext, tmps: dict[str, Path], started: float) -> None:

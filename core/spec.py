@@ -3,8 +3,8 @@ registry (stages/registry.py) is written in.
 
 The registry is data, not code paths. Every orchestration target (local, docker, KFP, AzureML,
 Argo) reads it; none of them names a stage. A stage's parameters are the fields of the
-config sections it declares, flattened to ``--section.key value`` flags, so a new config
-field reaches every target without touching an adapter.
+config sections its view (core/params.py) declares, flattened to ``--section.key value`` flags,
+so a new config field reaches every target without touching an adapter.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any, NamedTuple
 
 from core.config import Config, encode, flatten
+from core.params import StageParams
 
 # Artifact types and their names on each engine (the artifact contract: core/artifacts.py).
 ARTIFACT_TYPES = {
@@ -75,7 +76,7 @@ class StageSpec:
     summary: str
     inputs: tuple[Port, ...]
     outputs: tuple[Port, ...]
-    sections: tuple[str, ...]
+    view: type[StageParams]  # the typed parameters ``run`` gets; its fields are the sections the stage reads
     cpu: Resources
     gpu: Resources | None = None  # what the stage asks for when runtime.device is cuda
     gpu_count: str | None = None  # a param that multiplies the GPU request (train.gpus: data-parallel)
@@ -85,6 +86,8 @@ class StageSpec:
     external: tuple[External, ...] = ()
     # Output parameters: the stage sets ``context.output_parameters[name]`` (a string) for each.
     out_params: tuple[OutParam, ...] = ()
+    # Keys of its sections the stage does not take (no flag, not in its cache key), or prefixes ending in '.'.
+    ignores: tuple[str, ...] = ()
 
     @property
     def module(self) -> str:
@@ -117,13 +120,21 @@ class StageSpec:
         ids = [f.split("=", 1)[0][len(prefix) :] for f in flags if f.startswith(prefix)]
         return tuple(i.replace("_", "-") for i in ids)
 
-    def params(self, cfg: Config, every: bool = False) -> dict[str, Any]:
+    @property
+    def sections(self) -> tuple[str, ...]:
+        return self.view.sections()
+
+    def params(self, cfg: Config | StageParams, every: bool = False) -> dict[str, Any]:
         """``{"train.lora.r": 16, ...}`` for the sections this stage reads; a default-off
         subsection's keys only with ``every`` (the flags a stage accepts)."""
         out: dict[str, Any] = {}
         for section in self.sections:
             out.update(_section_params(cfg, section, omit_off=not every))
-        return out
+        return {k: v for k, v in out.items() if not self.ignored(k)}
+
+    def ignored(self, key: str) -> bool:
+        """Whether ``key`` is one the stage does not take (``ignores``: keys, or prefixes ending in '.')."""
+        return any(key == i or (i.endswith(".") and key.startswith(i)) for i in self.ignores)
 
     def external_keys(self, params: dict[str, Any]) -> list[str]:
         """The external params that count for these params."""
@@ -160,7 +171,7 @@ class StageSpec:
 
     def unset_params(self) -> frozenset[str]:
         """The parameters whose default is null."""
-        return _null_defaults(self.sections)
+        return frozenset(k for k in _null_defaults(self.sections) if not self.ignored(k))
 
 
 def per_task_inputs(spec: StageSpec, inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -225,6 +236,11 @@ class Step:
     @property
     def name(self) -> str:
         return step_name(self.spec.name, self.task)
+
+    @property
+    def chain_key(self) -> str:
+        """Its key in a model's lineage chain (core/lineage.py): the stage, ``stage[task]`` for a task's."""
+        return self.spec.name if self.task is None else f"{self.spec.name}[{self.task}]"
 
     def config(self, cfg: Config) -> Config:
         """The config this step runs with: its task's single-task config, or ``cfg``."""

@@ -496,20 +496,21 @@ def _call(service, what: str, fn):
 
 
 def _status(dag: Pipeline, wf, host: str) -> RunStatus:
-    from .base import PENDING, seconds_between
+    from .base import run_stages, seconds_between
 
-    stages = {step.name: PENDING for step in dag}
     by_task = {k8s_name(step.name): step.name for step in dag}
     status = wf.status
+    reported: dict[str, str] = {}
     seconds: dict[str, float] = {}
     for node in ((status.nodes if status else None) or {}).values():
-        stage = by_task.get(node.display_name or "")
+        stage = by_task.get(node.display_name or "", node.display_name)
         if stage and node.type in ("Pod", "Retry") and node.phase:
-            if node.type == "Retry" or stages[stage] == PENDING:
-                stages[stage] = _PHASES.get(node.phase, node.phase.lower())
+            if node.type == "Retry" or stage not in reported:
+                reported[stage] = _PHASES.get(node.phase, node.phase.lower())
                 secs = seconds_between(node.started_at, node.finished_at)
                 if secs is not None:
                     seconds[stage] = secs
+    stages = run_stages(dag, reported)
     phase = (status.phase if status else None) or "Pending"
     name, ns = wf.metadata.name, wf.metadata.namespace
     return RunStatus(

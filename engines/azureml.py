@@ -385,13 +385,14 @@ def _sdk_message(err: Exception) -> str:
 
 
 def _job_status(dag: Pipeline, ml, job) -> "RunStatus":
-    from .base import PENDING, RunStatus
+    from .base import RunStatus, run_stages
 
-    stages = {step.name: PENDING for step in dag}
+    reported: dict[str, str] = {}
     for child in _call(ml, f"list the steps of job {job.name}", lambda: list(ml.jobs.list(parent_job_name=job.name))):
         name = child.display_name or child.name
-        if name in stages and child.status:
-            stages[name] = _STATES.get(child.status, child.status.lower())
+        if child.status:
+            reported[name] = _STATES.get(child.status, child.status.lower())
+    stages = run_stages(dag, reported)
     return RunStatus(
         run_id=job.name,
         state=_STATES.get(job.status or "NotStarted", (job.status or "").lower()),

@@ -50,6 +50,15 @@ class Connection:
     workspace: str | None = None
 
 
+def run_stages(dag, reported: dict[str, str]) -> dict[str, str]:
+    """The stages a status shows: the DAG's, in order, when every step the engine reports is one of
+    them; otherwise (a multi-task run: ``status`` is given no config) the run's own, as reported."""
+    known = [step.name for step in dag]
+    if set(reported) <= set(known):
+        return {name: reported.get(name, PENDING) for name in known}
+    return dict(reported)
+
+
 @dataclasses.dataclass
 class RunStatus:
     """A run as the engine reports it: its state and each stage's, in DAG order."""

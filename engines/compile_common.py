@@ -157,7 +157,8 @@ def value_kind(value: Any) -> str:
 def check_names(dag: Pipeline, cfg: Config) -> None:
     """Every run parameter is read by some stage, and no two keys share an engine name."""
     keys = {k for step in dag for k in step.params(cfg)}
-    missing = [k for k in RUN_PARAMETERS if k not in keys]
+    # a multi-task DAG takes the run parameters its steps read (a task's own keys are compiled in)
+    missing = [] if any(step.task for step in dag) else [k for k in RUN_PARAMETERS if k not in keys]
     if missing:
         raise UserError(f"RUN_PARAMETERS names keys no stage reads: {missing}")
     seen: dict[str, str] = {}

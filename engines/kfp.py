@@ -501,18 +501,25 @@ def run_arguments(dag: Pipeline, cfg: Config) -> dict[str, Any]:
     return {param_name(k): kfp_value(v) for k, v in run_parameters(dag, cfg).items()}
 
 
-def _run_status(dag: Pipeline, client, run, conn) -> "RunStatus":
-    from .base import PENDING, RunStatus, seconds_between
+def _is_step_task(task) -> bool:
+    """A container task of the run (it has a pod), not the root DAG, a driver or the condition."""
+    return bool(getattr(task, "child_tasks", None) is None and getattr(task, "pod_name", None))
 
-    stage_names = [step.name for step in dag]
-    stages = {name: PENDING for name in stage_names}
+
+def _run_status(dag: Pipeline, client, run, conn) -> "RunStatus":
+    from .base import RunStatus, run_stages, seconds_between
+
+    steps = {step.name for step in dag}
+    reported: dict[str, str] = {}
     seconds: dict[str, float] = {}
     for task in (getattr(run.run_details, "task_details", None) or []) if run.run_details else []:
-        if task.display_name in stages and task.state:
-            stages[task.display_name] = _STATES.get(task.state, task.state.lower())
+        # a step's task is named after it; the root, drivers and the condition's DAG are not steps
+        if task.state and (task.display_name in steps or _is_step_task(task)):
+            reported[task.display_name] = _STATES.get(task.state, task.state.lower())
             secs = seconds_between(task.start_time, task.end_time)
             if secs is not None:
                 seconds[task.display_name] = secs
+    stages = run_stages(dag, reported)
     error = getattr(run, "error", None)
     message = getattr(error, "message", None) if error else None
     return RunStatus(

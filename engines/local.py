@@ -462,7 +462,14 @@ def promote(dag: Pipeline, cfg: Config, run_dir: Path, metrics: dict) -> dict | 
     if model_seal is None or metrics_seal is None:
         return None
     dataset = next((seal for p, seal in seals.values() if p.type == "Dataset" and seal), None) or {}
-    chain = metrics_seal.get("lineage_params") or {s.name: s.params(cfg) for s in dag}
+    chain = metrics_seal.get("lineage_params") or {s.chain_key: s.params(cfg) for s in dag}
+    datasets = {
+        s.task: (seals[(s.name, p.name)][1] or {}).get("content_hash")
+        for s in dag
+        if s.task
+        for p in s.spec.outputs
+        if p.type == "Dataset"
+    }
     record = promotion.record(
         run_dir / stage / port,
         model_seal,
@@ -470,6 +477,8 @@ def promote(dag: Pipeline, cfg: Config, run_dir: Path, metrics: dict) -> dict | 
         lineage(chain, dataset.get("content_hash")),
         run_dir,
         cfg.name,
+        chain,
+        datasets,
     )
     promotion.write(run_dir / promotion.PROMOTED, record)
     print(

@@ -100,6 +100,12 @@ class Promotion(Hook):
             ctx.finals[metrics],
             ctx.lineage,
             ctx.model_uri,
+            chain=ctx.chain,
+            datasets={
+                p.task: ctx.input_seals[p.name].get("content_hash")
+                for p in ctx.spec.inputs
+                if p.task and p.type == "Dataset"
+            },
         )
 
 

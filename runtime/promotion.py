@@ -46,13 +46,24 @@ def model_port(spec) -> str | None:
     return next((p.name for p in spec.inputs if p.type == "OnnxModel" and p.gathers is None), None)
 
 
-def adapters(model_path: Path, metrics: dict) -> dict:
+def adapters(model_path: Path, metrics: dict, chain: dict | None = None, datasets: dict | None = None) -> dict:
     """A multi-task job's promoted adapters (``adapters/<task>.onnx_adapter`` beside its base), each
-    with its task's metrics; none for a single-task model."""
+    with its task's metrics and lineage (its stages' parameters, ``stage[task]`` in the chain, and its
+    dataset's hash); none for a single-task model."""
+    from core.lineage import lineage
     from core.tasks import SERVE_ADAPTERS
 
-    files = sorted((Path(model_path) / SERVE_ADAPTERS).glob("*.onnx_adapter"))
-    return {f.stem: {"path": str(f), "bytes": f.stat().st_size, "metrics": metrics.get(f.stem, {})} for f in files}
+    out = {}
+    for f in sorted((Path(model_path) / SERVE_ADAPTERS).glob("*.onnx_adapter")):
+        task = f.stem
+        own = {k: v for k, v in (chain or {}).items() if k.endswith(f"[{task}]")}
+        out[task] = {
+            "path": str(f),
+            "bytes": f.stat().st_size,
+            "metrics": metrics.get(task, {}),
+            **({"lineage": lineage(own, (datasets or {}).get(task))} if own else {}),
+        }
+    return out
 
 
 def write(path: Path, record: dict) -> None:
@@ -64,8 +75,17 @@ def write(path: Path, record: dict) -> None:
 
 
 def record(
-    model_path: Path, model_seal: dict, metrics: dict, lin: dict, run_dir: Path | None, config_name: str | None
+    model_path: Path,
+    model_seal: dict,
+    metrics: dict,
+    lin: dict,
+    run_dir: Path | None,
+    config_name: str | None,
+    chain: dict | None = None,
+    datasets: dict | None = None,
 ) -> dict:
+    """The promotion record; ``chain`` and ``datasets`` (a multi-task job's ``{task: dataset hash}``)
+    give each adapter its lineage."""
     return {
         "promoted": True,
         "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -78,7 +98,7 @@ def record(
         },
         "metrics": metrics,
         "lineage": lin,
-        **({"adapters": found} if (found := adapters(model_path, metrics)) else {}),
+        **({"adapters": found} if (found := adapters(model_path, metrics, chain, datasets)) else {}),
     }
 
 
@@ -97,7 +117,15 @@ def read(run_dir: Path) -> dict | None:
 
 
 def publish(
-    stage: str, model_path: Path, model_seal: dict, metrics_dir: Path, lin: dict, model_uri: str | None, environ=None
+    stage: str,
+    model_path: Path,
+    model_seal: dict,
+    metrics_dir: Path,
+    lin: dict,
+    model_uri: str | None,
+    environ=None,
+    chain: dict | None = None,
+    datasets: dict | None = None,
 ) -> None:
     """From inside a promoting stage whose gate passed: the record where the engine collects it
     (Argo) and the model in every registry the task's environment names."""
@@ -110,7 +138,7 @@ def publish(
         return
     metrics_file = Path(metrics_dir) / "metrics.json"
     summary = json.loads(metrics_file.read_text()).get("summary", {}) if metrics_file.is_file() else {}
-    rec = {**record(model_path, model_seal, summary, lin, None, None), "stage": stage}
+    rec = {**record(model_path, model_seal, summary, lin, None, None, chain, datasets), "stage": stage}
     if model_uri:
         rec["model"]["uri"] = model_uri
     if env.get(PROMOTION_FILE_ENV):

@@ -1,11 +1,64 @@
 """The stage registry: what each stage takes, makes, needs and is called with (core/spec.py's types).
 
-This is data, not code paths: every engine reads it, none names a stage.
+This is data, not code paths: every engine reads it, none names a stage. Each stage's typed
+parameters (``run(params: TrainParams, ctx, ...)``) are a view of the config schema
+(core/params.py) declared here next to its spec: the view's fields are the sections it reads.
 """
 
 from __future__ import annotations
 
+from core.config import (
+    DataConfig,
+    EvaluateConfig,
+    MergeConfig,
+    ModelConfig,
+    OnnxConfig,
+    RuntimeConfig,
+    TaskConfig,
+    TrainConfig,
+)
+from core.params import StageParams
 from core.spec import External, OutParam, Port, Resources, StageSpec, Step, TaskStep
+
+
+class DataPrepParams(StageParams):
+    data: DataConfig
+    model: ModelConfig  # the tokenizer's chat template (data.prompt_format: chat_template)
+
+
+class TrainParams(StageParams):
+    model: ModelConfig
+    train: TrainConfig
+    runtime: RuntimeConfig
+
+
+class MergeParams(StageParams):
+    model: ModelConfig
+    merge: MergeConfig
+    runtime: RuntimeConfig
+
+
+class OnnxBuildParams(StageParams):
+    onnx: OnnxConfig
+    runtime: RuntimeConfig
+
+
+class EvaluateParams(StageParams):
+    evaluate: EvaluateConfig
+    runtime: RuntimeConfig
+
+
+class AdapterBuildParams(StageParams):
+    model: ModelConfig
+    onnx: OnnxConfig
+    runtime: RuntimeConfig
+
+
+class EvaluateTasksParams(StageParams):
+    evaluate: EvaluateConfig
+    runtime: RuntimeConfig
+    tasks: list[TaskConfig] | None
+
 
 STAGES: dict[str, StageSpec] = {
     s.name: s
@@ -15,7 +68,7 @@ STAGES: dict[str, StageSpec] = {
             summary="Load, validate, render, deduplicate and split the dataset.",
             inputs=(),
             outputs=(Port("dataset", "Dataset", "train.jsonl, eval.jsonl, stats.json"),),
-            sections=("data", "model"),
+            view=DataPrepParams,
             cpu=Resources(cpu=1, memory_gb=4),
             external=(
                 External("data.path"),
@@ -32,7 +85,7 @@ STAGES: dict[str, StageSpec] = {
             summary="QLoRA/LoRA fine-tune of the base model; checkpoints and resumes.",
             inputs=(Port("dataset", "Dataset"),),
             outputs=(Port("adapter", "Model", "PEFT adapter (safetensors), train log, metrics"),),
-            sections=("model", "train", "runtime"),
+            view=TrainParams,
             cpu=Resources(cpu=2, memory_gb=8),
             gpu=Resources(cpu=8, memory_gb=64, gpu=1),
             gpu_count="train.gpus",
@@ -51,7 +104,7 @@ STAGES: dict[str, StageSpec] = {
                     "train_log.jsonl (evaluate's loss curve)",
                 ),
             ),
-            sections=("model", "merge", "runtime"),
+            view=MergeParams,
             cpu=Resources(cpu=2, memory_gb=16),
             # merge loads the base on runtime.device: with cuda and no GPU the harness stops it.
             gpu=Resources(cpu=8, memory_gb=64, gpu=1),
@@ -63,7 +116,7 @@ STAGES: dict[str, StageSpec] = {
             # dataset: the eval split the INT4 recipe search scores its points on (onnx.search.enabled)
             inputs=(Port("model", "Model"), Port("dataset", "Dataset")),
             outputs=(Port("onnx_model", "OnnxModel", "onnxruntime-genai model folder"),),
-            sections=("onnx", "runtime"),
+            view=OnnxBuildParams,
             cpu=Resources(cpu=2, memory_gb=16),
             gpu=Resources(cpu=8, memory_gb=64, gpu=1),
         ),
@@ -72,7 +125,7 @@ STAGES: dict[str, StageSpec] = {
             summary="Score the PyTorch and ONNX models on the eval split; apply the quality gate.",
             inputs=(Port("dataset", "Dataset"), Port("model", "Model"), Port("onnx_model", "OnnxModel")),
             outputs=(Port("metrics", "Metrics", "metrics.json + report.html (self-contained, charts embedded)"),),
-            sections=("evaluate", "runtime"),
+            view=EvaluateParams,
             cpu=Resources(cpu=2, memory_gb=8),
             gpu=Resources(cpu=8, memory_gb=64, gpu=1),
         ),
@@ -88,10 +141,13 @@ STAGES: dict[str, StageSpec] = {
                     "adapter-ready onnxruntime-genai model + adapters/<task>.onnx_adapter",
                 ),
             ),
-            sections=("model", "onnx", "runtime"),
+            view=AdapterBuildParams,
             cpu=Resources(cpu=2, memory_gb=16),
             gpu=Resources(cpu=8, memory_gb=64, gpu=1),
             external=(External("model.base"),),
+            # The base is built with the onnx section's recipe (a search picks one per merged model, and
+            # one base serves every task); the builder reads the weights, the placeholder only the config.
+            ignores=("onnx.search.", "model.allow_pickle"),
         ),
         StageSpec(
             name="evaluate_tasks",
@@ -102,9 +158,11 @@ STAGES: dict[str, StageSpec] = {
                 Port("onnx_base", "OnnxModel"),
             ),
             outputs=(Port("metrics", "Metrics", "metrics.json (per task, and base + adapters memory) + report.html"),),
-            sections=("evaluate", "runtime", "tasks"),
+            view=EvaluateTasksParams,
             cpu=Resources(cpu=2, memory_gb=8),
             gpu=Resources(cpu=8, memory_gb=64, gpu=1),
+            # each task has its own gate (tasks[].gate); the single-task gate's keys are not its
+            ignores=("evaluate.min_accuracy", "evaluate.max_int4_drop", "evaluate.max_class_recall_drop"),
         ),
     )
 }

@@ -406,6 +406,28 @@ def test_argo_submit_wait_and_status(capsys, caplog, monkeypatch):
         assert rec.calls()[-1] == ("GET", "/api/v1/workflows/other/nope")
 
 
+def test_argo_submits_a_two_task_run_and_status_lists_its_own_steps(tmp_path, capsys, caplog, monkeypatch):
+    """``status`` has no config: a multi-task run's steps come from the run itself."""
+    import yaml
+    from multi_tasks import multi_config
+
+    config = tmp_path / "multi.yaml"
+    config.write_text(yaml.safe_dump(multi_config(tmp_path)))
+    states = [{"phase": "Running", "tasks": {"data-prep-tone": "Succeeded", "train-tone": "Running"}}]
+    with recorders.Recorder(recorders.argo_routes(states)) as rec:
+        monkeypatch.setenv("ARGO_SERVER", rec.url)
+        code, out = cli(capsys, caplog, "submit", "--target", "argo", "--config", str(config))
+        assert code == 0
+        submitted = rec.requests[0].json["workflow"]
+        (dag,) = [t for t in submitted["spec"]["templates"] if "dag" in t]
+        assert {t["name"] for t in dag["dag"]["tasks"]} >= {"train-tone", "train-sentiment", "adapter-build"}
+        run = submitted["metadata"]["generateName"] + "x7k2p"
+        code, out = cli(capsys, caplog, "status", "--target", "argo", run)
+        rows = [ln.split() for ln in out.splitlines()]
+        assert ["data-prep-tone", "succeeded", "42.0"] in rows and ["train-tone", "running", "-"] in rows
+        assert not any(r and r[0] in ("merge", "train") for r in rows)  # not the single-task DAG's steps
+
+
 def test_argo_schedule_creates_a_cron_workflow(capsys, caplog):
     with recorders.Recorder(recorders.argo_routes([])) as rec:
         code, out = cli(

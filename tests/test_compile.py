@@ -19,15 +19,16 @@ import pytest
 import yaml
 from compiled_argv import TASK_ARGVS
 
-from core.config import Config, load_config
+from core.config import Config, DataConfig, EvaluateConfig, ImagesConfig, load_config
 from core.errors import UserError
+from core.params import StageParams
 from core.spec import Pipeline, Port, Resources, StageSpec, Step
 from engines import argo, azureml, kfp
 from engines.compile_common import RUN_PARAMETERS, image_for, kfp_cron, param_name
 from engines.local import stage_argv
 from engines.validate import validate_file
 from pipeline import DAG, main
-from stages.registry import STAGES
+from stages.registry import STAGES, MergeParams
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ["configs/default.yaml", "configs/phi3-mini.yaml"]
@@ -600,16 +601,25 @@ def test_adapters_never_name_a_stage():
             assert not re.search(rf"['\"]{name}['\"]", source), f"engines/{module}.py names stage {name!r}"
 
 
+class ReportParams(StageParams):
+    evaluate: EvaluateConfig
+    images: ImagesConfig  # a section no stage read before: new parameters
+
+
+class WiderMergeParams(MergeParams):
+    data: DataConfig
+
+
 def test_new_stage_and_new_parameter_reach_every_target(tmp_path):
     report = StageSpec(
         name="report",
         summary="Render the metrics as a model card.",
         inputs=(Port("metrics", "Metrics"), Port("model", "Model")),
         outputs=(Port("card", "Dataset"),),
-        sections=("evaluate", "images"),  # a section no stage read before: new parameters
+        view=ReportParams,
         cpu=Resources(cpu=1, memory_gb=2),
     )
-    wider_merge = StageSpec(**{**STAGES["merge"].__dict__, "sections": STAGES["merge"].sections + ("data",)})
+    wider_merge = StageSpec(**{**STAGES["merge"].__dict__, "view": WiderMergeParams})
     dag = Pipeline(
         name="slm-finetune-extended",
         steps=(

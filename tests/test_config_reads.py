@@ -30,6 +30,19 @@ ENGINE_ONLY = {
 UNREAD_HERE = {
     ("data_prep", "model.allow_pickle"): "data_prep loads only the tokenizer, never weights; "
     "it declares the model section whole",
+    ("adapter_build", "model.revision"): "read for a hub id only (adapter_base.base_folder: the snapshot at that "
+    "revision); the tests' base is a built-in tiny model",
+}
+
+# Sections a stage reads outside its view, from a section object of its own, never the run's;
+# (stage, section): why.
+OWN_SECTION = {
+    ("onnx_build", "model"): "the search scores the merged model folder, loaded as core.models.source_of's "
+    "ModelConfig of that folder (the schema's defaults)",
+    (
+        "evaluate",
+        "model",
+    ): "scores the merged model folder, loaded as core.models.source_of's ModelConfig of that folder",
 }
 
 
@@ -83,6 +96,12 @@ def test_every_stage_reads_every_field_it_declares(tiny_run, multi, hub, tmp_pat
                 problems.append(f"{name} declares {key} but never reads it")
             if key in reads.get(name, set()) and listed:
                 problems.append(f"{name} reads {key}: drop it from UNREAD_HERE")
+        # and nothing else: no section its view leaves out, by any route (a Config() of its own)
+        outside = {k.split(".")[0] for k in reads.get(name, set())} - set(spec.sections)
+        for section in sorted(outside - {s for n, s in OWN_SECTION if n == name}):
+            problems.append(f"{name} reads {section}, outside its view {spec.view.__name__}{spec.sections}")
+        for section in sorted({s for n, s in OWN_SECTION if n == name} - outside):
+            problems.append(f"{name} no longer reads {section}: drop it from OWN_SECTION")
     assert not problems, "\n".join(problems)
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from helpers import ROOT
+from multi_tasks import multi_config
 
 from core.artifacts import read_marker
 from core.config import load_config
@@ -37,12 +39,10 @@ def test_the_run_fans_out_over_the_tasks_and_promotes_base_and_adapters(multi):
     assert list(summary["stages"]) == expected and len(expected) == 10
     assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]
     # each task's steps ran with that task's own config
-    for task, r in (("tone", 8), ("sentiment", 16)):
-        seal = read_marker(run / step_name("train", task) / "adapter")
-        assert (
-            seal["params"]["train.lora.r"] == r
-            and seal["params"]["data.path"] == cfg.tasks[0 if task == "tone" else 1].data.path
-        )
+    for task, r in zip(cfg.tasks, (8, 16)):
+        assert read_marker(run / step_name("train", task.name) / "adapter")["params"]["train.lora.r"] == r
+        dataset = read_marker(run / step_name("data_prep", task.name) / "dataset")["params"]
+        assert dataset["data.path"] == task.data.path and dataset["data.label_col"] == task.data.label_col
     metrics = json.loads((run / "evaluate_tasks" / "metrics" / "metrics.json").read_text())
     assert set(metrics["tasks"]) == {"tone", "sentiment"} and metrics["verdict"]["passed"]
     for name, t in metrics["tasks"].items():
@@ -55,7 +55,12 @@ def test_the_run_fans_out_over_the_tasks_and_promotes_base_and_adapters(multi):
     promoted = json.loads((run / "promoted.json").read_text())
     assert promoted["model"]["path"] == str(run / "adapter_build" / "onnx_base")
     assert set(promoted["adapters"]) == {"tone", "sentiment"}
+    lineage = json.loads((run / "evaluate_tasks" / "metrics" / "_artifact.json").read_text())["lineage_params"]
+    assert {"train[tone]", "train[sentiment]", "adapter_build", "evaluate_tasks"} <= set(lineage)
+    assert lineage["train[tone]"]["train.lora.r"] == 8 and lineage["train[sentiment]"]["train.lora.r"] == 16
     for name, a in promoted["adapters"].items():
+        dataset = read_marker(run / step_name("data_prep", name) / "dataset")["content_hash"]
+        assert a["lineage"]["dataset_hash"] == dataset and a["lineage"]["base_model"] == cfg.model.base
         assert (
             Path(a["path"]).is_file()
             and a["metrics"]["switched_accuracy"] == metrics["tasks"][name]["switched"]["accuracy"]
@@ -266,13 +271,58 @@ def test_no_active_adapter_is_the_plain_base_and_switching_changes_answers(multi
     assert plain < 0.5 < switched and other["unparsed"] > len(rows) // 2, (plain, switched, other["unparsed"])
 
 
-@pytest.mark.parametrize("verb", ["run", "compile"])
-def test_the_dag_refuses_a_tasks_config_until_it_fans_out(tmp_path, verb):
+@pytest.mark.parametrize("engine", ["kfp", "argo", "azureml"])
+def test_the_two_task_config_compiles_to_one_node_a_step_and_passes_the_engines_checks(tmp_path, engine):
     from helpers import run_cli
 
-    config = _tasks_yaml(tmp_path, "  - {name: a, data: {path: data/tone.jsonl}}\n")
-    target = ["--target", "kfp"] if verb == "compile" else []
-    proc = run_cli(str(ROOT / "pipeline.py"), verb, *target, "--config", str(config), "--out", str(tmp_path / "out"))
-    first = proc.stderr.strip().splitlines()[0]
-    assert proc.returncode != 0 and "does not fan out over tasks yet" in first, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+    from engines.validate import validate_file
+
+    (tmp_path / "multi.yaml").write_text(yaml.safe_dump(multi_config(tmp_path)))
+    out = tmp_path / ("pipeline.yaml" if engine == "kfp" else engine)
+    proc = run_cli(
+        str(ROOT / "pipeline.py"),
+        "compile",
+        "--target",
+        engine,
+        "--config",
+        str(tmp_path / "multi.yaml"),
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    validate_file(out, engine)  # the engine's own loader / CRD schema (engines/validate.py)
+    cfg = load_config(tmp_path / "multi.yaml")
+    names = [step.name for step in TASKS_DAG.expand(t.name for t in cfg.tasks)]
+    if engine == "kfp":
+        ir = next(yaml.safe_load_all(out.read_text()))
+        assert sorted(ir["root"]["dag"]["tasks"]) == sorted(n.replace("_", "-") for n in names)
+        ranks = {
+            t: ir["components"][f"comp-train-{t}"]["inputDefinitions"]["parameters"]["train_lora_r"]["defaultValue"]
+            for t in ("tone", "sentiment")
+        }
+        assert ranks == {"tone": 8, "sentiment": 16}  # each task's own LoRA, compiled in
+        assert "train_lora_r" not in ir["root"]["inputDefinitions"]["parameters"]  # not one knob for all tasks
+        gathered = ir["root"]["dag"]["tasks"]["adapter-build"]["inputs"]["artifacts"]
+        assert {k: v["taskOutputArtifact"]["producerTask"] for k, v in gathered.items()} == {
+            "adapter_tone": "train-tone",
+            "adapter_sentiment": "train-sentiment",
+        }
+    elif engine == "argo":
+        wf = yaml.safe_load(out.read_text())
+        (dag,) = [t for t in wf["spec"]["templates"] if "dag" in t]
+        tasks = {t["name"]: t for t in dag["dag"]["tasks"]}
+        assert sorted(tasks) == sorted(n.replace("_", "-") for n in names)
+        assert sorted(tasks["evaluate-tasks"]["dependencies"]) == [
+            "adapter-build",
+            "data-prep-sentiment",
+            "data-prep-tone",
+            "onnx-build-sentiment",
+            "onnx-build-tone",
+        ]
+    else:
+        job = yaml.safe_load((out / "pipeline.yml").read_text())
+        assert list(job["jobs"]) == names
+        assert (
+            job["jobs"]["adapter_build"]["inputs"]["adapter_sentiment"]["path"]
+            == "${{parent.jobs.train_sentiment.outputs.adapter}}"
+        )

@@ -75,7 +75,9 @@ def lora_node_names(target_modules: list[str], layers: int) -> list[str]:
     return names
 
 
-def write_placeholder_adapter(model: Path, target_modules: list[str], out: Path, rank: int = 1) -> None:
+def write_placeholder_adapter(
+    model: Path, target_modules: list[str], out: Path, rank: int = 1, trust_remote_code: bool = False
+) -> None:
     """A PEFT adapter over ``target_modules`` with zero weights: the builder's ``adapter_path``
     wants one; only its structure reaches the graph (the weights become inputs)."""
     import torch
@@ -83,9 +85,9 @@ def write_placeholder_adapter(model: Path, target_modules: list[str], out: Path,
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model)
+    config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     with torch.device("meta"):  # shapes only: no weights are read or allocated
-        skeleton = AutoModelForCausalLM.from_config(config)
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     peft_model = get_peft_model(skeleton, LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules)))
     state = get_peft_model_state_dict(peft_model)
     save_file({k: torch.zeros(v.shape) for k, v in state.items()}, out / "adapter_model.safetensors")
@@ -161,7 +163,9 @@ def build(cfg, model: Path, target_modules: list[str], out: Path) -> AdapterBase
         raise UserError(f"{out} is not empty; give the adapter-ready base a new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="placeholder-adapter-") as placeholder:
-        write_placeholder_adapter(model, target_modules, Path(placeholder))
+        write_placeholder_adapter(
+            model, target_modules, Path(placeholder), trust_remote_code=cfg.model.trust_remote_code
+        )
         options.update(adapter_path=placeholder, nodes_to_exclude=",".join(excluded))
         built_cfg = cfg.model_copy(update={"onnx": cfg.onnx.model_copy(update={"extra_options": options})})
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

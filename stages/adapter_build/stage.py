@@ -4,18 +4,20 @@ import logging
 from pathlib import Path
 
 from core.artifacts import write_json
+from core.runner import StageContext
 from core.spec import per_task_inputs
 from core.tasks import SERVE_ADAPTERS, SERVE_BASE
+from stages.registry import AdapterBuildParams
 
 from . import adapter_base, adapter_export
 
 log = logging.getLogger("slm")
 
 
-def run(cfg, context, onnx_base: Path, **adapters: Path) -> None:
+def run(params: AdapterBuildParams, ctx: StageContext, onnx_base: Path, **adapters: Path) -> None:
     """Build the base for ``adapters`` (``adapter_<task>``: each task's train output) into ``onnx_base``."""
-    by_task = per_task_inputs(context.spec, adapters)["adapter"]
-    base = adapter_base.build_for_adapters(cfg, list(by_task.values()), onnx_base / SERVE_BASE)
+    by_task = per_task_inputs(ctx.spec, adapters)["adapter"]
+    base = adapter_base.build_for_adapters(params, list(by_task.values()), onnx_base / SERVE_BASE)
     exported = {}
     for task, adapter in by_task.items():
         exported[task] = adapter_export.export(adapter, base, onnx_base / SERVE_ADAPTERS / f"{task}.onnx_adapter")

@@ -37,11 +37,14 @@ from pathlib import Path
 from typing import Iterator
 
 from core.artifacts import write_json
+from core.config import ModelConfig
 from core.errors import UserError, first_line
 from core.hashing import ROOT, file_hash, tree_hash
 from core.io import os_reason, write_jsonl
 from core.progress import Progress
 from core.prompts import render, template_fields
+from core.runner import StageContext
+from stages.registry import DataPrepParams
 
 log = logging.getLogger("slm")
 
@@ -52,9 +55,9 @@ MIN_TRAIN_PER_LABEL = 2
 MIN_EVAL_ROWS = 2
 
 
-def run(cfg, context, dataset: Path) -> None:
-    data = cfg.data
-    tokenizer = _chat_tokenizer(cfg) if data.prompt_format == "chat_template" else None
+def run(params: DataPrepParams, ctx: StageContext, dataset: Path) -> None:
+    data = params.data
+    tokenizer = _chat_tokenizer(params.model) if data.prompt_format == "chat_template" else None
     source, eval_source = _sources(data)
     reader = Reader(data, tokenizer)
     examples = reader.read(source, "data.path")
@@ -89,15 +92,15 @@ def run(cfg, context, dataset: Path) -> None:
     }
     write_json(dataset / "stats.json", stats)
     log.info("train %d, eval %d, %d duplicates removed, labels %s", len(train), len(evals), dupes, labels)
-    publish_change(context, dataset, data.promoted_dataset_hash)
+    publish_change(ctx, dataset, data.promoted_dataset_hash)
 
 
-def _chat_tokenizer(cfg):
+def _chat_tokenizer(model: ModelConfig):
     from core.models import load_tokenizer
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(model)
     if not tokenizer.chat_template:
-        raise UserError(f"{cfg.model.base} has no chat template; use data.prompt_format: template")
+        raise UserError(f"{model.base} has no chat template; use data.prompt_format: template")
     return tokenizer
 
 
@@ -132,12 +135,12 @@ def _split(examples: list[dict], evals_in: list[dict] | None, data) -> tuple[lis
     return train, evals_in, len(examples) - len(train)
 
 
-def publish_change(context, dataset: Path, promoted: str | None) -> None:
+def publish_change(ctx: StageContext, dataset: Path, promoted: str | None) -> None:
     """Output parameters: the dataset's content hash (what its seal will say) and whether it
     differs from the promoted model's. The DAG runs train and the rest only when it does."""
     content_hash = tree_hash(dataset)
     changed = promoted != content_hash
-    context.output_parameters.update(dataset_hash=content_hash, changed="true" if changed else "false")
+    ctx.output_parameters.update(dataset_hash=content_hash, changed="true" if changed else "false")
     if not promoted:
         log.info("dataset %s; no promoted dataset hash given: the pipeline trains", content_hash[:12])
     elif changed:

@@ -28,24 +28,26 @@ from core.io import read_json, read_jsonl
 from core.models import device_for
 from core.progress import Progress
 from core.prompts import parse_label
+from core.runner import StageContext
 from core.scoring import classification_report, percentile
+from stages.registry import EvaluateParams
 
 log = logging.getLogger("slm")
 LATENCY_SAMPLES = 50  # batch-1 prompts per model; fewer when the eval split is smaller (the report says n)
 FLAG_CLASS_RECALL_DROP = 0.10  # the report flags a class INT4 recalls this much worse, gate or not
 
 
-def run(cfg, context, dataset: Path, model: Path, onnx_model: Path, metrics: Path) -> None:
-    ec = cfg.evaluate
-    for old in rejected_paths(context):  # an earlier failed gate's: never left to describe this run
+def run(params: EvaluateParams, ctx: StageContext, dataset: Path, model: Path, onnx_model: Path, metrics: Path) -> None:
+    ec = params.evaluate
+    for old in rejected_paths(ctx):  # an earlier failed gate's: never left to describe this run
         old.unlink(missing_ok=True)
     labels = read_json(dataset / "stats.json", "dataset")["labels"]
     rows = read_jsonl(dataset / "eval.jsonl")[: ec.max_samples]
     prompts, truth = [r["prompt"] for r in rows], [r["label"] for r in rows]
     onnx_key, build_info = _onnx_build_info(onnx_model)
     onnx_gen = OnnxGenerator(onnx_model, ec.max_new_tokens)  # first: fails fast, before the PyTorch load
-    torch_gen = TorchGenerator(model, device_for(cfg.runtime), ec.max_new_tokens)
-    report = {"labels": labels, "samples": len(rows), "environment": environment(cfg.runtime)}
+    torch_gen = TorchGenerator(model, device_for(params.runtime), ec.max_new_tokens)
+    report = {"labels": labels, "samples": len(rows), "environment": environment(params.runtime)}
     if build_info.get("search"):  # onnx_build searched the recipe: the report plots its front
         report["int4_search"] = build_info["search"]
     predictions = {}
@@ -55,18 +57,18 @@ def run(cfg, context, dataset: Path, model: Path, onnx_model: Path, metrics: Pat
     verdict = quality_gate(report, onnx_key, labels, ec, drop)
     report["verdict"] = verdict  # metrics.json (or, failed, metrics.rejected.json) keeps it with the numbers
     write_json(metrics / "metrics.json", report)
-    page = write_report(report, onnx_key, rows, predictions, model, context, verdict, metrics / "report.html")
+    page = write_report(report, onnx_key, rows, predictions, model, ctx, verdict, metrics / "report.html")
     if verdict["failures"]:
         # The Metrics output is not sealed on a failed gate: the numbers and the same page, with its
         # FAILED banner, go beside where it would have been. Only these paths are named.
-        rejected, rejected_page = rejected_paths(context)
+        rejected, rejected_page = rejected_paths(ctx)
         write_json(rejected, report)
         shutil.copyfile(page, rejected_page)
         log.info("report: %s", rejected_page)
         raise QualityGateError(
             "quality gate failed: " + "; ".join(verdict["failures"]) + f" (full report: {rejected}, {rejected_page})"
         )
-    log.info("report: %s", context.finals["metrics"] / "report.html")
+    log.info("report: %s", ctx.finals["metrics"] / "report.html")
 
 
 def _onnx_build_info(onnx_model: Path) -> tuple[str, dict]:
@@ -249,13 +251,13 @@ def _loadavg() -> list[float] | None:
         return None
 
 
-def rejected_paths(context) -> tuple[Path, Path]:
+def rejected_paths(ctx: StageContext) -> tuple[Path, Path]:
     """Where a failed gate leaves its numbers and page: beside the (unsealed) Metrics output."""
-    base = str(context.finals["metrics"])
+    base = str(ctx.finals["metrics"])
     return Path(base + ".rejected.json"), Path(base + ".rejected.html")
 
 
-def write_report(report, onnx_key, rows, predictions, model: Path, context, verdict, path: Path) -> Path:
+def write_report(report, onnx_key, rows, predictions, model: Path, ctx: StageContext, verdict, path: Path) -> Path:
     """report.html (stages/evaluate/report.py): lineage and config from the seals' chain, the
     loss curve from the training log the merge stage carries along."""
     from core.runner import library_versions
@@ -273,13 +275,13 @@ def write_report(report, onnx_key, rows, predictions, model: Path, context, verd
             pass
     html_report.write(
         path,
-        identity=run_identity(context),
+        identity=run_identity(ctx),
         report=report,
         onnx_key=onnx_key,
         rows=rows,
         predictions=predictions,
-        lineage=getattr(context, "lineage", {}) or {},
-        config=getattr(context, "chain", {}) or {},
+        lineage=ctx.lineage,
+        config=ctx.chain,
         versions=versions,
         history=history,
         verdict=verdict,
@@ -287,12 +289,12 @@ def write_report(report, onnx_key, rows, predictions, model: Path, context, verd
     return path
 
 
-def run_identity(context) -> dict:
+def run_identity(ctx: StageContext) -> dict:
     """Which run this page describes. The local runners leave RUN_DIR/run.json (config file and
     its hash, git commit); elsewhere the page says what the stage itself knows."""
     from datetime import datetime, timezone
 
-    out = Path(context.finals["metrics"])
+    out = Path(ctx.finals["metrics"])
     run_dir = out.parent.parent
     found = {}
     try:
@@ -308,10 +310,7 @@ def run_identity(context) -> dict:
         "evaluated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         # the runner's record of the stages so far (cached ones took no time), else the inputs' seals
         "stages": found.get("stages")
-        or {
-            seal.get("stage", name): {"seconds": seal.get("seconds")}
-            for name, seal in (getattr(context, "input_seals", None) or {}).items()
-        },
+        or {seal.get("stage", name): {"seconds": seal.get("seconds")} for name, seal in ctx.input_seals.items()},
     }
 
 

@@ -24,31 +24,33 @@ from core.artifacts import write_json
 from core.errors import UserError
 from core.io import read_json
 from core.models import device_for, load_model, load_tokenizer
+from core.runner import StageContext
 from core.tokenizer_io import save_tokenizer
+from stages.registry import MergeParams
 
 log = logging.getLogger("slm")
 
 
-def run(cfg, context, adapter: Path, model: Path) -> None:
+def run(params: MergeParams, ctx: StageContext, adapter: Path, model: Path) -> None:
     from peft import PeftModel
 
-    device = device_for(cfg.runtime)
+    device = device_for(params.runtime)
     adapter_cfg = read_json(adapter / "adapter_config.json", "adapter")
-    if adapter_cfg.get("base_model_name_or_path") not in (None, cfg.model.base):
+    if adapter_cfg.get("base_model_name_or_path") not in (None, params.model.base):
         log.warning(
-            "the adapter was trained on %s, merging into %s", adapter_cfg["base_model_name_or_path"], cfg.model.base
+            "the adapter was trained on %s, merging into %s", adapter_cfg["base_model_name_or_path"], params.model.base
         )
-    tokenizer = load_tokenizer(cfg.model)
-    base = load_model(cfg.model, dtype=cfg.merge.dtype, device=device)
+    tokenizer = load_tokenizer(params.model)
+    base = load_model(params.model, dtype=params.merge.dtype, device=device)
     try:
         peft_model = PeftModel.from_pretrained(base, adapter, is_trainable=False)
     except Exception as e:  # noqa: BLE001 - shape mismatches, missing keys, corrupt files
         raise UserError(
-            f"the adapter in {adapter} does not fit {cfg.model.base}: {str(e).splitlines()[0][:300]}"
+            f"the adapter in {adapter} does not fit {params.model.base}: {str(e).splitlines()[0][:300]}"
         ) from None
     peft_model.eval()
 
-    prompts = json.loads((adapter / "sample_prompts.json").read_text())[: cfg.merge.parity_prompts]
+    prompts = json.loads((adapter / "sample_prompts.json").read_text())[: params.merge.parity_prompts]
     batch = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
     with torch.no_grad():
         reference = peft_model(**batch).logits.float()
@@ -62,21 +64,21 @@ def run(cfg, context, adapter: Path, model: Path) -> None:
         "max_abs_diff": diff,
         "max_abs_logit": scale,
         "relative_diff": relative,
-        "tolerance": cfg.merge.parity_tolerance,
+        "tolerance": params.merge.parity_tolerance,
         "prompts": len(prompts),
     }
     log.info(
-        "parity: max |logit diff| %.2e (relative %.2e, tolerance %.0e)", diff, relative, cfg.merge.parity_tolerance
+        "parity: max |logit diff| %.2e (relative %.2e, tolerance %.0e)", diff, relative, params.merge.parity_tolerance
     )
     if not (math.isfinite(diff) and math.isfinite(scale)):
         raise UserError(
             "the merged or base+adapter logits are not finite (NaN or inf): the adapter holds a corrupt weight; "
             "the merge is not faithful. Re-run train"
         )
-    if relative > cfg.merge.parity_tolerance:
+    if relative > params.merge.parity_tolerance:
         raise UserError(
             f"merged logits differ from base+adapter by {relative:.2e} (relative), above merge.parity_tolerance="
-            f"{cfg.merge.parity_tolerance}; the merge is not faithful"
+            f"{params.merge.parity_tolerance}; the merge is not faithful"
         )
 
     merged.save_pretrained(model, safe_serialization=True)

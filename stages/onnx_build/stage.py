@@ -23,7 +23,9 @@ import sys
 from pathlib import Path
 
 from core.artifacts import write_json
+from core.runner import StageContext
 from stages.onnx_build.build import build_checked
+from stages.registry import OnnxBuildParams
 
 # Run as `python -m` below, so the code hash takes its pins as if imported (hashing.code_hash).
 __runs__ = ("onnxruntime_genai.models.builder", "onnx", "onnx_ir", "onnxscript")
@@ -58,12 +60,15 @@ def builder_command(model: Path, out: Path, cache: Path, oc) -> list[str]:
     return cmd
 
 
-def run(cfg, context, model: Path, onnx_model: Path, dataset: Path | None = None) -> None:
-    oc = cfg.onnx
+def run(
+    params: OnnxBuildParams, ctx: StageContext | None, model: Path, onnx_model: Path, dataset: Path | None = None
+) -> None:
+    """``ctx`` is unused: the multi-adapter base build (adapter_base.py) calls this outside a stage run."""
+    oc = params.onnx
     if oc.search.enabled:
         from stages.onnx_build.search import run_in_stage
 
-        return run_in_stage(cfg, model, dataset, onnx_model)
+        return run_in_stage(params, model, dataset, onnx_model)
     cmd = build_checked(model, onnx_model, lambda cache: builder_command(model, onnx_model, cache, oc))
     genai = json.loads((onnx_model / "genai_config.json").read_text())
     write_json(

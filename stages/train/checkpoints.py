@@ -19,17 +19,18 @@ from safetensors.torch import load_file, save_file
 
 from core import faults
 from core.errors import UserError
+from core.runner import StageContext
 
 log = logging.getLogger("slm")
 
 
-def checkpoint_root(context) -> Path:
+def checkpoint_root(ctx: StageContext) -> Path:
     """Where checkpoints live: under ``SLM_CHECKPOINT_DIR`` keyed by cache key when set (a
     cluster's cache volume, which a retried pod sees again), else beside the output."""
     shared = os.environ.get("SLM_CHECKPOINT_DIR")
     if shared:
-        return Path(shared) / context.cache_key
-    return Path(str(context.finals["adapter"]) + ".checkpoints")
+        return Path(shared) / ctx.cache_key
+    return Path(str(ctx.finals["adapter"]) + ".checkpoints")
 
 
 class Checkpoints:

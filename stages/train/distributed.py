@@ -44,14 +44,15 @@ import torch.distributed as dist
 from core import ranks
 from core.errors import UserError
 from core.runner import Interrupted
+from stages.registry import TrainParams
 
 log = logging.getLogger("slm")
 
 
-def launch(cfg, ckpt, dataset: Path, adapter: Path, device: str) -> None:
+def launch(params: TrainParams, ckpt, dataset: Path, adapter: Path, device: str) -> None:
     """Run this node's ranks under torchrun (the local runner: every node's) and wait; SIGTERM is
     forwarded (torchrun passes it on)."""
-    per_node, nodes = cfg.train.gpus, (cfg.train.nodes or 1)
+    per_node, nodes = params.train.gpus, (params.train.nodes or 1)
     local_nodes = 1 if nodes == 1 or ranks.trainer_node() else nodes  # the local runner: every node here
     if device == "cuda" and torch.cuda.device_count() < per_node * local_nodes:
         raise UserError(
@@ -63,7 +64,7 @@ def launch(cfg, ckpt, dataset: Path, adapter: Path, device: str) -> None:
         spec.write_text(
             json.dumps(
                 {
-                    "config": {k: v.model_dump(mode="json") for k, v in cfg.sections().items()},
+                    "params": params.model_dump(mode="json"),  # rank.py: TrainParams again
                     "dataset": str(dataset),
                     "adapter": str(adapter),
                     "ckpt_root": str(ckpt.root),
@@ -72,7 +73,7 @@ def launch(cfg, ckpt, dataset: Path, adapter: Path, device: str) -> None:
             )
         )
         worker = ["-m", "stages.train.rank", str(spec)]
-        agents = [[sys.executable, "-m", "torch.distributed.run", *flags, *worker] for flags in _agent_flags(cfg)]
+        agents = [[sys.executable, "-m", "torch.distributed.run", *flags, *worker] for flags in _agent_flags(params)]
         log.info("data-parallel over %d node(s) x %d rank(s): %s", nodes, per_node, " ".join(agents[0][1:]))
         codes, got = _run_agents(agents, _gpus_per_agent(device, per_node, len(agents)))
     if got["signal"]:
@@ -86,9 +87,9 @@ def launch(cfg, ckpt, dataset: Path, adapter: Path, device: str) -> None:
         )
 
 
-def _agent_flags(cfg) -> list[list[str]]:
+def _agent_flags(params: TrainParams) -> list[list[str]]:
     """torchrun's flags, one list per agent this process starts."""
-    per_node, nodes = cfg.train.gpus, (cfg.train.nodes or 1)
+    per_node, nodes = params.train.gpus, (params.train.nodes or 1)
     if nodes == 1:
         return [["--standalone", f"--nproc-per-node={per_node}"]]
     trainer = ranks.trainer_node()
@@ -161,18 +162,18 @@ def _run_agents(agents: list[list[str]], extra: list[dict[str, str]]) -> tuple[l
     return codes, got
 
 
-def join(train, cfg, ckpt, dataset: Path, adapter: Path, device: str) -> None:
+def join(train, params: TrainParams, ckpt, dataset: Path, adapter: Path, device: str) -> None:
     """This process is one rank that the engine started (AzureML's PyTorch distribution): meet the
     others through the engine's MASTER_ADDR/MASTER_PORT and ``train`` (stage.train) as that rank."""
     rank, local, world = ranks.engine_rank()
-    expected = cfg.train.gpus * (cfg.train.nodes or 1)
+    expected = params.train.gpus * (params.train.nodes or 1)
     if world != expected:
         raise UserError(
             f"the engine started {world} ranks but train.nodes x train.gpus = {expected}; compile the pipeline again"
         )
     init(device, local)
     try:
-        train(cfg, ckpt, dataset, adapter, rank=rank, world=world)
+        train(params, ckpt, dataset, adapter, rank=rank, world=world)
     finally:
         dist.destroy_process_group()
 

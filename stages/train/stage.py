@@ -47,7 +47,8 @@ from core.errors import UserError
 from core.io import read_jsonl
 from core.models import device_for, load_model, load_tokenizer, target_modules
 from core.progress import Progress
-from core.runner import Interrupted
+from core.runner import Interrupted, StageContext
+from stages.registry import TrainParams
 
 from . import fast
 from .checkpoints import Checkpoints, checkpoint_root
@@ -55,24 +56,24 @@ from .checkpoints import Checkpoints, checkpoint_root
 log = logging.getLogger("slm")
 
 
-def run(cfg, context, dataset: Path, adapter: Path) -> None:
-    device = device_for(cfg.runtime)
-    ckpt = Checkpoints(checkpoint_root(context), context.cache_key)
-    context.after_commit.append(ckpt.clear)
-    if cfg.train.gpus * (cfg.train.nodes or 1) == 1:
-        train(cfg, ckpt, dataset, adapter)
+def run(params: TrainParams, ctx: StageContext, dataset: Path, adapter: Path) -> None:
+    device = device_for(params.runtime)
+    ckpt = Checkpoints(checkpoint_root(ctx), ctx.cache_key)
+    ctx.after_commit.append(ckpt.clear)
+    if params.train.gpus * (params.train.nodes or 1) == 1:
+        train(params, ckpt, dataset, adapter)
         return
     from . import distributed
 
     if ranks.engine_rank():  # AzureML started this process as one rank of the run
-        distributed.join(train, cfg, ckpt, dataset, adapter, device)
+        distributed.join(train, params, ckpt, dataset, adapter, device)
         return
-    distributed.launch(cfg, ckpt, dataset, adapter, device)  # torchrun's ranks, each running train() below
+    distributed.launch(params, ckpt, dataset, adapter, device)  # torchrun's ranks, each running train() below
 
 
-def train(cfg, ckpt: Checkpoints, dataset: Path, adapter: Path, rank: int = 0, world: int = 1) -> None:
+def train(params: TrainParams, ckpt: Checkpoints, dataset: Path, adapter: Path, rank: int = 0, world: int = 1) -> None:
     """The whole recipe on one rank (distributed.py calls this on each)."""
-    recipe = LoRARecipe(cfg, ckpt, rank, world)
+    recipe = LoRARecipe(params, ckpt, rank, world)
     recipe.setup(dataset)
     recipe.train()
     recipe.save_outputs(adapter)
@@ -81,9 +82,9 @@ def train(cfg, ckpt: Checkpoints, dataset: Path, adapter: Path, rank: int = 0, w
 class LoRARecipe:
     """One rank's training run. With ``world > 1`` the ranks meet in distributed.py's collectives."""
 
-    def __init__(self, cfg, ckpt: Checkpoints, rank: int = 0, world: int = 1):
-        self.cfg, self.tc, self.ckpt, self.rank, self.world = cfg, cfg.train, ckpt, rank, world
-        self.device = device_for(cfg.runtime)
+    def __init__(self, params: TrainParams, ckpt: Checkpoints, rank: int = 0, world: int = 1):
+        self.params, self.tc, self.ckpt, self.rank, self.world = params, params.train, ckpt, rank, world
+        self.device = device_for(params.runtime)
         self.where = f"cuda:{torch.cuda.current_device()}" if self.device == "cuda" else self.device
         self.dist = None
         if world > 1:
@@ -108,7 +109,7 @@ class LoRARecipe:
             raise UserError(
                 "train.nodes x train.gpus > 1 runs padding-free steps: leave train.padding_free at auto or on"
             )
-        self.tokenizer = load_tokenizer(self.cfg.model)
+        self.tokenizer = load_tokenizer(self.params.model)
         self.tokenizer.padding_side = "right"  # positions count from the first token (see collate)
         self._setup_data(dataset)
         self._setup_model()
@@ -128,7 +129,9 @@ class LoRARecipe:
 
     def _setup_model(self) -> None:
         longest = max(len(e["input_ids"]) for e in self.examples)
-        self.model, self.trainable, self.modules, self.fp = build(self.cfg, self.device, self.fp, self.where, longest)
+        self.model, self.trainable, self.modules, self.fp = build(
+            self.params, self.device, self.fp, self.where, longest
+        )
         log.info(
             "LoRA r=%d on %s: %.2fM trainable parameters",
             self.tc.lora.r,
@@ -228,7 +231,7 @@ class LoRARecipe:
         if self.rank:
             return
         self.model.save_pretrained(adapter, safe_serialization=True)
-        _portable_adapter_config(adapter, self.cfg.model.base)
+        _portable_adapter_config(adapter, self.params.model.base)
         (adapter / "README.md").unlink(missing_ok=True)  # peft's model card names this machine's paths
         with open(adapter / "train_log.jsonl", "w") as f:
             f.writelines(json.dumps(h) + "\n" for h in history)
@@ -280,14 +283,14 @@ class _Sigterm:
 # Model set-up and steps
 
 
-def build(cfg, device: str, fp: fast.FastPath, where: str | None = None, longest: int | None = None):
+def build(params: TrainParams, device: str, fp: fast.FastPath, where: str | None = None, longest: int | None = None):
     """Base model -> fast-path set-up -> LoRA. Returns (model, trainable parameters, LoRA targets, FastPath)
     with gradient checkpointing "auto" settled. The bench builds its models with this too."""
     from peft import LoraConfig, get_peft_model
 
-    tc = cfg.train
+    tc = params.train
     model = load_model(
-        cfg.model,
+        params.model,
         dtype="bfloat16" if device == "cuda" else "float32",
         quantization=tc.quantization,
         device=where or device,
