@@ -146,6 +146,20 @@ def _run_args(p) -> None:
         "kfp-local: the compiled KFP pipeline under KFP's own local orchestrator (DockerRunner)",
     )
     p.add_argument("--no-cache", action="store_true", help="re-run every stage")
+    p.add_argument(
+        "--jobs",
+        type=_stage_count,
+        default=1,
+        metavar="N",
+        help="subprocess and docker runners: run up to N independent stages at once, each as soon as "
+        "its upstream stages passed (default 1: one at a time, in DAG order)",
+    )
+
+
+def _stage_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of stages to run at once, 1 or more")
+    return int(text)
 
 
 def _tune_args(p) -> None:
@@ -216,6 +230,11 @@ def dag_config(path, overrides, dags):
 def run(args, dags) -> int:
     from core.outputs import claim, config_inputs
 
+    if args.runner == "kfp-local" and args.jobs != 1:
+        raise UserError(
+            f"--jobs {args.jobs}: kfp-local runs its tasks one at a time (KFP's local orchestrator); "
+            "use --runner subprocess or docker to run stages at once"
+        )
     cfg, dag = dag_config(args.config, args.overrides, dags)
     claim(args.out, inputs=config_inputs(args.config, cfg), run=True)
     if args.runner == "kfp-local":
@@ -226,7 +245,7 @@ def run(args, dags) -> int:
         from engines.docker import run_pipeline
     else:
         from engines.local import run_pipeline
-    return run_pipeline(dag, cfg, args.out, use_cache=not args.no_cache, config_file=args.config)
+    return run_pipeline(dag, cfg, args.out, use_cache=not args.no_cache, config_file=args.config, jobs=args.jobs)
 
 
 def compile_(args, dags) -> int:

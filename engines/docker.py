@@ -13,7 +13,9 @@ import codecs
 import contextlib
 import os
 import posixpath
+import signal
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -67,7 +69,9 @@ def chown_tree(path: Path, uid: int, gid: int) -> None:
 
 
 class DockerExecutor:
-    """``execute(step, argv, run_dir) -> exit code`` for ``engines.local.run_pipeline``."""
+    """``execute(step, argv, run_dir) -> exit code`` for ``engines.local.run_pipeline``
+    (``engines.local.Executor``): called from the runner's worker threads, one a running stage;
+    ``stop()`` stops the containers that run and starts none after it."""
 
     def __init__(self, client, dag: Pipeline, cfg: Config):
         from core.models import cache_dir
@@ -78,6 +82,9 @@ class DockerExecutor:
         self.cache = cache_dir() if os.getuid() != 0 else cache_dir() / f"docker-uid{IMAGE_UID}"
         self.mounts = external_mounts(dag, cfg)
         self._prepared = False
+        self._lock = threading.Lock()  # a container starts before stop() (and is stopped) or not at all
+        self._running: dict[str, object] = {}  # container id -> container
+        self._stopping = False
 
     def check_images(self, steps) -> None:
         """Every image exists and was built from the code this checkout has (else the cache
@@ -142,14 +149,21 @@ class DockerExecutor:
         return kwargs
 
     def __call__(self, step: Step, argv: list[str], run_dir: Path) -> int:
-        if not self._prepared:
-            self._prepare(run_dir)
-        kwargs = self.container_args(step, argv, run_dir)
-        print(f"    image {kwargs['image']} as {kwargs['user']}, no network", flush=True)
-        container = self.client.containers.create(**kwargs)
+        with self._lock:
+            if self._stopping:
+                return 128 + signal.SIGTERM
+            if not self._prepared:
+                self._prepare(run_dir)
+            kwargs = self.container_args(step, argv, run_dir)
+            print(f"    image {kwargs['image']} as {kwargs['user']}, no network", flush=True)
+            container = self.client.containers.create(**kwargs)
+            self._running[container.id] = container
         try:
             stream = self.client.api.attach(container.id, stream=True, logs=True, demux=True)
-            container.start()
+            with self._lock:
+                if self._stopping:
+                    return 128 + signal.SIGTERM
+                container.start()
             decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(2)]
             for out, err in stream:
                 for chunk, sink, dec in ((out, sys.stdout, decoders[0]), (err, sys.stderr, decoders[1])):
@@ -157,21 +171,37 @@ class DockerExecutor:
                         sink.write(dec.decode(chunk))
                         sink.flush()
             return int(container.wait().get("StatusCode", 1))
-        except KeyboardInterrupt:
-            container.stop(timeout=20)  # SIGTERM: the stage cleans up and exits 143
-            raise
         finally:
+            with self._lock:
+                del self._running[container.id]
             with contextlib.suppress(Exception):  # already gone
                 container.remove(force=True)
 
+    def stop(self) -> None:
+        """``docker stop`` every running container at once: SIGTERM, the stage cleans up and exits
+        143 (SIGKILL after 20 s)."""
+        with self._lock:
+            self._stopping = True
+            running = list(self._running.values())
+        threads = [threading.Thread(target=_stop_container, args=(c,)) for c in running]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+def _stop_container(container) -> None:
+    with contextlib.suppress(Exception):  # it ended meanwhile
+        container.stop(timeout=20)
+
 
 def run_pipeline(
-    dag: Pipeline, cfg: Config, out: str | Path, use_cache: bool = True, client=None, config_file=None
+    dag: Pipeline, cfg: Config, out: str | Path, use_cache: bool = True, client=None, config_file=None, jobs: int = 1
 ) -> int:
-    """The local runner's loop and summary, with every stage in its image."""
+    """The local runner's loop and summary, with every stage in its image, up to ``jobs`` at once."""
     from engines.local import run_pipeline as run_local
 
     client = client or connect()
     executor = DockerExecutor(client, dag, cfg)
     executor.check_images(dag)
-    return run_local(dag, cfg, out, use_cache=use_cache, execute=executor, root=IO, config_file=config_file)
+    return run_local(dag, cfg, out, use_cache=use_cache, execute=executor, root=IO, config_file=config_file, jobs=jobs)

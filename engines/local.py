@@ -2,8 +2,9 @@
 
 Each stage gets exactly the argv its container gets (``StageSpec.argv``). A stage whose
 cache key (code + parameters + input content + external files) matches its sealed output
-is skipped. The first failure stops the run; nothing half-written is left behind, because
-stages seal their outputs themselves (``core.artifacts``).
+is skipped. ``jobs`` steps run at once at most (``run --jobs N``), each as soon as its upstream
+steps passed; after the first failure no step starts, and those running finish. Nothing
+half-written is left behind, because stages seal their outputs themselves (``core.artifacts``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Callable
+from typing import Protocol
 
 from core import artifacts
 from core.cache import cache_key
@@ -29,8 +32,15 @@ from core.lineage import lineage
 from core.spec import Pipeline, Step
 from runtime import promotion
 
-# execute(step, argv, run_dir) -> exit code. The docker runner passes its own.
-Executor = Callable[[Step, list, Path], int]
+
+class Executor(Protocol):
+    """How a stage runs: ``execute(step, argv, run_dir) -> exit code``, called from a worker thread,
+    one call a running step; ``stop()`` ends the stages running now and starts none after it.
+    :class:`Subprocesses` here; the docker runner passes its own."""
+
+    def __call__(self, step: Step, argv: list[str], run_dir: Path) -> int: ...
+
+    def stop(self) -> None: ...
 
 
 def stage_argv(step: Step, cfg: Config, root: str) -> list[str]:
@@ -46,38 +56,47 @@ def artifact_paths_for(step: Step, root: str) -> dict[str, dict[str, str]]:
     }
 
 
-def run_subprocess(step: Step, argv: list[str], run_dir: Path) -> int:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    # Ctrl-C reaches the whole foreground process group. The stage starts with SIGINT blocked
-    # (inherited, so it is blocked from fork on, even before the stage's Python starts) and gets
-    # SIGTERM from us instead, the signal it handles everywhere (cleanup; training checkpoints):
-    # one Ctrl-C gives one line per process, not a traceback from wherever each happened to be.
-    # The mask is per thread and the kernel may hand the signal to another thread of ours, so
-    # while the stage starts, Python's handlers only note a Ctrl-C or SIGTERM: raised inside
-    # Popen it would lose the child, which would then run on, and commit, after we exited.
-    noted: list[int] = []
-    signals = (signal.SIGINT, signal.SIGTERM)
-    handlers = {s: signal.signal(s, lambda signum, _frame: noted.append(signum)) for s in signals}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    proc = None
-    try:
+class Subprocesses:
+    """Each stage as a local process (:class:`Executor`).
+
+    Ctrl-C reaches the whole foreground process group. A stage starts with SIGINT blocked
+    (inherited from the thread that starts it, so it is blocked from fork on, even before the
+    stage's Python starts) and gets SIGTERM from the runner instead, the signal it handles
+    everywhere (cleanup; training checkpoints): one Ctrl-C gives one line per process, not a
+    traceback from wherever each happened to be. The runner's worker threads block both
+    signals, so the main thread takes them and calls :meth:`stop`; the lock makes a stage
+    either start before ``stop`` (and get its SIGTERM) or not at all."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running: dict[str, subprocess.Popen] = {}
+        self._stopping = False
+
+    def __call__(self, step: Step, argv: list[str], run_dir: Path) -> int:
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with self._lock:
+            if self._stopping:
+                return 128 + signal.SIGTERM
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+            signal.pthread_sigmask(signal.SIG_SETMASK, (mask - {signal.SIGTERM}) | {signal.SIGINT})  # the stage's
+            try:
+                proc = subprocess.Popen([sys.executable, *argv[1:]], env=env)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            self._running[step.name] = proc
         try:
-            proc = subprocess.Popen([sys.executable, *argv[1:]], env=env)
+            return proc.wait()
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C held back by the mask is noted here
-            for signum, handler in handlers.items():
-                signal.signal(signum, handler)
-        if noted:
-            raise KeyboardInterrupt(signal.Signals(noted[0]).name)
-        return proc.wait()
-    except BaseException:
-        if proc is not None:
-            for signum in signals:  # a second Ctrl-C or SIGTERM must not cut the cleanup short
-                signal.signal(signum, signal.SIG_IGN)
-            proc.terminate()
-            proc.wait()
-        raise
+            with self._lock:
+                del self._running[step.name]
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            for proc in self._running.values():
+                proc.terminate()
 
 
 def cached(step: Step, cfg: Config, run_dir: Path) -> bool:
@@ -102,22 +121,26 @@ def run_pipeline(
     cfg: Config,
     out: str | Path,
     use_cache: bool = True,
-    execute: Executor = run_subprocess,
+    execute: Executor | None = None,
     root: str | None = None,
     config_file: str | Path | None = None,
+    jobs: int = 1,
 ) -> int:
-    """Run every step in order. ``root`` is the run folder as the stages see it (docker: /io);
-    ``config_file``: the file the config came from, named in RUN_DIR/run.json (the report's identity)."""
+    """Run every step, up to ``jobs`` at a time, each as soon as its upstream steps passed.
+    ``execute``: how a stage runs (default: :class:`Subprocesses`); ``root``: the run folder as
+    the stages see it (docker: /io); ``config_file``: the file the config came from, named in
+    RUN_DIR/run.json (the report's identity)."""
+    if not isinstance(jobs, int) or jobs < 1:
+        raise UserError(f"--jobs {jobs}: give a whole number of stages to run at once, 1 or more")
     run_dir = Path(out).resolve()
     with run_lock(run_dir, out):
         summary: dict = {"pipeline": dag.name, "run_dir": str(run_dir), "stages": {}, "metrics": {}}
         summary["identity"] = run_identity(run_dir, config_file)
+        run = LocalRun(dag, cfg, run_dir, summary, execute or Subprocesses(), root or str(run_dir), use_cache)
         try:
-            return _run_locked(dag, cfg, run_dir, use_cache, execute, root, summary)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the stage in flight was stopped; say so, then stop
-            stages = summary["stages"]
-            if stages and list(stages.values())[-1]["status"] == "not run":
-                list(stages.values())[-1]["status"] = "interrupted"
+            return run.all(jobs)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the stages in flight were stopped; say so, then stop
+            run.mark_interrupted()
             artifacts.write_json(run_dir / "summary.json", {**summary, "status": "interrupted"})
             raise
 
@@ -152,53 +175,111 @@ def run_lock(run_dir: Path, out) -> None:
         yield
 
 
-def _run_locked(
-    dag: Pipeline, cfg: Config, run_dir: Path, use_cache: bool, execute: Executor, root: str | None, summary: dict
-) -> int:
-    for step in dag:  # before anything runs: the run replaces only outputs it sealed
-        for port in step.spec.outputs:
-            artifacts.refuse_unowned(run_dir / step.name / port.name)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    identity = summary["identity"]
-    if not identity.get("config_file"):  # no file named: the resolved config this run wrote
-        identity.update(config_file=str(run_dir / "config.yaml"), config_sha256=file_sha256(run_dir / "config.yaml"))
-    artifacts.write_json(run_dir / RUN_JSON, identity)
-    # promoted.json describes the run whose artifacts lie beside it: gone until this one passes.
-    (run_dir / promotion.PROMOTED).unlink(missing_ok=True)
-    (run_dir / "summary.json").unlink(missing_ok=True)  # likewise: it is rewritten when this run ends
-    status = 0
-    stopped = None  # why the DAG's condition ended the run early
-    gated = dag.gated()
-    for step in dag:
-        entry = summary["stages"].setdefault(step.name, {"status": "not run", "seconds": 0.0, "cached": False})
-        if status:
-            continue
-        if stopped and step.name in gated:
-            entry.update(status="skipped")
-            continue
+class LocalRun:
+    """One run of ``dag`` into ``run_dir``: which steps passed, which run, the first failure and the
+    summary. The main thread decides everything (cache, outputs, order, summary); worker threads
+    only wait on ``execute``."""
+
+    def __init__(self, dag, cfg, run_dir, summary, execute, root, use_cache):
+        self.dag, self.cfg, self.run_dir, self.summary = dag, cfg, run_dir, summary
+        self.execute, self.root, self.use_cache = execute, root, use_cache
+        self.status = 0  # the first failed step's exit code
+        self.stopped: str | None = None  # why the DAG's condition ended the run early
+        self.gated = dag.gated()
+        self.pending = list(dag)  # not visited yet, in DAG order
+        self.passed: set[str] = set()  # ran ok or cached
+        self.visited: set[str] = set()
+        self.running: dict[Future, tuple[Step, float, dict | None]] = {}  # -> step, start, output hashes before
+
+    def all(self, jobs: int) -> int:
+        self.prepare()
+        self.schedule(jobs)
+        self.summarise()
+        return self.status
+
+    def prepare(self) -> None:
+        for step in self.dag:  # before anything runs: the run replaces only outputs it sealed
+            for port in step.spec.outputs:
+                artifacts.refuse_unowned(self.run_dir / step.name / port.name)
+        (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+        identity = self.summary["identity"]
+        if not identity.get("config_file"):  # no file named: the resolved config this run wrote
+            config = self.run_dir / "config.yaml"
+            identity.update(config_file=str(config), config_sha256=file_sha256(config))
+        artifacts.write_json(self.run_dir / RUN_JSON, identity)
+        # promoted.json describes the run whose artifacts lie beside it: gone until this one passes.
+        (self.run_dir / promotion.PROMOTED).unlink(missing_ok=True)
+        (self.run_dir / "summary.json").unlink(missing_ok=True)  # likewise: it is rewritten when this run ends
+
+    def schedule(self, jobs: int) -> None:
+        """Start the ready steps while fewer than ``jobs`` run; take each one's result as it ends."""
+        with ThreadPoolExecutor(jobs, thread_name_prefix="stage", initializer=_leave_signals_to_main) as pool:
+            try:
+                self.start_ready(pool, jobs)
+                while self.running:
+                    # a timeout, so that the main thread takes a signal soon wherever it landed
+                    ended, _ = wait(self.running, timeout=1.0, return_when=FIRST_COMPLETED)
+                    for future in [f for f in self.running if f in ended]:  # in the order they started
+                        self.finish(future)
+                    self.start_ready(pool, jobs)
+            except BaseException as e:
+                self.stop(interrupted=isinstance(e, KeyboardInterrupt))
+                raise
+
+    def start_ready(self, pool: ThreadPoolExecutor, jobs: int) -> None:
+        """Visit the pending steps in DAG order: after a failure none starts; when the condition
+        ended the run its steps are skipped; a step whose upstream steps passed starts."""
+        for step in list(self.pending):
+            if len(self.running) >= jobs:
+                return
+            if self.status:
+                self.entry(step)
+            elif self.stopped and step.name in self.gated:
+                self.entry(step).update(status="skipped")
+            elif step.upstream() <= self.passed:
+                self.visit(step, pool)
+            else:
+                continue  # waits for an upstream step that runs now
+            self.pending.remove(step)
+
+    def visit(self, step: Step, pool: ThreadPoolExecutor) -> None:
+        """Take ``step`` from the cache, or clear its outputs and start it."""
+        entry = self.entry(step)
+        self.visited.add(step.name)
         started = time.time()
-        if use_cache and cached(step, cfg, run_dir):
+        if self.use_cache and cached(step, self.cfg, self.run_dir):
             entry.update(status="ok", cached=True)
             print(f"==> {step.name}: cached (inputs, parameters and code unchanged)", flush=True)
-            stopped = condition_unmet(dag, step, run_dir)
-            _say_stopped(stopped, step, dag)
-            continue
+            self.passed_condition(step)
+            return
         # Outputs from another key are stale: never leave them where a good one belongs. The
         # steps downstream keep theirs only if this step's outputs come out byte-identical (a
         # parameter that changes no output, such as data.promoted_dataset_hash): their cache
         # keys, made of input contents, then still hold.
-        before = _content_hashes(step, run_dir)
+        before = _content_hashes(step, self.run_dir)
         for port in step.spec.outputs:
-            artifacts.remove(run_dir / step.name / port.name)
-        artifacts.write_json(run_dir / RUN_JSON, {**identity, "stages": summary["stages"]})  # timings so far
-        argv = stage_argv(step, cfg, root or str(run_dir))
+            artifacts.remove(self.run_dir / step.name / port.name)
+        identity = self.summary["identity"]
+        artifacts.write_json(self.run_dir / RUN_JSON, {**identity, "stages": self.stages()})  # timings so far
+        argv = stage_argv(step, self.cfg, self.root)
         print(f"==> {step.name}: {' '.join(argv[:3])} ...", flush=True)
-        code = execute(step, argv, run_dir)
-        entry.update(seconds=round(time.time() - started, 1))
-        if code != 0 or before is None or _content_hashes(step, run_dir) != before:
-            for name in dag.downstream(step.name):
-                for port in dag[name].spec.outputs:
-                    artifacts.remove(run_dir / name / port.name)
+        future = pool.submit(self._execute, step, argv)
+        self.running[future] = (step, started, before)
+
+    def _execute(self, step: Step, argv: list[str]) -> tuple[int, float]:
+        return self.execute(step, argv, self.run_dir), time.time()
+
+    def finish(self, future: Future) -> None:
+        """A started step ended: record it; if it failed or its outputs changed, the outputs
+        downstream are stale (none of those steps can have started)."""
+        step, started, before = self.running.pop(future)
+        code, ended = future.result()
+        entry = self.entry(step)
+        entry.update(seconds=round(ended - started, 1))
+        if code != 0 or before is None or _content_hashes(step, self.run_dir) != before:
+            for name in self.dag.downstream(step.name):
+                for port in self.dag[name].spec.outputs:
+                    artifacts.remove(self.run_dir / name / port.name)
         if code != 0:
             entry.update(status="failed", exit_code=code)
             print(
@@ -206,43 +287,89 @@ def _run_locked(
                 file=sys.stderr,
                 flush=True,
             )
-            status = code
+            self.status = self.status or code
         else:
             entry.update(status="ok")
             print(f"==> {step.name}: ok in {entry['seconds']:.1f}s", flush=True)
-            stopped = condition_unmet(dag, step, run_dir)
-            _say_stopped(stopped, step, dag)
-    if not stopped:
-        for step in dag:
-            state = summary["stages"].get(step.name, {}).get("status")
+            self.passed_condition(step)
+
+    def passed_condition(self, step: Step) -> None:
+        self.passed.add(step.name)
+        why = condition_unmet(self.dag, step, self.run_dir)
+        if why:
+            self.stopped = why
+            _say_stopped(why, step, self.dag)
+
+    def stop(self, interrupted: bool) -> None:
+        """The run ends early (a signal, or an error of the runner's own): stop the stages that
+        run and wait for them, so that none runs on, or seals an output, after the runner exits."""
+        if interrupted and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C or SIGTERM must not cut this short
+                signal.signal(signum, signal.SIG_IGN)
+        self.execute.stop()
+        wait(self.running)
+
+    def entry(self, step: Step) -> dict:
+        return self.summary["stages"].setdefault(step.name, {"status": "not run", "seconds": 0.0, "cached": False})
+
+    def stages(self) -> dict:
+        """The stage entries in DAG order, whatever order the steps ran in."""
+        found = self.summary["stages"]
+        return {s.name: found[s.name] for s in self.dag if s.name in found}
+
+    def mark_interrupted(self) -> None:
+        for name in self.visited:
+            if self.summary["stages"][name]["status"] == "not run":
+                self.summary["stages"][name]["status"] = "interrupted"
+        self.summary["stages"] = self.stages()
+
+    def summarise(self) -> None:
+        """summary.json: stages, metrics, report, status; promotion when every stage passed."""
+        summary = self.summary
+        summary["stages"] = self.stages()
+        if not self.stopped:
+            self.collect_metrics()
+        self.find_report()
+        summary["status"] = "failed" if self.status else ("skipped" if self.stopped else "ok")
+        if self.stopped:
+            summary["reason"] = self.stopped
+        summary["promoted"] = False
+        if not self.status and not self.stopped:
+            record = promote(self.dag, self.cfg, self.run_dir, summary["metrics"])
+            summary["promoted"] = bool(record)
+        artifacts.write_json(self.run_dir / "summary.json", summary)
+        print_summary(summary)
+
+    def collect_metrics(self) -> None:
+        for step in self.dag:
+            state = self.summary["stages"].get(step.name, {}).get("status")
             for port in (p for p in step.spec.outputs if p.type == "Metrics"):
-                metrics = run_dir / step.name / port.name / "metrics.json"
-                rejected = run_dir / step.name / f"{port.name}.rejected.json"
+                metrics = self.run_dir / step.name / port.name / "metrics.json"
+                rejected = self.run_dir / step.name / f"{port.name}.rejected.json"
                 if metrics.is_file() and artifacts.read_marker(metrics.parent):
                     found = json.loads(metrics.read_text())
                 elif state == "failed" and rejected.is_file():  # a failed gate: the numbers it measured
                     found = json.loads(rejected.read_text())
                 else:
                     continue
-                summary["metrics"].update(found.get("summary", {}))
+                self.summary["metrics"].update(found.get("summary", {}))
                 if "verdict" in found:
-                    summary["gate"] = found["verdict"]
-    for step in dag:  # evaluate's report.html (or, after a failed gate, the rejected one)
-        state = summary["stages"].get(step.name, {}).get("status")
-        for port in (p for p in step.spec.outputs if p.type == "Metrics"):
-            page = run_dir / step.name / (f"{port.name}/report.html" if state == "ok" else f"{port.name}.rejected.html")
-            if state in ("ok", "failed") and page.is_file():
-                summary["report"] = str(page)
-    summary["status"] = "failed" if status else ("skipped" if stopped else "ok")
-    if stopped:
-        summary["reason"] = stopped
-    summary["promoted"] = False
-    if not status and not stopped:
-        record = promote(dag, cfg, run_dir, summary["metrics"])
-        summary["promoted"] = bool(record)
-    artifacts.write_json(run_dir / "summary.json", summary)
-    print_summary(summary)
-    return status
+                    self.summary["gate"] = found["verdict"]
+
+    def find_report(self) -> None:
+        """evaluate's report.html (or, after a failed gate, the rejected one)."""
+        for step in self.dag:
+            state = self.summary["stages"].get(step.name, {}).get("status")
+            for port in (p for p in step.spec.outputs if p.type == "Metrics"):
+                page = f"{port.name}/report.html" if state == "ok" else f"{port.name}.rejected.html"
+                if state in ("ok", "failed") and (self.run_dir / step.name / page).is_file():
+                    self.summary["report"] = str(self.run_dir / step.name / page)
+
+
+def _leave_signals_to_main() -> None:
+    """A worker thread takes no SIGINT/SIGTERM: the kernel hands them to the main thread, which
+    stops the run (Python runs signal handlers there only)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 RUN_JSON = "run.json"  # which run this is: evaluate's report shows it

@@ -87,16 +87,22 @@ def multi_config(tmp: Path) -> dict:
 STEPS = {"dataset": "data_prep", "adapter": "train", "model": "merge", "merged_int4": "onnx_build"}
 
 
+def write_config(tmp: Path, config: dict | None = None) -> Path:
+    path = tmp / "multi.yaml"
+    path.write_text(yaml.safe_dump(config or multi_config(tmp)))
+    return path
+
+
 def run_tasks(tmp: Path, env: dict | None = None) -> dict:
-    """The two-task DAG as a user runs it: ``pipeline.py run`` on the config's ``tasks:`` (the local
-    runner over pipeline.TASKS_DAG). Each task's outputs are linked under ROOT/<task>/, the served
-    folder (adapter_build's output: base/ + adapters/) as ROOT/serve."""
-    (tmp / "multi.yaml").write_text(yaml.safe_dump(multi_config(tmp)))
-    cfg = load_config(tmp / "multi.yaml")
+    """The two-task DAG as a user runs it: ``pipeline.py run --jobs 2`` on the config's ``tasks:`` (the
+    local runner over pipeline.TASKS_DAG, the two tasks' steps at once: tests/test_jobs.py). Each task's
+    outputs are linked under ROOT/<task>/, the served folder (adapter_build's output: base/ + adapters/)
+    as ROOT/serve."""
+    config = write_config(tmp)
+    cfg = load_config(config)
     run = tmp / "run"
-    proc = run_cli(
-        str(ROOT / "pipeline.py"), "run", "--config", str(tmp / "multi.yaml"), "--out", str(run), timeout=2400, env=env
-    )
+    args = ["run", "--config", str(config), "--out", str(run), "--jobs", "2"]
+    proc = run_cli(str(ROOT / "pipeline.py"), *args, timeout=2400, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = {"cfg": cfg, "root": tmp, "run": run, "tasks": {}, "stdout": proc.stdout}
     for task in cfg.tasks:
