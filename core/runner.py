@@ -121,6 +121,15 @@ def take_flags(argv: list[str], flags) -> tuple[list[str], dict[str, str]]:
     return rest, values
 
 
+# The step a runner started this process as (``train_tone`` of a multi-task DAG): the log and error
+# lines' prefix, so that steps of one stage running side by side can be told apart.
+STEP_ENV = "SLM_STEP"
+
+
+def _label(spec) -> str:
+    return os.environ.get(STEP_ENV) or spec.name
+
+
 def _logging(stage: str) -> None:
     logging.basicConfig(level=logging.INFO, format=f"[{stage}] %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock", "datasets"):
@@ -178,13 +187,15 @@ def failure(e: BaseException) -> tuple[int, str]:
 
 def run_stage(spec: StageSpec, run: Callable[..., None], argv: list[str], hooks: list[Hook] = ()) -> None:
     """Parse, verify the inputs, run, seal, then the hooks; exits non-zero on any failure."""
-    _logging(spec.name)
+    _logging(_label(spec))
     argv, values = take_flags(argv, {f for h in hooks for f in h.flags})
     if any(p.per_task for p in spec.inputs):  # a gathering stage: its ports are the tasks' (core/spec.py)
         tasks = spec.tasks_in(argv) or (("TASK",) if {"-h", "--help"} & set(argv) else ())  # help: the pattern
         if not tasks:
             gathered = ", ".join(f"--{p.name}_<task>" for p in spec.inputs if p.per_task)
-            print(f"error: [{spec.name}] no per-task inputs given: it takes {gathered} for each task", file=sys.stderr)
+            print(
+                f"error: [{_label(spec)}] no per-task inputs given: it takes {gathered} for each task", file=sys.stderr
+            )
             sys.exit(2)
         spec = spec.for_tasks(tasks)
     parser = _parser(spec)
@@ -219,7 +230,7 @@ def run_stage(spec: StageSpec, run: Callable[..., None], argv: list[str], hooks:
         for tmp in tmps.values():
             artifacts.abort(tmp)
         code, line = failure(e)
-        print(f"error: [{spec.name}] {line}", file=sys.stderr)
+        print(f"error: [{_label(spec)}] {line}", file=sys.stderr)
         sys.exit(code)
 
 

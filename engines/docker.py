@@ -22,6 +22,7 @@ from pathlib import Path
 from core.config import Config
 from core.errors import UserError
 from core.hashing import ROOT, code_hash
+from core.runner import STEP_ENV
 from core.spec import Pipeline, Step
 
 from .compile_common import image_for
@@ -135,6 +136,7 @@ class DockerExecutor:
                 "HOME": "/tmp",
                 "PYTHONUNBUFFERED": "1",
                 "HF_HUB_OFFLINE": "1",  # no network: fail fast on a hub id instead of retrying
+                STEP_ENV: step.name,  # the log lines' prefix (core/runner.py)
             },
             "volumes": volumes,
             "mem_limit": f"{res.memory_gb}g",

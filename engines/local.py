@@ -29,6 +29,7 @@ from core.errors import UserError
 from core.hashing import ROOT
 from core.io import load_file
 from core.lineage import lineage
+from core.runner import STEP_ENV
 from core.spec import Pipeline, Step
 from runtime import promotion
 
@@ -74,7 +75,7 @@ class Subprocesses:
 
     def __call__(self, step: Step, argv: list[str], run_dir: Path) -> int:
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": path}
+        env = {**os.environ, "PYTHONPATH": path, STEP_ENV: step.name}
         env.setdefault("PYTHONUNBUFFERED", "1")
         with self._lock:
             if self._stopping:

@@ -104,7 +104,7 @@ def run_tasks(tmp: Path, env: dict | None = None) -> dict:
     args = ["run", "--config", str(config), "--out", str(run), "--jobs", "2"]
     proc = run_cli(str(ROOT / "pipeline.py"), *args, timeout=2400, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = {"cfg": cfg, "root": tmp, "run": run, "tasks": {}, "stdout": proc.stdout}
+    out = {"cfg": cfg, "root": tmp, "run": run, "tasks": {}, "stdout": proc.stdout, "stderr": proc.stderr}
     for task in cfg.tasks:
         d = tmp / task.name
         d.mkdir()

@@ -38,6 +38,8 @@ def test_the_run_fans_out_over_the_tasks_and_promotes_base_and_adapters(multi):
     expected = [step.name for step in TASKS_DAG.expand(t.name for t in cfg.tasks)]
     assert list(summary["stages"]) == expected and len(expected) == 10
     assert all(s["status"] == "ok" for s in summary["stages"].values()), summary["stages"]
+    # side by side, each step's log lines name the step (core/runner.py STEP_ENV)
+    assert "[train_tone] step" in multi["stderr"] and "[train_sentiment] step" in multi["stderr"]
     # each task's steps ran with that task's own config
     for task, r in zip(cfg.tasks, (8, 16)):
         assert read_marker(run / step_name("train", task.name) / "adapter")["params"]["train.lora.r"] == r
