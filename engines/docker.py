@@ -100,9 +100,9 @@ class DockerExecutor:
                 make = "make images-gpu" if step.spec.uses_gpu(self.cfg) else "make images"
                 raise UserError(f"image {name} not found; build it with `{make}`") from None
             built = (image.labels or {}).get(LABEL_CODE)
-            if built != code_hash(step.name):
+            if built != code_hash(step.spec.name):  # a task's step runs its stage's image
                 raise UserError(
-                    f"image {name} was built from other code than this checkout's stages/{step.name} "
+                    f"image {name} was built from other code than this checkout's stages/{step.spec.name} "
                     "(or the shared code or the pin list changed since); rebuild it with "
                     f"`make images{'-gpu' if step.spec.uses_gpu(self.cfg) else ''}`"
                 )
