@@ -57,13 +57,32 @@ _KIND_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": lis
 
 def kfp_value(value: Any) -> Any:
     """A parameter value as KFP carries it. KFP puts a string into the command line verbatim,
-    so strings (and null) are carried in their argv encoding; numbers, booleans, lists and
-    dicts keep their type (the launcher renders them as JSON)."""
+    so strings (and null) are carried in their argv encoding; numbers, booleans, and lists and
+    dicts of strings keep their type (the launcher renders them as JSON). A list or dict holding
+    numbers goes as its JSON text: KFP's struct values make every number a float (300 -> 300.0),
+    which the stage's typed parameters refuse for an integer field."""
     from core.config import encode
 
-    if value is None or isinstance(value, str):
+    if value is None or isinstance(value, str) or _struct_with_numbers(value):
         return encode(value)
     return value
+
+
+def kfp_type(value: Any) -> type:
+    """The KFP parameter type ``kfp_value(value)`` is carried as."""
+    return str if _struct_with_numbers(value) else _KIND_TYPES[value_kind(value)]
+
+
+def _struct_with_numbers(value: Any) -> bool:
+    return isinstance(value, (list, dict)) and _holds_numbers(value)
+
+
+def _holds_numbers(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_numbers(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_numbers(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _artifact_class(port_type: str):
@@ -101,7 +120,7 @@ def make_component(plan: TaskPlan, s):
             P(
                 param_name(key),
                 P.POSITIONAL_OR_KEYWORD,
-                annotation=_KIND_TYPES[value_kind(value)],
+                annotation=kfp_type(value),
                 default=kfp_value(value),
             )
         )
@@ -157,7 +176,7 @@ def build_pipeline(dag: Pipeline, cfg: Config):
     s, run_params = plans.settings, plans.run_params
     components = {plan.name: make_component(plan, s) for plan in plans}
 
-    sig = pipeline_signature(run_params, lambda v: _KIND_TYPES[value_kind(v)], kfp_value)
+    sig = pipeline_signature(run_params, kfp_type, kfp_value)
     pipeline_param_names = [p.name for p in sig]
 
     gated = dag.gated()
@@ -235,7 +254,7 @@ def _gate_pipeline(dag: Pipeline, plans: PipelinePlan, add):
         sig.append(P(name, P.POSITIONAL_OR_KEYWORD, annotation=dsl.Input[_artifact_class(ptype)]))
     kinds = {param_name(k): v for k, v in plans.run_params.items()}
     for name in _gate_parameters(dag, plans):
-        sig.append(P(name, P.POSITIONAL_OR_KEYWORD, annotation=_KIND_TYPES[value_kind(kinds[name])]))
+        sig.append(P(name, P.POSITIONAL_OR_KEYWORD, annotation=kfp_type(kinds[name])))
     names = [p.name for p in sig]
 
     def gate(*args):

@@ -20,7 +20,7 @@ from helpers import ROOT
 from multi_tasks import multi_config
 
 from core.artifacts import read_marker
-from core.config import load_config
+from core.config import load_config, parse_value
 from core.errors import QualityGateError, UserError
 from core.io import read_jsonl
 from core.models import resolve
@@ -30,6 +30,7 @@ from pipeline import TASKS_DAG
 from stages.adapter_build import adapter_base, adapter_export
 from stages.evaluate_tasks import switching
 from stages.onnx_build import stage as onnx_stage
+from stages.registry import STAGES
 
 
 def test_the_run_fans_out_over_the_tasks_and_promotes_base_and_adapters(multi):
@@ -304,6 +305,11 @@ def test_the_two_task_config_compiles_to_one_node_a_step_and_passes_the_engines_
         }
         assert ranks == {"tone": 8, "sentiment": 16}  # each task's own LoRA, compiled in
         assert "train_lora_r" not in ir["root"]["inputDefinitions"]["parameters"]  # not one knob for all tasks
+        # a list holding numbers goes as its JSON text: KFP's struct values would make 300 a float
+        tasks = ir["components"]["comp-evaluate-tasks"]["inputDefinitions"]["parameters"]["tasks"]
+        assert tasks["parameterType"] == "STRING"
+        assert parse_value(tasks["defaultValue"]) == STAGES["evaluate_tasks"].params(cfg)["tasks"]
+        assert parse_value(tasks["defaultValue"])[0]["data"]["max_rows"] == 300
         gathered = ir["root"]["dag"]["tasks"]["adapter-build"]["inputs"]["artifacts"]
         assert {k: v["taskOutputArtifact"]["producerTask"] for k, v in gathered.items()} == {
             "adapter_tone": "train-tone",
