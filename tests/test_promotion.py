@@ -18,11 +18,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_cli, run_pipeline, summary
+from helpers import DAG_SPECS, ROOT, run_cli, run_pipeline, summary
 
 from core import artifacts
 from core.hashing import code_hash, digest
-from stages.registry import STAGES
 
 GATED = ["train", "merge", "onnx_build", "evaluate"]
 
@@ -64,12 +63,12 @@ def test_passing_run_is_promoted_with_lineage(tiny_run):
     assert (lineage["base_model"], lineage["base_revision"]) == ("tiny-random:phi3", None)
     # The config hash covers every stage's parameters (the trigger's own input left out).
     chain = artifacts.verify(tiny_run / "evaluate" / "metrics", "Metrics")["lineage_params"]
-    assert sorted(chain) == sorted(STAGES)
+    assert sorted(chain) == sorted(DAG_SPECS)
     assert chain["train"]["train.max_steps"] == 12
     assert lineage["config_hash"] == digest(
         {st: {k: v for k, v in p.items() if k != "data.promoted_dataset_hash"} for st, p in chain.items()}
     )
-    assert lineage["code_version"]["code_hash"] == digest({st: code_hash(st) for st in sorted(STAGES)})
+    assert lineage["code_version"]["code_hash"] == digest({st: code_hash(st) for st in sorted(DAG_SPECS)})
     assert re.search(r"yes \(dataset [0-9a-f]{12}\)", _runs(tiny_run))
 
 
