@@ -20,7 +20,7 @@ from helpers import ROOT
 from multi_tasks import multi_config
 
 from core.artifacts import read_marker
-from core.config import load_config, parse_value
+from core.config import encode, load_config, parse_value
 from core.errors import QualityGateError, UserError
 from core.io import read_jsonl
 from core.models import resolve
@@ -334,3 +334,26 @@ def test_the_two_task_config_compiles_to_one_node_a_step_and_passes_the_engines_
             job["jobs"]["adapter_build"]["inputs"]["adapter_sentiment"]["path"]
             == "${{parent.jobs.train_sentiment.outputs.adapter}}"
         )
+
+
+@pytest.mark.parametrize("config", ["default", "tasks"])
+def test_every_kfp_parameter_default_reaches_the_stage_as_the_config_value(tmp_path, config):
+    """The class behind max_rows 300 -> 300.0: what KFP carries (a component input's default, rendered
+    by its launcher: JSON for a non-string) parses back, in the stage, to exactly the config's value."""
+    import json as _json
+
+    from engines import kfp
+    from engines.compile_common import param_name, task_params
+    from pipeline import dag_for
+
+    cfg = load_config(ROOT / "configs" / f"{config}.yaml")
+    ir = next(yaml.safe_load_all(kfp.compile_pipeline(dag_for(cfg), cfg, tmp_path / "p.yaml").read_text()))
+    for step in dag_for(cfg):
+        declared = ir["components"][f"comp-{step.name.replace('_', '-')}"]["inputDefinitions"]["parameters"]
+        for key, value in task_params(step.spec, step.config(cfg)).items():
+            spec = declared[param_name(key)]
+            carried = spec["defaultValue"]
+            if spec["parameterType"] == "NUMBER_INTEGER":  # typed: the launcher renders it as an integer
+                carried = int(carried)
+            argv = carried if isinstance(carried, str) else _json.dumps(carried)  # the launcher's rendering
+            assert encode(parse_value(argv)) == encode(value), (step.name, key, carried)
