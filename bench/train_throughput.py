@@ -52,6 +52,7 @@ COOKBOOK = ["o_proj", "qkv_proj"]
 
 # name -> FastPath fields (device and the rest filled in by the child)
 BASE = dict(autocast=True, keep_bf16=True)
+LR, WEIGHT_DECAY = 1e-4, 0.01  # every variant's AdamW (torch's default weight decay)
 LEVERS = {
     "before": dict(autocast=True, keep_bf16=False, gradient_checkpointing=True),
     "plain": BASE,  # bf16 autocast, no fp32 upcast, no GC, padded
@@ -96,6 +97,11 @@ SUITES = {
     # The tone rows with Triton's kernel cache warm: the first stage row compiles liger's kernels for
     # the step shapes, the second is timed with them cached, as a re-run or retried pod finds them.
     "tone-warm": _rows("stage:default unsloth stage:default", form="llama", data="tone", grad_accum=4),
+    # Issue 17's done-when rows, most wanted first, each beside the third round's step loop where it
+    # changed: Llama form vs Unsloth, Phi-3 form vs naive, tone vs Unsloth (cold, then warm caches).
+    "round4": _rows("unsloth stage:default stage:default~round3", form="llama")
+    + _rows("naive stage:default")
+    + _rows("stage:default unsloth stage:default stage:default~round3", form="llama", data="tone", grad_accum=4),
     # The shortest same-run look at the Llama form: eager, Unsloth, the compiled default.
     "llama-quick": _rows("stage:eager unsloth stage:default", form="llama"),
     # The shared sibling dropout mask against one mask a member (peft's semantics), beside Unsloth.
@@ -268,6 +274,7 @@ def child(args) -> dict:
 
     tokenizer = load_tokenizer(args.model_dir)
     t0 = time.time()
+    optimizer = None  # the loop's own AdamW unless the variant brings one
     if name == "naive":
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -301,10 +308,18 @@ def child(args) -> dict:
         from stages.train import fast, stage
 
         # "default@0.5": the same levers under a compiled-graph activation memory budget of 0.5;
-        # "default~independent": fused siblings draw one dropout mask each (train.lora.dropout_masks).
-        lever, _, masks = name.split(":", 1)[1].partition("~")
+        # "default~independent": fused siblings draw one dropout mask each (train.lora.dropout_masks);
+        # "default~round3": the step loop of the third round (a host sync for the loss before the
+        # optimizer, foreach AdamW, unaligned packed rows, every dropout mask bit-packed).
+        lever, _, suffix = name.split(":", 1)[1].partition("~")
         lever, _, budget = lever.partition("@")
-        info["dropout_masks"] = masks or "shared"
+        before = suffix == "round3"
+        info["dropout_masks"] = "independent" if suffix == "independent" else "shared"
+        if before:
+            from stages.train import fused
+
+            fast.PACK_ALIGN, fused.PACK_MIN_ELEMENTS = 1, 0
+            info["loop"] = "round3"
         if budget:
             torch._functorch.config.activation_memory_budget = float(budget)
             info["activation_memory_budget"] = float(budget)
@@ -345,8 +360,13 @@ def child(args) -> dict:
 
         def step_fn(micros):
             if fp.padding_free:
-                return stage.train_step(model, fast.pack_step(micros, cfg.train, pad), fp)
-            return stage.padded_step(model, micros, tokenizer, where, fp)
+                loss, n = stage.train_step(model, fast.pack_step(micros, cfg.train, pad), fp)
+            else:
+                loss, n = stage.padded_step(model, micros, tokenizer, where, fp)
+            return (float(loss) if before else loss), n
+
+        # The stage's own optimizer (fused AdamW on CUDA), at the bench's shared hyperparameters.
+        optimizer = None if before else stage.make_optimizer(trainable, LR, WEIGHT_DECAY, args.device)
     elif name == "unsloth":
         return unsloth_child(args, info)
     else:
@@ -355,14 +375,16 @@ def child(args) -> dict:
     info["trainable_m"] = round(sum(p.numel() for p in trainable) / 1e6, 2)
     vocab = model.get_base_model().config.vocab_size
     plan = examples_for(data, batch, seq, accum, steps, tokenizer, vocab)
-    return timed_loop(args, info, model, trainable, step_fn, plan)
+    return timed_loop(args, info, model, trainable, step_fn, plan, optimizer)
 
 
-def timed_loop(args, info, model, trainable, step_fn, plan) -> dict:
+def timed_loop(args, info, model, trainable, step_fn, plan, optimizer=None) -> dict:
+    """Every variant's loop: step_fn (forward + backward; its loss may be a device scalar, read after
+    the optimizer step), clip, AdamW (torch's default unless the variant brings its own), sync."""
     import torch
 
     cuda = args.device == "cuda"
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    optimizer = optimizer or torch.optim.AdamW(trainable, lr=LR, weight_decay=WEIGHT_DECAY)
     model.train()
     if cuda:
         torch.cuda.synchronize()
@@ -379,7 +401,7 @@ def timed_loop(args, info, model, trainable, step_fn, plan) -> dict:
         optimizer.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()
-        losses.append(round(loss, 4))
+        losses.append(round(float(loss), 4))
         if i == args.warmup - 1:
             info["warmup_s"] = round(time.perf_counter() - warm_start, 1)
         if i >= args.warmup:

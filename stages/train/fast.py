@@ -242,6 +242,12 @@ def shifted(example: dict) -> list[int]:
     return example["labels"][1:] + [-100]
 
 
+# Packed rows are padded to a multiple of this: the matmuls get aligned shapes, and Triton (liger's
+# kernels, inductor's) specializes integer arguments on divisibility by 16, so an unaligned length
+# compiled new kernel variants in the middle of a run.
+PACK_ALIGN = 16
+
+
 def pack_step(micros: list[list[dict]], tc, pad_id: int, rank: int = 0, world: int = 1) -> list[dict]:
     """One optimizer step's examples (``micros``: the padded path's micro-batches, in order) as
     padding-free forward passes for this rank.
@@ -250,6 +256,9 @@ def pack_step(micros: list[list[dict]], tc, pad_id: int, rank: int = 0, world: i
     ranks equal the padded path's ``sum over micro-batches of mean loss / grad_accum``. With
     ``world`` ranks each rank gets every world-th example of the step, and the weights are scaled
     by ``world`` because data-parallel gradients are averaged over ranks.
+
+    The labelled positions, their targets and weights are gathered here on the host, so the loss
+    (:func:`packed_loss`) selects them on the device without a host sync.
     """
     counts = [sum(t != -100 for e in m for t in shifted(e)) for m in micros]
     flat = [(g, e) for g, m in enumerate(micros) for e in m]
@@ -269,52 +278,74 @@ def pack_step(micros: list[list[dict]], tc, pad_id: int, rank: int = 0, world: i
             used = 0
         rows[-1].append((g, e))
         used += n
+    # fp32, as the weights always were: the loss sums the same values as before.
+    weight = torch.tensor([world / (max(c, 1) * len(micros)) for c in counts], dtype=torch.float32)
     passes = []
     for i in range(0, len(rows), rows_per_pass):
         chunk = rows[i : i + rows_per_pass]
         width = max(sum(len(e["input_ids"]) for _, e in row) for row in chunk)
+        width = -(-width // PACK_ALIGN) * PACK_ALIGN
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         pos = torch.zeros((len(chunk), width), dtype=torch.long)
         tgt = torch.full((len(chunk), width), -100, dtype=torch.long)
-        wt = torch.zeros((len(chunk), width), dtype=torch.float32)
+        group = torch.full((len(chunk), width), -1, dtype=torch.long)
         for r, row in enumerate(chunk):
             at = 0
             for g, e in row:
                 n = len(e["input_ids"])
                 ids[r, at : at + n] = torch.tensor(e["input_ids"])
                 pos[r, at : at + n] = torch.arange(n)
-                t = torch.tensor(shifted(e))
-                tgt[r, at : at + n] = t
-                wt[r, at : at + n] = (t != -100).float() * (world / (max(counts[g], 1) * len(micros)))
+                tgt[r, at : at + n] = torch.tensor(shifted(e))
+                group[r, at : at + n] = g
                 at += n
             if at < width:  # the tail is its own "sequence" (positions restart), with no loss
                 pos[r, at:] = torch.arange(width - at)
+        index = (tgt.reshape(-1) != -100).nonzero().squeeze(1)  # row-major, as hidden[mask] selects
+        labels, groups = tgt.reshape(-1)[index], group.reshape(-1)[index]
+        weights = weight[groups]
+        # One chunk per distinct weight, ascending (the fused cross-entropy takes one weight a call).
+        chunks = []
+        for value in torch.unique(weights).tolist():
+            sel = (weights == value).nonzero().squeeze(1)
+            chunks.append((value, index[sel], labels[sel]))
         passes.append(
             {
                 "input_ids": ids,
                 "position_ids": pos,
-                "targets": tgt,
-                "weights": wt,
+                "index": index,
+                "labels": labels,
+                "weights": weights,
+                "chunks": chunks,
                 "tokens": int(sum(len(e["input_ids"]) for row in chunk for _, e in row)),
             }
         )
     return passes
 
 
-def to_device(batch: dict, device: str) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+def to_device(batch, device: str):
+    """A pass's tensors on ``device``. CUDA copies come from pinned memory: a copy from pageable memory
+    waits for the stream (a host sync before every pass)."""
+    if isinstance(batch, torch.Tensor):
+        if device.startswith("cuda"):
+            return batch.pin_memory().to(device, non_blocking=True)
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
 
 
 def packed_loss(model, batch: dict, fused_ce: bool = False) -> torch.Tensor:
     """sum(weight * cross-entropy) over the labelled positions of a padding-free pass; the LM head
-    runs on those positions only (fused with the cross-entropy under liger)."""
+    runs on those positions only (fused with the cross-entropy under liger). No host sync: the
+    positions come gathered from :func:`pack_step`."""
     inner = model.get_base_model()
     decoder = inner.get_decoder()
     hidden = decoder(
         input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
     ).last_hidden_state
-    keep = batch["targets"] != -100
-    h, t, w = hidden[keep], batch["targets"][keep], batch["weights"][keep]
+    flat = hidden.reshape(-1, hidden.shape[-1])
     head = inner.get_output_embeddings()
     # A plain Linear head only: a trained head (modules_to_save wraps it) keeps the plain loss below.
     if (
@@ -327,13 +358,12 @@ def packed_loss(model, batch: dict, fused_ce: bool = False) -> torch.Tensor:
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
         weight = head.weight
-        total = h.new_zeros((), dtype=torch.float32)
-        for value in torch.unique(w).tolist():
-            sel = w == value
+        total = flat.new_zeros((), dtype=torch.float32)
+        for value, positions, labels in batch["chunks"]:
             total = total + value * liger_fused_linear_cross_entropy(
-                h[sel], weight.to(h.dtype), t[sel], reduction="sum"
+                flat.index_select(0, positions), weight.to(flat.dtype), labels, reduction="sum"
             )
         return total
-    logits = head(h).float()
-    ce = torch.nn.functional.cross_entropy(logits, t, reduction="none")
-    return (ce * w).sum()
+    logits = head(flat.index_select(0, batch["index"])).float()
+    ce = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
+    return (ce * batch["weights"]).sum()

@@ -51,6 +51,11 @@ def _(x, data, absmax, blocksize, shape, transpose):
     return x.new_empty((x.shape[0], shape[1] if transpose else shape[0]))
 
 
+# Masks of fewer elements stay bool: packing costs four small kernels a mask each way, which a short
+# pass (the production workload: a few hundred tokens a step, launch-bound) feels more than the memory.
+PACK_MIN_ELEMENTS = 1 << 22
+
+
 def _shifts(device) -> torch.Tensor:
     # arange, not torch.tensor([...], device=...): a host-to-device copy would sync the stream on every call.
     return torch.arange(8, dtype=torch.uint8, device=device)
@@ -83,7 +88,7 @@ class FusedLoRA(torch.autograd.Function):
         y = nf4_matmul(x2, data, absmax, blocksize, list(shape), False)
         As, Bs = lora[0::2], lora[1::2]
         spans, ranks = _spans(widths), [A.shape[0] for A in As]
-        packed = p > 0 and shape[1] % 8 == 0
+        packed = p > 0 and shape[1] % 8 == 0 and x2.numel() >= PACK_MIN_ELEMENTS
         masks, us = [], []
         for group in groups:
             A = _stack([As[i] for i in group], dtype)
