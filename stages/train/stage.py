@@ -336,9 +336,7 @@ def make_optimizer(params: list, lr: float, weight_decay: float, device: str) ->
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=device == "cuda" or None)
 
 
-def padded_step(
-    model, micros: list[list[dict]], tokenizer, where: str, fp: fast.FastPath
-) -> tuple[torch.Tensor, int]:
+def padded_step(model, micros: list[list[dict]], tokenizer, where: str, fp: fast.FastPath) -> tuple[torch.Tensor, int]:
     """The plain path: one padded forward and backward per micro-batch, mean loss / grad_accum each.
     Returns (the step's loss as a float64 device scalar, tokens): reading it is the caller's one sync."""
     loss_sum, tokens = None, 0
