@@ -24,14 +24,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import yaml  # noqa: E402
-from test_multi_adapter import run_stage, sentiment_rows  # noqa: E402 - the tests' second task and stage runner
+from helpers import stage_cli  # noqa: E402 - the tests' stage-process runner
+from multi_tasks import sentiment_rows  # noqa: E402 - the tests' second task
 
-from core.config import load_config  # noqa: E402
+from core.config import encode, load_config  # noqa: E402
 from core.models import TARGET_MODULES, resolve  # noqa: E402
 from core.tasks import task_config, union_target_modules  # noqa: E402
 from stages.adapter_build import adapter_base, adapter_export  # noqa: E402
 from stages.evaluate.stage import folder_bytes  # noqa: E402
 from stages.evaluate_tasks import switching  # noqa: E402
+from stages.registry import STAGES, OnnxBuildParams  # noqa: E402
+
+
+def run_stage(stage: str, cfg, timeout: int = 600, **ports: Path) -> None:
+    """One stage process, as every engine runs it: its ports and its config sections as flags."""
+    args = [x for name, path in ports.items() for x in (f"--{name}", str(path))]
+    args += [x for k, v in STAGES[stage].params(cfg).items() for x in (f"--{k}", encode(v))]
+    proc = stage_cli(stage, *args, timeout=timeout)
+    if proc.returncode != 0:
+        raise SystemExit(f"{stage}: {proc.stderr[-3000:]}")
 
 
 def config(out: Path, steps: int) -> dict:
@@ -92,7 +103,7 @@ def memory_only(cfg, out: Path) -> dict:
     for name in adapters:
         merged.append(out / name / "merged_int4")
         start = time.perf_counter()
-        onnx_stage.run(cfg, None, base_dir, merged[-1])
+        onnx_stage.run(OnnxBuildParams.of(cfg), None, base_dir, merged[-1])
         seconds[f"{name}.int4_build"] = round(time.perf_counter() - start, 1)
     return {
         "seconds": seconds,
