@@ -102,8 +102,6 @@ SUITES = {
     "round4": _rows("unsloth stage:default stage:default~round3", form="llama")
     + _rows("naive stage:default")
     + _rows("stage:default unsloth stage:default stage:default~round3", form="llama", data="tone", grad_accum=4),
-    # The block-diagonal B matmul of sibling projections against one a member, beside Unsloth.
-    "blockdiag": _rows("stage:default unsloth stage:default~split", form="llama"),
     # The shortest same-run look at the Llama form: eager, Unsloth, the compiled default.
     "llama-quick": _rows("stage:eager unsloth stage:default", form="llama"),
     # The shared sibling dropout mask against one mask a member (peft's semantics), beside Unsloth.
@@ -313,15 +311,10 @@ def child(args) -> dict:
         # "default~independent": fused siblings draw one dropout mask each (train.lora.dropout_masks);
         # "default~round3": the step loop of the third round (a host sync for the loss before the
         # optimizer, foreach AdamW, unaligned packed rows, every dropout mask bit-packed).
-        # "default~split": siblings' B matmuls one a member, not one block-diagonal matmul.
         lever, _, suffix = name.split(":", 1)[1].partition("~")
         lever, _, budget = lever.partition("@")
         before = suffix == "round3"
         info["dropout_masks"] = "independent" if suffix == "independent" else "shared"
-        if suffix == "split":
-            from stages.train import fused
-
-            fused.BLOCK_DIAGONAL = False
         if before:
             from stages.train import fused
 

@@ -117,19 +117,17 @@ def test_dropout_gradients_follow_the_masks(llama_dir, shared_dropout):
     assert (moved[0] - moved[1]) / (2 * eps) == pytest.approx(got[name].norm().item(), rel=0.02)
 
 
-@pytest.mark.parametrize("block", [True, False], ids=["block-diagonal-B", "B-per-member"])
 @pytest.mark.parametrize("packed", [True, False], ids=["bit-packed", "bool"])
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "independent"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_lora_is_the_lora_of_its_own_masks(shared, dtype, packed, block, monkeypatch):
+def test_fused_lora_is_the_lora_of_its_own_masks(shared, dtype, packed, monkeypatch):
     """FusedLoRA against plain autograd on the same dequantized weight and the same dropout masks
     (drawn again from the same RNG state): siblings of unequal widths and ranks, one shared mask or one
-    mask a member, kept for the backward as bits (large passes) or as bools (small ones), shared-mask
-    B matrices as one block-diagonal matmul or one each. Output and every gradient agree."""
+    mask a member, kept for the backward as bits (large passes) or as bools (small ones). Output and
+    every gradient agree."""
     from bitsandbytes.functional import quantize_4bit
 
     monkeypatch.setattr(fused, "PACK_MIN_ELEMENTS", 0 if packed else 1 << 30)
-    monkeypatch.setattr(fused, "BLOCK_DIAGONAL", block)
 
     torch.manual_seed(0)
     widths, ranks, d, p, scale = (24, 8, 16), (4, 2, 6), 32, 0.3, 1.7

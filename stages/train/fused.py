@@ -12,7 +12,7 @@ backward pass. :func:`fuse` rewires the LoRA layers of an already built peft mod
   the backward, where the weight is dequantized again instead of kept;
 - by default siblings also share one dropout mask of their common input (``train.lora.dropout_masks``),
   as the LoRA of a fused ``qkv_proj`` does: one mask drawn, kept and applied instead of three, and
-  their A matrices run as one matmul, their B matrices as one block-diagonal matmul;
+  their A matrices run as one matmul;
 - the double-quantized block scales are expanded to fp32 once at set-up, not on every call.
 
 The LoRA parameters stay where peft put them (``...q_proj.lora_A.default.weight`` and so on), so the
@@ -50,10 +50,6 @@ def nf4_matmul(
 def _(x, data, absmax, blocksize, shape, transpose):
     return x.new_empty((x.shape[0], shape[1] if transpose else shape[0]))
 
-
-# Siblings that share a mask also share their B matmuls: one with the block-diagonal of their B
-# matrices (zeros off the diagonal) instead of one a member, fewer launches for a few idle flops.
-BLOCK_DIAGONAL = True
 
 # Masks of fewer elements stay bool: packing costs four small kernels a mask each way, which a short
 # pass (the production workload: a few hundred tokens a step, launch-bound) feels more than the memory.
@@ -102,12 +98,8 @@ class FusedLoRA(torch.autograd.Function):
                 u = (x2 * keep) @ (A.t() * (1.0 / (1.0 - p)))
             else:
                 u = x2 @ A.t()
-            if _block_diagonal(group):
-                start, end = spans[group[0]][0], spans[group[-1]][1]
-                y[:, start:end].addmm_(u, _block_b(Bs, group, dtype).t(), alpha=scale)
-            else:
-                for i, (lo, hi) in zip(group, _spans([ranks[i] for i in group])):
-                    y[:, spans[i][0] : spans[i][1]].addmm_(u[:, lo:hi], Bs[i].to(dtype).t(), alpha=scale)
+            for i, (lo, hi) in zip(group, _spans([ranks[i] for i in group])):
+                y[:, spans[i][0] : spans[i][1]].addmm_(u[:, lo:hi], Bs[i].to(dtype).t(), alpha=scale)
             us.append(u)
         ctx.save_for_backward(x2, data, absmax, *us, *masks, *lora)
         ctx.meta = (blocksize, shape, widths, scale, p, groups, x.shape, x.dtype, packed)
@@ -132,21 +124,12 @@ class FusedLoRA(torch.autograd.Function):
             dx = nf4_matmul(g, data, absmax, blocksize, list(shape), True)
         grads = [None] * len(lora)
         for k, group in enumerate(groups):
-            rank_spans = _spans([ranks[i] for i in group])
-            if _block_diagonal(group):
-                start, end = spans[group[0]][0], spans[group[-1]][1]
-                gg = g[:, start:end]
-                dB = (gg.t() @ us[k]) * scale  # every member's dB is its diagonal block
-                for i, (lo, hi) in zip(group, rank_spans):
-                    grads[2 * i + 1] = dB[spans[i][0] - start : spans[i][1] - start, lo:hi].to(Bs[i].dtype)
-                gu = (gg @ _block_b(Bs, group, dtype)) * scale
-            else:
-                gus = []
-                for i, (lo, hi) in zip(group, rank_spans):
-                    gi = g[:, spans[i][0] : spans[i][1]]
-                    grads[2 * i + 1] = ((gi.t() @ us[k][:, lo:hi]) * scale).to(Bs[i].dtype)
-                    gus.append((gi @ Bs[i].to(dtype)) * scale)
-                gu = torch.cat(gus, dim=1) if len(gus) > 1 else gus[0]
+            gus = []
+            for i, (lo, hi) in zip(group, _spans([ranks[i] for i in group])):
+                gi = g[:, spans[i][0] : spans[i][1]]
+                grads[2 * i + 1] = ((gi.t() @ us[k][:, lo:hi]) * scale).to(Bs[i].dtype)
+                gus.append((gi @ Bs[i].to(dtype)) * scale)
+            gu = torch.cat(gus, dim=1) if len(gus) > 1 else gus[0]
             A = _stack([As[i] for i in group], dtype)
             if p > 0:
                 dA = gu.t() @ (x2 * masks[k] * (1.0 / (1.0 - p)))
@@ -161,15 +144,6 @@ class FusedLoRA(torch.autograd.Function):
         if dx is not None:
             dx = dx.view(*x_shape).to(x_dtype)
         return (dx, None, None, None, None, None, None, None, None, *grads)
-
-
-def _block_diagonal(group: tuple) -> bool:
-    return BLOCK_DIAGONAL and len(group) > 1
-
-
-def _block_b(Bs, group: tuple, dtype) -> torch.Tensor:
-    """The group's B matrices ([out_i, r_i] each) as one [sum out, sum r] block-diagonal matrix."""
-    return torch.block_diag(*[Bs[i] for i in group]).to(dtype)
 
 
 def _stack(As: list, dtype) -> torch.Tensor:
