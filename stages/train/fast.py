@@ -280,46 +280,44 @@ def pack_step(micros: list[list[dict]], tc, pad_id: int, rank: int = 0, world: i
         used += n
     # fp32, as the weights always were: the loss sums the same values as before.
     weight = torch.tensor([world / (max(c, 1) * len(micros)) for c in counts], dtype=torch.float32)
-    passes = []
-    for i in range(0, len(rows), rows_per_pass):
-        chunk = rows[i : i + rows_per_pass]
-        width = max(sum(len(e["input_ids"]) for _, e in row) for row in chunk)
-        width = -(-width // PACK_ALIGN) * PACK_ALIGN
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        pos = torch.zeros((len(chunk), width), dtype=torch.long)
-        tgt = torch.full((len(chunk), width), -100, dtype=torch.long)
-        group = torch.full((len(chunk), width), -1, dtype=torch.long)
-        for r, row in enumerate(chunk):
-            at = 0
-            for g, e in row:
-                n = len(e["input_ids"])
-                ids[r, at : at + n] = torch.tensor(e["input_ids"])
-                pos[r, at : at + n] = torch.arange(n)
-                tgt[r, at : at + n] = torch.tensor(shifted(e))
-                group[r, at : at + n] = g
-                at += n
-            if at < width:  # the tail is its own "sequence" (positions restart), with no loss
-                pos[r, at:] = torch.arange(width - at)
-        index = (tgt.reshape(-1) != -100).nonzero().squeeze(1)  # row-major, as hidden[mask] selects
-        labels, groups = tgt.reshape(-1)[index], group.reshape(-1)[index]
-        weights = weight[groups]
-        # One chunk per distinct weight, ascending (the fused cross-entropy takes one weight a call).
-        chunks = []
-        for value in torch.unique(weights).tolist():
-            sel = (weights == value).nonzero().squeeze(1)
-            chunks.append((value, index[sel], labels[sel]))
-        passes.append(
-            {
-                "input_ids": ids,
-                "position_ids": pos,
-                "index": index,
-                "labels": labels,
-                "weights": weights,
-                "chunks": chunks,
-                "tokens": int(sum(len(e["input_ids"]) for row in chunk for _, e in row)),
-            }
-        )
-    return passes
+    return [_packed_pass(rows[i : i + rows_per_pass], weight, pad_id) for i in range(0, len(rows), rows_per_pass)]
+
+
+def _packed_pass(chunk: list[list[tuple[int, dict]]], weight: torch.Tensor, pad_id: int) -> dict:
+    """One forward pass: ``chunk``'s rows of (micro-batch, example), each example's positions restarting."""
+    width = max(sum(len(e["input_ids"]) for _, e in row) for row in chunk)
+    width = -(-width // PACK_ALIGN) * PACK_ALIGN
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(chunk), width), dtype=torch.long)
+    tgt = torch.full((len(chunk), width), -100, dtype=torch.long)
+    group = torch.full((len(chunk), width), -1, dtype=torch.long)
+    for r, row in enumerate(chunk):
+        at = 0
+        for g, e in row:
+            n = len(e["input_ids"])
+            ids[r, at : at + n] = torch.tensor(e["input_ids"])
+            pos[r, at : at + n] = torch.arange(n)
+            tgt[r, at : at + n] = torch.tensor(shifted(e))
+            group[r, at : at + n] = g
+            at += n
+        if at < width:  # the tail is its own "sequence" (positions restart), with no loss
+            pos[r, at:] = torch.arange(width - at)
+    index = (tgt.reshape(-1) != -100).nonzero().squeeze(1)  # row-major, as hidden[mask] selects
+    labels, weights = tgt.reshape(-1)[index], weight[group.reshape(-1)[index]]
+    # One chunk per distinct weight, ascending (the fused cross-entropy takes one weight a call).
+    chunks = []
+    for value in torch.unique(weights).tolist():
+        sel = (weights == value).nonzero().squeeze(1)
+        chunks.append((value, index[sel], labels[sel]))
+    return {
+        "input_ids": ids,
+        "position_ids": pos,
+        "index": index,
+        "labels": labels,
+        "weights": weights,
+        "chunks": chunks,
+        "tokens": int(sum(len(e["input_ids"]) for row in chunk for _, e in row)),
+    }
 
 
 def to_device(batch, device: str):
