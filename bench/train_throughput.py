@@ -102,6 +102,12 @@ SUITES = {
     "round4": _rows("unsloth stage:default stage:default~round3", form="llama")
     + _rows("naive stage:default")
     + _rows("stage:default unsloth stage:default stage:default~round3", form="llama", data="tone", grad_accum=4),
+    # Issue 17's done-when rows first (Llama vs Unsloth, Phi-3 vs naive, tone vs Unsloth), then the Llama
+    # default beside the fourth round's path (the LoRA outputs added in the traced graph).
+    "round5": _rows("unsloth stage:default", form="llama")
+    + _rows("naive stage:default")
+    + _rows("stage:default unsloth", form="llama", data="tone", grad_accum=4)
+    + _rows("stage:default~round4", form="llama"),
     # The shortest same-run look at the Llama form: eager, Unsloth, the compiled default.
     "llama-quick": _rows("stage:eager unsloth stage:default", form="llama"),
     # The shared sibling dropout mask against one mask a member (peft's semantics), beside Unsloth.
@@ -310,16 +316,19 @@ def child(args) -> dict:
         # "default@0.5": the same levers under a compiled-graph activation memory budget of 0.5;
         # "default~independent": fused siblings draw one dropout mask each (train.lora.dropout_masks);
         # "default~round3": the step loop of the third round (a host sync for the loss before the
-        # optimizer, foreach AdamW, unaligned packed rows, every dropout mask bit-packed).
+        # optimizer, foreach AdamW, unaligned packed rows, every dropout mask bit-packed);
+        # "default~round4": the fourth round's (the LoRA outputs added in the traced graph, not in the op).
         lever, _, suffix = name.split(":", 1)[1].partition("~")
         lever, _, budget = lever.partition("@")
         before = suffix == "round3"
         info["dropout_masks"] = "independent" if suffix == "independent" else "shared"
-        if before:
+        if before or suffix == "round4":
             from stages.train import fused
 
+            fused.LORA_IN_OP = False
+            info["loop"] = suffix
+        if before:
             fast.PACK_ALIGN, fused.PACK_MIN_ELEMENTS = 1, 0
-            info["loop"] = "round3"
         if budget:
             torch._functorch.config.activation_memory_budget = float(budget)
             info["activation_memory_budget"] = float(budget)
@@ -423,20 +432,25 @@ def timed_loop(args, info, model, trainable, step_fn, plan, optimizer=None) -> d
 
 
 def profile(args, model, trainable, step_fn, optimizer, micros) -> None:
-    """Two more steps under the profiler: the top kernels by GPU time, to BENCH_PROFILE/<variant>.txt."""
+    """Two more steps under the profiler: the top kernels by GPU time, then the top ops by input shape
+    (which tensors an untraced copy or add moves), to BENCH_PROFILE/profile_<variant>_<form>_<data>.txt."""
     import torch
     from torch.profiler import ProfilerActivity
 
-    with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
         for _ in range(2):
             step_fn(micros)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
-    name = "".join(c if c.isalnum() else "_" for c in args.variant)
+    name = "".join(c if c.isalnum() else "_" for c in f"{args.variant}_{args.form}_{args.data}")
     table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=90)
-    Path(os.environ["BENCH_PROFILE"], f"profile_{name}.txt").write_text(table)
+    shapes = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=60, max_shapes_column_width=120
+    )
+    Path(os.environ["BENCH_PROFILE"], f"profile_{name}.txt").write_text(table + "\n\n" + shapes)
 
 
 def unsloth_child(args, info) -> dict:

@@ -279,3 +279,38 @@ def test_compiled_layer_saves_no_dequantized_weight(llama_dir):
     torch.manual_seed(0)
     eager = layer.mlp(x)
     torch.testing.assert_close(y, eager)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_compiled_layer_adds_lora_outputs_in_place(llama_dir, dropout):
+    """Traced, a whole decoder layer (q/k/v and gate/up fused) writes no slice of a fused output back:
+    the members' LoRA outputs are added inside one opaque op. Functionalized in-place addmms into slices
+    were an addmm into a new buffer plus a copy back, five copies a layer on the GPU."""
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    model = lora(llama_dir, dropout, fuse=True)
+    decoder = model.get_base_model().model
+    layer = decoder.layers[0]
+    x = torch.randn(2, 24, 128, requires_grad=True)
+    position = decoder.rotary_emb(x, torch.arange(24)[None].expand(2, -1))
+    graphs = []
+
+    def keep(graph, _inputs):
+        graphs.append(graph)
+        return make_boxed_func(graph)
+
+    def backend(gm, inputs):
+        return aot_module_simplified(gm, inputs, fw_compiler=keep, bw_compiler=keep)
+
+    torch.manual_seed(0)
+    y = torch.compile(layer, backend=backend, dynamic=False)(x, position_embeddings=position)
+    y = y[0] if isinstance(y, tuple) else y
+    y.sum().backward()
+    assert len(graphs) == 2  # one forward, one backward: no graph break
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert targets.count("slm.nf4_lora_matmul.default") == 4  # q/k/v, o, gate/up, down
+    assert not [t for t in targets if "slice_scatter" in t or "copy" in t], targets
+    torch.manual_seed(0)
+    eager = layer(x, position_embeddings=position)
+    torch.testing.assert_close(y, eager[0] if isinstance(eager, tuple) else eager)
