@@ -415,8 +415,8 @@ class OnnxSearchConfig(Section):
     threads: list[int] = Field(
         default_factory=lambda: [0, 1],
         min_length=1,
-        description="onnxruntime intra-op threads to try (0: its default, all cores); the chosen one goes into "
-        "genai_config.json.",
+        description="onnxruntime intra-op threads to try (0: the stage's, as PyTorch gets them: runtime.threads, "
+        "else every core); a chosen count other than 0 goes into genai_config.json.",
     )
     batch_size: int = Field(16, gt=0, le=4096, description="The batch the throughput (and accuracy) is scored at.")
     max_new_tokens: int = Field(8, gt=0, le=4096, description="Tokens generated per prompt, as evaluate does.")

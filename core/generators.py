@@ -76,6 +76,16 @@ class TorchGenerator:
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
+def _default_threads(genai: dict) -> int | None:
+    """The model's own thread count (the INT4 search writes the one it chose into genai_config.json),
+    else the stage's, as PyTorch gets it (runtime.threads, else every core). onnxruntime's own default
+    is not that: on a 2-core VM it ran one thread, so INT4 was measured on half the cores PyTorch had."""
+    import torch
+
+    options = genai.get("decoder", {}).get("session_options", {})
+    return None if options.get("intra_op_num_threads") else torch.get_num_threads()
+
+
 class OnnxGenerator:
     def __init__(self, path: Path, max_new_tokens: int, threads: int | None = None):
         info = read_json(Path(path) / "build_info.json", "onnx model")
@@ -88,16 +98,17 @@ class OnnxGenerator:
         import onnxruntime_genai as og
 
         self.og, self.path, self.max_new_tokens = og, path, max_new_tokens
+        genai = read_json(Path(path) / "genai_config.json", "onnx model")["model"]
+        threads = threads or _default_threads(genai)
         try:
             config = og.Config(str(path))
-            if threads:  # else genai_config.json's (the INT4 search writes the one it chose there)
+            if threads:
                 options = {"intra_op_num_threads": threads}
                 config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
             self.model = og.Model(config)
         except Exception as e:  # noqa: BLE001
             raise UserError(f"onnxruntime-genai cannot load {path}: {str(e).splitlines()[0]}") from None
         self.tokenizer = og.Tokenizer(self.model)
-        genai = read_json(Path(path) / "genai_config.json", "onnx model")["model"]
         self.stop_ids = {t for k in ("eos_token_id", "pad_token_id") for t in _as_list(genai.get(k))}
         self.generated_tokens = 0
         self.decode_positions = 0  # rows x decoding steps, EOS or not: what raw decode throughput counts

@@ -8,6 +8,7 @@ the report. The 15-minute figure on the embedded model is a benchmark (docs/benc
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from types import SimpleNamespace
 
@@ -213,3 +214,27 @@ def test_the_chosen_point_is_on_the_front(points, floor):
         assert chosen["feasible"] and all(
             p["latency_ms_p50"] >= chosen["latency_ms_p50"] for p in result["points"] if p["feasible"]
         )
+
+
+def test_an_onnx_model_runs_on_the_stage_threads_unless_it_names_its_own(tiny_run, tmp_path, monkeypatch):
+    """onnxruntime's own default ran one thread on a 2-core VM while PyTorch ran two: INT4 was scored
+    and served on half the cores. The generator asks for the stage's count (what PyTorch gets), and a
+    model whose genai_config.json names a count (the INT4 search writes its choice there) keeps it."""
+    import onnxruntime_genai as og
+    import torch
+
+    from core.generators import OnnxGenerator
+
+    asked: list[dict] = []
+    overlay = og.Config.overlay
+    monkeypatch.setattr(og.Config, "overlay", lambda self, text: (asked.append(json.loads(text)), overlay(self, text)))
+    model = tiny_run / "onnx_build" / "onnx_model"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    OnnxGenerator(model, 2)
+    OnnxGenerator(model, 2, threads=1)
+    named = shutil.copytree(model, tmp_path / "named")
+    genai = json.loads((named / "genai_config.json").read_text())
+    genai["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = 2
+    (named / "genai_config.json").write_text(json.dumps(genai))
+    OnnxGenerator(named, 2)
+    assert [a["model"]["decoder"]["session_options"]["intra_op_num_threads"] for a in asked] == [3, 1]

@@ -180,6 +180,13 @@ def cache_root() -> Path:
     return base / "int4-search"
 
 
+def _threads(threads: int) -> int:
+    """The thread count a score runs on (0: the stage's, see core.generators), for its cache key."""
+    import torch
+
+    return threads or torch.get_num_threads()
+
+
 def code_version() -> str:
     """What a cached score depends on besides its inputs: the scoring code (scoring.py's import
     closure, as a stage's code hash takes its own) and the libraries it runs."""
@@ -342,7 +349,7 @@ class Search:
             out["size_bytes"] = sum(p.stat().st_size for p in self.model.rglob("*") if p.is_file())
             return out
 
-        k = self.key(what="pytorch", rows=self.rows_hash, s=self._score_settings(), threads=self.cfg.runtime.threads)
+        k = self.key(what="pytorch", rows=self.rows_hash, s=self._score_settings(), threads=_threads(0))
         value, _ = _cached(self.root / "pytorch" / f"{k[:24]}.json", make)
         self.spent += value["seconds"]
         return value
@@ -453,7 +460,9 @@ class Search:
             self.made["scores"] += 1
             return out | {"score_seconds": round(time.perf_counter() - start, 1)}
 
-        k = self.key(what="score", build=record["args"], rows=self.rows_hash, s=self._score_settings(), t=threads)
+        k = self.key(
+            what="score", build=record["args"], rows=self.rows_hash, s=self._score_settings(), t=_threads(threads)
+        )
         result, cached = _cached(folder.parent / f"score-{k[:24]}.json", make)
         # A cached point costs what it first cost: the same budget gives a warm re-run the same walk.
         self.spent += result["score_seconds"] + (record["build_seconds"] if folder not in self._charged else 0.0)
