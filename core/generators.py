@@ -76,14 +76,20 @@ class TorchGenerator:
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
+def stage_threads() -> int:
+    """The threads this stage runs on, as the stage runner set them for PyTorch (runtime.threads, else
+    every core): what an ONNX model is given unless it names its own."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _default_threads(genai: dict) -> int | None:
     """The model's own thread count (the INT4 search writes the one it chose into genai_config.json),
     else the stage's, as PyTorch gets it (runtime.threads, else every core). onnxruntime's own default
     is not that: on a 2-core VM it ran one thread, so INT4 was measured on half the cores PyTorch had."""
-    import torch
-
     options = genai.get("decoder", {}).get("session_options", {})
-    return None if options.get("intra_op_num_threads") else torch.get_num_threads()
+    return None if options.get("intra_op_num_threads") else stage_threads()
 
 
 class OnnxGenerator:

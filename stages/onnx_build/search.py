@@ -181,10 +181,10 @@ def cache_root() -> Path:
 
 
 def _threads(threads: int) -> int:
-    """The thread count a score runs on (0: the stage's, see core.generators), for its cache key."""
-    import torch
+    """The thread count a score runs on (0: the stage's), for its cache key."""
+    from core.generators import stage_threads
 
-    return threads or torch.get_num_threads()
+    return threads or stage_threads()
 
 
 def code_version() -> str:
