@@ -86,8 +86,8 @@ def stage_threads() -> int:
 
 def _default_threads(genai: dict) -> int | None:
     """The model's own thread count (the INT4 search writes the one it chose into genai_config.json),
-    else the stage's, as PyTorch gets it (runtime.threads, else every core). onnxruntime's own default
-    is not that: on a 2-core VM it ran one thread, so INT4 was measured on half the cores PyTorch had."""
+    else the stage's. onnxruntime's own default is not that: on a 2-core VM it ran one thread, so INT4
+    was measured on half the cores PyTorch had."""
     options = genai.get("decoder", {}).get("session_options", {})
     return None if options.get("intra_op_num_threads") else stage_threads()
 
