@@ -108,6 +108,11 @@ SUITES = {
     + _rows("naive stage:default")
     + _rows("stage:default unsloth", form="llama", data="tone", grad_accum=4)
     + _rows("stage:default~round4", form="llama"),
+    # Issue 17's three bars in one call, the unmeasured row first: Llama vs Unsloth, Phi-3 vs naive, tone
+    # vs Unsloth (round5 less the round-4 row, which ran past one call's limit with profiling on).
+    "round5b": _rows("stage:default unsloth", form="llama")
+    + _rows("naive stage:default")
+    + _rows("stage:default unsloth", form="llama", data="tone", grad_accum=4),
     # The shortest same-run look at the Llama form: eager, Unsloth, the compiled default.
     "llama-quick": _rows("stage:eager unsloth stage:default", form="llama"),
     # The shared sibling dropout mask against one mask a member (peft's semantics), beside Unsloth.
@@ -411,6 +416,7 @@ def timed_loop(args, info, model, trainable, step_fn, plan, optimizer=None) -> d
         if cuda:
             torch.cuda.synchronize()
         losses.append(round(float(loss), 4))
+        print(f"step {i} done at {time.perf_counter() - warm_start:.1f} s", file=sys.stderr, flush=True)
         if i == args.warmup - 1:
             info["warmup_s"] = round(time.perf_counter() - warm_start, 1)
         if i >= args.warmup:
@@ -562,10 +568,20 @@ def run_variant(args, variant, form, data, batch, seq, accum, targets) -> dict:
         str(args.dropout),
     ]
     t = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.variant_timeout)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
+    # The child's log goes to a file beside the results: a killed child's last words survive it.
+    slug = "".join(c if c.isalnum() else "_" for c in f"{variant}_{form}_{data}")
+    log = Path(args.out) / f"{args.tag}-{slug}.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            stdout, _ = proc.communicate(timeout=args.variant_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, _ = proc.communicate()
+            err.write(f"\nkilled after {args.variant_timeout} s (--variant-timeout)\n")
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        tail = (log.read_text().strip() or stdout.strip()).splitlines()[-6:]
         return {
             "variant": variant,
             "form": form,
@@ -615,13 +631,15 @@ def main() -> int:
     if args.child:
         import logging
 
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
         if args.device == "cpu":
             import torch
 
             torch.set_num_threads(1)
         print("RESULT " + json.dumps(child(args)), flush=True)
-        return 0
+        # The result is out: skip interpreter teardown (compile workers, CUDA context) that can stall.
+        sys.stderr.flush()
+        os._exit(0)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
